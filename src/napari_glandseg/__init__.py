@@ -1,0 +1,27 @@
+"""napari-glandseg: deep-learning segmentation of glands, nuclei, cells and membranes.
+
+Importing the package is cheap and never loads Qt or napari; the public API below is imported
+on first use.
+"""
+
+__version__ = "0.1.0"
+
+_API = {
+    "read_image": "napari_glandseg.io",
+    "write_labels": "napari_glandseg.io",
+    "find_pairs": "napari_glandseg.io",
+    "load_model": "napari_glandseg.models",
+    "list_models": "napari_glandseg.models",
+    "build_model": "napari_glandseg.models",
+    "ModelCard": "napari_glandseg.models",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name):
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'napari_glandseg' has no attribute {name!r}")

@@ -1,0 +1,50 @@
+"""npe2 reader, writer and sample-data hooks. Qt-free: they only turn files into layer tuples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .io import IMAGE_SUFFIXES, Pair, read_image, read_pair, write_labels
+
+SAMPLE_DIR = Path(__file__).parent / "sample_data"
+
+
+def get_reader(path):
+    """Return a reader for image files we understand, else None (napari tries other readers)."""
+    paths = [path] if isinstance(path, str | Path) else list(path)
+    if not paths or any(Path(p).suffix.lower() not in IMAGE_SUFFIXES for p in paths):
+        return None
+    return read_layers
+
+
+def read_layers(path) -> list[tuple]:
+    paths = [path] if isinstance(path, str | Path) else list(path)
+    return [read_image(p).to_layer_data() for p in paths]
+
+
+def write_labels_layer(path: str, data, meta: dict) -> list[str]:
+    """npe2 single-layer writer for Labels to .tif/.tiff/.png (atomic)."""
+    pixel_size = (meta.get("metadata") or {}).get("pixel_size_um")
+    return [str(write_labels(path, data, pixel_size_um=pixel_size))]
+
+
+def _sample(stem: str, what: str) -> list[tuple]:
+    image, truth = read_pair(
+        Pair(SAMPLE_DIR / f"{stem}.png", SAMPLE_DIR / f"{stem}_instances.png")
+    )
+    credit = f"{what}; see napari_glandseg/sample_data/CREDITS.md (research use only)"
+    img = image.to_layer_data()
+    img[1]["metadata"]["credit"] = credit
+    lab = truth.to_layer_data(name=f"{stem} [truth]")
+    lab[1]["metadata"]["credit"] = credit
+    return [img, lab]
+
+
+def sample_glas() -> list[tuple]:
+    """A 256x256 GlaS colon H&E crop (testA_5) and its gland instance labels."""
+    return _sample("glas_testA_5_crop", "GlaS, Sirinukunwattana et al. 2017")
+
+
+def sample_monuseg() -> list[tuple]:
+    """A 256x256 MoNuSeg H&E crop and its nucleus instance labels."""
+    return _sample("monuseg_TCGA-21-5784_crop", "MoNuSeg, Kumar et al. 2017, CC BY-NC-SA 4.0")

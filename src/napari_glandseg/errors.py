@@ -1,0 +1,17 @@
+"""Errors the core raises for bad input.
+
+Every message names the offending value (a file, a shape, a parameter) so the GUI can show it
+as a notification and the command line can print it as one line and exit with code 2.
+"""
+
+
+class GlandsegError(ValueError):
+    """Bad input to a napari-glandseg function: the message says what and how to fix it."""
+
+
+class ImageReadError(GlandsegError):
+    """A file could not be read as an image or mask."""
+
+
+class CheckpointError(GlandsegError):
+    """A model file is missing, corrupt, unsafe or does not match its card."""

@@ -1,0 +1,532 @@
+"""Read images, masks and whole slides; find image/mask pairs; write label images.
+
+Qt-free. Images come back as :class:`ImageData`: the pixels (a NumPy array, or for slides and
+other large TIFFs a list of lazy dask arrays, full resolution first), the pixel size in um/px
+when the file states it, and whether the file is a mask (shown as a Labels layer).
+
+Examples
+--------
+>>> import numpy as np, tempfile, os
+>>> from napari_glandseg.io import read_image, write_labels
+>>> labels = np.zeros((32, 48), dtype=np.uint16); labels[4:10, 4:10] = 300
+>>> path = write_labels(os.path.join(tempfile.mkdtemp(), "cells_mask.tif"), labels)
+>>> img = read_image(path)
+>>> img.kind, img.data.shape, img.data.dtype.name, int(img.data.max())
+('labels', (32, 48), 'uint16', 300)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import GlandsegError, ImageReadError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".svs")
+TIFF_SUFFIXES = (".tif", ".tiff", ".svs")
+#: File-name endings that mark a mask (``name_anno.bmp`` is the original GlaS layout).
+MASK_NAME_SUFFIXES = (
+    "_anno", "_mask", "_masks", "_label", "_labels", "_instances", "_gt", "_seg",
+)
+#: Folder names whose files are masks, in the order a dataset search prefers them.
+MASK_FOLDERS = ("masks", "labels", "instances", "instances_cc", "annotations", "gt")
+IMAGE_FOLDERS = ("images", "imgs", "image")
+#: An integer single-channel image with at most this many distinct values is taken as a mask.
+MAX_MASK_VALUES = 32
+#: TIFF series larger than this (bytes) open lazily instead of being read into memory.
+LAZY_BYTES = 256 * 2**20
+#: Lazy images get down-sampled views until the smallest side is below this.
+MIN_PYRAMID_SIDE = 1024
+
+
+@dataclass
+class ImageData:
+    """Pixels of one file and what napari needs to show them.
+
+    Attributes
+    ----------
+    data : ndarray or list of dask arrays
+        ``(Y, X)``, ``(Y, X, C)`` or ``(Z, Y, X[, C])``. A list is a multiscale pyramid, full
+        resolution first, read lazily.
+    kind : {"image", "labels"}
+    pixel_size_um : float or None
+        Microns per pixel at full resolution, when the file states it.
+    path : Path
+    rgb : bool
+        The last axis holds RGB colour.
+    """
+
+    data: object
+    kind: str
+    path: Path
+    pixel_size_um: float | None = None
+    rgb: bool = False
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def multiscale(self) -> bool:
+        return isinstance(self.data, list)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple((self.data[0] if self.multiscale else self.data).shape)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    def to_layer_data(self, name: str | None = None) -> tuple:
+        """A napari ``LayerDataTuple``: ``(data, kwargs, layer_type)``."""
+        kwargs: dict = {"name": name or self.name, "metadata": dict(self.metadata)}
+        kwargs["metadata"]["source_path"] = str(self.path)
+        if self.pixel_size_um:
+            ndim = len(self.shape) - (1 if self.rgb else 0)
+            kwargs["scale"] = (1.0,) * (ndim - 2) + (self.pixel_size_um, self.pixel_size_um)
+            kwargs["metadata"]["pixel_size_um"] = self.pixel_size_um
+        if self.multiscale:
+            kwargs["multiscale"] = True
+        if self.kind == "image":
+            kwargs["rgb"] = self.rgb
+        return (self.data, kwargs, self.kind)
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def is_mask_path(path: str | os.PathLike) -> bool:
+    """True when the file's name or folder says it is a mask.
+
+    >>> is_mask_path("glas/train/masks/train_1.png"), is_mask_path("train_1_anno.bmp")
+    (True, True)
+    >>> is_mask_path("glas/train/images/train_1.jpg")
+    False
+    """
+    p = Path(path)
+    stem = p.stem.lower()
+    if stem.endswith(".ome"):
+        stem = stem[:-4]
+    if any(stem.endswith(s) for s in MASK_NAME_SUFFIXES):
+        return True
+    return p.parent.name.lower() in MASK_FOLDERS
+
+
+def looks_like_mask(array: np.ndarray) -> bool:
+    """True for an integer single-channel 2D array with few distinct values."""
+    if array.ndim != 2 or not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+        return False
+    sample = array[:: max(1, array.shape[0] // 512), :: max(1, array.shape[1] // 512)]
+    return len(np.unique(sample)) <= MAX_MASK_VALUES and len(np.unique(array)) <= MAX_MASK_VALUES
+
+
+def mask_to_labels(array: np.ndarray) -> np.ndarray:
+    """Turn a mask as stored on disk into label values napari and the metrics expect.
+
+    - ``bool`` and ``{0, 255}`` masks become ``{0, 1}``;
+    - an 8-bit class mask coded with grey levels spread up to 255, such as ``{0, 128, 255}``
+      in the white-blood-cell set (at most 8 levels), becomes ``0..n-1`` in level order;
+    - anything else (binary 0/1, instance labels) is kept as it is.
+
+    >>> mask_to_labels(np.array([[0, 128], [255, 255]], dtype=np.uint8)).tolist()
+    [[0, 1], [2, 2]]
+    >>> mask_to_labels(np.array([[0, 255]], dtype=np.uint8)).tolist()
+    [[0, 1]]
+    >>> mask_to_labels(np.array([[0, 1, 7]], dtype=np.uint8)).tolist()  # instance ids: kept
+    [[0, 1, 7]]
+    """
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        # A colour-saved mask: it is a mask when its channels agree.
+        if not np.array_equal(array[..., 0], array[..., 1]):
+            raise GlandsegError(
+                f"mask is a colour image with differing channels, shape {array.shape}; "
+                "save masks as single-channel integer images"
+            )
+        array = array[..., 0]
+    if array.dtype == np.uint8:
+        values = np.unique(array)
+        if len(values) <= 8 and values[-1] == 255:
+            lut = np.zeros(256, dtype=np.uint8)
+            lut[values] = np.arange(len(values), dtype=np.uint8)
+            return lut[array]
+    return array
+
+
+def read_image(path: str | os.PathLike, as_labels: bool | None = None) -> ImageData:
+    """Read one image, mask or slide.
+
+    Parameters
+    ----------
+    path : str or Path
+        PNG, JPEG, BMP, TIFF (multi-page, 8/16-bit), OME-TIFF or Aperio SVS.
+    as_labels : bool, optional
+        Force (True) or refuse (False) reading as a mask. By default a file is a mask when its
+        name or folder says so (:func:`is_mask_path`) or it is an integer image with few values.
+
+    Returns
+    -------
+    ImageData
+        RGBA is composited over white to RGB. Large or pyramidal TIFFs are lazy multiscale.
+
+    Raises
+    ------
+    ImageReadError
+        The file is missing, of an unknown type, or cannot be decoded; the message names it.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ImageReadError(f"{p}: no such file")
+    suffix = p.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ImageReadError(
+            f"{p}: unsupported file type {suffix!r}; expected one of {', '.join(IMAGE_SUFFIXES)}"
+        )
+    try:
+        if suffix in TIFF_SUFFIXES:
+            img = _read_tiff(p)
+        else:
+            img = ImageData(data=_read_plain(p), kind="image", path=p)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # decoders raise many types; name the file and the cause
+        raise ImageReadError(f"{p}: cannot read image ({type(exc).__name__}: {exc})") from exc
+
+    if not img.multiscale:
+        arr = np.asarray(img.data)
+        if arr.ndim >= 3 and arr.shape[-1] == 4:
+            arr = _composite_rgba(arr)
+        if arr.dtype == bool:
+            arr = arr.astype(np.uint8)
+        img.data = arr
+    if as_labels is None:
+        as_labels = not img.multiscale and (is_mask_path(p) or looks_like_mask(img.data))
+    if as_labels:
+        if img.multiscale:
+            raise ImageReadError(f"{p}: a multiscale slide cannot be opened as a mask")
+        if not np.issubdtype(np.asarray(img.data).dtype, np.integer):
+            raise ImageReadError(
+                f"{p}: a mask must hold integers, found {np.asarray(img.data).dtype}"
+            )
+        try:
+            img.data = mask_to_labels(img.data)
+        except GlandsegError as exc:
+            raise ImageReadError(f"{p}: {exc}") from exc
+        img.kind, img.rgb = "labels", False
+    else:
+        img.kind = "image"
+        img.rgb = img.shape[-1] == 3 and len(img.shape) >= 3
+    return img
+
+
+def _read_plain(p: Path) -> np.ndarray:
+    import imageio.v3 as iio
+
+    arr = iio.imread(p)
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
+        arr = np.moveaxis(arr, 0, -1)
+    return arr
+
+
+def _composite_rgba(arr: np.ndarray) -> np.ndarray:
+    """RGBA -> RGB over a white background (unstained glass is white in H&E)."""
+    rgb, alpha = arr[..., :3], arr[..., 3:4]
+    if np.issubdtype(arr.dtype, np.integer):
+        top = np.iinfo(arr.dtype).max
+    else:
+        top = 1.0
+    if np.all(alpha == top):
+        return np.ascontiguousarray(rgb)
+    a = alpha.astype(np.float32) / top
+    out = rgb.astype(np.float32) * a + top * (1.0 - a)
+    return np.round(out).astype(arr.dtype) if np.issubdtype(arr.dtype, np.integer) else out
+
+
+def _read_tiff(p: Path) -> ImageData:
+    import tifffile
+
+    with tifffile.TiffFile(p) as tif:
+        series = tif.series[0]
+        pixel_size = _tiff_pixel_size(tif)
+        nbytes = int(np.prod(series.shape)) * series.dtype.itemsize
+        lazy = tif.is_svs or len(series.levels) > 1 or nbytes > LAZY_BYTES
+        meta = {"tiff_series": series.name or "0"}
+        if tif.is_svs:
+            meta["aperio"] = _aperio_fields(tif.pages[0].description)
+        if not lazy:
+            data = series.asarray()
+            return ImageData(data=data, kind="image", path=p, pixel_size_um=pixel_size,
+                             metadata=meta)
+        if series.axes not in ("YXS", "YX"):
+            raise ImageReadError(
+                f"{p}: large TIFF with axes {series.axes!r}; only 2D grey or RGB slides "
+                "(axes YX or YXS) open lazily"
+            )
+    levels = open_tiff_levels(p)
+    return ImageData(data=levels, kind="image", path=p, pixel_size_um=pixel_size, metadata=meta)
+
+
+def open_tiff_levels(path: str | os.PathLike) -> list:
+    """Lazy dask arrays for every resolution level of a TIFF's first series.
+
+    The file is opened through tifffile's zarr store, so tiles are decoded only when a region
+    is read: memory stays bounded whatever the slide's size. When the file has no pyramid of
+    its own, strided views are added (2x, 4x, ...) until the smallest side is under
+    :data:`MIN_PYRAMID_SIDE`, so napari can show the whole slide zoomed out.
+    """
+    import dask.array as da
+    import tifffile
+    import zarr
+
+    store = tifffile.imread(path, aszarr=True, series=0)
+    node = zarr.open(store, mode="r")
+    if isinstance(node, zarr.Array):
+        levels = [da.from_zarr(node)]
+    else:
+        keys = sorted((k for k in node.array_keys()), key=int)
+        levels = [da.from_zarr(node[k]) for k in keys]
+    while min(levels[-1].shape[:2]) >= 2 * MIN_PYRAMID_SIDE:
+        levels.append(levels[-1][::2, ::2])
+    return levels
+
+
+def _aperio_fields(description: str) -> dict:
+    fields = {}
+    for part in description.split("|")[1:]:
+        if "=" in part:
+            k, v = part.split("=", 1)
+            fields[k.strip()] = v.strip()
+    return fields
+
+
+def _tiff_pixel_size(tif) -> float | None:
+    """Microns per pixel from Aperio's MPP, OME's PhysicalSizeX, or the resolution tags."""
+    page = tif.pages[0]
+    if tif.is_svs:
+        m = re.search(r"MPP\s*=\s*([0-9.]+)", page.description or "")
+        if m:
+            return float(m.group(1))
+    if tif.is_ome and tif.ome_metadata:
+        try:
+            root = ET.fromstring(tif.ome_metadata)
+            for el in root.iter():
+                if el.tag.endswith("Pixels") and "PhysicalSizeX" in el.attrib:
+                    size = float(el.attrib["PhysicalSizeX"])
+                    unit = el.attrib.get("PhysicalSizeXUnit", "µm")
+                    return size * {"nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}.get(unit, 1.0)
+        except (ET.ParseError, ValueError):
+            pass
+    tags = page.tags
+    if "XResolution" in tags and "ResolutionUnit" in tags:
+        num, den = tags["XResolution"].value
+        unit = int(tags["ResolutionUnit"].value)
+        if num and den:
+            per_unit = num / den
+            if unit == 3:  # centimetre
+                return 1e4 / per_unit
+            if unit == 2 and per_unit > 1000:  # inch; 72/96/300 dpi are screen/print defaults
+                return 25400.0 / per_unit
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# datasets of image/mask pairs
+
+
+@dataclass
+class Pair:
+    """An image file and its ground-truth mask file (None when there is none)."""
+
+    image: Path
+    mask: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.image.stem
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(
+        (f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES),
+        key=_natural_key,
+    )
+
+
+def _natural_key(p: Path):
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
+
+
+def find_pairs(folder: str | os.PathLike, mask_folder: str | None = None) -> list[Pair]:
+    """Find image/mask pairs in the layouts datasets use.
+
+    Layouts, tried in order:
+
+    1. ``folder/images/*`` with masks of the same stem in ``folder/masks`` (or ``labels``,
+       ``instances``, ``instances_cc``, ...; ``mask_folder`` picks one), as in GlaS and MoNuSeg
+       here;
+    2. one flat folder with ``name.ext`` beside ``name_anno.ext``, ``name_mask.ext``,
+       ``name_instances.ext``, ... (original GlaS);
+    3. a folder of such datasets (``glas/`` holding ``train/`` and ``testA/``).
+
+    Images without a mask are returned with ``mask=None``.
+
+    Raises
+    ------
+    GlandsegError
+        The folder does not exist or holds no images.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise GlandsegError(f"{root}: not a folder")
+    pairs = _pairs_in(root, mask_folder)
+    if not pairs:
+        for sub in sorted((d for d in root.iterdir() if d.is_dir()), key=_natural_key):
+            pairs.extend(_pairs_in(sub, mask_folder))
+    if not pairs:
+        raise GlandsegError(f"{root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return pairs
+
+
+def _pairs_in(root: Path, mask_folder: str | None) -> list[Pair]:
+    image_dir = next((root / n for n in IMAGE_FOLDERS if (root / n).is_dir()), None)
+    if image_dir is not None:
+        if mask_folder is not None:
+            if not (root / mask_folder).is_dir():
+                raise GlandsegError(f"{root}: has no mask folder {mask_folder!r}")
+            candidates = [root / mask_folder]
+        else:
+            candidates = [root / n for n in MASK_FOLDERS if (root / n).is_dir()]
+        masks: dict[str, Path] = {}
+        for d in reversed(candidates):  # earlier folders in MASK_FOLDERS win
+            masks.update({f.stem: f for f in _images_in(d)})
+        return [Pair(img, masks.get(img.stem)) for img in _images_in(image_dir)]
+
+    files = _images_in(root)
+    masks = {}
+    for f in files:
+        stem = f.stem
+        for s in MASK_NAME_SUFFIXES:
+            if stem.lower().endswith(s) and (mask_folder is None or s == f"_{mask_folder}"):
+                masks.setdefault(stem[: -len(s)], f)
+                break
+    mask_files = {f for f in files if is_mask_path(f)}
+    return [Pair(f, masks.get(f.stem)) for f in files if f not in mask_files]
+
+
+def read_pair(pair: Pair) -> tuple[ImageData, ImageData | None]:
+    """Read a pair; a mask whose shape differs from its image raises and names both shapes."""
+    image = read_image(pair.image, as_labels=False)
+    if pair.mask is None:
+        return image, None
+    mask = read_image(pair.mask, as_labels=True)
+    spatial = image.shape[:-1] if image.rgb else image.shape
+    if tuple(mask.shape) != tuple(spatial):
+        raise GlandsegError(
+            f"mask {pair.mask.name} has shape {mask.shape} but image {pair.image.name} has "
+            f"shape {tuple(spatial)}"
+        )
+    return image, mask
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+def labels_dtype(labels: np.ndarray) -> np.dtype:
+    """The smallest unsigned type that holds ``labels`` (uint8, uint16 or uint32)."""
+    labels = np.asarray(labels)
+    if labels.size and labels.min() < 0:
+        raise GlandsegError(f"labels must be non-negative, found minimum {labels.min()}")
+    top = int(labels.max()) if labels.size else 0
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    raise GlandsegError(f"label value {top} does not fit in uint32")
+
+
+def write_labels(
+    path: str | os.PathLike,
+    labels,
+    overwrite: bool = True,
+    pixel_size_um: float | None = None,
+) -> Path:
+    """Write a label image to a compressed TIFF or PNG, atomically.
+
+    The file is written beside its destination under a temporary name and renamed into place,
+    so a crash never leaves a half-written file. The smallest sufficient unsigned type is used;
+    PNG holds at most uint16.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.tif``, ``.tiff`` or ``.png``.
+    labels : array-like, (Y, X) or (Z, Y, X)
+    overwrite : bool
+        When False an existing file raises :class:`GlandsegError` instead of being replaced.
+    pixel_size_um : float, optional
+        Stored in the TIFF resolution tags.
+    """
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in (".tif", ".tiff", ".png"):
+        raise GlandsegError(f"{p}: labels are written as .tif, .tiff or .png, not {suffix!r}")
+    if p.exists() and not overwrite:
+        raise GlandsegError(f"{p}: exists; pass overwrite=True to replace it")
+    arr = np.asarray(labels)
+    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+        raise GlandsegError(f"labels must be integers, got dtype {arr.dtype}")
+    arr = arr.astype(labels_dtype(arr), copy=False)
+    if suffix == ".png" and arr.dtype == np.uint32:
+        raise GlandsegError(
+            f"{p}: label values up to {int(arr.max())} need uint32, which PNG cannot hold; "
+            "save as .tif"
+        )
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
+    os.close(fd)
+    try:
+        if suffix == ".png":
+            import imageio.v3 as iio
+
+            iio.imwrite(tmp, arr, extension=".png")
+        else:
+            import tifffile
+
+            kwargs = {}
+            if pixel_size_um:
+                kwargs = {"resolution": (1e4 / pixel_size_um, 1e4 / pixel_size_um),
+                          "resolutionunit": "CENTIMETER"}
+            tifffile.imwrite(tmp, arr, compression="zlib", **kwargs)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def iter_image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand files, folders and glob patterns into a sorted list of image files."""
+    import glob
+
+    out: list[Path] = []
+    for item in inputs:
+        s = str(item)
+        p = Path(s)
+        if p.is_dir():
+            out.extend(f for f in _images_in(p) if not is_mask_path(f))
+        elif p.is_file():
+            out.append(p)
+        else:
+            matches = sorted(glob.glob(s))
+            if not matches:
+                raise GlandsegError(f"{s}: no such file, folder or matching pattern")
+            out.extend(Path(m) for m in matches if Path(m).suffix.lower() in IMAGE_SUFFIXES)
+    return list(dict.fromkeys(out))
+

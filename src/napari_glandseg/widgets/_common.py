@@ -1,0 +1,33 @@
+"""Small helpers shared by the dock widgets: notifications and layer bookkeeping."""
+
+from __future__ import annotations
+
+from napari.utils.notifications import show_error, show_info, show_warning
+
+_SHOW = {"info": show_info, "warning": show_warning, "error": show_error}
+
+
+def notify(level: str, message: str) -> None:
+    """Show a napari notification (``level`` is info, warning or error)."""
+    _SHOW[level](message)
+
+
+def track_edits(layer) -> None:
+    """Mark ``layer.metadata['edited']`` once the user paints, fills or erases on it."""
+    layer.metadata.setdefault("edited", False)
+
+    def _mark(event=None):
+        layer.metadata["edited"] = True
+
+    layer.events.paint.connect(_mark)
+
+
+def unique_name(viewer, name: str) -> str:
+    """``name``, or ``name (2)``, ``name (3)``... so that no existing layer is replaced."""
+    taken = {layer.name for layer in viewer.layers}
+    if name not in taken:
+        return name
+    i = 2
+    while f"{name} ({i})" in taken:
+        i += 1
+    return f"{name} ({i})"
