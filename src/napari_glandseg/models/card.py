@@ -1,0 +1,205 @@
+"""Model cards: what a model is, what it expects and how well it does, as plain data.
+
+A card travels inside its checkpoint (safetensors metadata), so a file always says what it is.
+
+Examples
+--------
+>>> card = ModelCard(name="demo", architecture="unet", in_channels=3, num_classes=1,
+...                  class_names=["background", "gland"])
+>>> ModelCard.from_json(card.to_json()) == card
+True
+>>> ModelCard(name="x", architecture="vgg", in_channels=3, num_classes=1)
+Traceback (most recent call last):
+...
+napari_glandseg.errors.GlandsegError: unknown architecture 'vgg'; expected one of base_cnn, unet, resunet, linknet34, unetpp, deeplabv3plus
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+
+from ..errors import GlandsegError
+
+CARD_FORMAT = "napari-glandseg/1"
+
+
+class Architecture(str, Enum):
+    """The architectures a card can name (values are what files store)."""
+
+    BASE_CNN = "base_cnn"
+    UNET = "unet"
+    RESUNET = "resunet"
+    LINKNET34 = "linknet34"
+    UNETPP = "unetpp"
+    DEEPLABV3PLUS = "deeplabv3plus"
+
+    @property
+    def label(self) -> str:
+        return _ARCH_LABELS[self]
+
+
+_ARCH_LABELS = {
+    Architecture.BASE_CNN: "Base CNN",
+    Architecture.UNET: "U-Net",
+    Architecture.RESUNET: "ResNet U-Net",
+    Architecture.LINKNET34: "LinkNet-34",
+    Architecture.UNETPP: "UNet++",
+    Architecture.DEEPLABV3PLUS: "DeepLabV3+",
+}
+
+
+class Normalization(str, Enum):
+    """How pixel values are scaled before the network sees them.
+
+    - ``imagenet``: /255 then per-channel ImageNet mean and std (RGB);
+    - ``unit``: divide by the dtype's maximum (255 for uint8), giving 0..1;
+    - ``zscore``: per image, per channel, subtract mean and divide by std;
+    - ``percentile``: per image, per channel, 1st..99.8th percentile mapped to 0..1.
+    """
+
+    IMAGENET = "imagenet"
+    UNIT = "unit"
+    ZSCORE = "zscore"
+    PERCENTILE = "percentile"
+
+
+DEFAULT_COLOURS = ["#000000", "#ff3b30", "#34c759", "#007aff", "#ffcc00", "#af52de", "#5ac8fa"]
+
+
+@dataclass
+class ModelCard:
+    """Everything needed to build, run and judge a model.
+
+    Attributes
+    ----------
+    name : str
+        Store name, e.g. ``"glands-he"``.
+    architecture : str
+        An :class:`Architecture` value.
+    in_channels : int
+        1 for grey, 3 for RGB.
+    num_classes : int
+        Output channels. 1 means binary (sigmoid); more means softmax over classes, 0 being
+        background.
+    arch_kwargs : dict
+        Extra arguments for the architecture (widths, depth, dropout...).
+    class_names : list of str
+        ``num_classes`` names, or two (background, object) for a binary model.
+    class_colours : list of str
+        Hex colours, one per class name.
+    pixel_size_um : float or None
+        The input scale the model was trained at (um/px); None when unknown.
+    normalization : str
+        A :class:`Normalization` value.
+    boundary_class : bool
+        Classes are background / interior / boundary, for splitting touching objects.
+    """
+
+    name: str
+    architecture: str
+    in_channels: int
+    num_classes: int
+    arch_kwargs: dict = field(default_factory=dict)
+    class_names: list = field(default_factory=list)
+    class_colours: list = field(default_factory=list)
+    pixel_size_um: float | None = None
+    normalization: str = Normalization.IMAGENET.value
+    boundary_class: bool = False
+    description: str = ""
+    training_data: str = ""
+    data_licence: str = ""
+    licence: str = ""
+    metrics: dict = field(default_factory=dict)
+    postprocess: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    version: str = "0.1.0"
+    format: str = CARD_FORMAT
+
+    def __post_init__(self):
+        try:
+            self.architecture = Architecture(self.architecture).value
+        except ValueError:
+            raise GlandsegError(
+                f"unknown architecture {self.architecture!r}; expected one of "
+                + ", ".join(a.value for a in Architecture)
+            ) from None
+        try:
+            self.normalization = Normalization(self.normalization).value
+        except ValueError:
+            raise GlandsegError(
+                f"unknown normalization {self.normalization!r}; expected one of "
+                + ", ".join(n.value for n in Normalization)
+            ) from None
+        for attr in ("in_channels", "num_classes"):
+            value = getattr(self, attr)
+            if not isinstance(value, int) or value < 1:
+                raise GlandsegError(f"{attr} must be a positive integer, got {value!r}")
+        n_names = 2 if self.num_classes == 1 else self.num_classes
+        if not self.class_names:
+            self.class_names = (["background", "object"] if self.num_classes == 1
+                                else ["background"] + [f"class {i}" for i in range(1, n_names)])
+        if len(self.class_names) != n_names:
+            raise GlandsegError(
+                f"class_names has {len(self.class_names)} names but a model with "
+                f"num_classes={self.num_classes} needs {n_names}"
+            )
+        if not self.class_colours:
+            self.class_colours = [DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)] for i in range(n_names)]
+        if self.pixel_size_um is not None and not self.pixel_size_um > 0:
+            raise GlandsegError(f"pixel_size_um must be positive, got {self.pixel_size_um!r}")
+
+    @property
+    def binary(self) -> bool:
+        return self.num_classes == 1
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelCard:
+        if not isinstance(data, dict):
+            raise GlandsegError(f"a model card must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise GlandsegError(f"model card has unknown fields: {', '.join(unknown)}")
+        missing = [k for k in ("name", "architecture", "in_channels", "num_classes")
+                   if k not in data]
+        if missing:
+            raise GlandsegError(f"model card lacks required fields: {', '.join(missing)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GlandsegError(f"model card is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    def summary(self) -> str:
+        """A few human-readable lines for the Model widget and ``glandseg models show``."""
+        arch = Architecture(self.architecture).label
+        lines = [f"{self.name}  ({arch}, v{self.version})"]
+        if self.description:
+            lines.append(self.description)
+        lines.append(f"classes: {', '.join(self.class_names)}"
+                     + ("  [background/interior/boundary]" if self.boundary_class else ""))
+        scale = f"{self.pixel_size_um:g} um/px" if self.pixel_size_um else "any"
+        lines.append(f"input: {self.in_channels} channel(s), scale {scale}, "
+                     f"normalisation {self.normalization}")
+        if self.metrics:
+            lines.append("metrics: " + "; ".join(f"{k} {_fmt(v)}" for k, v in self.metrics.items()))
+        if self.training_data:
+            lines.append(f"trained on: {self.training_data}")
+        if self.data_licence or self.licence:
+            lines.append(f"licence: weights {self.licence or '?'}; data {self.data_licence or '?'}")
+        return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items())
+    return f"{v:.3f}" if isinstance(v, float) else str(v)

@@ -1,0 +1,192 @@
+"""Safe, self-describing checkpoints: safetensors weights with the model card in the metadata.
+
+Loading never executes code from a file. ``.safetensors`` holds only tensors and a JSON card.
+A pickle-based ``.pt``/``.pth`` is accepted only when ``torch.load(weights_only=True)`` can read
+it as a plain state dict, and then only with a card given separately (an argument, or a JSON
+file ``<name>.card.json`` beside it); anything else is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, GlandsegError
+from .card import ModelCard
+from .registry import build_from_card
+
+CARD_KEY = "glandseg_card"
+SUFFIXES = (".safetensors", ".pt", ".pth")
+
+
+@dataclass(eq=False)
+class Model:
+    """A network with its card. ``net`` is in eval mode on ``device``."""
+
+    net: nn.Module
+    card: ModelCard
+    path: Path | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def to(self, device) -> Model:
+        device = torch.device(device)
+        if device != self.device:
+            self.net.to(device)
+            self.device = device
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+
+def save_checkpoint(path, net: nn.Module, card: ModelCard, half: bool = False,
+                    overwrite: bool = False) -> Path:
+    """Write ``net``'s weights and ``card`` to a ``.safetensors`` file, atomically.
+
+    ``half`` stores floating-point weights as float16 (half the size; loads back as float32).
+    """
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    if p.suffix != ".safetensors":
+        raise GlandsegError(f"{p}: checkpoints are written as .safetensors")
+    if p.exists() and not overwrite:
+        raise GlandsegError(f"{p}: exists; pass overwrite=True to replace it")
+    state = {}
+    for k, v in net.state_dict().items():
+        v = v.detach().cpu()
+        if half and v.is_floating_point():
+            v = v.half()
+        state[k] = v.contiguous()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={CARD_KEY: card.to_json()})
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def read_card(path) -> ModelCard:
+    """The card stored in a ``.safetensors`` checkpoint, without reading the weights."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+    except FileNotFoundError:
+        raise CheckpointError(f"{p}: no such file") from None
+    except Exception as exc:
+        raise CheckpointError(f"{p}: not a valid safetensors file (truncated or corrupt: {exc})") \
+            from None
+    if CARD_KEY not in meta:
+        raise CheckpointError(f"{p}: safetensors file has no model card ({CARD_KEY!r} metadata)")
+    try:
+        return ModelCard.from_json(meta[CARD_KEY])
+    except GlandsegError as exc:
+        raise CheckpointError(f"{p}: bad model card: {exc}") from None
+
+
+def load_checkpoint(path, card: ModelCard | dict | None = None) -> Model:
+    """Build the network a checkpoint describes and load its weights (CPU, eval mode).
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.safetensors`` (card inside) or a plain state dict ``.pt``/``.pth``.
+    card : ModelCard or dict, optional
+        Required for ``.pt``/``.pth`` unless ``<stem>.card.json`` lies beside the file;
+        overrides the card inside a ``.safetensors``.
+
+    Raises
+    ------
+    CheckpointError
+        Missing, truncated, corrupt, unsafe, or not matching its card; names the file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such file")
+    suffix = p.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise CheckpointError(f"{p}: unknown checkpoint type {suffix!r}; expected "
+                              + ", ".join(SUFFIXES))
+    if isinstance(card, dict):
+        card = ModelCard.from_dict(card)
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        stored = read_card(p)
+        card = card or stored
+        try:
+            state = load_file(str(p))
+        except Exception as exc:
+            raise CheckpointError(f"{p}: cannot read weights (truncated or corrupt: {exc})") \
+                from None
+    else:
+        state = _load_pickle_state(p)
+        if card is None:
+            sidecar = p.with_suffix(".card.json")
+            if not sidecar.is_file():
+                raise CheckpointError(
+                    f"{p}: a .pt/.pth state dict carries no model card; give one (card=...) or "
+                    f"put it in {sidecar.name}"
+                )
+            try:
+                card = ModelCard.from_json(sidecar.read_text())
+            except GlandsegError as exc:
+                raise CheckpointError(f"{sidecar}: {exc}") from None
+    net = build_from_card(card)
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(filter(None, [
+            f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+            f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+            f"{len(wrong)} of wrong shape (e.g. {wrong[0]})" if wrong else "",
+        ]))
+        raise CheckpointError(
+            f"{p}: weights do not match architecture {card.architecture!r} "
+            f"(in={card.in_channels}, classes={card.num_classes}): {detail}"
+        )
+    net.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    net.eval()
+    return Model(net=net, card=card, path=p)
+
+
+def _load_pickle_state(p: Path) -> dict:
+    import pickle
+
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{p}: refused: this pickle holds objects other than plain tensors and would run "
+            f"code to load ({str(exc).splitlines()[0][:200]}). Save a state dict "
+            "(torch.save(model.state_dict(), ...)) or convert it to .safetensors"
+        ) from None
+    except Exception as exc:
+        raise CheckpointError(f"{p}: cannot read (truncated or corrupt: {exc})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{p}: not a state dict (a mapping of names to tensors)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def card_to_file(card: ModelCard, path) -> None:
+    """Write a card as pretty JSON (the sidecar form for .pt files)."""
+    Path(path).write_text(json.dumps(json.loads(card.to_json()), indent=2))

@@ -1,0 +1,177 @@
+"""The model store: bundled models (package data) and the user's own, listed together.
+
+The user's folder is ``$GLANDSEG_MODELS_DIR`` when set, else the platform's per-user data folder
+(``~/.local/share/napari-glandseg/models`` on Linux). Each model is one ``.safetensors`` file
+named after the model, carrying its card.
+
+Examples
+--------
+>>> import os, tempfile
+>>> os.environ["GLANDSEG_MODELS_DIR"] = tempfile.mkdtemp()
+>>> from napari_glandseg.models import ModelCard, build_model, save_checkpoint
+>>> card = ModelCard(name="tiny", architecture="base_cnn", in_channels=3, num_classes=1,
+...                  arch_kwargs={"widths": [4, 8]})
+>>> path = save_checkpoint(os.path.join(tempfile.mkdtemp(), "tiny.safetensors"),
+...                        build_model("base_cnn", 3, 1, widths=[4, 8]), card)
+>>> entry = import_model(path)
+>>> [m.name for m in list_models() if m.source == "user"]
+['tiny']
+>>> load_model("tiny").card.architecture
+'base_cnn'
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CheckpointError, GlandsegError
+from .card import ModelCard
+from .checkpoint import Model, load_checkpoint, read_card, save_checkpoint
+
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled_models"
+ENV_VAR = "GLANDSEG_MODELS_DIR"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_cache: dict[tuple, Model] = {}
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    path: Path
+    source: str  # "bundled" or "user"
+    card: ModelCard
+
+
+def user_dir() -> Path:
+    """The user's model folder (created on first use)."""
+    if os.environ.get(ENV_VAR):
+        base = Path(os.environ[ENV_VAR]).expanduser()
+    elif sys.platform == "win32":
+        base = Path(os.environ.get("APPDATA", Path.home())) / "napari-glandseg" / "models"
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support" / "napari-glandseg" / "models"
+    else:
+        xdg = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+        base = Path(xdg) / "napari-glandseg" / "models"
+    base.mkdir(parents=True, exist_ok=True)
+    return base
+
+
+def _entries(folder: Path, source: str) -> list[ModelEntry]:
+    if not folder.is_dir():
+        return []
+    out = []
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            out.append(ModelEntry(f.stem, f, source, read_card(f)))
+        except CheckpointError:
+            continue  # a broken file in the folder must not hide the others
+    return out
+
+
+def list_models() -> list[ModelEntry]:
+    """Bundled models first, then the user's, each with its card."""
+    return _entries(BUNDLED_DIR, "bundled") + _entries(user_dir(), "user")
+
+
+def find_model(name: str) -> ModelEntry:
+    for entry in list_models():
+        if entry.name == name:
+            return entry
+    names = ", ".join(e.name for e in list_models()) or "none"
+    raise GlandsegError(f"no model named {name!r} in the store (available: {names})")
+
+
+def load_model(name_or_path, device=None, card: ModelCard | dict | None = None) -> Model:
+    """Load a model by store name or file path; loaded models are cached.
+
+    Parameters
+    ----------
+    name_or_path : str or Path
+        A name from :func:`list_models` or a checkpoint file.
+    device : str or torch.device, optional
+        Move the model there (``"auto"``, ``"cuda"``, ``"mps"``, ``"cpu"``).
+    card : ModelCard or dict, optional
+        The card for a ``.pt``/``.pth`` state dict.
+    """
+    p = Path(name_or_path)
+    if p.suffix.lower() in (".safetensors", ".pt", ".pth") or p.is_file():
+        path = p
+    else:
+        path = find_model(str(name_or_path)).path
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, None if card is None else
+           (card.to_json() if isinstance(card, ModelCard) else repr(sorted(card.items()))))
+    model = _cache.get(key)
+    if model is None:
+        model = _cache[key] = load_checkpoint(path, card=card)
+    if device is not None:
+        from .device import resolve_device
+
+        model.to(resolve_device(device))
+    return model
+
+
+def _check_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise GlandsegError(
+            f"model name {name!r} is not allowed: use letters, digits, '.', '_' or '-' "
+            "(at most 64 characters)"
+        )
+    return name
+
+
+def import_model(path, name: str | None = None, card: ModelCard | dict | None = None,
+                 overwrite: bool = False) -> ModelEntry:
+    """Copy a checkpoint into the user's store (a .pt/.pth is converted to .safetensors).
+
+    The file is loaded first, so a broken or unsafe file never enters the store.
+    """
+    model = load_checkpoint(path, card=card)
+    name = _check_name(name or model.card.name or Path(path).stem)
+    if any(e.name == name for e in _entries(BUNDLED_DIR, "bundled")):
+        raise GlandsegError(f"{name!r} is a bundled model; import under another name")
+    model.card.name = name
+    dest = user_dir() / f"{name}.safetensors"
+    if dest.exists() and not overwrite:
+        raise GlandsegError(f"a model named {name!r} is already in the store; "
+                            "choose another name or overwrite")
+    save_checkpoint(dest, model.net, model.card, overwrite=overwrite)
+    return ModelEntry(name, dest, "user", model.card)
+
+
+def export_model(name: str, dest, overwrite: bool = False) -> Path:
+    """Copy a stored model to ``dest`` (a file or folder), atomically."""
+    entry = find_model(name)
+    d = Path(dest)
+    if d.is_dir():
+        d = d / entry.path.name
+    if d.exists() and not overwrite:
+        raise GlandsegError(f"{d}: exists; pass overwrite to replace it")
+    fd, tmp = tempfile.mkstemp(prefix=f".{d.name}.", dir=d.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(entry.path, tmp)
+        os.replace(tmp, d)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return d
+
+
+def delete_model(name: str) -> None:
+    """Remove one of the user's models (bundled models cannot be deleted)."""
+    entry = find_model(name)
+    if entry.source != "user":
+        raise GlandsegError(f"{name!r} is a bundled model and cannot be deleted")
+    entry.path.unlink()
+    for key in [k for k in _cache if k[0] == str(entry.path.resolve())]:
+        del _cache[key]

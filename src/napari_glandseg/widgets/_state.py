@@ -1,0 +1,35 @@
+"""The model and device chosen in the Model widget, shared with the other widgets of a viewer."""
+
+from __future__ import annotations
+
+import weakref
+
+from psygnal import Signal
+
+
+class ModelSelection:
+    """Per-viewer selection. ``changed`` is emitted with the selection when either changes."""
+
+    changed = Signal(object)
+
+    def __init__(self):
+        self.model = None  # napari_glandseg.models.Model
+        self.device = None  # torch.device
+
+    def set(self, model=None, device=None) -> None:
+        if model is not None:
+            self.model = model
+        if device is not None:
+            self.device = device
+        if self.model is not None and self.device is not None:
+            self.model.to(self.device)
+        self.changed.emit(self)
+
+
+_selections: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def selection_for(viewer) -> ModelSelection:
+    if viewer not in _selections:
+        _selections[viewer] = ModelSelection()
+    return _selections[viewer]

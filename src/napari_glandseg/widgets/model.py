@@ -1,0 +1,175 @@
+"""Model widget: pick a model from the store (or a file), read its card, choose the device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QPlainTextEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import GlandsegError
+from ..models import (
+    DeviceChoice,
+    delete_model,
+    describe_device,
+    import_model,
+    list_models,
+    load_model,
+    resolve_device,
+)
+from ._common import notify
+from ._state import selection_for
+
+
+class ModelWidget(QWidget):
+    """Choose the model and device the Segment and Fine-tune widgets use.
+
+    Scripted use::
+
+        w = viewer.window.add_plugin_dock_widget("napari-glandseg", "Model")[1]
+        w.select("glands-he"); w.set_device("cpu")
+        w.selection.model.card.summary()
+    """
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.selection = selection_for(napari_viewer)
+        self._paths: list[Path] = []
+
+        self.model_box = QComboBox()
+        self.card_view = QPlainTextEdit()
+        self.card_view.setReadOnly(True)
+        self.card_view.setMinimumHeight(140)
+        self.load_file_btn = QPushButton("Load from file…")
+        self.import_btn = QPushButton("Import into store…")
+        self.delete_btn = QPushButton("Delete")
+        self.device_box = QComboBox()
+        self.device_box.addItems([d.value for d in DeviceChoice])
+        self.device_label = QLabel()
+
+        form = QFormLayout()
+        form.addRow("Model", self.model_box)
+        form.addRow("Device", self.device_box)
+        form.addRow("Running on", self.device_label)
+        buttons = QHBoxLayout()
+        for b in (self.load_file_btn, self.import_btn, self.delete_btn):
+            buttons.addWidget(b)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.card_view)
+        layout.addLayout(buttons)
+
+        self.model_box.currentIndexChanged.connect(self._index_changed)
+        self.device_box.currentTextChanged.connect(self.set_device)
+        self.load_file_btn.clicked.connect(self._choose_file)
+        self.import_btn.clicked.connect(self._choose_import)
+        self.delete_btn.clicked.connect(self._confirm_delete)
+
+        self.set_device(DeviceChoice.AUTO.value)
+        self.refresh()
+
+    # ---------------------------------------------------------------- actions a script can call
+    def refresh(self, select: str | None = None) -> None:
+        """Re-read the store; keep (or move to) the named model."""
+        current = select or (self.selection.model.name if self.selection.model else None)
+        entries = list_models()
+        self._paths = [e.path for e in entries]
+        self.model_box.blockSignals(True)
+        self.model_box.clear()
+        for e in entries:
+            self.model_box.addItem(f"{e.name}  [{e.source}]", e.name)
+            self.model_box.setItemData(self.model_box.count() - 1, e.card.summary(), 3)
+        self.model_box.blockSignals(False)
+        names = [e.name for e in entries]
+        if current in names:
+            self.model_box.setCurrentIndex(names.index(current))
+            self._index_changed(names.index(current))
+        elif entries:
+            self._index_changed(0)
+        else:
+            self.card_view.setPlainText(
+                "No models in the store yet.\nUse 'Load from file…' or 'Import into store…'.")
+        self.delete_btn.setEnabled(any(e.source == "user" for e in entries))
+
+    def select(self, name_or_path) -> bool:
+        """Load a model by store name or file path; True on success (errors are notified)."""
+        try:
+            model = load_model(name_or_path)
+        except GlandsegError as exc:
+            notify("error", str(exc))
+            return False
+        self.selection.set(model=model)
+        self.card_view.setPlainText(model.card.summary()
+                                    + (f"\nfile: {model.path}" if model.path else ""))
+        return True
+
+    def set_device(self, choice: str) -> bool:
+        try:
+            device = resolve_device(choice)
+        except GlandsegError as exc:
+            notify("error", str(exc))
+            self.device_box.setCurrentText(DeviceChoice.AUTO.value)
+            return False
+        if self.device_box.currentText() != choice:
+            self.device_box.setCurrentText(choice)
+        self.selection.set(device=device)
+        self.device_label.setText(describe_device(device))
+        return True
+
+    def import_file(self, path, name: str | None = None) -> bool:
+        try:
+            entry = import_model(path, name=name)
+        except GlandsegError as exc:
+            notify("error", str(exc))
+            return False
+        notify("info", f"imported {entry.name} into {entry.path.parent}")
+        self.refresh(select=entry.name)
+        return True
+
+    def delete(self, name: str) -> bool:
+        try:
+            delete_model(name)
+        except GlandsegError as exc:
+            notify("error", str(exc))
+            return False
+        if self.selection.model is not None and self.selection.model.name == name:
+            self.selection.model = None
+        self.refresh()
+        return True
+
+    # ---------------------------------------------------------------- internals
+    def _index_changed(self, index: int) -> None:
+        if 0 <= index < len(self._paths):
+            self.select(self._paths[index])
+
+    def _choose_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Load model", "", "Models (*.safetensors *.pt *.pth)")
+        if path and self.select(path):
+            self.model_box.setCurrentIndex(-1)
+
+    def _choose_import(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Import model into store", "", "Models (*.safetensors *.pt *.pth)")
+        if path:
+            self.import_file(path)
+
+    def _confirm_delete(self) -> None:
+        name = self.model_box.currentData()
+        if not name:
+            return
+        answer = QMessageBox.question(
+            self, "Delete model", f"Delete {name!r} from your model store? This cannot be undone.")
+        if answer == QMessageBox.StandardButton.Yes:
+            self.delete(name)

@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_glandseg import cli
+from napari_glandseg.errors import GlandsegError
+from napari_glandseg.models import (
+    ModelCard,
+    build_model,
+    delete_model,
+    export_model,
+    import_model,
+    list_models,
+    load_model,
+    save_checkpoint,
+    user_dir,
+)
+
+
+@pytest.fixture
+def tiny_file(tmp_path):
+    card = ModelCard(name="tiny", architecture="base_cnn", in_channels=3, num_classes=1,
+                     arch_kwargs={"widths": [4, 8]}, description="a test model",
+                     class_names=["background", "gland"])
+    torch.manual_seed(0)
+    net = build_model("base_cnn", 3, 1, widths=[4, 8]).eval()
+    return save_checkpoint(tmp_path / "tiny.safetensors", net, card), net
+
+
+def test_import_list_load_cached_export_delete(tmp_path, tiny_file):
+    path, net = tiny_file
+    entry = import_model(path, name="my-tiny")
+    assert entry.path.parent == user_dir() and entry.card.name == "my-tiny"
+    assert [(m.name, m.source) for m in list_models() if m.source == "user"] == [
+        ("my-tiny", "user")]
+    a, b = load_model("my-tiny"), load_model("my-tiny")
+    assert a is b  # cached
+    x = torch.randn(1, 3, 20, 20)
+    with torch.no_grad():
+        assert torch.equal(a.net(x), net(x))
+    with pytest.raises(GlandsegError, match="already in the store"):
+        import_model(path, name="my-tiny")
+    out = export_model("my-tiny", tmp_path)
+    assert out.read_bytes() == entry.path.read_bytes()
+    delete_model("my-tiny")
+    with pytest.raises(GlandsegError, match="no model named 'my-tiny'"):
+        load_model("my-tiny")
+
+
+def test_import_refuses_bad_names_and_broken_files(tmp_path, tiny_file):
+    path, _ = tiny_file
+    with pytest.raises(GlandsegError, match="not allowed"):
+        import_model(path, name="../escape")
+    (tmp_path / "bad.safetensors").write_bytes(b"nope")
+    with pytest.raises(GlandsegError, match="bad.safetensors"):
+        import_model(tmp_path / "bad.safetensors")
+    assert [m for m in list_models() if m.source == "user"] == []
+
+
+def test_a_broken_file_in_the_store_does_not_hide_the_others(tiny_file):
+    import_model(tiny_file[0])
+    (user_dir() / "broken.safetensors").write_bytes(b"\x00" * 10)
+    assert [m.name for m in list_models() if m.source == "user"] == ["tiny"]
+
+
+def test_cli_models_list_show_import(tmp_path, tiny_file, capsys):
+    path, _ = tiny_file
+    assert cli.main(["models", "import", str(path), "--as", "cli-tiny"]) == 0
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "cli-tiny" in out and "Base CNN" in out and "background/gland" in out
+    assert cli.main(["models", "show", "cli-tiny"]) == 0
+    assert "a test model" in capsys.readouterr().out
+    assert cli.main(["models", "delete", "cli-tiny"]) == 2  # needs --yes
+    assert "--yes" in capsys.readouterr().err
+    assert cli.main(["models", "delete", "cli-tiny", "--yes"]) == 0
+
+
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
+    assert cli.main(["models", "show", "no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("glandseg: error: no model named 'no-such-model'")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    (tmp_path / "x.pt").write_bytes(b"junk")
+    assert cli.main(["models", "import", str(tmp_path / "x.pt")]) == 2
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["models", "frobnicate"])
+    assert exc.value.code == 2
+
+
+def test_cli_import_pt_with_card(tmp_path, capsys):
+    net = build_model("base_cnn", 3, 1, widths=[4, 8])
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    card = ModelCard(name="from-pt", architecture="base_cnn", in_channels=3, num_classes=1,
+                     arch_kwargs={"widths": [4, 8]})
+    (tmp_path / "card.json").write_text(card.to_json())
+    assert cli.main(["models", "import", str(tmp_path / "w.pt"), "--card",
+                     str(tmp_path / "card.json")]) == 0
+    stored = load_model("from-pt")
+    assert np.allclose(stored.net.head.weight.detach().numpy(), net.head.weight.detach().numpy())

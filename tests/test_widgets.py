@@ -1,0 +1,118 @@
+"""Widgets driven as a user would: opened through the manifest on a real viewer."""
+
+import shutil
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from napari_glandseg.models import ModelCard, build_model, import_model, save_checkpoint
+
+PLUGIN = "napari-glandseg"
+
+
+def _dock(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+@pytest.fixture
+def dataset(tmp_path, data_dir):
+    for stem in ("testA_5_crop", "train_1_crop"):
+        (tmp_path / "images").mkdir(exist_ok=True)
+        (tmp_path / "masks").mkdir(exist_ok=True)
+        shutil.copy(data_dir / f"glas/{stem}.png", tmp_path / "images" / f"{stem}.png")
+        shutil.copy(data_dir / f"glas/{stem}_instances.png", tmp_path / "masks" / f"{stem}.png")
+    return tmp_path
+
+
+def test_load_dataset_steps_without_piling_up_layers(make_napari_viewer, dataset, notes):
+    viewer = make_napari_viewer()
+    w = _dock(viewer, "Load")
+    pairs = w.open_dataset(dataset)
+    assert len(pairs) == 2 and w.pair_list.count() == 2
+    assert [layer.name for layer in viewer.layers] == ["testA_5_crop", "testA_5_crop [truth]"]
+    truth = viewer.layers["testA_5_crop [truth]"]
+    assert truth.data.dtype == np.uint16 and len(np.unique(truth.data)) == 9
+    assert not w.prev_btn.isEnabled() and w.next_btn.isEnabled()
+    w.next_btn.click()
+    assert [layer.name for layer in viewer.layers] == ["train_1_crop", "train_1_crop [truth]"]
+    w.pair_list.setCurrentRow(0)  # picking from the list works too
+    assert viewer.layers[0].name == "testA_5_crop"
+    assert notes == []
+
+
+def test_edited_truth_is_kept_when_stepping(make_napari_viewer, dataset, notes):
+    viewer = make_napari_viewer()
+    w = _dock(viewer, "Load")
+    w.open_dataset(dataset)
+    truth = viewer.layers["testA_5_crop [truth]"]
+    truth.paint((5, 5), 3)  # the user corrects the mask
+    w.next()
+    names = [layer.name for layer in viewer.layers]
+    assert "testA_5_crop [truth] (edited)" in names and "testA_5_crop" not in names
+    assert any("kept your edited layer" in m for _, m in notes)
+
+
+def test_load_reports_bad_input_and_keeps_going(make_napari_viewer, tmp_path, data_dir, notes):
+    viewer = make_napari_viewer()
+    w = _dock(viewer, "Load")
+    (tmp_path / "empty").mkdir()
+    assert w.open_dataset(tmp_path / "empty") == []
+    assert notes[-1][0] == "error" and "no images found" in notes[-1][1]
+
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    layers = w.open_files([tmp_path / "broken.png", data_dir / "wbc/dataset1_001.png",
+                           data_dir / "wbc/dataset1_001_mask.png"])
+    assert [layer.name for layer in layers] == ["dataset1_001", "dataset1_001_mask [truth]"]
+    assert "broken.png" in notes[-1][1]
+
+    bad = tmp_path / "bad"
+    (bad / "images").mkdir(parents=True)
+    (bad / "masks").mkdir()
+    shutil.copy(data_dir / "glas/train_1_crop.png", bad / "images" / "a.png")
+    iio.imwrite(bad / "masks" / "a.png", np.zeros((10, 12), np.uint8))
+    w.open_dataset(bad)
+    assert "(10, 12)" in notes[-1][1] and "(256, 256)" in notes[-1][1]
+    assert viewer.layers[-1].name == "a"  # the image is still shown
+
+    only = tmp_path / "only"
+    only.mkdir()
+    shutil.copy(data_dir / "glas/train_1_crop.png", only / "x.png")
+    w.open_dataset(only)
+    assert notes[-1][0] == "warning" and "no masks" in notes[-1][1]
+
+
+def test_load_svs_multiscale(make_napari_viewer, data_dir):
+    viewer = make_napari_viewer()
+    w = _dock(viewer, "Load")
+    (layer,) = w.open_files([data_dir / "wsi/cmu_small_region.svs"])
+    assert layer.multiscale and layer.rgb and layer.data[0].shape == (2967, 2220, 3)
+    assert layer.scale[-1] == pytest.approx(0.499)
+
+
+def test_model_widget_lists_store_and_shares_selection(make_napari_viewer, tmp_path, notes):
+    card = ModelCard(name="tiny-glands", architecture="unet", in_channels=3, num_classes=1,
+                     arch_kwargs={"features": [4, 4, 8, 8, 16, 4]},
+                     class_names=["background", "gland"], description="test glands",
+                     pixel_size_um=0.62, licence="BSD-3-Clause", data_licence="research only")
+    path = save_checkpoint(tmp_path / "t.safetensors",
+                           build_model("unet", 3, 1, features=[4, 4, 8, 8, 16, 4]), card)
+    import_model(path)
+    viewer = make_napari_viewer()
+    w = _dock(viewer, "Model")
+    assert w.model_box.count() >= 1
+    w.model_box.setCurrentIndex(w.model_box.findData("tiny-glands"))
+    text = w.card_view.toPlainText()
+    assert "U-Net" in text and "0.62 um/px" in text and "research only" in text
+    assert w.selection.model.name == "tiny-glands"
+    assert w.device_label.text().startswith("CPU" if not torch.cuda.is_available() else "CUDA")
+    from napari_glandseg.widgets._state import selection_for
+
+    assert selection_for(viewer) is w.selection  # other widgets see the same choice
+    if not torch.cuda.is_available():
+        assert not w.set_device("cuda")
+        assert "no CUDA GPU" in notes[-1][1] and w.device_box.currentText() == "auto"
+    assert w.delete("tiny-glands") and w.selection.model is None
+    assert w.model_box.findData("tiny-glands") == -1
