@@ -9,7 +9,7 @@ from npe2 import PluginManifest
 from napari_glandseg import _napari
 
 CORE = ["napari_glandseg", "napari_glandseg.io", "napari_glandseg.models", "napari_glandseg.cli",
-        "napari_glandseg._napari", "napari_glandseg.errors"]
+        "napari_glandseg._napari", "napari_glandseg.errors", "napari_glandseg.inference"]
 
 
 def _manifest():
@@ -29,7 +29,7 @@ def test_manifest_validates_and_every_python_name_imports():
 
 def test_core_imports_without_qt_or_napari():
     code = ("import sys\n" + "".join(f"import {m}\n" for m in CORE)
-            + "import napari_glandseg as g; g.load_model; g.list_models\n"
+            + "import napari_glandseg as g; g.load_model; g.list_models; g.segment\n"
             + "bad = [m for m in ('qtpy', 'PyQt6', 'PyQt5', 'PySide6', 'napari', 'magicgui')"
             + " if m in sys.modules]\nprint(bad)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

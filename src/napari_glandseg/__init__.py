@@ -14,6 +14,9 @@ _API = {
     "list_models": "napari_glandseg.models",
     "build_model": "napari_glandseg.models",
     "ModelCard": "napari_glandseg.models",
+    "segment": "napari_glandseg.inference",
+    "iter_segment": "napari_glandseg.inference",
+    "SegmentParams": "napari_glandseg.inference",
 }
 
 __all__ = ["__version__", *_API]

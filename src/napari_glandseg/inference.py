@@ -1,0 +1,584 @@
+"""Tiled inference: normalise -> windows -> tiles -> batches -> blend -> labels.
+
+Qt-free. :func:`iter_segment` is a generator that yields :class:`Progress` after every batch and
+returns a :class:`SegmentResult`; :func:`segment` runs it to the end. Stopping the generator
+(``close()``, or napari's ``worker.quit()``) ends the work at the next batch and leaves nothing
+half-written behind.
+
+How an image of any size is handled:
+
+- The image (a NumPy, dask or zarr array, or a multiscale list of them) is read window by
+  window (``window_size`` pixels plus a halo of half a tile on each side), so memory is
+  bounded by the window, never the image.
+- Each window is cut into ``tile_size`` tiles overlapping by ``overlap``; tile predictions
+  (probabilities) are blended with a Gaussian or cosine window, so no seams show.
+- Only the window's centre is kept; labels (and, on request, probabilities) are written into
+  an in-memory array or, for large images, a zarr store that napari shows lazily.
+- When the image's pixel size differs from the model card's, each window is resampled to the
+  model's scale and the probabilities back; with a pyramid, the level nearest the model's scale
+  is read instead.
+
+Examples
+--------
+>>> import numpy as np
+>>> from napari_glandseg.models import ModelCard, build_model, Model
+>>> card = ModelCard(name="demo", architecture="base_cnn", in_channels=3, num_classes=1,
+...                  arch_kwargs={"widths": [4, 8]})
+>>> model = Model(build_model("base_cnn", 3, 1, widths=[4, 8]).eval(), card)
+>>> image = np.zeros((100, 150, 3), np.uint8)
+>>> result = segment(image, model, tile_size=64, overlap=0.25)
+>>> result.labels.shape, result.probabilities.shape
+((100, 150), (1, 100, 150))
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from .errors import GlandsegError
+from .models import Model, Normalization, describe_device, resolve_device
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+#: Images with more pixels than this (or lazy inputs) get their labels in a zarr store.
+LARGE_PIXELS = 64 * 2**20
+
+
+class Blend(str, Enum):
+    """How overlapping tiles are weighted: ``gaussian`` (sigma = tile/8, as MONAI),
+    ``cosine`` (Hann window) or ``constant`` (plain average)."""
+
+    GAUSSIAN = "gaussian"
+    COSINE = "cosine"
+    CONSTANT = "constant"
+
+
+class Precision(str, Enum):
+    """``auto`` uses bf16/fp16 autocast on a GPU and fp32 on the CPU (faster here: see
+    benchmarks/bench_inference.py); ``fp32``, ``bf16``, ``fp16`` force a choice."""
+
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+@dataclass
+class SegmentParams:
+    """Settings for :func:`iter_segment` (every field is also a keyword of :func:`segment`).
+
+    Attributes
+    ----------
+    tile_size : int
+        Side of the square tiles the network sees (>= 16).
+    overlap : float
+        Fraction of a tile shared with its neighbour, in [0, 0.9].
+    batch_size : int
+        Tiles per forward pass; halved automatically on GPU out-of-memory.
+    blend : Blend
+    tta : bool
+        Average over the 8 flips/rotations and return an uncertainty map.
+    threshold : float
+        Probability above which a binary model's pixel is foreground.
+    device : str
+        ``auto``, ``cuda``, ``mps`` or ``cpu``.
+    precision : Precision
+    channels_last : bool or None
+        None: on for CUDA only.
+    window_size : int
+        Side of the windows a large image is read in.
+    rescale : bool
+        Resample to the model card's um/px when the image's pixel size is known.
+    return_probabilities : bool
+        Keep the probability map (for large images, in the zarr store as float16).
+    """
+
+    tile_size: int = 512
+    overlap: float = 0.25
+    batch_size: int = 4
+    blend: Blend = Blend.GAUSSIAN
+    tta: bool = False
+    threshold: float = 0.5
+    device: str = "auto"
+    precision: Precision = Precision.AUTO
+    channels_last: bool | None = None
+    window_size: int = 4096
+    rescale: bool = True
+    return_probabilities: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.tile_size, int) or self.tile_size < 16:
+            raise GlandsegError(f"tile_size must be an integer >= 16, got {self.tile_size!r}")
+        if not 0 <= self.overlap <= 0.9:
+            raise GlandsegError(f"overlap must be in [0, 0.9], got {self.overlap!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise GlandsegError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not 0 < self.threshold < 1:
+            raise GlandsegError(f"threshold must be in (0, 1), got {self.threshold!r}")
+        if self.window_size < self.tile_size:
+            raise GlandsegError(f"window_size {self.window_size} is smaller than tile_size "
+                                f"{self.tile_size}")
+        self.blend = _enum(Blend, self.blend, "blend")
+        self.precision = _enum(Precision, self.precision, "precision")
+
+
+def _enum(cls, value, name):
+    try:
+        return cls(getattr(value, "value", value))
+    except ValueError:
+        raise GlandsegError(f"unknown {name} {value!r}; expected one of "
+                            + ", ".join(m.value for m in cls)) from None
+
+
+@dataclass
+class Progress:
+    """One step of a long job: ``done`` of ``total`` units, a message, seconds elapsed."""
+
+    done: int
+    total: int
+    message: str = ""
+    elapsed: float = 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left, estimated from the rate so far."""
+        if not self.done or self.done >= self.total:
+            return None
+        return self.elapsed / self.done * (self.total - self.done)
+
+
+@dataclass
+class SegmentResult:
+    """What :func:`segment` returns.
+
+    Attributes
+    ----------
+    labels : ndarray or zarr array, (Y, X), uint8
+        Class labels, 0 = background (binary models: 0/1).
+    probabilities : ndarray or zarr array, (C, Y, X), or None
+        Foreground probability (C = 1) for binary models, class probabilities otherwise.
+    uncertainty : ndarray or None, (Y, X)
+        With TTA: mean over classes of the standard deviation across the 8 augmentations.
+    offset : (int, int)
+        Where ``labels[0, 0]`` lies in the full-resolution image (for a region).
+    pixel_size_um : float or None
+        Pixel size of the output (the chosen pyramid level's).
+    downsample : float
+        Full-resolution pixels per output pixel (1 unless a coarser pyramid level was used).
+    store_path : str or None
+        The zarr folder holding a large result (the caller owns it).
+    """
+
+    labels: object
+    probabilities: object = None
+    uncertainty: object = None
+    offset: tuple = (0, 0)
+    pixel_size_um: float | None = None
+    downsample: float = 1.0
+    store_path: str | None = None
+    device: str = ""
+    seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# public entry points
+
+
+def segment(image, model: Model, pixel_size_um: float | None = None, region=None,
+            params: SegmentParams | None = None, **kwargs) -> SegmentResult:
+    """Segment ``image`` with ``model`` (blocking). See :func:`iter_segment`."""
+    gen = iter_segment(image, model, pixel_size_um=pixel_size_um, region=region,
+                       params=params, **kwargs)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def iter_segment(
+    image,
+    model: Model,
+    pixel_size_um: float | None = None,
+    region: tuple[int, int, int, int] | None = None,
+    params: SegmentParams | None = None,
+    **kwargs,
+) -> Generator[Progress, None, SegmentResult]:
+    """Segment an image tile by tile, yielding :class:`Progress` after each batch.
+
+    Parameters
+    ----------
+    image : array-like or list of array-like
+        ``(Y, X)`` grey or ``(Y, X, C)`` colour; NumPy, dask or zarr; a list is a multiscale
+        pyramid, full resolution first.
+    model : Model
+        From :func:`napari_glandseg.load_model`; its card gives channels, classes,
+        normalisation and input scale.
+    pixel_size_um : float, optional
+        The image's um/px (full resolution). With the card's, sets the rescale factor.
+    region : (y0, x0, y1, x1), optional
+        Full-resolution bounding box to segment; the result's ``offset`` is ``(y0, x0)``.
+    params : SegmentParams, optional
+        Or pass its fields as keywords.
+
+    Returns
+    -------
+    SegmentResult
+    """
+    if params is None:
+        params = SegmentParams(**kwargs)
+    elif kwargs:
+        params = replace(params, **kwargs)
+    card = model.card
+    levels = list(image) if isinstance(image, list | tuple) else [image]
+    base_shape = _check_image(levels[0], card.in_channels)
+    y0, x0, y1, x1 = _check_region(region, base_shape[:2])
+
+    level, downsample = _pick_level(levels, pixel_size_um, card.pixel_size_um)
+    data = levels[level]
+    ly0, lx0 = int(y0 / downsample), int(x0 / downsample)
+    ly1 = max(ly0 + 1, min(data.shape[0], math.ceil(y1 / downsample)))
+    lx1 = max(lx0 + 1, min(data.shape[1], math.ceil(x1 / downsample)))
+    out_px = pixel_size_um * downsample if pixel_size_um else None
+    scale = 1.0
+    if params.rescale and out_px and card.pixel_size_um:
+        scale = out_px / card.pixel_size_um  # model pixels per image pixel
+        if abs(scale - 1) < 0.1:
+            scale = 1.0
+
+    device = resolve_device(params.device)
+    model.to(device)
+    precision = _precision(params.precision, device)
+    channels_last = device.type == "cuda" if params.channels_last is None else params.channels_last
+    stats = _norm_stats(data, (ly0, lx0, ly1, lx1), card.normalization)
+
+    out_h, out_w = ly1 - ly0, lx1 - lx0
+    large = not isinstance(data, np.ndarray) or out_h * out_w > LARGE_PIXELS
+    n_out = card.num_classes
+    labels, probs, store_path = _allocate(out_h, out_w, n_out, large, params)
+    uncertainty = np.zeros((out_h, out_w), np.float32) if params.tta and not large else None
+
+    halo = params.tile_size // 2
+    windows = _grid(out_h, out_w, params.window_size, 0)
+    plans = []
+    for wy, wx, wh, ww in windows:
+        ry0, rx0 = max(0, wy - halo), max(0, wx - halo)
+        ry1, rx1 = min(out_h, wy + wh + halo), min(out_w, wx + ww + halo)
+        mh, mw = round((ry1 - ry0) * scale), round((rx1 - rx0) * scale)
+        tiles = _grid(mh, mw, params.tile_size, params.overlap)
+        plans.append(((wy, wx, wh, ww), (ry0, rx0, ry1, rx1), (mh, mw), tiles))
+    total = sum(len(p[3]) for p in plans)
+    state = {"batch": params.batch_size, "done": 0, "t0": time.perf_counter()}
+    info = {"level": level, "scale": scale, "tiles": total, "precision": precision,
+            "batch_size": params.batch_size}
+
+    finished = False
+    try:
+        for (wy, wx, wh, ww), (ry0, rx0, ry1, rx1), (mh, mw), tiles in plans:
+            raw = np.asarray(data[ly0 + ry0: ly0 + ry1, lx0 + rx0: lx0 + rx1])
+            x = _normalise(raw, card.normalization, stats)
+            if scale != 1.0:
+                x = _resize(x, (mh, mw))
+            wprob, wunc = yield from _predict_window(
+                x, tiles, model, params, device, precision, channels_last, state, total)
+            if scale != 1.0:
+                wprob = _resize(wprob.transpose(1, 2, 0), (ry1 - ry0, rx1 - rx0)).transpose(2, 0, 1)
+                if wunc is not None:
+                    wunc = _resize(wunc, (ry1 - ry0, rx1 - rx0))
+            cy, cx = wy - ry0, wx - rx0
+            core = wprob[:, cy: cy + wh, cx: cx + ww]
+            labels[wy: wy + wh, wx: wx + ww] = _to_labels(core, params.threshold)
+            if probs is not None:
+                probs[:, wy: wy + wh, wx: wx + ww] = core.astype(probs.dtype, copy=False)
+            if uncertainty is not None and wunc is not None:
+                uncertainty[wy: wy + wh, wx: wx + ww] = wunc[cy: cy + wh, cx: cx + ww]
+        finished = True
+    finally:
+        if not finished and store_path:
+            shutil.rmtree(store_path, ignore_errors=True)
+
+    info["batch_size_used"] = state["batch"]
+    return SegmentResult(
+        labels=labels, probabilities=probs, uncertainty=uncertainty,
+        offset=(y0, x0), pixel_size_um=out_px, downsample=downsample, store_path=store_path,
+        device=describe_device(device), seconds=time.perf_counter() - state["t0"], info=info,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# validation and set-up
+
+
+def _check_image(arr, in_channels: int) -> tuple:
+    shape = tuple(getattr(arr, "shape", ()))
+    if len(shape) == 3 and shape[-1] == 4:
+        shape = shape[:-1] + (3,)
+    channels = 1 if len(shape) == 2 else shape[-1] if len(shape) == 3 else None
+    if len(shape) not in (2, 3) or channels not in (1, 3) or (len(shape) == 3 and
+                                                              shape[-1] not in (1, 3)):
+        raise GlandsegError(
+            f"image has shape {shape}; expected a 2D grey (Y, X) or colour (Y, X, 3) image. "
+            "For a stack, segment one plane (move the slider and use the current view)."
+        )
+    if channels != in_channels:
+        want = "an RGB" if in_channels == 3 else "a greyscale"
+        have = "RGB" if channels == 3 else "greyscale"
+        raise GlandsegError(
+            f"the model expects {want} image ({in_channels} channel(s)) but the image is "
+            f"{have}; choose a model made for {have} images"
+        )
+    if min(shape[:2]) < 1:
+        raise GlandsegError(f"image has an empty side: shape {shape}")
+    return shape
+
+
+def _check_region(region, hw) -> tuple[int, int, int, int]:
+    if region is None:
+        return 0, 0, hw[0], hw[1]
+    try:
+        y0, x0, y1, x1 = (int(round(v)) for v in region)
+    except (TypeError, ValueError):
+        raise GlandsegError(f"region must be (y0, x0, y1, x1), got {region!r}") from None
+    y0, x0 = max(0, y0), max(0, x0)
+    y1, x1 = min(hw[0], y1), min(hw[1], x1)
+    if y1 - y0 < 1 or x1 - x0 < 1:
+        raise GlandsegError(f"region {tuple(region)} does not overlap the image of size {hw}")
+    return y0, x0, y1, x1
+
+
+def _pick_level(levels, image_px, model_px) -> tuple[int, float]:
+    """The pyramid level whose pixel size is closest to the model's without being coarser."""
+    if len(levels) == 1 or not image_px or not model_px:
+        return 0, 1.0
+    best, best_ds = 0, 1.0
+    for i, lvl in enumerate(levels):
+        ds = levels[0].shape[0] / lvl.shape[0]
+        if image_px * ds <= model_px * 1.1:
+            best, best_ds = i, ds
+    return best, best_ds
+
+
+def _precision(choice: Precision, device: torch.device) -> str:
+    if choice is Precision.AUTO:
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    return choice.value
+
+
+def _allocate(h, w, n, large, params):
+    if not large:
+        labels = np.zeros((h, w), np.uint8)
+        probs = np.zeros((n, h, w), np.float32) if params.return_probabilities else None
+        return labels, probs, None
+    import zarr
+
+    path = tempfile.mkdtemp(prefix="glandseg-", suffix=".zarr")
+    chunk = min(1024, params.window_size)
+    root = zarr.open_group(path, mode="w")
+    labels = root.create_array("labels", shape=(h, w), chunks=(chunk, chunk), dtype="uint8",
+                               fill_value=0)
+    probs = None
+    if params.return_probabilities:
+        probs = root.create_array("probabilities", shape=(n, h, w), chunks=(1, chunk, chunk),
+                                  dtype="float16", fill_value=0)
+    return labels, probs, path
+
+
+def _grid(h: int, w: int, size: int, overlap: float) -> list[tuple[int, int, int, int]]:
+    """Tiles ``(y, x, th, tw)`` covering ``h x w``; the last tile on each axis is flush with
+    the edge, and an image smaller than a tile is one tile of its own size."""
+
+    def starts(n):
+        if n <= size:
+            return [0], n
+        step = max(1, int(size * (1 - overlap)))
+        s = list(range(0, n - size, step)) + [n - size]
+        return s, size
+
+    ys, th = starts(h)
+    xs, tw = starts(w)
+    return [(y, x, th, tw) for y in ys for x in xs]
+
+
+# --------------------------------------------------------------------------------------------
+# normalisation and resampling
+
+
+def _norm_stats(data, box, mode: str):
+    """Per-channel statistics for image-level normalisations, from a subsample of the region,
+    so that every window is normalised alike (no seams between windows)."""
+    if mode not in (Normalization.ZSCORE.value, Normalization.PERCENTILE.value):
+        return None
+    y0, x0, y1, x1 = box
+    step = max(1, int(math.sqrt((y1 - y0) * (x1 - x0) / 2**22)))
+    sample = np.asarray(data[y0:y1:step, x0:x1:step]).astype(np.float32)
+    sample = sample.reshape(-1, sample.shape[-1] if sample.ndim == 3 else 1)
+    if mode == Normalization.ZSCORE.value:
+        return sample.mean(0), sample.std(0) + 1e-6
+    lo, hi = np.percentile(sample, [1.0, 99.8], axis=0)
+    return lo, np.maximum(hi - lo, 1e-6)
+
+
+def _normalise(raw: np.ndarray, mode: str, stats) -> np.ndarray:
+    """(Y, X[, C]) of any dtype -> float32 (C, Y, X) as the model card says."""
+    x = raw[..., :3] if raw.ndim == 3 and raw.shape[-1] == 4 else raw
+    if x.ndim == 2:
+        x = x[..., None]
+    x = x.astype(np.float32)
+    if mode in (Normalization.IMAGENET.value, Normalization.UNIT.value):
+        top = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else 1.0
+        x /= top
+        if mode == Normalization.IMAGENET.value:
+            if x.shape[-1] == 3:
+                x = (x - IMAGENET_MEAN) / IMAGENET_STD
+            else:
+                x = (x - IMAGENET_MEAN.mean()) / IMAGENET_STD.mean()
+    else:
+        offset, spread = stats
+        x = (x - offset) / spread
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def _resize(x: np.ndarray, hw) -> np.ndarray:
+    """Bilinear resize of (C, Y, X), (Y, X, C) or (Y, X) float arrays with torch (fast)."""
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    if t.ndim == 2:
+        t = t[None, None]
+        squeeze = (0, 0)
+    elif x.shape[0] <= 4 and x.shape[-1] > 4:  # (C, Y, X)
+        t = t[None]
+        squeeze = (0,)
+    else:  # (Y, X, C)
+        t = t.permute(2, 0, 1)[None]
+        squeeze = "yxc"
+    out = torch.nn.functional.interpolate(t, size=tuple(hw), mode="bilinear",
+                                          align_corners=False, antialias=t.shape[-1] > hw[1])
+    if squeeze == "yxc":
+        return out[0].permute(1, 2, 0).numpy()
+    return out[0, 0].numpy() if len(squeeze) == 2 else out[0].numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# tiles and batches
+
+
+@lru_cache(maxsize=16)
+def blend_window(th: int, tw: int, mode: Blend) -> np.ndarray:
+    """The weight of each pixel of a ``th x tw`` tile when overlapping tiles are averaged.
+
+    Gaussian: sigma = size/8 (MONAI's ``sigma_scale=0.125``); cosine: a Hann window; both
+    floored at 1e-3 so image edges covered by one tile keep their prediction.
+    """
+    mode = Blend(mode)
+    if mode is Blend.CONSTANT:
+        return np.ones((th, tw), np.float32)
+
+    def profile(n):
+        i = np.arange(n, dtype=np.float32) + 0.5
+        if mode is Blend.GAUSSIAN:
+            sigma = n / 8
+            return np.exp(-0.5 * ((i - n / 2) / sigma) ** 2)
+        return np.sin(np.pi * i / n) ** 2
+
+    w = np.outer(profile(th), profile(tw))
+    return np.maximum(w / w.max(), 1e-3).astype(np.float32)
+
+
+_TTA = [(k, flip) for flip in (False, True) for k in range(4)]
+
+
+def _run(net, batch: torch.Tensor, precision: str, device: torch.device) -> torch.Tensor:
+    if precision == "fp32":
+        return net(batch).float()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        return net(batch).float()
+
+
+def _probabilities(logits: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
+def _forward(model, batch, params, device, precision, channels_last):
+    """(N, C, h, w) float32 tensor -> probabilities (N, K, h, w) and TTA std (N, h, w)."""
+    batch = batch.to(device, non_blocking=True)
+    if channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        if not params.tta:
+            return _probabilities(_run(model.net, batch, precision, device)).cpu(), None
+        outs = []
+        for k, flip in _TTA:
+            b = torch.flip(batch, (-1,)) if flip else batch
+            b = torch.rot90(b, k, (-2, -1))
+            p = _probabilities(_run(model.net, b, precision, device))
+            p = torch.rot90(p, -k, (-2, -1))
+            outs.append(torch.flip(p, (-1,)) if flip else p)
+        stack = torch.stack(outs)
+        return stack.mean(0).cpu(), stack.std(0).mean(1).cpu()
+
+
+def _predict_window(x, tiles, model, params, device, precision, channels_last, state, total):
+    """Blend tile probabilities over one window; yields Progress after each batch."""
+    _, h, w = x.shape
+    n_out = model.card.num_classes
+    acc = np.zeros((n_out, h, w), np.float32)
+    unc = np.zeros((h, w), np.float32) if params.tta else None
+    norm = np.zeros((h, w), np.float32)
+    xt = torch.from_numpy(x)
+    i = 0
+    while i < len(tiles):
+        chunk = tiles[i: i + state["batch"]]
+        batch = torch.stack([xt[:, y: y + th, x0: x0 + tw] for y, x0, th, tw in chunk])
+        try:
+            probs, std = _forward(model, batch, params, device, precision, channels_last)
+        except torch.OutOfMemoryError:
+            if state["batch"] == 1:
+                raise GlandsegError(
+                    f"GPU out of memory even with one {params.tile_size}px tile; lower "
+                    "tile_size or use the CPU") from None
+            torch.cuda.empty_cache()
+            state["batch"] = max(1, state["batch"] // 2)
+            yield Progress(state["done"], total,
+                           f"GPU out of memory: retrying with batch size {state['batch']}",
+                           time.perf_counter() - state["t0"])
+            continue
+        probs = probs.numpy()
+        for j, (y, x0, th, tw) in enumerate(chunk):
+            wgt = blend_window(th, tw, params.blend)
+            acc[:, y: y + th, x0: x0 + tw] += probs[j] * wgt
+            norm[y: y + th, x0: x0 + tw] += wgt
+            if unc is not None:
+                unc[y: y + th, x0: x0 + tw] += std[j].numpy() * wgt
+        i += len(chunk)
+        state["done"] += len(chunk)
+        yield Progress(state["done"], total, f"tile {state['done']}/{total}",
+                       time.perf_counter() - state["t0"])
+    acc /= norm
+    if unc is not None:
+        unc /= norm
+    return acc, unc
+
+
+def _to_labels(probs: np.ndarray, threshold: float) -> np.ndarray:
+    if probs.shape[0] == 1:
+        return (probs[0] > threshold).astype(np.uint8)
+    return probs.argmax(0).astype(np.uint8)
+
+
+__all__ = [
+    "Blend", "Precision", "Progress", "SegmentParams", "SegmentResult", "blend_window",
+    "iter_segment", "segment",
+]

@@ -1,0 +1,188 @@
+import os
+
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+from skimage.filters import gaussian
+
+from napari_glandseg.errors import GlandsegError
+from napari_glandseg.inference import Progress, blend_window, iter_segment, segment
+from napari_glandseg.io import read_image
+from napari_glandseg.models import Model, ModelCard, build_model
+
+UNET = {"features": [8, 8, 16, 16, 32, 8]}
+
+
+def _model(classes=1, cin=3, **card):
+    torch.manual_seed(0)
+    c = ModelCard(name="t", architecture="unet", in_channels=cin, num_classes=classes,
+                  arch_kwargs=UNET, **card)
+    return Model(build_model("unet", cin, classes, **UNET).eval(), c)
+
+
+class _Constant(torch.nn.Module):
+    """Outputs the same logit everywhere, whatever the input."""
+
+    def __init__(self, classes=1, value=0.7):
+        super().__init__()
+        self.classes, self.value = classes, value
+
+    def forward(self, x):
+        out = torch.full((x.shape[0], self.classes, *x.shape[-2:]), self.value)
+        if self.classes > 1:
+            out[:, 1] += 1.0
+        return out
+
+
+@pytest.fixture(scope="module")
+def smooth_image():
+    rng = np.random.default_rng(0)
+    img = rng.random((200, 300, 3))
+    return (gaussian(img, 3, channel_axis=-1) * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "cosine"])
+def test_tiles_leave_no_seams(smooth_image, blend):
+    model = _model()
+    whole = segment(smooth_image, model, tile_size=512)  # one tile covers the image
+    assert whole.info["tiles"] == 1
+    tiled = segment(smooth_image, model, tile_size=96, overlap=0.5, blend=blend)
+    assert tiled.info["tiles"] == 24  # 4 rows x 6 columns
+    diff = np.abs(whole.probabilities - tiled.probabilities)[:, 16:-16, 16:-16]
+    assert diff.max() < 2e-3 and diff.mean() < 1e-4
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "cosine", "constant"])
+def test_constant_network_gives_constant_map(blend):
+    card = ModelCard(name="c", architecture="unet", in_channels=3, num_classes=1)
+    model = Model(_Constant(), card)
+    res = segment(np.zeros((150, 170, 3), np.uint8), model, tile_size=64, overlap=0.3,
+                  blend=blend, tta=True)
+    expected = 1 / (1 + np.exp(-0.7))
+    np.testing.assert_allclose(res.probabilities, expected, rtol=1e-5)
+    assert res.labels.min() == res.labels.max() == 1
+    assert res.uncertainty.max() < 1e-6  # all 8 augmentations agree
+
+
+def test_blend_windows():
+    g = blend_window(64, 32, "gaussian")
+    assert g.shape == (64, 32) and g.max() == pytest.approx(1.0) and g.min() >= 1e-3
+    assert g[32, 16] > g[0, 16] and g[0, 0] == pytest.approx(1e-3)
+    np.testing.assert_array_equal(blend_window(8, 8, "constant"), np.ones((8, 8)))
+
+
+def test_progress_is_yielded_per_batch_and_result_returned(smooth_image):
+    gen = iter_segment(smooth_image, _model(), tile_size=64, overlap=0.0, batch_size=5)
+    steps = []
+    try:
+        while True:
+            steps.append(next(gen))
+    except StopIteration as stop:
+        result = stop.value
+    assert all(isinstance(s, Progress) for s in steps)
+    assert [s.done for s in steps] == [5, 10, 15, 20] and steps[-1].total == 20
+    assert steps[1].eta is not None and steps[-1].eta is None
+    assert result.labels.shape == (200, 300)
+
+
+def test_cancel_stops_and_leaves_no_store(smooth_image, monkeypatch):
+    import napari_glandseg.inference as inf
+
+    made = []
+    real = inf.tempfile.mkdtemp
+    monkeypatch.setattr(inf.tempfile, "mkdtemp", lambda **kw: made.append(real(**kw)) or made[-1])
+    gen = iter_segment(da.from_array(smooth_image, chunks=64), _model(), tile_size=64,
+                       window_size=128, batch_size=1)
+    first = next(gen)
+    assert first.done == 1 and first.total > 10
+    assert len(made) == 1 and os.path.isdir(made[0])
+    gen.close()  # what worker.quit() does at the next yield
+    assert not os.path.exists(made[0])
+
+
+def test_dask_input_goes_window_by_window_into_zarr(smooth_image):
+    model = _model()
+    lazy = segment(da.from_array(smooth_image, chunks=100), model, tile_size=64,
+                   window_size=128)
+    eager = segment(smooth_image, model, tile_size=64, window_size=128)
+    import zarr
+
+    assert isinstance(lazy.labels, zarr.Array) and os.path.isdir(lazy.store_path)
+    np.testing.assert_array_equal(np.asarray(lazy.labels), eager.labels)
+    np.testing.assert_allclose(np.asarray(lazy.probabilities), eager.probabilities, atol=1e-3)
+
+
+def test_region_and_offset(smooth_image):
+    model = _model()
+    full = segment(smooth_image, model, tile_size=64)
+    part = segment(smooth_image, model, tile_size=64, region=(50, 60, 150, 260))
+    assert part.labels.shape == (100, 200) and part.offset == (50, 60)
+    core = np.abs(part.probabilities - full.probabilities[:, 50:150, 60:260])[:, 20:-20, 20:-20]
+    assert core.max() < 1e-2
+    with pytest.raises(GlandsegError, match="does not overlap"):
+        segment(smooth_image, model, region=(500, 500, 600, 600))
+
+
+def test_multiclass_labels_are_the_argmax(smooth_image):
+    res = segment(smooth_image, _model(classes=3), tile_size=96)
+    assert res.probabilities.shape == (3, 200, 300)
+    np.testing.assert_allclose(res.probabilities.sum(0), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(res.labels, res.probabilities.argmax(0))
+    model = Model(_Constant(classes=3), ModelCard(name="c", architecture="unet", in_channels=3,
+                                                  num_classes=3))
+    assert set(np.unique(segment(smooth_image, model, tile_size=64).labels)) == {1}
+
+
+def test_binary_threshold_is_a_parameter(smooth_image):
+    model = _model()
+    res = segment(smooth_image, model, tile_size=128)
+    t = float(np.median(res.probabilities))
+    low = segment(smooth_image, model, tile_size=128, threshold=t)
+    np.testing.assert_array_equal(low.labels, res.probabilities[0] > t)
+
+
+def test_rescales_to_the_model_scale(smooth_image):
+    model = _model(pixel_size_um=1.0)
+    res = segment(smooth_image, model, pixel_size_um=0.5, tile_size=64)
+    assert res.info["scale"] == 0.5 and res.labels.shape == (200, 300)
+    assert res.info["tiles"] == 6  # the network saw a 100x150 image
+
+
+def test_pyramid_level_matching_the_model_scale(smooth_image):
+    levels = [smooth_image, smooth_image[::2, ::2]]
+    res = segment(levels, _model(pixel_size_um=0.5), pixel_size_um=0.25, tile_size=64)
+    assert res.info["level"] == 1 and res.downsample == 2.0
+    assert res.labels.shape == (100, 150) and res.pixel_size_um == 0.5
+
+
+def test_real_svs_region_segments(data_dir):
+    slide = read_image(data_dir / "wsi/cmu_small_region.svs")
+    res = segment(slide.data, _model(), pixel_size_um=slide.pixel_size_um,
+                  region=(1000, 1000, 1300, 1400), tile_size=128)
+    assert res.labels.shape == (300, 400) and res.offset == (1000, 1000)
+
+
+def test_bad_input_is_named(smooth_image):
+    model = _model()
+    with pytest.raises(GlandsegError, match="expects an RGB image .* but the image is greyscale"):
+        segment(smooth_image[..., 0], model)
+    with pytest.raises(GlandsegError, match=r"shape \(4, 200, 300, 3\)"):
+        segment(np.stack([smooth_image] * 4), model)
+    with pytest.raises(GlandsegError, match="tile_size must be an integer >= 16, got 8"):
+        segment(smooth_image, model, tile_size=8)
+    with pytest.raises(GlandsegError, match="unknown blend 'box'"):
+        segment(smooth_image, model, blend="box")
+    if not torch.cuda.is_available():
+        with pytest.raises(GlandsegError, match="no CUDA GPU"):
+            segment(smooth_image, model, device="cuda")
+
+
+def test_rgba_and_16bit_inputs(smooth_image):
+    rgba = np.concatenate([smooth_image, np.full((200, 300, 1), 255, np.uint8)], axis=-1)
+    model = _model()
+    a = segment(rgba, model, tile_size=128)
+    b = segment(smooth_image, model, tile_size=128)
+    np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-6)
+    c = segment(smooth_image.astype(np.uint16) * 257, model, tile_size=128)
+    np.testing.assert_allclose(c.probabilities, b.probabilities, atol=1e-4)
