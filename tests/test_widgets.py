@@ -116,3 +116,102 @@ def test_model_widget_lists_store_and_shares_selection(make_napari_viewer, tmp_p
         assert "no CUDA GPU" in notes[-1][1] and w.device_box.currentText() == "auto"
     assert w.delete("tiny-glands") and w.selection.model is None
     assert w.model_box.findData("tiny-glands") == -1
+
+
+@pytest.fixture
+def all_foreground_model(tmp_path):
+    """A tiny Base CNN whose head says 'foreground' everywhere (logit 10)."""
+    net = build_model("base_cnn", 3, 1, widths=[4, 8])
+    torch.nn.init.zeros_(net.head.weight)
+    torch.nn.init.constant_(net.head.bias, 10.0)
+    card = ModelCard(name="allfg", architecture="base_cnn", in_channels=3, num_classes=1,
+                     arch_kwargs={"widths": [4, 8]}, class_names=["background", "gland"])
+    import_model(save_checkpoint(tmp_path / "allfg.safetensors", net, card))
+    return "allfg"
+
+
+def _segment_setup(make_napari_viewer, model_name):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "glas")
+    _dock(viewer, "Model").select(model_name)
+    w = _dock(viewer, "Segment")
+    w.image_box.setCurrentText("glas_testA_5_crop")
+    w.tile.setValue(64)
+    return viewer, w
+
+
+def test_segment_widget_runs_in_background_and_adds_labels(make_napari_viewer, qtbot,
+                                                           all_foreground_model, notes):
+    viewer, w = _segment_setup(make_napari_viewer, all_foreground_model)
+    w.show_probs.setChecked(True)
+    seen = []
+    worker = w.run()
+    worker.yielded.connect(seen.append)
+    assert not w.run_btn.isEnabled() and w.cancel_btn.isEnabled()
+    with qtbot.waitSignal(worker.finished, timeout=60000):
+        pass
+    layer = viewer.layers["glas_testA_5_crop [allfg]"]
+    assert layer.data.shape == (256, 256) and layer.data.min() == 1
+    assert layer.metadata["model"] == "allfg" and layer.metadata["params"]["tile_size"] == 64
+    assert "glas_testA_5_crop [allfg] probability" in viewer.layers
+    assert seen and seen[-1].done == seen[-1].total
+    assert w.run_btn.isEnabled() and not w.cancel_btn.isEnabled()
+    # a second run never overwrites the first layer
+    with qtbot.waitSignal(w.run().finished, timeout=60000):
+        pass
+    assert "glas_testA_5_crop [allfg] (2)" in viewer.layers
+    assert [n for n in notes if n[0] == "error"] == []
+
+
+def test_segment_cancel_adds_nothing(make_napari_viewer, qtbot, all_foreground_model, notes,
+                                    monkeypatch):
+    import napari_glandseg.inference as inf
+
+    calls = []
+    real_forward = inf._forward
+    monkeypatch.setattr(inf, "_forward", lambda *a: (calls.append(1), real_forward(*a))[1])
+    viewer, w = _segment_setup(make_napari_viewer, all_foreground_model)
+    w.batch.setValue(1)
+    n_layers = len(viewer.layers)
+    worker = w.run()
+    at_cancel = []
+    worker.yielded.connect(lambda p: at_cancel or (at_cancel.append(len(calls)), w.cancel()))
+    with qtbot.waitSignal(worker.finished, timeout=60000):
+        pass
+    assert len(viewer.layers) == n_layers
+    assert len(calls) - at_cancel[0] <= 1  # stopped within one batch of Cancel
+    assert len(calls) < 25  # of 25 tiles
+    assert ("info", "segmentation cancelled") in notes
+
+
+def test_segment_roi_and_field_of_view(make_napari_viewer, qtbot, all_foreground_model):
+    viewer, w = _segment_setup(make_napari_viewer, all_foreground_model)
+    viewer.add_shapes([[[40, 50], [40, 150], [120, 150], [120, 50]]], shape_type="rectangle",
+                      name="roi")
+    w.region_box.setCurrentText("shapes ROI")
+    w.shapes_box.setCurrentText("roi")
+    with qtbot.waitSignal(w.run().finished, timeout=60000):
+        pass
+    layer = w.last_layers[0]
+    assert tuple(layer.translate) == (40, 50) and layer.data.shape == (81, 101)
+    assert layer.data.all()
+
+    viewer.camera.center = (128, 128)
+    viewer.camera.zoom = 8
+    w.region_box.setCurrentText("current field of view")
+    image = viewer.layers["glas_testA_5_crop"]
+    image.refresh()
+    region = w._view_region(image)
+    assert 0 <= region[0] and region[2] <= 257
+
+
+def test_segment_errors_are_notifications(make_napari_viewer, notes, all_foreground_model):
+    viewer = make_napari_viewer()
+    w = _dock(viewer, "Segment")
+    assert w.run() is None and "no image layer" in notes[-1][1]
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="grey")
+    assert w.run() is None and "no model chosen" in notes[-1][1]
+    _dock(viewer, "Model").select(all_foreground_model)
+    w.image_box.setCurrentText("grey")
+    w.region_box.setCurrentText("shapes ROI")
+    assert w.run() is None and "needs a Shapes layer" in notes[-1][1]

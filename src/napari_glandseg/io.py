@@ -281,17 +281,22 @@ def open_tiff_levels(path: str | os.PathLike) -> list:
     its own, strided views are added (2x, 4x, ...) until the smallest side is under
     :data:`MIN_PYRAMID_SIDE`, so napari can show the whole slide zoomed out.
     """
-    import dask.array as da
     import tifffile
     import zarr
 
     store = tifffile.imread(path, aszarr=True, series=0)
     node = zarr.open(store, mode="r")
     if isinstance(node, zarr.Array):
-        levels = [da.from_zarr(node)]
-    else:
-        keys = sorted((k for k in node.array_keys()), key=int)
-        levels = [da.from_zarr(node[k]) for k in keys]
+        return lazy_pyramid([node])
+    return lazy_pyramid([node[k] for k in sorted(node.array_keys(), key=int)])
+
+
+def lazy_pyramid(levels) -> list:
+    """Add strided 2x views to a list of lazy levels until the smallest side is under
+    :data:`MIN_PYRAMID_SIDE`, so napari can show a large image zoomed out cheaply."""
+    import dask.array as da
+
+    levels = [lvl if isinstance(lvl, da.Array) else da.from_zarr(lvl) for lvl in levels]
     while min(levels[-1].shape[:2]) >= 2 * MIN_PYRAMID_SIDE:
         levels.append(levels[-1][::2, ::2])
     return levels

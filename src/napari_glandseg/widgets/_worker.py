@@ -1,0 +1,42 @@
+"""Run a core generator in napari's ``thread_worker``; Stop/Cancel is ``worker.quit()``.
+
+The core yields :class:`~napari_glandseg.inference.Progress` records and returns its result;
+``quit()`` takes effect at the next ``yield``, so a job stops within one batch. Errors from the
+core (``GlandsegError``) become notifications with their own message, never a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from napari.qt.threading import create_worker
+
+from ..errors import GlandsegError
+from ._common import notify
+
+
+def start(gen_func: Callable, *args, on_yield=None, on_return=None, on_done=None,
+          what: str = "job", **kwargs):
+    """Start ``gen_func(*args, **kwargs)`` in a worker thread and wire its signals.
+
+    ``on_done`` runs after success, failure and cancel alike (re-enable buttons there).
+    Returns the worker; call ``worker.quit()`` to stop it.
+    """
+    worker = create_worker(gen_func, *args, _start_thread=False, **kwargs)
+    if on_yield:
+        worker.yielded.connect(on_yield)
+    if on_return:
+        worker.returned.connect(on_return)
+
+    def _errored(exc):
+        if isinstance(exc, GlandsegError):
+            notify("error", str(exc))
+        else:
+            notify("error", f"{what} failed: {type(exc).__name__}: {exc}")
+
+    worker.errored.connect(_errored)
+    worker.aborted.connect(lambda: notify("info", f"{what} cancelled"))
+    if on_done:
+        worker.finished.connect(on_done)
+    worker.start()
+    return worker

@@ -1,0 +1,285 @@
+"""Segment widget: run the selected model over an image layer in the background."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import GlandsegError
+from ..inference import Blend, SegmentParams, iter_segment
+from ..io import lazy_pyramid
+from . import _worker
+from ._common import notify, unique_name
+from ._state import selection_for
+
+
+class Region(str, Enum):
+    WHOLE = "whole image"
+    VIEW = "current field of view"
+    ROI = "shapes ROI"
+
+
+class SegmentWidget(QWidget):
+    """Pick an image layer, set tiling options, Run (or Cancel) and get a Labels layer.
+
+    Scripted use::
+
+        w = viewer.window.add_plugin_dock_widget("napari-glandseg", "Segment")[1]
+        w.image_box.setCurrentText("my image"); w.tile.setValue(256)
+        worker = w.run()          # returns napari's worker; w.last_layers holds the result
+    """
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.selection = selection_for(napari_viewer)
+        self.worker = None
+        self.last_layers: list = []
+        self._pbar = None
+
+        self.image_box = QComboBox()
+        self.region_box = QComboBox()
+        self.region_box.addItems([r.value for r in Region])
+        self.shapes_box = QComboBox()
+        self.tile = QSpinBox()
+        self.tile.setRange(64, 4096)
+        self.tile.setSingleStep(64)
+        self.tile.setValue(512)
+        self.overlap = QDoubleSpinBox()
+        self.overlap.setRange(0.0, 0.75)
+        self.overlap.setSingleStep(0.05)
+        self.overlap.setValue(0.25)
+        self.batch = QSpinBox()
+        self.batch.setRange(1, 64)
+        self.batch.setValue(4)
+        self.blend = QComboBox()
+        self.blend.addItems([b.value for b in Blend])
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.01, 0.99)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setValue(0.5)
+        self.tta = QCheckBox("Test-time augmentation (8x slower, gives uncertainty)")
+        self.show_probs = QCheckBox("Add probability map")
+        self.model_label = QLabel()
+        self.model_label.setWordWrap(True)
+        self.run_btn = QPushButton("Run")
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.progress = QProgressBar()
+        self.status = QLabel("")
+
+        form = QFormLayout()
+        form.addRow("Image", self.image_box)
+        form.addRow("Model", self.model_label)
+        form.addRow("Region", self.region_box)
+        form.addRow("Shapes layer", self.shapes_box)
+        form.addRow("Tile size", self.tile)
+        form.addRow("Overlap", self.overlap)
+        form.addRow("Batch size", self.batch)
+        form.addRow("Blending", self.blend)
+        form.addRow("Threshold", self.threshold)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.tta)
+        layout.addWidget(self.show_probs)
+        row = QHBoxLayout()
+        row.addWidget(self.run_btn)
+        row.addWidget(self.cancel_btn)
+        layout.addLayout(row)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+
+        self.run_btn.clicked.connect(self.run)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.layers.events.changed.connect(self._refresh_layers)
+        self.selection.changed.connect(self._show_model)
+        self._refresh_layers()
+        self._show_model()
+
+    # ---------------------------------------------------------------- actions a script can call
+    def params(self) -> SegmentParams:
+        return SegmentParams(
+            tile_size=self.tile.value(), overlap=self.overlap.value(),
+            batch_size=self.batch.value(), blend=self.blend.currentText(), tta=self.tta.isChecked(),
+            threshold=self.threshold.value(),
+            device=str(self.selection.device) if self.selection.device else "auto",
+            return_probabilities=self.show_probs.isChecked(),
+        )
+
+    def run(self):
+        """Start segmenting; returns the worker (None when the input is not usable)."""
+        if self.worker is not None:
+            notify("warning", "a segmentation is already running; cancel it first")
+            return None
+        try:
+            image, model, region, polygon = self._inputs()
+            params = self.params()
+        except GlandsegError as exc:
+            notify("error", str(exc))
+            return None
+        pixel_size = image.metadata.get("pixel_size_um")
+        data = list(image.data) if image.multiscale else image.data
+        self._set_running(True)
+        self.status.setText(f"Running {model.name} on {image.name}…")
+        self.worker = _worker.start(
+            iter_segment, data, model, pixel_size_um=pixel_size, region=region, params=params,
+            on_yield=self._on_progress,
+            on_return=lambda res: self._on_result(res, image, model, polygon),
+            on_done=lambda: self._set_running(False), what="segmentation",
+        )
+        return self.worker
+
+    def cancel(self) -> None:
+        """Stop at the next batch; nothing is added to the viewer."""
+        if self.worker is not None:
+            self.status.setText("Cancelling…")
+            self.worker.quit()
+
+    # ---------------------------------------------------------------- inputs
+    def _inputs(self):
+        from napari.layers import Image
+
+        name = self.image_box.currentText()
+        if not name or name not in self.viewer.layers:
+            raise GlandsegError("no image layer chosen: open an image first (Load widget)")
+        image = self.viewer.layers[name]
+        if not isinstance(image, Image):
+            raise GlandsegError(f"layer {name!r} is not an image")
+        model = self.selection.model
+        if model is None:
+            raise GlandsegError("no model chosen: pick one in the Model widget")
+        region, polygon = None, None
+        mode = Region(self.region_box.currentText())
+        if mode is Region.VIEW:
+            region = self._view_region(image)
+        elif mode is Region.ROI:
+            region, polygon = self._roi_region(image)
+        return image, model, region, polygon
+
+    def _view_region(self, image):
+        corners = np.asarray(image.corner_pixels, float)
+        if image.multiscale:
+            corners = corners * np.asarray(image.downsample_factors[image.data_level])
+        (y0, x0), (y1, x1) = corners[:, -2:]
+        return (y0, x0, y1 + 1, x1 + 1)
+
+    def _roi_region(self, image):
+        from napari.layers import Shapes
+
+        name = self.shapes_box.currentText()
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        if not isinstance(layer, Shapes) or len(layer.data) == 0:
+            raise GlandsegError("region 'shapes ROI' needs a Shapes layer with at least one "
+                                "shape: draw a rectangle or polygon around the area")
+        chosen = sorted(layer.selected_data) or range(len(layer.data))
+        polys = []
+        for i in chosen:
+            verts = np.array([image.world_to_data(layer.data_to_world(v))
+                              for v in layer.data[i]])
+            polys.append(verts[:, -2:])
+        pts = np.concatenate(polys)
+        y0, x0 = np.floor(pts.min(0)).astype(int)
+        y1, x1 = np.ceil(pts.max(0)).astype(int) + 1
+        return (y0, x0, y1, x1), polys
+
+    # ---------------------------------------------------------------- results
+    def _on_progress(self, p) -> None:
+        if self._pbar is None:
+            from napari.utils import progress
+
+            self._pbar = progress(total=p.total, desc="GlandSeg: segmenting")
+        self._pbar.n = p.done
+        self._pbar.refresh()
+        self.progress.setMaximum(p.total)
+        self.progress.setValue(p.done)
+        eta = f", about {p.eta:.0f} s left" if p.eta is not None else ""
+        self.status.setText(f"{p.message}{eta}")
+
+    def _on_result(self, res, image, model, polygons) -> None:
+        labels = res.labels
+        if res.store_path is not None:
+            labels = lazy_pyramid([labels])
+        elif polygons:
+            from skimage.draw import polygon2mask
+
+            inside = np.zeros(labels.shape, bool)
+            for poly in polygons:
+                inside |= polygon2mask(labels.shape, (poly - np.asarray(res.offset)) /
+                                       res.downsample)
+            labels = np.where(inside, labels, 0).astype(labels.dtype)
+        scale = np.asarray(image.scale[-2:]) * res.downsample
+        translate = np.asarray(image.translate[-2:]) + np.asarray(res.offset) * image.scale[-2:]
+        card = model.card
+        from napari.utils.colormaps import DirectLabelColormap
+
+        colours = {None: "transparent", 0: "transparent"}
+        colours.update({i: c for i, c in enumerate(card.class_colours) if i})
+        meta = {"glandseg_role": "prediction", "model": card.name, "source_image": image.name,
+                "params": {k: getattr(v, "value", v) for k, v in vars(self.params()).items()},
+                "class_names": card.class_names, "seconds": res.seconds, "device": res.device,
+                "store_path": res.store_path}
+        name = unique_name(self.viewer, f"{image.name} [{card.name}]")
+        layer = self.viewer.add_labels(
+            labels, name=name, scale=scale, translate=translate, metadata=meta,
+            colormap=DirectLabelColormap(color_dict=colours), opacity=0.5,
+            multiscale=res.store_path is not None,
+        )
+        self.last_layers = [layer]
+        if res.probabilities is not None and self.show_probs.isChecked():
+            probs = np.asarray(res.probabilities, dtype=np.float32)
+            fg = probs[0] if probs.shape[0] == 1 else 1.0 - probs[0]
+            self.last_layers.append(self.viewer.add_image(
+                fg, name=unique_name(self.viewer, f"{name} probability"), colormap="magma",
+                blending="additive", scale=scale, translate=translate, visible=False,
+                contrast_limits=(0, 1)))
+        if res.uncertainty is not None:
+            self.last_layers.append(self.viewer.add_image(
+                res.uncertainty, name=unique_name(self.viewer, f"{name} uncertainty"),
+                colormap="viridis", blending="additive", scale=scale, translate=translate,
+                visible=False))
+        self.status.setText(f"Done in {res.seconds:.1f} s on {res.device} "
+                            f"({res.info['tiles']} tiles)")
+
+    def _set_running(self, running: bool) -> None:
+        self.run_btn.setEnabled(not running)
+        self.cancel_btn.setEnabled(running)
+        if not running:
+            self.worker = None
+            if self._pbar is not None:
+                self._pbar.close()
+                self._pbar = None
+
+    # ---------------------------------------------------------------- layer lists
+    def _refresh_layers(self, event=None) -> None:
+        from napari.layers import Image, Shapes
+
+        for box, kind in ((self.image_box, Image), (self.shapes_box, Shapes)):
+            current = box.currentText()
+            names = [layer.name for layer in self.viewer.layers if isinstance(layer, kind)]
+            box.blockSignals(True)
+            box.clear()
+            box.addItems(names)
+            if current in names:
+                box.setCurrentText(current)
+            box.blockSignals(False)
+
+    def _show_model(self, *_) -> None:
+        m = self.selection.model
+        self.model_label.setText(f"{m.name} ({m.card.class_names[-1]})" if m else
+                                 "none: choose one in the Model widget")
