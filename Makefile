@@ -12,7 +12,7 @@ demo: setup
 
 # Run the test suite (Xvfb is started by pytest-xvfb).
 test: setup
-	$(VENV)/python -m pytest
+	$(VENV)/ruff check src tests benchmarks examples && $(VENV)/python -m pytest
 
 # Screenshots for the README, made under Xvfb.
 screenshots: setup

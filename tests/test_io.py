@@ -69,8 +69,8 @@ def test_original_glas_anno_bmp_is_a_mask(tmp_path, data_dir):
 def test_tiff_16bit_multipage_and_resolution(tmp_path):
     rng = np.random.default_rng(0)
     grey16 = rng.integers(0, 65535, (3, 40, 50), dtype=np.uint16)
-    tifffile.imwrite(tmp_path / "stack.tif", grey16, photometric="minisblack", resolution=(1e4 / 0.25, 1e4 / 0.25),
-                     resolutionunit="CENTIMETER")
+    tifffile.imwrite(tmp_path / "stack.tif", grey16, photometric="minisblack",
+                     resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER")
     img = read_image(tmp_path / "stack.tif")
     assert img.kind == "image" and img.data.dtype == np.uint16 and img.shape == (3, 40, 50)
     np.testing.assert_array_equal(img.data, grey16)

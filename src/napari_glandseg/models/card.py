@@ -11,7 +11,7 @@ True
 >>> ModelCard(name="x", architecture="vgg", in_channels=3, num_classes=1)
 Traceback (most recent call last):
 ...
-napari_glandseg.errors.GlandsegError: unknown architecture 'vgg'; expected one of base_cnn, unet, resunet, linknet34, unetpp, deeplabv3plus
+napari_glandseg.errors.GlandsegError: unknown architecture 'vgg'; expected one of base_cnn, ...
 """
 
 from __future__ import annotations

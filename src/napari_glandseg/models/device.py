@@ -39,9 +39,11 @@ def resolve_device(choice: str | DeviceChoice = DeviceChoice.AUTO) -> torch.devi
             return torch.device("mps")
         return torch.device("cpu")
     if choice is DeviceChoice.CUDA and not torch.cuda.is_available():
-        raise GlandsegError("device 'cuda' asked for, but no CUDA GPU is available; use auto or cpu")
+        raise GlandsegError(
+            "device 'cuda' asked for, but no CUDA GPU is available; use auto or cpu")
     if choice is DeviceChoice.MPS and not _mps_available():
-        raise GlandsegError("device 'mps' asked for, but Apple MPS is not available; use auto or cpu")
+        raise GlandsegError(
+            "device 'mps' asked for, but Apple MPS is not available; use auto or cpu")
     return torch.device(choice.value)
 
 

@@ -74,7 +74,9 @@ class BaseCNN(SegNet):
         Channels per level; ``len(widths) - 1`` down-samplings.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, widths: Sequence[int] = (32, 64, 128, 256)):
+    def __init__(
+        self, in_channels: int, num_classes: int, widths: Sequence[int] = (32, 64, 128, 256)
+    ):
         super().__init__()
         widths = list(widths)
         self.multiple = 2 ** (len(widths) - 1)
