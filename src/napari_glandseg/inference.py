@@ -64,8 +64,9 @@ class Blend(str, Enum):
 
 
 class Precision(str, Enum):
-    """``auto`` uses bf16/fp16 autocast on a GPU and fp32 on the CPU (faster here: see
-    benchmarks/bench_inference.py); ``fp32``, ``bf16``, ``fp16`` force a choice."""
+    """``auto``: bf16 (or fp16) autocast on a GPU; on the CPU bf16 where it has native bf16
+    (AVX512-BF16/AMX: 1.9x faster than fp32 here, probabilities within 2e-4, see
+    benchmarks/bench_inference.py), else fp32. ``fp32``, ``bf16``, ``fp16`` force a choice."""
 
     AUTO = "auto"
     FP32 = "fp32"
@@ -94,7 +95,7 @@ class SegmentParams:
         ``auto``, ``cuda``, ``mps`` or ``cpu``.
     precision : Precision
     channels_last : bool or None
-        None: on for CUDA only.
+        None: on (1.4-1.7x faster on this project's CPU and on CUDA convolutions).
     window_size : int
         Side of the windows a large image is read in.
     rescale : bool
@@ -260,7 +261,7 @@ def iter_segment(
     device = resolve_device(params.device)
     model.to(device)
     precision = _precision(params.precision, device)
-    channels_last = device.type == "cuda" if params.channels_last is None else params.channels_last
+    channels_last = True if params.channels_last is None else params.channels_last
     stats = _norm_stats(data, (ly0, lx0, ly1, lx1), card.normalization)
 
     out_h, out_w = ly1 - ly0, lx1 - lx0
@@ -287,11 +288,18 @@ def iter_segment(
     try:
         for (wy, wx, wh, ww), (ry0, rx0, ry1, rx1), (mh, mw), tiles in plans:
             raw = np.asarray(data[ly0 + ry0: ly0 + ry1, lx0 + rx0: lx0 + rx1])
-            x = _normalise(raw, card.normalization, stats)
             if scale != 1.0:
-                x = _resize(x, (mh, mw))
+                x = _resize(_normalise(raw, card.normalization, stats), (mh, mw))
+
+                def tile_of(y, x0, th, tw, x=x):
+                    return x[:, y: y + th, x0: x0 + tw]
+            else:  # normalise tile by tile: the window stays in its own (small) dtype
+
+                def tile_of(y, x0, th, tw, raw=raw):
+                    return _normalise(raw[y: y + th, x0: x0 + tw], card.normalization, stats)
             wprob, wunc = yield from _predict_window(
-                x, tiles, model, params, device, precision, channels_last, state, total)
+                tile_of, (mh, mw), tiles, model, params, device, precision, channels_last,
+                state, total)
             if scale != 1.0:
                 wprob = _resize(wprob.transpose(1, 2, 0), (ry1 - ry0, rx1 - rx0)).transpose(2, 0, 1)
                 if wunc is not None:
@@ -373,8 +381,18 @@ def _precision(choice: Precision, device: torch.device) -> str:
     if choice is Precision.AUTO:
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device.type == "cpu" and _cpu_has_bf16():
+            return "bf16"
         return "fp32"
     return choice.value
+
+
+@lru_cache(maxsize=1)
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _allocate(h, w, n, large, params):
@@ -530,18 +548,21 @@ def _forward(model, batch, params, device, precision, channels_last):
         return stack.mean(0).cpu(), stack.std(0).mean(1).cpu()
 
 
-def _predict_window(x, tiles, model, params, device, precision, channels_last, state, total):
-    """Blend tile probabilities over one window; yields Progress after each batch."""
-    _, h, w = x.shape
+def _predict_window(tile_of, shape, tiles, model, params, device, precision, channels_last,
+                    state, total):
+    """Blend tile probabilities over one window; yields Progress after each batch.
+
+    ``tile_of(y, x, h, w)`` returns the normalised (C, h, w) float32 tile.
+    """
+    h, w = shape
     n_out = model.card.num_classes
     acc = np.zeros((n_out, h, w), np.float32)
     unc = np.zeros((h, w), np.float32) if params.tta else None
     norm = np.zeros((h, w), np.float32)
-    xt = torch.from_numpy(x)
     i = 0
     while i < len(tiles):
         chunk = tiles[i: i + state["batch"]]
-        batch = torch.stack([xt[:, y: y + th, x0: x0 + tw] for y, x0, th, tw in chunk])
+        batch = torch.from_numpy(np.stack([tile_of(*t) for t in chunk]))
         try:
             probs, std = _forward(model, batch, params, device, precision, channels_last)
         except torch.OutOfMemoryError:
