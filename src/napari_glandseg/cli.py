@@ -4,6 +4,9 @@ Bad arguments and bad input exit with code 2 and one line on stderr, never a tra
 
 Examples::
 
+    glandseg segment slides/*.svs --model glands-he --out results/
+    glandseg segment images/ --model nuclei-he --out out/ --split distance --objects-csv
+    glandseg evaluate --pred out/ --truth masks/ --csv per_image.csv --json summary.json
     glandseg models                         # list bundled and user models with their cards
     glandseg models show glands-he
     glandseg models import my_unet.safetensors --name my-unet
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+import numpy as np
 
 from .errors import GlandsegError
 
@@ -80,6 +85,139 @@ def _need(args, attr: str, usage: str) -> None:
         raise GlandsegError(f"usage: {usage}")
 
 
+class _Bar:
+    """A one-line text progress bar on stderr (no dependency, works in any terminal/log)."""
+
+    def __init__(self, label: str, quiet: bool):
+        self.label, self.quiet = label, quiet
+
+    def __call__(self, p) -> None:
+        if self.quiet or not p.total:
+            return
+        n = int(30 * p.done / p.total)
+        eta = f" ETA {p.eta:.0f}s" if p.eta is not None else ""
+        end = "\n" if p.done >= p.total else ""
+        print(f"\r{self.label} [{'#' * n}{'.' * (30 - n)}] {p.done}/{p.total}{eta}  ",
+              end=end, file=sys.stderr, flush=True)
+
+
+def _segment(args) -> int:
+    from pathlib import Path
+
+    from .inference import SegmentParams, iter_segment
+    from .io import iter_image_files, read_image, write_labels
+    from .models import load_model
+    from .postprocess import PostprocessParams, object_table, postprocess, write_csv
+
+    params = SegmentParams(tile_size=args.tile, overlap=args.overlap, batch_size=args.batch,
+                           tta=args.tta, threshold=args.threshold, device=args.device,
+                           return_probabilities=args.probabilities)
+    model = load_model(args.model)
+    split = args.split or model.card.postprocess.get("split", "none")
+    post = PostprocessParams(**{**model.card.postprocess, "split": split,
+                                **({"min_size": args.min_size} if args.min_size is not None
+                                   else {})})
+    files = iter_image_files(args.inputs)
+    if not files:
+        raise GlandsegError("no input images found")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failures, skipped = [], 0
+    for i, f in enumerate(files, 1):
+        dest = out / f"{f.stem}_labels.tif"
+        if dest.exists() and not args.overwrite:
+            skipped += 1
+            print(f"skip {f.name}: {dest.name} exists (use --overwrite)", file=sys.stderr)
+            continue
+        try:
+            img = read_image(f, as_labels=False)
+            gen = iter_segment(img.data, model, pixel_size_um=img.pixel_size_um, params=params)
+            bar = _Bar(f"[{i}/{len(files)}] {f.name}", args.quiet)
+            while True:
+                try:
+                    bar(next(gen))
+                except StopIteration as stop:
+                    res = stop.value
+                    break
+            labels = np.asarray(res.labels)
+            if post.split.value != "none" or args.objects_csv:
+                labels = postprocess(labels, post)
+            write_labels(dest, labels, overwrite=args.overwrite, pixel_size_um=res.pixel_size_um)
+            if args.probabilities and res.probabilities is not None:
+                import tifffile
+
+                tifffile.imwrite(out / f"{f.stem}_probabilities.tif",
+                                 np.asarray(res.probabilities, np.float32), compression="zlib")
+            if args.objects_csv:
+                image = img.data if not img.multiscale else None
+                write_csv(object_table(labels, image, res.pixel_size_um),
+                          out / f"{f.stem}_objects.csv", overwrite=True)
+            if not args.quiet:
+                print(f"{f.name} -> {dest} ({res.seconds:.1f} s, {res.device})", file=sys.stderr)
+        except (GlandsegError, OSError) as exc:
+            failures.append((f, str(exc)))
+            print(f"FAILED {f.name}: {exc}", file=sys.stderr)
+    done = len(files) - len(failures) - skipped
+    print(f"{done} segmented, {skipped} skipped, {len(failures)} failed")
+    for f, why in failures:
+        print(f"  failed: {f}: {why}")
+    return 1 if failures else 0
+
+
+_PRED_SUFFIXES = ("_labels", "_pred", "_prediction", "_mask", "_instances", "_anno")
+
+
+def _stem_key(path) -> str:
+    stem = path.stem
+    for s in _PRED_SUFFIXES:
+        if stem.endswith(s):
+            return stem[: -len(s)]
+    return stem
+
+
+def _evaluate(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .io import IMAGE_SUFFIXES, read_image
+    from .metrics import evaluate_dataset
+    from .postprocess import write_csv
+
+    def files(d):
+        d = Path(d)
+        if not d.is_dir():
+            raise GlandsegError(f"{d}: not a folder")
+        return {_stem_key(f): f for f in sorted(d.iterdir())
+                if f.suffix.lower() in IMAGE_SUFFIXES}
+
+    preds, truths = files(args.pred), files(args.truth)
+    common = sorted(set(preds) & set(truths))
+    if not common:
+        raise GlandsegError(f"no prediction in {args.pred} shares a file stem with a ground "
+                            f"truth in {args.truth}")
+    missing = sorted(set(truths) - set(preds))
+    if missing:
+        print(f"warning: {len(missing)} ground-truth files have no prediction "
+              f"(e.g. {missing[0]})", file=sys.stderr)
+    items = ((k, read_image(preds[k], as_labels=True).data,
+              read_image(truths[k], as_labels=True).data) for k in common)
+    rows, summary = evaluate_dataset(items, classes=args.classes,
+                                     hausdorff=not args.no_hausdorff)
+    if args.csv:
+        import pandas as pd
+
+        write_csv(pd.DataFrame(rows), args.csv, overwrite=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2, default=float))
+    from .metrics import KEYS
+
+    print(f"{summary['n_images']} images")
+    for k in KEYS:
+        print(f"  {k:<17} {summary[k]:.4f}  (sd {summary[k + '_std']:.4f})")
+    print(f"  worst by Dice: {', '.join(summary['worst'])}")
+    return 0
+
+
 def _gui(args) -> int:  # pragma: no cover - opens a window; exercised by tests/test_gui_cmd.py
     from .gui import open_viewer
 
@@ -123,6 +261,47 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--overwrite", action="store_true", help="replace an existing file/model")
     m.add_argument("--yes", action="store_true", help="confirm deletion")
     m.set_defaults(func=_models)
+
+    s = sub.add_parser(
+        "segment", help="segment images, folders or globs into label files",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  glandseg segment img.png --model glands-he --out out/\n"
+               "  glandseg segment 'data/*.jpg' --model nuclei-he --out out/ --split distance "
+               "--objects-csv\n  glandseg segment slide.svs --model glands-he --out out/ "
+               "--device cuda --tile 1024",
+    )
+    s.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    s.add_argument("--model", required=True, help="store name or checkpoint file")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    s.add_argument("--tile", type=int, default=512, help="tile size (default 512)")
+    s.add_argument("--overlap", type=float, default=0.25, help="tile overlap (default 0.25)")
+    s.add_argument("--batch", type=int, default=4, help="tiles per batch (default 4)")
+    s.add_argument("--tta", action="store_true", help="test-time augmentation (8x slower)")
+    s.add_argument("--threshold", type=float, default=0.5, help="binary threshold")
+    s.add_argument("--split", choices=["none", "distance", "peaks", "boundary"],
+                   help="separate touching objects (default: the model card's)")
+    s.add_argument("--min-size", type=int, help="remove objects smaller than this (px)")
+    s.add_argument("--probabilities", action="store_true", help="also write probabilities")
+    s.add_argument("--objects-csv", action="store_true", help="also write a per-object CSV")
+    s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_segment)
+
+    e = sub.add_parser(
+        "evaluate", help="compare predictions with ground truth, paired by file stem",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  glandseg evaluate --pred out/ --truth glas/testA/masks/\n"
+               "  glandseg evaluate --pred out/ --truth masks/ --csv per_image.csv "
+               "--json summary.json",
+    )
+    e.add_argument("--pred", required=True, help="folder of predicted labels")
+    e.add_argument("--truth", required=True, help="folder of ground-truth labels")
+    e.add_argument("--csv", help="write per-image metrics here")
+    e.add_argument("--json", help="write the summary here")
+    e.add_argument("--classes", type=int, help="number of classes for class maps (> 2)")
+    e.add_argument("--no-hausdorff", action="store_true", help="skip the slowest metric")
+    e.set_defaults(func=_evaluate)
 
     g = sub.add_parser(
         "gui", help="open napari with the plugin docked",

@@ -1,0 +1,401 @@
+"""Pixel and object metrics, as the segmentation challenges define them (Qt-free).
+
+One overlap matrix (pixel counts of every pair of predicted and true objects, built with one
+``bincount``) serves all object metrics; matching at IoU thresholds uses scipy's Hungarian
+``linear_sum_assignment``.
+
+Inputs are label images of the same shape and any integer dtype. Instance labels (one id per
+object) are used as they are; a binary mask (values 0/1 only) is split into objects by
+8-connected components first.
+
+Examples
+--------
+>>> import numpy as np
+>>> truth = np.zeros((6, 6), int); truth[1:3, 1:3] = 1; truth[3:5, 3:6] = 2
+>>> pred = np.zeros((6, 6), int); pred[1:3, 1:3] = 7
+>>> m = evaluate(pred, truth)
+>>> round(m["dice"], 4), round(m["object_f1"], 4), round(m["aji"], 4), round(m["pq"], 4)
+(0.5714, 0.6667, 0.4, 0.6667)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import GlandsegError
+
+IOU_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
+KEYS = ("dice", "iou", "accuracy", "precision", "recall", "object_f1", "object_dice",
+        "object_hausdorff", "aji", "pq", "map")
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+
+
+def _check_pair(pred, truth) -> tuple[np.ndarray, np.ndarray]:
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    if pred.shape != truth.shape:
+        raise GlandsegError(f"prediction has shape {pred.shape} but ground truth has "
+                            f"shape {truth.shape}")
+    for name, a in (("prediction", pred), ("ground truth", truth)):
+        if not (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
+            raise GlandsegError(f"{name} must be integer labels, got dtype {a.dtype}")
+        if a.size and a.min() < 0:
+            raise GlandsegError(f"{name} has negative labels (minimum {a.min()})")
+    return pred, truth
+
+
+def as_instances(labels: np.ndarray) -> np.ndarray:
+    """Instance labels: a 0/1 mask is split into 8-connected objects; others are kept."""
+    labels = np.asarray(labels)
+    if labels.dtype == bool or (labels.size and labels.max() <= 1):
+        from skimage.measure import label
+
+        return label(labels > 0, connectivity=2)
+    return labels
+
+
+@dataclass
+class Overlap:
+    """Pixel counts shared by every predicted and true object.
+
+    ``counts[i, j]`` is the number of pixels with prediction id ``pred_ids[i - 1]`` and truth
+    id ``true_ids[j - 1]`` (row/column 0 are background).
+    """
+
+    counts: np.ndarray
+    pred_ids: np.ndarray
+    true_ids: np.ndarray
+
+    @classmethod
+    def of(cls, pred: np.ndarray, truth: np.ndarray) -> Overlap:
+        p_ids, p = np.unique(pred, return_inverse=True)
+        t_ids, t = np.unique(truth, return_inverse=True)
+        # make 0 (background) index 0 even when absent
+        if p_ids[0] != 0:
+            p_ids, p = np.concatenate([[0], p_ids]), p + 1
+        if t_ids[0] != 0:
+            t_ids, t = np.concatenate([[0], t_ids]), t + 1
+        n_t = len(t_ids)
+        counts = np.bincount(p.ravel() * n_t + t.ravel(), minlength=len(p_ids) * n_t)
+        return cls(counts.reshape(len(p_ids), n_t), p_ids[1:], t_ids[1:])
+
+    @property
+    def pred_areas(self) -> np.ndarray:
+        return self.counts[1:].sum(1)
+
+    @property
+    def true_areas(self) -> np.ndarray:
+        return self.counts[:, 1:].sum(0)
+
+    @property
+    def inter(self) -> np.ndarray:
+        return self.counts[1:, 1:]
+
+    def iou(self) -> np.ndarray:
+        union = self.pred_areas[:, None] + self.true_areas[None, :] - self.inter
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(union > 0, self.inter / np.maximum(union, 1), 0.0)
+
+
+def match(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (pred index, truth index) of a one-to-one matching with IoU > ``threshold``,
+    maximising total IoU (Hungarian). Above 0.5 the matching is unique anyway."""
+    if iou.size == 0:
+        return np.zeros(0, int), np.zeros(0, int)
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(-iou)
+    keep = iou[rows, cols] > threshold
+    return rows[keep], cols[keep]
+
+
+# --------------------------------------------------------------------------------------------
+# pixel metrics
+
+
+def pixel_metrics(pred, truth, classes: int | None = None) -> dict:
+    """Dice, IoU (Jaccard), accuracy, precision and recall of pixels.
+
+    Binary (``classes`` None): foreground is any label > 0 on each side.
+    Multi-class (``classes`` = K > 2, labels 0..K-1): per class 1..K-1 and their mean under
+    ``per_class`` and the top-level keys; accuracy is over all pixels.
+
+    Definitions (TP, FP, FN, TN counted in pixels): Dice = 2TP / (2TP + FP + FN);
+    IoU = TP / (TP + FP + FN); precision = TP / (TP + FP); recall = TP / (TP + FN);
+    accuracy = (TP + TN) / N. A ratio with 0 / 0 is 1 (nothing to find, nothing found).
+    """
+    pred, truth = _check_pair(pred, truth)
+    if classes is None or classes <= 2:
+        return _binary_counts_to_metrics(*_counts(pred > 0, truth > 0))
+    per = {}
+    for c in range(1, classes):
+        per[c] = _binary_counts_to_metrics(*_counts(pred == c, truth == c))
+    out = {k: float(np.mean([per[c][k] for c in per])) for k in
+           ("dice", "iou", "precision", "recall")}
+    out["accuracy"] = float((pred == truth).mean()) if pred.size else 1.0
+    out["per_class"] = per
+    return out
+
+
+def _counts(p: np.ndarray, t: np.ndarray) -> tuple[int, int, int, int]:
+    tp = int(np.count_nonzero(p & t))
+    fp = int(np.count_nonzero(p)) - tp
+    fn = int(np.count_nonzero(t)) - tp
+    return tp, fp, fn, p.size - tp - fp - fn
+
+
+def _ratio(a, b) -> float:
+    return 1.0 if b == 0 else a / b
+
+
+def _binary_counts_to_metrics(tp, fp, fn, tn) -> dict:
+    return {"dice": _ratio(2 * tp, 2 * tp + fp + fn), "iou": _ratio(tp, tp + fp + fn),
+            "accuracy": _ratio(tp + tn, tp + fp + fn + tn), "precision": _ratio(tp, tp + fp),
+            "recall": _ratio(tp, tp + fn)}
+
+
+# --------------------------------------------------------------------------------------------
+# object metrics
+
+
+def object_f1(ov: Overlap) -> dict:
+    """GlaS object-level F1 (Sirinukunwattana et al., MedIA 2017).
+
+    A predicted object is a true positive when it covers more than 50% of the ground-truth
+    object it overlaps most; other predicted objects are false positives and ground-truth
+    objects without a true positive are false negatives. F1 = 2TP / (2TP + FP + FN).
+    """
+    n_p, n_t = len(ov.pred_ids), len(ov.true_ids)
+    tp = 0
+    if n_p and n_t:
+        best = ov.inter.argmax(1)
+        frac = ov.inter[np.arange(n_p), best] / ov.true_areas[best]
+        tp = len(np.unique(best[frac > 0.5]))
+    fp, fn = n_p - tp, n_t - tp
+    return {"tp": tp, "fp": fp, "fn": fn, "object_f1": _ratio(2 * tp, 2 * tp + fp + fn)}
+
+
+def object_dice(ov: Overlap) -> float:
+    """GlaS object Dice: 0.5 * (sum_i w_i Dice(G_i, S*(G_i)) + sum_j v_j Dice(G*(S_j), S_j)),
+
+    with w_i = |G_i| / sum|G|, v_j = |S_j| / sum|S|, and S*(G_i) the predicted object that
+    overlaps G_i most (Dice 0 when none does), G*(S_j) likewise. 1 when both are empty,
+    0 when exactly one is.
+    """
+    g, s = ov.true_areas, ov.pred_areas
+    if len(g) == 0 or len(s) == 0:
+        return float(len(g) == len(s))
+    inter = ov.inter
+    dice = 2 * inter / (s[:, None] + g[None, :])
+    d_g = np.where(inter.max(0) > 0, dice[inter.argmax(0), np.arange(len(g))], 0.0)
+    d_s = np.where(inter.max(1) > 0, dice[np.arange(len(s)), inter.argmax(1)], 0.0)
+    return float(0.5 * ((g / g.sum()) @ d_g + (s / s.sum()) @ d_s))
+
+
+def object_hausdorff(pred: np.ndarray, truth: np.ndarray, ov: Overlap) -> float:
+    """GlaS object Hausdorff: the object-Dice weighting applied to Hausdorff distances.
+
+    Each object is paired with the object on the other side it overlaps most or, when it
+    overlaps none, the nearest one (smallest Hausdorff distance), as the challenge code does.
+    0 when both sides are empty; infinite when exactly one is.
+    """
+    g, s = ov.true_areas, ov.pred_areas
+    if len(g) == 0 or len(s) == 0:
+        return 0.0 if len(g) == len(s) else float("inf")
+    from scipy.ndimage import find_objects
+    from skimage.metrics import hausdorff_distance
+
+    p_boxes = find_objects(_relabel(pred, ov.pred_ids))
+    t_boxes = find_objects(_relabel(truth, ov.true_ids))
+    cache: dict = {}
+
+    def hd(i, j):
+        if (i, j) not in cache:
+            box = tuple(slice(min(a.start, b.start), max(a.stop, b.stop))
+                        for a, b in zip(p_boxes[i], t_boxes[j], strict=True))
+            cache[(i, j)] = hausdorff_distance(pred[box] == ov.pred_ids[i],
+                                               truth[box] == ov.true_ids[j])
+        return cache[(i, j)]
+
+    def partner(row, others, dist):
+        if row.max() > 0:
+            return dist(row.argmax())
+        return min(dist(k) for k in range(others))
+
+    inter = ov.inter
+    h_g = np.array([partner(inter[:, j], len(s), lambda i, j=j: hd(i, j))
+                    for j in range(len(g))])
+    h_s = np.array([partner(inter[i], len(g), lambda j, i=i: hd(i, j)) for i in range(len(s))])
+    return float(0.5 * ((g / g.sum()) @ h_g + (s / s.sum()) @ h_s))
+
+
+def _relabel(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Map ids to 1..n (in order) for ``find_objects``."""
+    lut = np.zeros(int(ids.max()) + 1 if len(ids) else 1, np.int32)
+    lut[ids] = np.arange(1, len(ids) + 1)
+    return lut[labels]
+
+
+def aji(ov: Overlap) -> float:
+    """Aggregated Jaccard Index (Kumar et al., IEEE TMI 2017).
+
+    For each ground-truth object G_i, take the predicted S_j with the highest IoU; add
+    |G_i & S_j| to C and |G_i | S_j| to U (just |G_i| when no prediction touches it). Then
+    add the areas of predicted objects never chosen to U. AJI = C / U; 1 when both are empty.
+    """
+    g, s = ov.true_areas, ov.pred_areas
+    if len(g) == 0 and len(s) == 0:
+        return 1.0
+    if len(s) == 0 or len(g) == 0:
+        return 0.0
+    iou = ov.iou()
+    best = iou.argmax(0)
+    inter = ov.inter[best, np.arange(len(g))]
+    hit = inter > 0
+    c = inter.sum()
+    u = np.where(hit, g + s[best] - inter, g).sum()
+    unused = np.setdiff1d(np.arange(len(s)), best[hit])
+    u += s[unused].sum()
+    return float(c / u)
+
+
+def panoptic_quality(ov: Overlap) -> dict:
+    """Panoptic quality (Kirillov et al. 2019) with IoU > 0.5 matching: PQ = DQ x SQ.
+
+    DQ = TP / (TP + FP/2 + FN/2); SQ = mean IoU of matched pairs. 1 when both are empty.
+    """
+    rows, cols = match(ov.iou(), 0.5)
+    tp = len(rows)
+    fp, fn = len(ov.pred_ids) - tp, len(ov.true_ids) - tp
+    if tp + fp + fn == 0:
+        return {"pq": 1.0, "dq": 1.0, "sq": 1.0}
+    sq = float(ov.iou()[rows, cols].mean()) if tp else 0.0
+    dq = tp / (tp + 0.5 * fp + 0.5 * fn)
+    return {"pq": dq * sq, "dq": dq, "sq": sq}
+
+
+def average_precision(ov: Overlap, thresholds=IOU_THRESHOLDS) -> dict:
+    """Mean average precision as the 2018 Data Science Bowl defined it.
+
+    At each IoU threshold t in 0.5:0.05:0.95, precision(t) = TP / (TP + FP + FN) with
+    one-to-one matches of IoU > t; mAP is their mean. 1 when both are empty.
+    """
+    iou = ov.iou()
+    n_p, n_t = len(ov.pred_ids), len(ov.true_ids)
+    if n_p == 0 and n_t == 0:
+        return {"map": 1.0, "ap": {float(t): 1.0 for t in thresholds}}
+    rows, cols = match(iou, 0.0)
+    matched = iou[rows, cols]
+    ap = {}
+    for t in thresholds:
+        tp = int((matched > t).sum())
+        ap[float(t)] = tp / (n_p + n_t - tp)
+    return {"map": float(np.mean(list(ap.values()))), "ap": ap}
+
+
+# --------------------------------------------------------------------------------------------
+# everything at once
+
+
+def evaluate(pred, truth, classes: int | None = None, hausdorff: bool = True) -> dict:
+    """Every metric for one image.
+
+    Parameters
+    ----------
+    pred, truth : array-like, (Y, X) integer labels
+        Instance labels, binary masks (split into connected objects for object metrics), or,
+        with ``classes``, class maps 0..classes-1.
+    classes : int, optional
+        For multi-class maps: pixel metrics per class (under ``per_class``) and their mean;
+        object metrics then use the foreground (label > 0) split into connected objects.
+    hausdorff : bool
+        Compute the object Hausdorff distance (the slowest metric).
+
+    Returns
+    -------
+    dict
+        ``dice, iou, accuracy, precision, recall`` (pixels), ``object_f1, object_dice,
+        object_hausdorff`` (GlaS), ``aji``, ``pq`` (with ``dq, sq``), ``map`` (DSB 2018), and
+        the counts ``tp, fp, fn`` of the object F1.
+    """
+    pred, truth = _check_pair(pred, truth)
+    out = pixel_metrics(pred, truth, classes)
+    if classes is not None and classes > 2:
+        p_inst, t_inst = as_instances(pred > 0), as_instances(truth > 0)
+    else:
+        p_inst, t_inst = as_instances(pred), as_instances(truth)
+    ov = Overlap.of(p_inst, t_inst)
+    out.update(object_f1(ov))
+    out["object_dice"] = object_dice(ov)
+    out["object_hausdorff"] = object_hausdorff(p_inst, t_inst, ov) if hausdorff else float("nan")
+    out["aji"] = aji(ov)
+    out.update(panoptic_quality(ov))
+    out["map"] = average_precision(ov)["map"]
+    out["n_pred"], out["n_true"] = len(ov.pred_ids), len(ov.true_ids)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# datasets
+
+PIXEL_KEYS = ("dice", "iou", "accuracy", "precision", "recall")
+#: How :func:`summarise` aggregates each metric over images.
+AGGREGATION = {
+    "dice": "pooled over all pixels (also mean per image as *_image_mean)",
+    "iou": "pooled over all pixels", "accuracy": "pooled over all pixels",
+    "precision": "pooled over all pixels", "recall": "pooled over all pixels",
+    "object_f1": "pooled TP/FP/FN over all images (GlaS)",
+    "object_dice": "mean of per-image values (GlaS evaluation scripts)",
+    "object_hausdorff": "mean of per-image values (GlaS evaluation scripts)",
+    "aji": "mean of per-image values (MoNuSeg)", "pq": "mean of per-image values",
+    "map": "mean of per-image values (DSB 2018)",
+}
+
+
+def evaluate_dataset(items, classes: int | None = None, hausdorff: bool = True):
+    """Evaluate many images: per-image rows and a summary.
+
+    Parameters
+    ----------
+    items : iterable of (name, pred, truth)
+
+    Returns
+    -------
+    rows : list of dict
+        One per image: ``name`` and every key of :func:`evaluate`.
+    summary : dict
+        Each metric aggregated as :data:`AGGREGATION` says, with ``<key>_std`` (standard
+        deviation of per-image values), ``n_images``, and ``best``/``worst`` image by Dice.
+    """
+    rows, pooled = [], np.zeros(4, np.int64)
+    for name, pred, truth in items:
+        pred, truth = _check_pair(pred, truth)
+        m = evaluate(pred, truth, classes=classes, hausdorff=hausdorff)
+        m.pop("per_class", None)
+        rows.append({"name": name, **m})
+        pooled += _counts(pred > 0, truth > 0)
+    return rows, summarise(rows, pooled)
+
+
+def summarise(rows: list[dict], pooled=None) -> dict:
+    if not rows:
+        raise GlandsegError("no images to evaluate")
+    summary: dict = {"n_images": len(rows)}
+    for k in KEYS:
+        vals = np.array([r[k] for r in rows], float)
+        summary[k] = float(np.mean(vals))
+        summary[f"{k}_std"] = float(np.std(vals))
+    summary["dice_image_mean"] = summary["dice"]
+    if pooled is not None:
+        summary.update(_binary_counts_to_metrics(*[int(v) for v in pooled]))
+    tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
+    summary["object_f1"] = _ratio(2 * tp, 2 * tp + fp + fn)
+    by_dice = sorted(rows, key=lambda r: r["dice"])
+    summary["worst"] = [r["name"] for r in by_dice[:3]]
+    summary["best"] = [r["name"] for r in by_dice[::-1][:3]]
+    summary["aggregation"] = AGGREGATION
+    return summary

@@ -1,0 +1,90 @@
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from napari_glandseg import cli
+from napari_glandseg.io import read_image, write_labels
+from napari_glandseg.models import ModelCard, build_model, import_model, save_checkpoint
+
+
+@pytest.fixture
+def fg_model(tmp_path):
+    net = build_model("base_cnn", 3, 1, widths=[4, 8])
+    torch.nn.init.zeros_(net.head.weight)
+    torch.nn.init.constant_(net.head.bias, 10.0)
+    card = ModelCard(name="cli-fg", architecture="base_cnn", in_channels=3, num_classes=1,
+                     arch_kwargs={"widths": [4, 8]})
+    import_model(save_checkpoint(tmp_path / "m.safetensors", net, card))
+    return "cli-fg"
+
+
+def test_segment_writes_labels_skips_existing_and_reports_failures(tmp_path, data_dir,
+                                                                   fg_model, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(data_dir / "glas/train_1_crop.png", inputs / "a.png")
+    (inputs / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    code = cli.main(["segment", str(inputs), "--model", fg_model, "--out", str(out),
+                     "--tile", "128", "--objects-csv", "--quiet"])
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "1 segmented, 0 skipped, 1 failed" in captured.out and "broken.png" in captured.out
+    labels = read_image(out / "a_labels.tif", as_labels=True).data
+    assert labels.shape == (256, 256) and labels.max() == 1  # one object covering everything
+    assert pd.read_csv(out / "a_objects.csv")["area"].tolist() == [256 * 256]
+    # a second run leaves the existing output alone
+    (inputs / "broken.png").unlink()
+    assert cli.main(["segment", str(inputs / "a.png"), "--model", fg_model, "--out", str(out),
+                     "--quiet"]) == 0
+    assert "0 segmented, 1 skipped" in capsys.readouterr().out
+    assert cli.main(["segment", str(inputs / "a.png"), "--model", fg_model, "--out", str(out),
+                     "--quiet", "--overwrite"]) == 0
+
+
+def test_segment_bad_arguments_exit_2(tmp_path, fg_model, capsys):
+    assert cli.main(["segment", str(tmp_path / "none*.png"), "--model", fg_model, "--out",
+                     str(tmp_path)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert cli.main(["segment", str(tmp_path), "--model", "nope", "--out", str(tmp_path)]) == 2
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["segment", "x.png", "--out", "o"])  # --model missing
+    assert exc.value.code == 2
+
+
+def test_evaluate_folders(tmp_path, data_dir, capsys):
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    pred.mkdir()
+    truth.mkdir()
+    for stem in ("testA_5_crop", "train_1_crop"):
+        t = read_image(data_dir / f"glas/{stem}_instances.png").data
+        shutil.copy(data_dir / f"glas/{stem}_instances.png", truth / f"{stem}.png")
+        p = t.copy()
+        if stem == "train_1_crop":
+            p[p == p.max()] = 0  # drop one gland
+        write_labels(pred / f"{stem}_labels.tif", p)
+    code = cli.main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--csv",
+                     str(tmp_path / "rows.csv"), "--json", str(tmp_path / "summary.json")])
+    assert code == 0
+    rows = pd.read_csv(tmp_path / "rows.csv")
+    assert rows["name"].tolist() == ["testA_5_crop", "train_1_crop"]
+    assert rows["dice"].iloc[0] == 1.0 and rows["dice"].iloc[1] < 1.0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["n_images"] == 2 and summary["worst"][0] == "train_1_crop"
+    assert summary["object_f1"] == pytest.approx(2 * 9 / (2 * 9 + 1))  # 8 + 1 TP of 10
+    assert "pooled" in summary["aggregation"]["dice"]
+    assert "object_f1" in capsys.readouterr().out
+    assert cli.main(["evaluate", "--pred", str(tmp_path / "nothing"), "--truth",
+                     str(truth)]) == 2
+
+
+def test_help_on_every_command(capsys):
+    for cmd in ("segment", "evaluate", "models", "gui"):
+        with pytest.raises(SystemExit) as exc:
+            cli.main([cmd, "--help"])
+        assert exc.value.code == 0
+        assert "example" in capsys.readouterr().out
