@@ -215,3 +215,82 @@ def test_segment_errors_are_notifications(make_napari_viewer, notes, all_foregro
     w.image_box.setCurrentText("grey")
     w.region_box.setCurrentText("shapes ROI")
     assert w.run() is None and "needs a Shapes layer" in notes[-1][1]
+
+
+def _touching_disks():
+    yy, xx = np.mgrid[:64, :80]
+    return (((yy - 32) ** 2 + (xx - 26) ** 2 <= 100)
+            | ((yy - 32) ** 2 + (xx - 46) ** 2 <= 144)).astype(np.uint8)
+
+
+def test_postprocess_widget_preview_apply_and_csv(make_napari_viewer, tmp_path, notes):
+    viewer = make_napari_viewer()
+    mask = _touching_disks()
+    viewer.add_labels(mask.copy(), name="pred")
+    viewer.add_image(mask * 200, name="img")
+    w = _dock(viewer, "Post-process")
+    w.labels_box.setCurrentText("pred")
+    w.image_box.setCurrentText("img")
+    w.split_box.setCurrentText("none")
+    w.preview.setChecked(True)
+    assert viewer.layers["postprocess preview"].data.max() == 1
+    w.split_box.setCurrentText("distance")
+    w.update_preview()  # what the 150 ms timer does after a change
+    assert viewer.layers["postprocess preview"].data.max() == 2
+    layer = w.apply()
+    assert layer.name == "pred [objects]" and layer.data.max() == 2
+    assert "postprocess preview" not in viewer.layers
+    assert len(layer.features) == 2 and set(layer.features["mean_intensity"]) == {200.0}
+    np.testing.assert_array_equal(viewer.layers["pred"].data, mask)  # input untouched
+    viewer.layers.selection.active = layer
+    assert w.export_csv(tmp_path / "objects.csv")
+    assert (tmp_path / "objects.csv").read_text().startswith("label,area")
+
+
+def test_compare_widget_metrics_overlay_and_objects(make_napari_viewer, notes):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "glas")
+    truth = viewer.layers["glas_testA_5_crop [truth]"].data
+    pred = truth.copy()
+    missing = int(pred.max())
+    pred[pred == missing] = 0
+    viewer.add_labels(pred, name="pred")
+    w = _dock(viewer, "Compare")
+    w.pred_box.setCurrentText("pred")
+    assert w.truth_box.currentText() == "glas_testA_5_crop [truth]"  # picked by its role
+    m = w.compute()
+    assert m["object_f1"] == pytest.approx(2 * 7 / (2 * 7 + 1)) and m["precision"] == 1.0
+    assert w.metric_table.rowCount() >= 11
+    overlay = viewer.layers["compare pred (TP green, FP red, FN blue)"].data
+    assert set(np.unique(overlay[truth == missing])) == {3}  # the missed gland is FN
+    assert set(np.unique(overlay[pred > 0])) == {1}
+    row = next(i for i, o in enumerate(w.objects) if o["status"] == "FN")
+    before = viewer.camera.center
+    w.object_table.cellClicked.emit(row, 0)
+    ys, xs = np.nonzero(truth == missing)
+    assert viewer.camera.center[-2:] == pytest.approx((ys.mean(), xs.mean()))
+    assert viewer.camera.center != before
+
+
+def test_compare_widget_dataset_mode(make_napari_viewer, qtbot, tmp_path, data_dir, notes):
+    from napari_glandseg.io import write_labels
+
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    pred.mkdir()
+    truth.mkdir()
+    for stem in ("testA_5_crop", "train_1_crop"):
+        shutil.copy(data_dir / f"glas/{stem}_instances.png", truth / f"{stem}.png")
+        t = iio.imread(data_dir / f"glas/{stem}_instances.png")
+        write_labels(pred / f"{stem}_labels.tif", np.where(t == t.max(), 0, t))
+    viewer = make_napari_viewer()
+    w = _dock(viewer, "Compare")
+    worker = w.evaluate_folders(pred, truth)
+    with qtbot.waitSignal(worker.finished, timeout=60000):
+        pass
+    assert [r["name"] for r in w.rows] == ["testA_5_crop", "train_1_crop"]
+    assert w.dataset_table.rowCount() == 4  # two images, mean, sd
+    assert "worst by Dice: train_1_crop" in w.best_worst.text()
+    w.dataset_table.cellClicked.emit(1, 0)
+    assert "train_1_crop [prediction]" in viewer.layers
+    assert w.evaluate_folders(tmp_path / "nope", truth) is None
+    assert "not a folder" in notes[-1][1]

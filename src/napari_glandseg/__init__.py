@@ -17,6 +17,10 @@ _API = {
     "segment": "napari_glandseg.inference",
     "iter_segment": "napari_glandseg.inference",
     "SegmentParams": "napari_glandseg.inference",
+    "evaluate": "napari_glandseg.metrics",
+    "evaluate_dataset": "napari_glandseg.metrics",
+    "postprocess": "napari_glandseg.postprocess",
+    "object_table": "napari_glandseg.postprocess",
 }
 
 __all__ = ["__version__", *_API]

@@ -37,6 +37,7 @@ def _sample(stem: str, what: str) -> list[tuple]:
     img[1]["metadata"]["credit"] = credit
     lab = truth.to_layer_data(name=f"{stem} [truth]")
     lab[1]["metadata"]["credit"] = credit
+    lab[1]["metadata"]["glandseg_role"] = "truth"
     return [img, lab]
 
 

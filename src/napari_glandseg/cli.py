@@ -164,43 +164,21 @@ def _segment(args) -> int:
     return 1 if failures else 0
 
 
-_PRED_SUFFIXES = ("_labels", "_pred", "_prediction", "_mask", "_instances", "_anno")
-
-
-def _stem_key(path) -> str:
-    stem = path.stem
-    for s in _PRED_SUFFIXES:
-        if stem.endswith(s):
-            return stem[: -len(s)]
-    return stem
-
-
 def _evaluate(args) -> int:
     import json
     from pathlib import Path
 
-    from .io import IMAGE_SUFFIXES, read_image
+    from .io import iter_image_files, pair_by_stem, read_image
     from .metrics import evaluate_dataset
     from .postprocess import write_csv
 
-    def files(d):
-        d = Path(d)
-        if not d.is_dir():
-            raise GlandsegError(f"{d}: not a folder")
-        return {_stem_key(f): f for f in sorted(d.iterdir())
-                if f.suffix.lower() in IMAGE_SUFFIXES}
-
-    preds, truths = files(args.pred), files(args.truth)
-    common = sorted(set(preds) & set(truths))
-    if not common:
-        raise GlandsegError(f"no prediction in {args.pred} shares a file stem with a ground "
-                            f"truth in {args.truth}")
-    missing = sorted(set(truths) - set(preds))
-    if missing:
-        print(f"warning: {len(missing)} ground-truth files have no prediction "
-              f"(e.g. {missing[0]})", file=sys.stderr)
-    items = ((k, read_image(preds[k], as_labels=True).data,
-              read_image(truths[k], as_labels=True).data) for k in common)
+    pairs = pair_by_stem(args.pred, args.truth)
+    n_truth = len(iter_image_files([args.truth]))
+    if n_truth > len(pairs):
+        print(f"warning: {n_truth - len(pairs)} ground-truth files have no prediction",
+              file=sys.stderr)
+    items = [(k, read_image(p, as_labels=True).data, read_image(t, as_labels=True).data)
+             for k, (p, t) in pairs.items()]
     rows, summary = evaluate_dataset(items, classes=args.classes,
                                      hausdorff=not args.no_hausdorff)
     if args.csv:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 PLUGIN = "napari-glandseg"
-WIDGETS = ("Load", "Model", "Segment")
+WIDGETS = ("Load", "Model", "Segment", "Post-process", "Compare")
 
 
 def open_viewer(sample: str | None = "glas", files=(), show: bool = True):

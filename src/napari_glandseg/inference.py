@@ -47,6 +47,7 @@ import torch
 
 from .errors import GlandsegError
 from .models import Model, Normalization, describe_device, resolve_device
+from .progress import Progress
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -139,23 +140,6 @@ def _enum(cls, value, name):
     except ValueError:
         raise GlandsegError(f"unknown {name} {value!r}; expected one of "
                             + ", ".join(m.value for m in cls)) from None
-
-
-@dataclass
-class Progress:
-    """One step of a long job: ``done`` of ``total`` units, a message, seconds elapsed."""
-
-    done: int
-    total: int
-    message: str = ""
-    elapsed: float = 0.0
-
-    @property
-    def eta(self) -> float | None:
-        """Seconds left, estimated from the rate so far."""
-        if not self.done or self.done >= self.total:
-            return None
-        return self.elapsed / self.done * (self.total - self.done)
 
 
 @dataclass

@@ -440,6 +440,37 @@ def read_pair(pair: Pair) -> tuple[ImageData, ImageData | None]:
     return image, mask
 
 
+#: Endings a prediction file may add to its image's stem (``<stem>_labels.tif``).
+PRED_SUFFIXES = ("_labels", "_pred", "_prediction", "_mask", "_instances", "_anno")
+
+
+def _stem_key(path: Path) -> str:
+    stem = path.stem
+    for s in PRED_SUFFIXES:
+        if stem.endswith(s):
+            return stem[: -len(s)]
+    return stem
+
+
+def pair_by_stem(pred_dir, truth_dir) -> dict[str, tuple[Path, Path]]:
+    """Pair two folders' image files by stem (``a_labels.tif`` pairs with ``a.png``).
+
+    Raises
+    ------
+    GlandsegError
+        A folder is missing, or no stem is shared.
+    """
+    found = []
+    for d in (Path(pred_dir), Path(truth_dir)):
+        if not d.is_dir():
+            raise GlandsegError(f"{d}: not a folder")
+        found.append({_stem_key(f): f for f in _images_in(d)})
+    keys = sorted(set(found[0]) & set(found[1]), key=lambda k: _natural_key(Path(k)))
+    if not keys:
+        raise GlandsegError(f"no file in {pred_dir} shares a file stem with one in {truth_dir}")
+    return {k: (found[0][k], found[1][k]) for k in keys}
+
+
 # --------------------------------------------------------------------------------------------
 # writing
 

@@ -179,6 +179,41 @@ def object_f1(ov: Overlap) -> dict:
     return {"tp": tp, "fp": fp, "fn": fn, "object_f1": _ratio(2 * tp, 2 * tp + fp + fn)}
 
 
+def object_status(pred, truth) -> list[dict]:
+    """Each object's fate under the GlaS object-F1 rule, for overlays and object tables.
+
+    Returns one dict per predicted object (``side="pred"``, ``status`` TP or FP) and per
+    missed true object (``side="truth"``, ``status="FN"``), with ``id``, ``area``, the best
+    overlapping object on the other side (``match``, 0 if none) and their ``iou``.
+
+    >>> truth = np.array([[1, 1, 0, 2]]); pred = np.array([[5, 5, 0, 0]])
+    >>> [(o["side"], o["id"], o["status"]) for o in object_status(pred, truth)]
+    [('pred', 5, 'TP'), ('truth', 2, 'FN')]
+    """
+    pred, truth = _check_pair(pred, truth)
+    pred, truth = as_instances(pred), as_instances(truth)
+    ov = Overlap.of(pred, truth)
+    iou = ov.iou()
+    out, hit = [], set()
+    for i, pid in enumerate(ov.pred_ids):
+        j = int(ov.inter[i].argmax()) if len(ov.true_ids) else -1
+        ok = j >= 0 and ov.inter[i, j] / ov.true_areas[j] > 0.5
+        if ok:
+            hit.add(j)
+        out.append({"side": "pred", "id": int(pid), "status": "TP" if ok else "FP",
+                    "area": int(ov.pred_areas[i]),
+                    "match": int(ov.true_ids[j]) if j >= 0 and ov.inter[i, j] else 0,
+                    "iou": float(iou[i, j]) if j >= 0 else 0.0})
+    for j, tid in enumerate(ov.true_ids):
+        if j not in hit:
+            i = int(ov.inter[:, j].argmax()) if len(ov.pred_ids) else -1
+            out.append({"side": "truth", "id": int(tid), "status": "FN",
+                        "area": int(ov.true_areas[j]),
+                        "match": int(ov.pred_ids[i]) if i >= 0 and ov.inter[i, j] else 0,
+                        "iou": float(iou[i, j]) if i >= 0 else 0.0})
+    return out
+
+
 def object_dice(ov: Overlap) -> float:
     """GlaS object Dice: 0.5 * (sum_i w_i Dice(G_i, S*(G_i)) + sum_j v_j Dice(G*(S_j), S_j)),
 
@@ -357,11 +392,25 @@ AGGREGATION = {
 
 
 def evaluate_dataset(items, classes: int | None = None, hausdorff: bool = True):
-    """Evaluate many images: per-image rows and a summary.
+    """Evaluate many images (blocking); see :func:`iter_evaluate_dataset`."""
+    gen = iter_evaluate_dataset(items, classes=classes, hausdorff=hausdorff)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def iter_evaluate_dataset(items, classes: int | None = None, hausdorff: bool = True,
+                          total: int | None = None):
+    """Evaluate many images, yielding a Progress after each; returns ``(rows, summary)``.
 
     Parameters
     ----------
     items : iterable of (name, pred, truth)
+        Arrays, or zero-argument callables returning them (read lazily, one at a time).
+    total : int, optional
+        Number of items, for the progress record (``len(items)`` when it has one).
 
     Returns
     -------
@@ -371,13 +420,20 @@ def evaluate_dataset(items, classes: int | None = None, hausdorff: bool = True):
         Each metric aggregated as :data:`AGGREGATION` says, with ``<key>_std`` (standard
         deviation of per-image values), ``n_images``, and ``best``/``worst`` image by Dice.
     """
-    rows, pooled = [], np.zeros(4, np.int64)
+    import time
+
+    from .progress import Progress
+
+    total = total if total is not None else (len(items) if hasattr(items, "__len__") else 0)
+    rows, pooled, t0 = [], np.zeros(4, np.int64), time.perf_counter()
     for name, pred, truth in items:
+        pred, truth = (a() if callable(a) else a for a in (pred, truth))
         pred, truth = _check_pair(pred, truth)
         m = evaluate(pred, truth, classes=classes, hausdorff=hausdorff)
         m.pop("per_class", None)
         rows.append({"name": name, **m})
         pooled += _counts(pred > 0, truth > 0)
+        yield Progress(len(rows), max(total, len(rows)), name, time.perf_counter() - t0)
     return rows, summarise(rows, pooled)
 
 

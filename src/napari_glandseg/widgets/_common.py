@@ -31,3 +31,16 @@ def unique_name(viewer, name: str) -> str:
     while f"{name} ({i})" in taken:
         i += 1
     return f"{name} ({i})"
+
+
+def fill_layer_box(box, viewer, kind, extra=(), exclude=()) -> None:
+    """Refill a QComboBox with the names of ``kind`` layers, keeping the current choice."""
+    current = box.currentText()
+    names = list(extra) + [la.name for la in viewer.layers
+                           if isinstance(la, kind) and la.name not in exclude]
+    box.blockSignals(True)
+    box.clear()
+    box.addItems(names)
+    if current in names:
+        box.setCurrentText(current)
+    box.blockSignals(False)

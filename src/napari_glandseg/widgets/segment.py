@@ -23,7 +23,7 @@ from ..errors import GlandsegError
 from ..inference import Blend, SegmentParams, iter_segment
 from ..io import lazy_pyramid
 from . import _worker
-from ._common import notify, unique_name
+from ._common import fill_layer_box, notify, unique_name
 from ._state import selection_for
 
 
@@ -269,15 +269,8 @@ class SegmentWidget(QWidget):
     def _refresh_layers(self, event=None) -> None:
         from napari.layers import Image, Shapes
 
-        for box, kind in ((self.image_box, Image), (self.shapes_box, Shapes)):
-            current = box.currentText()
-            names = [layer.name for layer in self.viewer.layers if isinstance(layer, kind)]
-            box.blockSignals(True)
-            box.clear()
-            box.addItems(names)
-            if current in names:
-                box.setCurrentText(current)
-            box.blockSignals(False)
+        fill_layer_box(self.image_box, self.viewer, Image)
+        fill_layer_box(self.shapes_box, self.viewer, Shapes)
 
     def _show_model(self, *_) -> None:
         m = self.selection.model

@@ -1,0 +1,222 @@
+"""Post-process widget: split touching objects, with a live preview, into a new Labels layer."""
+
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import GlandsegError
+from ..postprocess import PostprocessParams, Split, object_table, postprocess, write_csv
+from ._common import fill_layer_box, notify, unique_name
+
+PREVIEW = "postprocess preview"
+#: Above this many pixels the preview covers only the part of the layer on screen.
+PREVIEW_MAX_PIXELS = 2048 * 2048
+
+
+class PostprocessWidget(QWidget):
+    """Fill holes, drop small objects, split touching ones; Apply adds a new layer whose
+    ``features`` hold the per-object table. The input layer is never changed.
+
+    Scripted use::
+
+        w = viewer.window.add_plugin_dock_widget("napari-glandseg", "Post-process")[1]
+        w.labels_box.setCurrentText("img [glands-he]"); w.split_box.setCurrentText("distance")
+        layer = w.apply()
+    """
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.labels_box = QComboBox()
+        self.image_box = QComboBox()
+        self.split_box = QComboBox()
+        self.split_box.addItems([s.value for s in Split])
+        self.split_box.setCurrentText(Split.DISTANCE.value)
+        self.min_size = QSpinBox()
+        self.min_size.setRange(0, 10**6)
+        self.min_size.setValue(30)
+        self.fill_holes = QCheckBox("Fill holes")
+        self.fill_holes.setChecked(True)
+        self.max_hole = QSpinBox()
+        self.max_hole.setRange(0, 10**6)
+        self.max_hole.setToolTip("0 fills holes of any size")
+        self.h = QDoubleSpinBox()
+        self.h.setRange(0.1, 50)
+        self.h.setValue(2.0)
+        self.min_distance = QSpinBox()
+        self.min_distance.setRange(1, 200)
+        self.min_distance.setValue(7)
+        self.preview = QCheckBox("Live preview")
+        self.apply_btn = QPushButton("Apply")
+        self.csv_btn = QPushButton("Export objects CSV…")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Labels", self.labels_box)
+        form.addRow("Intensity image", self.image_box)
+        form.addRow("Split", self.split_box)
+        form.addRow("Min object size (px)", self.min_size)
+        form.addRow(self.fill_holes)
+        form.addRow("Max hole size (px)", self.max_hole)
+        form.addRow("h (distance)", self.h)
+        form.addRow("Min distance (peaks)", self.min_distance)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.preview)
+        row = QHBoxLayout()
+        row.addWidget(self.apply_btn)
+        row.addWidget(self.csv_btn)
+        layout.addLayout(row)
+        layout.addWidget(self.status)
+
+        # Coalesce slider drags: recompute the preview 150 ms after the last change.
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(150)
+        self._timer.timeout.connect(self.update_preview)
+        for w in (self.min_size, self.max_hole, self.min_distance):
+            w.valueChanged.connect(self._schedule)
+        self.h.valueChanged.connect(self._schedule)
+        self.split_box.currentTextChanged.connect(self._schedule)
+        self.fill_holes.toggled.connect(self._schedule)
+        self.labels_box.currentTextChanged.connect(self._schedule)
+        self.preview.toggled.connect(self._preview_toggled)
+        self.apply_btn.clicked.connect(self.apply)
+        self.csv_btn.clicked.connect(self._choose_csv)
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self._refresh_layers()
+
+    def params(self) -> PostprocessParams:
+        return PostprocessParams(
+            fill_holes=self.fill_holes.isChecked(), max_hole_size=self.max_hole.value(),
+            min_size=self.min_size.value(), split=self.split_box.currentText(),
+            h=self.h.value(), min_distance=self.min_distance.value())
+
+    # ---------------------------------------------------------------- actions a script can call
+    def apply(self):
+        """Post-process the whole layer into a new Labels layer (None on error)."""
+        layer = self._labels_layer()
+        if layer is None:
+            return None
+        try:
+            data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+            out = postprocess(data, self.params())
+            table = object_table(out, self._intensity(out.shape),
+                                 layer.metadata.get("pixel_size_um"))
+        except GlandsegError as exc:
+            notify("error", str(exc))
+            return None
+        name = unique_name(self.viewer, f"{layer.name} [objects]")
+        new = self.viewer.add_labels(
+            out, name=name, scale=layer.scale, translate=layer.translate, features=table,
+            metadata={**layer.metadata, "glandseg_role": "objects", "source_labels": layer.name,
+                      "postprocess": {k: getattr(v, "value", v)
+                                      for k, v in vars(self.params()).items()}})
+        self._remove_preview()
+        self.status.setText(f"{len(table)} objects in {name!r}")
+        return new
+
+    def update_preview(self) -> None:
+        """Show the result for the current settings in a temporary layer."""
+        if not self.preview.isChecked():
+            return
+        layer = self._labels_layer(quiet=True)
+        if layer is None:
+            return
+        data = layer.data[0] if layer.multiscale else layer.data
+        offset = np.zeros(2)
+        if data.shape[0] * data.shape[1] > PREVIEW_MAX_PIXELS:
+            (y0, x0), (y1, x1) = np.asarray(layer.corner_pixels)[:, -2:]
+            if layer.multiscale:
+                f = np.asarray(layer.downsample_factors[layer.data_level])[-2:]
+                y0, x0, y1, x1 = y0 * f[0], x0 * f[1], (y1 + 1) * f[0], (x1 + 1) * f[1]
+            y0, x0 = int(y0), int(x0)
+            data, offset = data[y0:int(y1) + 1, x0:int(x1) + 1], np.array([y0, x0])
+        try:
+            out = postprocess(np.asarray(data), self.params())
+        except GlandsegError as exc:
+            self.status.setText(str(exc))
+            return
+        translate = np.asarray(layer.translate)[-2:] + offset * np.asarray(layer.scale)[-2:]
+        if PREVIEW in self.viewer.layers:
+            prev = self.viewer.layers[PREVIEW]
+            prev.data, prev.translate = out, translate
+        else:
+            self.viewer.add_labels(out, name=PREVIEW, scale=layer.scale[-2:],
+                                   translate=translate, opacity=0.6)
+        self.status.setText(f"preview: {int(out.max())} objects")
+
+    def export_csv(self, path) -> bool:
+        layer = self.viewer.layers.selection.active
+        from napari.layers import Labels
+
+        if not isinstance(layer, Labels) or layer.features is None or not len(layer.features):
+            notify("error", "select a Labels layer made with Apply (it holds the object table)")
+            return False
+        try:
+            write_csv(layer.features, path, overwrite=True)  # the save dialog asked already
+        except (GlandsegError, OSError) as exc:
+            notify("error", f"cannot write {path}: {exc}")
+            return False
+        notify("info", f"wrote {len(layer.features)} objects to {path}")
+        return True
+
+    # ---------------------------------------------------------------- internals
+    def _labels_layer(self, quiet: bool = False):
+        name = self.labels_box.currentText()
+        if not name or name not in self.viewer.layers:
+            if not quiet:
+                notify("error", "no Labels layer chosen: segment an image or open a mask first")
+            return None
+        return self.viewer.layers[name]
+
+    def _intensity(self, shape):
+        name = self.image_box.currentText()
+        if name and name in self.viewer.layers:
+            img = self.viewer.layers[name]
+            data = np.asarray(img.data[0] if img.multiscale else img.data)
+            if data.shape[:2] == tuple(shape):
+                return data
+        return None
+
+    def _schedule(self, *_):
+        if self.preview.isChecked():
+            self._timer.start()
+
+    def _preview_toggled(self, on: bool) -> None:
+        if on:
+            self.update_preview()
+        else:
+            self._remove_preview()
+
+    def _remove_preview(self) -> None:
+        if PREVIEW in self.viewer.layers:
+            self.viewer.layers.remove(PREVIEW)
+
+    def _refresh_layers(self, event=None) -> None:
+        from napari.layers import Image, Labels
+
+        fill_layer_box(self.labels_box, self.viewer, Labels, exclude=(PREVIEW,))
+        fill_layer_box(self.image_box, self.viewer, Image, extra=("",))
+
+    def _choose_csv(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export objects", "objects.csv",
+                                              "CSV (*.csv)")
+        if path:
+            self.export_csv(path)
