@@ -20,6 +20,8 @@ _API = {
     "evaluate": "napari_glandseg.metrics",
     "evaluate_dataset": "napari_glandseg.metrics",
     "postprocess": "napari_glandseg.postprocess",
+    "train": "napari_glandseg.training",
+    "TrainParams": "napari_glandseg.training",
     "object_table": "napari_glandseg.postprocess",
 }
 
