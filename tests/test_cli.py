@@ -87,3 +87,28 @@ def test_help_on_every_command(capsys):
             cli.main([cmd, "--help"])
         assert exc.value.code == 0
         assert "example" in capsys.readouterr().out
+
+
+def test_train_from_config_then_resume(tmp_path, data_dir, capsys):
+    data = tmp_path / "ds"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    for stem in ("testA_5_crop", "train_1_crop"):
+        shutil.copy(data_dir / f"glas/{stem}.png", data / "images" / f"{stem}.png")
+        shutil.copy(data_dir / f"glas/{stem}_mask.png", data / "masks" / f"{stem}.png")
+    (data / "split.csv").write_text("name,suggested_split\ntestA_5_crop,val\n"
+                                    "train_1_crop,train\n")
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"name": "cli-train", "architecture": "base_cnn",
+                               "arch_kwargs": {"widths": [4, 8]}, "patch_size": 64,
+                               "batch_size": 2, "epochs": 1, "steps_per_epoch": 2,
+                               "val_patches": 2, "split_csv": "split.csv"}))
+    assert cli.main(["train", "--config", str(cfg), "--data", str(data), "--quiet"]) == 0
+    out = capsys.readouterr()
+    assert "1 training and 1 validation images" in out.err and "cli-train" in out.out
+    assert cli.main(["train", "--config", str(cfg), "--data", str(data), "--epochs", "2",
+                     "--resume", "--quiet"]) == 0
+    assert "epoch 2:" in capsys.readouterr().err
+    cfg.write_text(json.dumps({"name": "x", "learning_rate": 1}))
+    assert cli.main(["train", "--config", str(cfg), "--data", str(data)]) == 2
+    assert "unknown training settings: learning_rate" in capsys.readouterr().err

@@ -294,3 +294,69 @@ def test_compare_widget_dataset_mode(make_napari_viewer, qtbot, tmp_path, data_d
     assert "train_1_crop [prediction]" in viewer.layers
     assert w.evaluate_folders(tmp_path / "nope", truth) is None
     assert "not a folder" in notes[-1][1]
+
+
+def _finetune_setup(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "glas")
+    model_w = _dock(viewer, "Model")
+    w = _dock(viewer, "Fine-tune")
+    assert w.pairs_list.count() == 1  # the sample image and its truth, paired and checked
+    assert w.pairs_list.item(0).text() == "glas_testA_5_crop ⇐ glas_testA_5_crop [truth]"
+    w.name_edit.setText("ft-test")
+    w.base_box.setCurrentText("(train from scratch)")
+    w.arch_box.setCurrentIndex(w.arch_box.findData("base_cnn"))
+    w.patch.setValue(64)
+    w.batch.setValue(2)
+    return viewer, model_w, w
+
+
+def test_finetune_widget_trains_end_to_end(make_napari_viewer, qtbot, notes):
+    viewer, model_w, w = _finetune_setup(make_napari_viewer)
+    w.epochs.setValue(2)
+    w.steps.setValue(3)
+    worker = w.start()
+    assert worker is not None and not w.start_btn.isEnabled()
+    with qtbot.waitSignal(worker.finished, timeout=120000):
+        pass
+    result, before, after = w.result
+    assert len(result.history) == 2 and before == [] and len(after) == 1
+    assert len(w.plot.val_dice) == 2 and len(w.plot.losses) == 6
+    assert any("[val best" in la.name for la in viewer.layers)
+    assert model_w.selection.model.name == "ft-test"  # the new model is selected
+    assert model_w.model_box.currentData() == "ft-test"
+    assert "Best validation Dice" in w.status.text()
+    assert [n for n in notes if n[0] == "error"] == []
+
+
+def test_finetune_stop_returns_quickly_and_keeps_best(make_napari_viewer, qtbot, notes,
+                                                     monkeypatch):
+    import napari_glandseg.training as tr
+
+    steps = []
+    real = tr.make_loss
+    monkeypatch.setattr(tr, "make_loss", lambda *a: (lambda f: (lambda x, y: (
+        steps.append(1), f(x, y))[1]))(real(*a)))
+    viewer, model_w, w = _finetune_setup(make_napari_viewer)
+    w.epochs.setValue(100)
+    w.steps.setValue(2)
+    worker = w.start()
+    at_stop = []
+
+    def on_progress(p):
+        if p.metrics and "val_dice" in p.metrics and not at_stop:
+            at_stop.append(len(steps))
+            w.stop()
+
+    worker.yielded.connect(on_progress)
+    with qtbot.waitSignal(worker.finished, timeout=120000):
+        pass
+    assert len(steps) - at_stop[0] <= 2  # at most the step in flight after Stop
+    assert w.result is None and "best checkpoint so far is selected" in w.status.text()
+    assert model_w.selection.model.name == "ft-test"
+
+
+def test_finetune_bad_input_is_a_notification(make_napari_viewer, notes):
+    viewer = make_napari_viewer()
+    w = _dock(viewer, "Fine-tune")
+    assert w.start() is None and "no training pairs" in notes[-1][1]

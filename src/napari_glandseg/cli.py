@@ -196,6 +196,79 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _load_config(path) -> dict:
+    from pathlib import Path
+
+    p = Path(path)
+    text = p.read_text()
+    if p.suffix.lower() == ".toml":
+        import tomllib
+
+        return tomllib.loads(text)
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GlandsegError(f"{p}: not valid JSON ({exc})") from None
+
+
+_TRAIN_FLAGS = {"name": "name", "arch": "architecture", "base": "base_model",
+                "epochs": "epochs", "steps": "steps_per_epoch", "batch": "batch_size",
+                "patch": "patch_size", "lr": "lr", "loss": "loss", "target": "target",
+                "num_classes": "num_classes", "device": "device", "seed": "seed",
+                "patience": "patience"}
+_DATA_KEYS = ("data", "split_csv", "mask_folder", "val_fraction")
+
+
+def _train(args) -> int:
+    from dataclasses import fields
+    from pathlib import Path
+
+    from .training import TrainParams, iter_train, split_pairs, state_path_for
+
+    config = _load_config(args.config) if args.config else {}
+    for flag, key in _TRAIN_FLAGS.items():
+        if getattr(args, flag) is not None:
+            config[key] = getattr(args, flag)
+    if args.freeze_encoder:
+        config["freeze_encoder"] = True
+    data = Path(args.data or config.get("data") or "")
+    if not str(data) or not data.is_dir():
+        raise GlandsegError(f"--data must be a dataset folder, got {str(data)!r}")
+    split_csv = args.split_csv or config.get("split_csv")
+    if split_csv and not Path(split_csv).is_absolute() and not Path(split_csv).exists():
+        split_csv = data / split_csv
+    known = {f.name for f in fields(TrainParams)}
+    unknown = sorted(set(config) - known - set(_DATA_KEYS))
+    if unknown:
+        raise GlandsegError(f"unknown training settings: {', '.join(unknown)}")
+    params = TrainParams(**{k: v for k, v in config.items() if k in known})
+    train_pairs, val_pairs = split_pairs(data, split_csv, config.get("mask_folder"),
+                                         config.get("val_fraction", 0.2))
+    print(f"training {params.name!r}: {len(train_pairs)} training and {len(val_pairs)} "
+          f"validation images from {data}", file=sys.stderr)
+    resume = state_path_for(params.name) if args.resume else None
+    gen = iter_train(train_pairs, val_pairs, params, resume=resume)
+    bar = _Bar("training", args.quiet)
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        if p.metrics and "val_dice" in p.metrics:
+            m = p.metrics
+            print(f"\repoch {m['epoch']}: loss {m['train_loss']:.4f}  val loss "
+                  f"{m['val_loss']:.4f}  val Dice {m['val_dice']:.4f}  IoU {m['val_iou']:.4f}"
+                  f"{'  *saved' if m['best'] else ''}", file=sys.stderr)
+        else:
+            bar(p)
+    print(f"best val Dice {result.best_dice:.4f} at epoch {result.best_epoch}; "
+          f"model {params.name!r} in {result.checkpoint}")
+    return 0
+
+
 def _gui(args) -> int:  # pragma: no cover - opens a window; exercised by tests/test_gui_cmd.py
     from .gui import open_viewer
 
@@ -208,6 +281,12 @@ def _gui(args) -> int:  # pragma: no cover - opens a window; exercised by tests/
 
     napari.run()
     return 0
+
+
+def _architectures():
+    from .models.card import Architecture
+
+    return list(Architecture)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,6 +359,39 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--classes", type=int, help="number of classes for class maps (> 2)")
     e.add_argument("--no-hausdorff", action="store_true", help="skip the slowest metric")
     e.set_defaults(func=_evaluate)
+
+    t = sub.add_parser(
+        "train", help="train or fine-tune a model on a dataset folder",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  glandseg train --config configs/glands-he.json --data "
+               "../shared/data/glas\n  glandseg train --data my_dataset/ --name my-unet "
+               "--arch unet --epochs 30\n  glandseg train --data new_cases/ --base glands-he "
+               "--name glands-mine --freeze-encoder --epochs 5\n"
+               "  glandseg train --config cfg.toml --data data/ --resume\n\n"
+               "A config (JSON or TOML) holds TrainParams fields plus split_csv, mask_folder "
+               "and val_fraction; flags override it.",
+    )
+    t.add_argument("--data", help="dataset folder (images/ + masks/, or name_mask pairs)")
+    t.add_argument("--config", help="JSON or TOML file of training settings")
+    t.add_argument("--split-csv", help="CSV with name and suggested_split (train/val/test)")
+    t.add_argument("--name", help="store name of the trained model")
+    t.add_argument("--arch", choices=[a.value for a in _architectures()])
+    t.add_argument("--base", help="fine-tune this model (store name or file)")
+    t.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--steps", type=int, help="steps per epoch")
+    t.add_argument("--batch", type=int, help="batch size")
+    t.add_argument("--patch", type=int, help="patch size")
+    t.add_argument("--lr", type=float, help="learning rate")
+    t.add_argument("--loss", choices=["bce", "dice", "focal", "dice_ce", "bce_focal_dice"])
+    t.add_argument("--target", choices=["mask", "boundary"])
+    t.add_argument("--num-classes", type=int, help="classes of a class-map mask")
+    t.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"])
+    t.add_argument("--seed", type=int)
+    t.add_argument("--patience", type=int, help="early stopping patience (epochs)")
+    t.add_argument("--resume", action="store_true", help="continue the run named --name")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_train)
 
     g = sub.add_parser(
         "gui", help="open napari with the plugin docked",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 PLUGIN = "napari-glandseg"
-WIDGETS = ("Load", "Model", "Segment", "Post-process", "Compare")
+WIDGETS = ("Load", "Model", "Segment", "Post-process", "Compare", "Fine-tune")
 
 
 def open_viewer(sample: str | None = "glas", files=(), show: bool = True):

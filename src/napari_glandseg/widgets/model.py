@@ -78,6 +78,7 @@ class ModelWidget(QWidget):
 
         self.set_device(DeviceChoice.AUTO.value)
         self.refresh()
+        self.selection.changed.connect(self._selection_changed)
 
     # ---------------------------------------------------------------- actions a script can call
     def refresh(self, select: str | None = None) -> None:
@@ -149,6 +150,19 @@ class ModelWidget(QWidget):
         return True
 
     # ---------------------------------------------------------------- internals
+    def _selection_changed(self, selection) -> None:
+        """Another widget (Fine-tune) chose a model: show it, listing it if it is new."""
+        model = selection.model
+        if model is None or self.model_box.currentData() == model.name:
+            return
+        if self.model_box.findData(model.name) < 0:
+            self.refresh(select=model.name)
+        self.model_box.blockSignals(True)
+        self.model_box.setCurrentIndex(self.model_box.findData(model.name))
+        self.model_box.blockSignals(False)
+        self.card_view.setPlainText(model.card.summary()
+                                    + (f"\nfile: {model.path}" if model.path else ""))
+
     def _index_changed(self, index: int) -> None:
         if 0 <= index < len(self._paths):
             self.select(self._paths[index])

@@ -1,0 +1,408 @@
+"""Fine-tune widget: retrain on corrected Labels layers in the background, with a live plot."""
+
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import GlandsegError
+from ..models import Architecture, list_models
+from ..training import Loss, Target, TrainingPair, TrainParams, holdout_split, iter_train
+from . import _worker
+from ._common import fill_layer_box, notify, unique_name
+from ._state import selection_for
+
+NEW = "(train from scratch)"
+
+
+def finetune_job(train_pairs, val_pairs, params, before_model=None):
+    """Train, then score the base and the new model on the validation images.
+
+    Yields the training progress; returns ``(TrainResult, before_rows, after_rows)``.
+    """
+    from ..training import validation_report
+
+    result = yield from iter_train(train_pairs, val_pairs, params)
+    before = validation_report(before_model, val_pairs) if before_model is not None else []
+    after = validation_report(result.model, val_pairs)
+    return result, before, after
+
+
+class LossPlot(QWidget):
+    """Training loss per step, validation loss and Dice per epoch (matplotlib)."""
+
+    def __init__(self):
+        super().__init__()
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(4, 2.6), tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.ax = self.figure.add_subplot(111)
+        self.ax2 = self.ax.twinx()
+        QVBoxLayout(self).addWidget(self.canvas)
+        self.clear()
+
+    def clear(self):
+        self.steps, self.losses, self.epochs = [], [], []
+        self.val_loss, self.val_dice, self.epoch_steps = [], [], []
+        self.redraw()
+
+    def add_step(self, step, loss):
+        self.steps.append(step)
+        self.losses.append(loss)
+
+    def add_epoch(self, step, m):
+        self.epoch_steps.append(step)
+        self.val_loss.append(m["val_loss"])
+        self.val_dice.append(m["val_dice"])
+        self.redraw()
+
+    def redraw(self):
+        ax, ax2 = self.ax, self.ax2
+        ax.clear()
+        ax2.clear()
+        if self.losses:
+            ax.plot(self.steps, self.losses, color="#8e8e93", lw=0.8, label="train loss")
+        if self.val_loss:
+            ax.plot(self.epoch_steps, self.val_loss, "o-", color="#ff3b30", label="val loss")
+            ax2.plot(self.epoch_steps, self.val_dice, "s-", color="#007aff", label="val Dice")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax2.set_ylabel("Dice")
+        ax2.set_ylim(0, 1)
+        handles = ax.get_legend_handles_labels()
+        h2 = ax2.get_legend_handles_labels()
+        if handles[0] or h2[0]:
+            ax.legend(handles[0] + h2[0], handles[1] + h2[1], loc="center right", fontsize=7)
+        self.canvas.draw_idle()
+
+
+class FinetuneWidget(QWidget):
+    """Choose a base model and training pairs (Image + Labels layers), Start, watch, Stop.
+
+    Scripted use::
+
+        w = viewer.window.add_plugin_dock_widget("napari-glandseg", "Fine-tune")[1]
+        w.base_box.setCurrentText("glands-he"); w.name_edit.setText("glands-mine")
+        w.epochs.setValue(5)
+        worker = w.start()        # w.result holds (TrainResult, before, after) when done
+    """
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.selection = selection_for(napari_viewer)
+        self.worker = None
+        self.result = None
+        self._pbar = None
+
+        self.base_box = QComboBox()
+        self.arch_box = QComboBox()
+        for a in Architecture:
+            self.arch_box.addItem(a.label, a.value)
+        self.arch_box.setCurrentIndex(self.arch_box.findData(Architecture.UNET.value))
+        self.pairs_list = QListWidget()
+        self.pairs_list.setToolTip("Checked pairs train; the last fifth validates (one pair: "
+                                   "its bottom fifth)")
+        self.roi_box = QComboBox()
+        self.name_edit = QLineEdit("my-model")
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 1000)
+        self.epochs.setValue(10)
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 10000)
+        self.steps.setValue(50)
+        self.batch = QSpinBox()
+        self.batch.setRange(1, 256)
+        self.batch.setValue(8)
+        self.patch = QSpinBox()
+        self.patch.setRange(32, 2048)
+        self.patch.setSingleStep(32)
+        self.patch.setValue(256)
+        self.lr = QDoubleSpinBox()
+        self.lr.setDecimals(5)
+        self.lr.setRange(1e-5, 1.0)
+        self.lr.setSingleStep(1e-4)
+        self.lr.setValue(1e-3)
+
+        self.advanced = QGroupBox("Advanced")
+        self.advanced.setCheckable(True)
+        self.advanced.setChecked(False)
+        self.loss_box = QComboBox()
+        self.loss_box.addItems([m.value for m in Loss])
+        self.loss_box.setCurrentText(Loss.DICE_CE.value)
+        self.target_box = QComboBox()
+        self.target_box.addItems([m.value for m in Target])
+        self.classes = QSpinBox()
+        self.classes.setRange(0, 64)
+        self.classes.setToolTip("0: binary (or the base model's classes)")
+        self.freeze = QCheckBox("Freeze encoder")
+        self.augment = QCheckBox("Augment")
+        self.augment.setChecked(True)
+        self.patience = QSpinBox()
+        self.patience.setRange(0, 1000)
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        adv = QFormLayout(self.advanced)
+        adv.addRow("Loss", self.loss_box)
+        adv.addRow("Target", self.target_box)
+        adv.addRow("Classes", self.classes)
+        adv.addRow(self.freeze)
+        adv.addRow(self.augment)
+        adv.addRow("Early-stop patience", self.patience)
+        adv.addRow("Seed", self.seed)
+
+        self.start_btn = QPushButton("Start")
+        self.stop_btn = QPushButton("Stop")
+        self.stop_btn.setEnabled(False)
+        self.progress = QProgressBar()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.plot = LossPlot()
+
+        form = QFormLayout()
+        form.addRow("Base model", self.base_box)
+        form.addRow("Architecture", self.arch_box)
+        form.addRow("New model name", self.name_edit)
+        form.addRow("Only inside shapes", self.roi_box)
+        form.addRow("Epochs", self.epochs)
+        form.addRow("Steps per epoch", self.steps)
+        form.addRow("Batch size", self.batch)
+        form.addRow("Patch size", self.patch)
+        form.addRow("Learning rate", self.lr)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(QLabel("Training pairs (image ⇐ labels)"))
+        layout.addWidget(self.pairs_list)
+        layout.addWidget(self.advanced)
+        row = QHBoxLayout()
+        row.addWidget(self.start_btn)
+        row.addWidget(self.stop_btn)
+        layout.addLayout(row)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.plot)
+
+        self.start_btn.clicked.connect(self.start)
+        self.stop_btn.clicked.connect(self.stop)
+        self.base_box.currentTextChanged.connect(
+            lambda t: self.arch_box.setEnabled(t == NEW))
+        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            ev.connect(self._refresh_layers)
+        self._refresh_models()
+        self._refresh_layers()
+
+    # ---------------------------------------------------------------- actions a script can call
+    def pairs(self) -> list[TrainingPair]:
+        """The checked pairs as arrays, cropped to the shapes' bounding box when chosen."""
+        out = []
+        for i in range(self.pairs_list.count()):
+            item = self.pairs_list.item(i)
+            if item.checkState() != Qt.CheckState.Checked:
+                continue
+            image_name, labels_name = item.data(Qt.ItemDataRole.UserRole)
+            image = np.asarray(self.viewer.layers[image_name].data)
+            labels = np.asarray(self.viewer.layers[labels_name].data)
+            box = self._roi_box(self.viewer.layers[labels_name])
+            if box is not None:
+                (y0, x0), (y1, x1) = box
+                image, labels = image[y0:y1, x0:x1], labels[y0:y1, x0:x1]
+            out.append(TrainingPair(image, labels, labels_name))
+        return out
+
+    def params(self) -> TrainParams:
+        base = self.base_box.currentText()
+        adv = self.advanced.isChecked()
+        return TrainParams(
+            name=self.name_edit.text().strip(),
+            base_model=None if base == NEW else base,
+            architecture=self.arch_box.currentData(),
+            epochs=self.epochs.value(), steps_per_epoch=self.steps.value(),
+            batch_size=self.batch.value(), patch_size=self.patch.value(), lr=self.lr.value(),
+            loss=self.loss_box.currentText() if adv else Loss.DICE_CE,
+            target=self.target_box.currentText() if adv else Target.MASK,
+            num_classes=(self.classes.value() or None) if adv else None,
+            freeze_encoder=self.freeze.isChecked() if adv else False,
+            augment=self.augment.isChecked() if adv else True,
+            patience=self.patience.value() if adv else 0,
+            seed=self.seed.value() if adv else 0,
+            device=str(self.selection.device) if self.selection.device else "auto",
+            training_data="napari layers: " + ", ".join(
+                self.pairs_list.item(i).text() for i in range(self.pairs_list.count())
+                if self.pairs_list.item(i).checkState() == Qt.CheckState.Checked),
+        )
+
+    def start(self):
+        """Start training in the background; returns the worker (None on bad input)."""
+        if self.worker is not None:
+            notify("warning", "training is already running; stop it first")
+            return None
+        try:
+            params = self.params()
+            if not params.name:
+                raise GlandsegError("give the new model a name")
+            train_pairs, val_pairs = holdout_split(self.pairs())
+            before = None
+            if params.base_model:
+                from ..models import load_model
+
+                before = load_model(params.base_model)
+        except GlandsegError as exc:
+            notify("error", str(exc))
+            return None
+        self.plot.clear()
+        self.result = None
+        self._set_running(True)
+        self.status.setText(f"Training {params.name!r} on {len(train_pairs)} pair(s), "
+                            f"validating on {len(val_pairs)}…")
+        self.worker = _worker.start(
+            finetune_job, train_pairs, val_pairs, params, before,
+            on_yield=self._on_progress, on_return=self._on_done,
+            on_done=lambda: self._set_running(False), what="training")
+        self.worker.aborted.connect(self._on_stopped)
+        return self.worker
+
+    def stop(self) -> None:
+        """Stop at the next step; the best checkpoint so far is kept."""
+        if self.worker is not None:
+            self.status.setText("Stopping…")
+            self.worker.quit()
+
+    # ---------------------------------------------------------------- results
+    def _on_progress(self, p) -> None:
+        m = p.metrics or {}
+        if self._pbar is None:
+            from napari.utils import progress
+
+            self._pbar = progress(total=p.total, desc="GlandSeg: training")
+        self._pbar.n = p.done
+        self._pbar.refresh()
+        self.progress.setMaximum(p.total)
+        self.progress.setValue(p.done)
+        if "loss" in m:
+            self.plot.add_step(p.done, m["loss"])
+            if p.done % 10 == 0:
+                self.plot.redraw()
+        if "val_dice" in m:
+            self.plot.add_epoch(p.done, m)
+            self._last_checkpoint = m.get("checkpoint")
+        eta = f", about {p.eta:.0f} s left" if p.eta is not None else ""
+        self.status.setText(f"{p.message}{eta}")
+
+    def _on_done(self, out) -> None:
+        result, before, after = out
+        self.result = out
+        lines = [f"Best validation Dice {result.best_dice:.3f} at epoch {result.best_epoch}"]
+        if before:
+            b = np.mean([r["dice"] for r in before])
+            a = np.mean([r["dice"] for r in after])
+            lines.append(f"Validation Dice on full images: before {b:.3f} -> after {a:.3f}")
+        self.status.setText("\n".join(lines))
+        ranked = sorted(after, key=lambda r: r["dice"])
+        for tag, row in (("val worst", ranked[0]), ("val best", ranked[-1])):
+            self.viewer.add_labels(row["labels"], opacity=0.6, name=unique_name(
+                self.viewer, f"{row['name']} [{tag}: Dice {row['dice']:.2f}]"))
+        self._select(result.model)
+
+    def _on_stopped(self) -> None:
+        path = getattr(self, "_last_checkpoint", None)
+        if path:
+            from ..models import load_model
+
+            self._select(load_model(path))
+            self.status.setText(f"Stopped; the best checkpoint so far is selected ({path})")
+        else:
+            self.status.setText("Stopped before the first epoch ended: no checkpoint saved")
+
+    def _select(self, model) -> None:
+        self.selection.set(model=model)
+        self._refresh_models()
+
+    def _set_running(self, running: bool) -> None:
+        self.start_btn.setEnabled(not running)
+        self.stop_btn.setEnabled(running)
+        if not running:
+            self.worker = None
+            self.plot.redraw()
+            if self._pbar is not None:
+                self._pbar.close()
+                self._pbar = None
+
+    # ---------------------------------------------------------------- lists
+    def _refresh_models(self) -> None:
+        current = self.base_box.currentText()
+        self.base_box.blockSignals(True)
+        self.base_box.clear()
+        self.base_box.addItems([NEW] + [m.name for m in list_models()])
+        if self.base_box.findText(current) >= 0:
+            self.base_box.setCurrentText(current)
+        self.base_box.blockSignals(False)
+        self.arch_box.setEnabled(self.base_box.currentText() == NEW)
+
+    def _refresh_layers(self, event=None) -> None:
+        from napari.layers import Image, Labels, Shapes
+
+        fill_layer_box(self.roi_box, self.viewer, Shapes, extra=("",))
+        checked = {self.pairs_list.item(i).text() for i in range(self.pairs_list.count())
+                   if self.pairs_list.item(i).checkState() == Qt.CheckState.Checked}
+        self.pairs_list.clear()
+        images = [la for la in self.viewer.layers if isinstance(la, Image)]
+        for labels in self.viewer.layers:
+            if not isinstance(labels, Labels) or labels.name.startswith(("compare ",
+                                                                          "postprocess")):
+                continue
+            shape = np.shape(labels.data)[-2:]
+            same = [im for im in images if (np.shape(im.data)[:2] if im.rgb
+                                            else np.shape(im.data)[-2:]) == shape]
+            if not same:
+                continue
+            image = max(same, key=lambda im: _common_prefix(im.name, labels.name))
+            text = f"{image.name} ⇐ {labels.name}"
+            item = QListWidgetItem(text)
+            item.setData(Qt.ItemDataRole.UserRole, (image.name, labels.name))
+            truthy = labels.metadata.get("glandseg_role") == "truth" or \
+                labels.metadata.get("edited")
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked if text in checked or truthy
+                               else Qt.CheckState.Unchecked)
+            self.pairs_list.addItem(item)
+
+    def _roi_box(self, layer):
+        name = self.roi_box.currentText()
+        if not name or name not in self.viewer.layers or not len(self.viewer.layers[name].data):
+            return None
+        shapes = self.viewer.layers[name]
+        pts = np.concatenate([[layer.world_to_data(shapes.data_to_world(v))[-2:] for v in s]
+                              for s in shapes.data])
+        lo = np.maximum(np.floor(pts.min(0)).astype(int), 0)
+        hi = np.minimum(np.ceil(pts.max(0)).astype(int) + 1, np.shape(layer.data)[-2:])
+        if np.any(hi - lo < 16):
+            raise GlandsegError(f"the shapes in {name!r} cover less than 16x16 pixels")
+        return lo, hi
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
