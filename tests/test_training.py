@@ -152,3 +152,18 @@ def test_bad_settings_are_named(glas):
         train(glas + grey, glas, TrainParams(name="x", epochs=1, steps_per_epoch=1, **SMALL))
     with pytest.raises(GlandsegError, match="does not match image shape"):
         TrainingPair(np.zeros((4, 4, 3)), np.zeros((5, 5), np.uint8))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_augmented_and_plain_patches_are_normalised_alike(glas, dtype):
+    top = np.iinfo(dtype).max
+    pairs = [TrainingPair((p.image.astype(np.float64) / 255 * top).astype(dtype), p.mask,
+                          p.name) for p in glas]
+    targets = [make_target(p.mask, tr.Target.MASK, 1) for p in pairs]
+    sampler = tr.PatchSampler(pairs, targets, TrainParams(patch_size=64), "imagenet",
+                              np.random.default_rng(0))
+    plain = np.stack([sampler.sample(augment=False)[0] for _ in range(20)])
+    aug = np.stack([sampler.sample(augment=True)[0] for _ in range(20)])
+    assert plain.dtype == aug.dtype == np.float32
+    assert np.abs(plain).max() < 5 and np.abs(aug).max() < 5  # ImageNet-normalised range
+    assert abs(plain.mean() - aug.mean()) < 0.5

@@ -376,9 +376,15 @@ def _crop_pad(a: np.ndarray, cy: int, cx: int, size: int) -> np.ndarray:
 
 
 def _augment(img, tgt, size, p: TrainParams, rng):
-    """Geometric (flips, rot90, free rotation, zoom) then photometric augmentation."""
+    """Geometric (flips, rot90, free rotation, zoom) then photometric augmentation.
+
+    Returns the image in its own dtype and range, so normalisation treats augmented and
+    plain patches alike.
+    """
     from scipy.ndimage import affine_transform
 
+    dtype = img.dtype
+    top = float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
     angle = rng.uniform(0, 2 * np.pi)
     zoom = np.exp(rng.uniform(np.log(0.8), np.log(1.25)))
     c, s = np.cos(angle) / zoom, np.sin(angle) / zoom
@@ -398,13 +404,15 @@ def _augment(img, tgt, size, p: TrainParams, rng):
         img, tgt = img[:, ::-1], tgt[:, ::-1]
     k = int(rng.integers(0, 4))
     img, tgt = np.rot90(img, k), np.rot90(tgt, k)
-    top = 255.0
     x = img / top
     if img.ndim == 3 and img.shape[-1] == 3 and p.stain_jitter > 0:
         x = _stain_jitter(x, p.stain_jitter, rng)
     x = x * rng.uniform(0.85, 1.15) + rng.uniform(-0.08, 0.08)  # contrast, brightness
     x = np.clip(x, 0, 1) ** np.exp(rng.uniform(-0.2, 0.2))  # gamma
-    return np.ascontiguousarray(x * top).astype(np.float32), np.ascontiguousarray(tgt)
+    x = x * top
+    if np.issubdtype(dtype, np.integer):
+        x = np.round(x)
+    return np.ascontiguousarray(x.astype(dtype)), np.ascontiguousarray(tgt)
 
 
 def _stain_jitter(x, sigma, rng):
