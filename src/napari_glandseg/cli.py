@@ -274,6 +274,11 @@ def _gui(args) -> int:  # pragma: no cover - opens a window; exercised by tests/
 
     viewer = open_viewer(sample=args.sample, files=args.files)
     if args.screenshot:
+        from qtpy.QtWidgets import QApplication
+
+        viewer.window._qt_window.resize(1500, 950)
+        for _ in range(10):
+            QApplication.processEvents()
         viewer.window.screenshot(args.screenshot, canvas_only=False)
         viewer.close()
         return 0

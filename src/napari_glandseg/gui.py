@@ -18,7 +18,15 @@ def open_viewer(sample: str | None = "glas", files=(), show: bool = True):
         viewer.open_sample(PLUGIN, sample)
     for f in files:
         viewer.open(f, plugin=PLUGIN)
-    for name in WIDGETS:
-        viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=name != WIDGETS[0])
-    viewer.window.add_plugin_dock_widget(PLUGIN, WIDGETS[0])  # bring the first tab forward
+    docks = {name: viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True)[0]
+             for name in WIDGETS}
+    model = viewer.window.add_plugin_dock_widget(PLUGIN, "Model")[1].selection.model
+    if model is not None and sample and sample != "none":
+        segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")[1]
+        segment.image_box.setCurrentIndex(0)
+        segment.tile.setValue(256)
+    from qtpy.QtCore import QTimer
+
+    # raise the tab once the window is shown (raising a hidden tab does nothing)
+    QTimer.singleShot(0, docks["Segment" if model is not None else "Load"].raise_)
     return viewer

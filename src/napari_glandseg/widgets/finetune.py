@@ -55,6 +55,7 @@ class LossPlot(QWidget):
 
         self.figure = Figure(figsize=(4, 2.6), tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(180)
         self.ax = self.figure.add_subplot(111)
         self.ax2 = self.ax.twinx()
         QVBoxLayout(self).addWidget(self.canvas)
@@ -79,6 +80,8 @@ class LossPlot(QWidget):
         ax, ax2 = self.ax, self.ax2
         ax.clear()
         ax2.clear()
+        ax2.yaxis.tick_right()  # clear() puts a twin axis back on the left
+        ax2.yaxis.set_label_position("right")
         if self.losses:
             ax.plot(self.steps, self.losses, color="#8e8e93", lw=0.8, label="train loss")
         if self.val_loss:
