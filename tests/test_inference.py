@@ -186,3 +186,39 @@ def test_rgba_and_16bit_inputs(smooth_image):
     np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-6)
     c = segment(smooth_image.astype(np.uint16) * 257, model, tile_size=128)
     np.testing.assert_allclose(c.probabilities, b.probabilities, atol=1e-4)
+
+
+def test_out_of_memory_halves_the_batch_and_says_so(smooth_image, monkeypatch):
+    import napari_glandseg.inference as inf
+
+    real = inf._forward
+    sizes = []
+
+    def tight_memory(model, batch, *rest):
+        sizes.append(batch.shape[0])
+        if batch.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, batch, *rest)
+
+    monkeypatch.setattr(inf, "_forward", tight_memory)
+    monkeypatch.setattr(inf.torch.cuda, "empty_cache", lambda: None)
+    model = _model()
+    steps = list(_run_all(iter_segment(smooth_image, model, tile_size=64, batch_size=8)))
+    messages = [p.message for p in steps if "out of memory" in p.message]
+    assert messages == ["GPU out of memory: retrying with batch size 4",
+                        "GPU out of memory: retrying with batch size 2"]
+    assert sizes[:3] == [8, 4, 2] and set(sizes[3:]) <= {2}
+    reference = segment(smooth_image, model, tile_size=64, batch_size=2)
+    np.testing.assert_array_equal(steps[-1].result.labels, reference.labels)
+
+
+def _run_all(gen):
+    """Yield every progress record; attach the returned result to the last one."""
+    last = None
+    while True:
+        try:
+            last = next(gen)
+            yield last
+        except StopIteration as stop:
+            last.result = stop.value
+            return
