@@ -30,6 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import rss_mb  # noqa: E402
+
 warnings.filterwarnings("ignore")
 ENGINES = ["bare", "monai", "ours-fp32", "ours"]
 
@@ -54,14 +57,6 @@ def mosaic(data: Path, size: int) -> np.ndarray:
         if x >= size:
             x, y, row_h = 0, y + row_h, 0
     return out
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def run_engine(engine: str, data: Path, size: int, tile: int) -> dict:

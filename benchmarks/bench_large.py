@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import rss_mb  # noqa: E402
+
 warnings.filterwarnings("ignore")
 
 
@@ -47,14 +50,6 @@ def build_mosaic(data: Path, size: int, path: Path):
             row[:h, x:x + w] = t[:h, :w]
             row[h:2 * h, x:x + w] = t[:min(h, row.shape[0] - h), :w][::-1]
         z[y:y + row.shape[0]] = row
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def run_one(path: str, size: int) -> dict:

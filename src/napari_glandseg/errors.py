@@ -15,3 +15,13 @@ class ImageReadError(GlandsegError):
 
 class CheckpointError(GlandsegError):
     """A model file is missing, corrupt, unsafe or does not match its card."""
+
+
+def as_enum(cls, value, name: str):
+    """``cls(value)`` for a string Enum, or a GlandsegError naming the bad value and the
+    choices (MONAI's habit: validate early, say what would have been right)."""
+    try:
+        return cls(getattr(value, "value", value))
+    except ValueError:
+        raise GlandsegError(f"unknown {name} {value!r}; expected one of "
+                            + ", ".join(m.value for m in cls)) from None

@@ -45,7 +45,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .errors import GlandsegError
+from .errors import GlandsegError, as_enum
 from .models import Model, Normalization, describe_device, resolve_device
 from .progress import Progress
 
@@ -130,16 +130,8 @@ class SegmentParams:
         if self.window_size < self.tile_size:
             raise GlandsegError(f"window_size {self.window_size} is smaller than tile_size "
                                 f"{self.tile_size}")
-        self.blend = _enum(Blend, self.blend, "blend")
-        self.precision = _enum(Precision, self.precision, "precision")
-
-
-def _enum(cls, value, name):
-    try:
-        return cls(getattr(value, "value", value))
-    except ValueError:
-        raise GlandsegError(f"unknown {name} {value!r}; expected one of "
-                            + ", ".join(m.value for m in cls)) from None
+        self.blend = as_enum(Blend, self.blend, "blend")
+        self.precision = as_enum(Precision, self.precision, "precision")
 
 
 @dataclass

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from .errors import GlandsegError
+from .errors import GlandsegError, as_enum
 
 
 class Split(str, Enum):
@@ -76,11 +76,7 @@ class PostprocessParams:
     min_distance: int = 7
 
     def __post_init__(self):
-        try:
-            self.split = Split(getattr(self.split, "value", self.split))
-        except ValueError:
-            raise GlandsegError(f"unknown split {self.split!r}; expected one of "
-                                + ", ".join(s.value for s in Split)) from None
+        self.split = as_enum(Split, self.split, "split")
         for name in ("max_hole_size", "min_size", "min_distance"):
             v = getattr(self, name)
             if not isinstance(v, int | np.integer) or v < 0:

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import GlandsegError
+from .errors import GlandsegError, as_enum
 from .inference import _cpu_has_bf16, _normalise
 from .io import find_pairs, read_pair
 from .models import (
@@ -169,8 +169,8 @@ class TrainParams:
     postprocess: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.loss = _enum(Loss, self.loss, "loss")
-        self.target = _enum(Target, self.target, "target")
+        self.loss = as_enum(Loss, self.loss, "loss")
+        self.target = as_enum(Target, self.target, "target")
         for k in ("patch_size", "batch_size", "epochs", "steps_per_epoch"):
             v = getattr(self, k)
             if not isinstance(v, int) or v < 1:
@@ -187,14 +187,6 @@ class TrainParams:
         if not 0 <= self.foreground_fraction <= 1:
             raise GlandsegError(f"foreground_fraction must be in [0, 1], got "
                                 f"{self.foreground_fraction!r}")
-
-
-def _enum(cls, value, name):
-    try:
-        return cls(getattr(value, "value", value))
-    except ValueError:
-        raise GlandsegError(f"unknown {name} {value!r}; expected one of "
-                            + ", ".join(m.value for m in cls)) from None
 
 
 @dataclass

@@ -20,7 +20,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 
-from ..errors import GlandsegError
+from ..errors import GlandsegError, as_enum
 
 CARD_FORMAT = "napari-glandseg/1"
 
@@ -118,20 +118,8 @@ class ModelCard:
     format: str = CARD_FORMAT
 
     def __post_init__(self):
-        try:
-            self.architecture = Architecture(self.architecture).value
-        except ValueError:
-            raise GlandsegError(
-                f"unknown architecture {self.architecture!r}; expected one of "
-                + ", ".join(a.value for a in Architecture)
-            ) from None
-        try:
-            self.normalization = Normalization(self.normalization).value
-        except ValueError:
-            raise GlandsegError(
-                f"unknown normalization {self.normalization!r}; expected one of "
-                + ", ".join(n.value for n in Normalization)
-            ) from None
+        self.architecture = as_enum(Architecture, self.architecture, "architecture").value
+        self.normalization = as_enum(Normalization, self.normalization, "normalization").value
         for attr in ("in_channels", "num_classes"):
             value = getattr(self, attr)
             if not isinstance(value, int) or value < 1:

@@ -99,13 +99,12 @@ class BaseCNN(SegNet):
         return self.head(self.decoder(x))
 
 
-class UNet(SegNet):
-    """U-Net (Ronneberger et al. 2015): MONAI ``BasicUNet`` with batch norm, optional dropout.
-
-    ``features`` are the five encoder widths and the last decoder width (MONAI's convention).
-    """
+class _MonaiBasicUNet(SegNet):
+    """MONAI's BasicUNet family with batch norm and ReLU; ``features`` are the five encoder
+    widths and the last decoder width (MONAI's convention)."""
 
     multiple = 16
+    _monai_class = "BasicUNet"
 
     def __init__(
         self,
@@ -115,15 +114,20 @@ class UNet(SegNet):
         dropout: float = 0.0,
     ):
         super().__init__()
-        from monai.networks.nets import BasicUNet
+        from monai.networks import nets as monai_nets
 
-        self.net = BasicUNet(
+        self.net = getattr(monai_nets, self._monai_class)(
             spatial_dims=2, in_channels=in_channels, out_channels=num_classes,
             features=tuple(features), norm="batch", act="relu", dropout=dropout,
         )
 
     def _forward(self, x):
-        return self.net(x)
+        out = self.net(x)
+        return out[0] if isinstance(out, list) else out  # UNet++ returns a list
+
+
+class UNet(_MonaiBasicUNet):
+    """U-Net (Ronneberger et al. 2015): MONAI ``BasicUNet`` with batch norm, optional dropout."""
 
 
 class ResUNet(SegNet):
@@ -246,28 +250,10 @@ class LinkNet34(SegNet):
         return self.final(d)  # stride 2 -> 1
 
 
-class UNetPlusPlus(SegNet):
+class UNetPlusPlus(_MonaiBasicUNet):
     """UNet++ (Zhou et al. 2018): MONAI ``BasicUNetPlusPlus`` (nested dense skips)."""
 
-    multiple = 16
-
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        features: Sequence[int] = (32, 32, 64, 128, 256, 32),
-        dropout: float = 0.0,
-    ):
-        super().__init__()
-        from monai.networks.nets import BasicUNetPlusPlus
-
-        self.net = BasicUNetPlusPlus(
-            spatial_dims=2, in_channels=in_channels, out_channels=num_classes,
-            features=tuple(features), norm="batch", act="relu", dropout=dropout,
-        )
-
-    def _forward(self, x):
-        return self.net(x)[0]
+    _monai_class = "BasicUNetPlusPlus"
 
 
 class _ASPP(nn.Module):

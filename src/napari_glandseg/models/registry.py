@@ -6,7 +6,7 @@ import inspect
 
 from torch import nn
 
-from ..errors import GlandsegError
+from ..errors import GlandsegError, as_enum
 from . import nets
 from .card import Architecture, ModelCard
 
@@ -40,13 +40,7 @@ def build_model(
     >>> net(torch.zeros(2, 1, 33, 20)).shape
     torch.Size([2, 3, 33, 20])
     """
-    try:
-        cls = NETWORKS[Architecture(architecture)]
-    except ValueError:
-        raise GlandsegError(
-            f"unknown architecture {architecture!r}; expected one of "
-            + ", ".join(a.value for a in Architecture)
-        ) from None
+    cls = NETWORKS[as_enum(Architecture, architecture, "architecture")]
     allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "in_channels",
                                                                   "num_classes"}
     bad = sorted(set(arch_kwargs) - allowed)
