@@ -360,3 +360,12 @@ def test_finetune_bad_input_is_a_notification(make_napari_viewer, notes):
     viewer = make_napari_viewer()
     w = _dock(viewer, "Fine-tune")
     assert w.start() is None and "no training pairs" in notes[-1][1]
+
+
+def test_postprocess_adopts_the_model_cards_defaults(make_napari_viewer):
+    viewer = make_napari_viewer()
+    w = _dock(viewer, "Post-process")
+    viewer.add_labels(_touching_disks(), name="seg",
+                      metadata={"postprocess_defaults": {"split": "peaks", "min_size": 77}})
+    w.labels_box.setCurrentText("seg")
+    assert w.split_box.currentText() == "peaks" and w.min_size.value() == 77

@@ -94,6 +94,7 @@ class PostprocessWidget(QWidget):
         self.h.valueChanged.connect(self._schedule)
         self.split_box.currentTextChanged.connect(self._schedule)
         self.fill_holes.toggled.connect(self._schedule)
+        self.labels_box.currentTextChanged.connect(self._adopt_defaults)
         self.labels_box.currentTextChanged.connect(self._schedule)
         self.preview.toggled.connect(self._preview_toggled)
         self.apply_btn.clicked.connect(self.apply)
@@ -195,6 +196,23 @@ class PostprocessWidget(QWidget):
                 return data
         return None
 
+    def _adopt_defaults(self, name: str) -> None:
+        """A layer made by the Segment widget carries its model card's post-processing."""
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        defaults = layer.metadata.get("postprocess_defaults") if layer is not None else None
+        if not defaults:
+            return
+        try:
+            p = PostprocessParams(**defaults)
+        except (GlandsegError, TypeError):
+            return
+        self.split_box.setCurrentText(p.split.value)
+        self.min_size.setValue(p.min_size)
+        self.fill_holes.setChecked(p.fill_holes)
+        self.max_hole.setValue(p.max_hole_size)
+        self.h.setValue(p.h)
+        self.min_distance.setValue(p.min_distance)
+
     def _schedule(self, *_):
         if self.preview.isChecked():
             self._timer.start()
@@ -212,7 +230,10 @@ class PostprocessWidget(QWidget):
     def _refresh_layers(self, event=None) -> None:
         from napari.layers import Image, Labels
 
+        before = self.labels_box.currentText()
         fill_layer_box(self.labels_box, self.viewer, Labels, exclude=(PREVIEW,))
+        if self.labels_box.currentText() != before:
+            self._adopt_defaults(self.labels_box.currentText())
         fill_layer_box(self.image_box, self.viewer, Image, extra=("",))
 
     def _choose_csv(self) -> None:

@@ -233,6 +233,7 @@ class SegmentWidget(QWidget):
         meta = {"glandseg_role": "prediction", "model": card.name, "source_image": image.name,
                 "params": {k: getattr(v, "value", v) for k, v in vars(self.params()).items()},
                 "class_names": card.class_names, "seconds": res.seconds, "device": res.device,
+                "postprocess_defaults": dict(card.postprocess),
                 "store_path": res.store_path}
         name = unique_name(self.viewer, f"{image.name} [{card.name}]")
         layer = self.viewer.add_labels(
