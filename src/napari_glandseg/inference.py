@@ -277,9 +277,9 @@ def iter_segment(
                 tile_of, (mh, mw), tiles, model, params, device, precision, channels_last,
                 state, total)
             if scale != 1.0:
-                wprob = _resize(wprob.transpose(1, 2, 0), (ry1 - ry0, rx1 - rx0)).transpose(2, 0, 1)
+                wprob = _resize(wprob, (ry1 - ry0, rx1 - rx0))
                 if wunc is not None:
-                    wunc = _resize(wunc, (ry1 - ry0, rx1 - rx0))
+                    wunc = _resize(wunc[None], (ry1 - ry0, rx1 - rx0))[0]
             cy, cx = wy - ry0, wx - rx0
             core = wprob[:, cy: cy + wh, cx: cx + ww]
             labels[wy: wy + wh, wx: wx + ww] = _to_labels(core, params.threshold)
@@ -306,11 +306,13 @@ def iter_segment(
 
 def _check_image(arr, in_channels: int) -> tuple:
     shape = tuple(getattr(arr, "shape", ()))
-    if len(shape) == 3 and shape[-1] == 4:
+    if len(shape) == 3 and shape[-1] == 4:  # RGBA: the alpha channel is dropped
         shape = shape[:-1] + (3,)
-    channels = 1 if len(shape) == 2 else shape[-1] if len(shape) == 3 else None
-    if len(shape) not in (2, 3) or channels not in (1, 3) or (len(shape) == 3 and
-                                                              shape[-1] not in (1, 3)):
+    if len(shape) == 2:
+        channels = 1
+    elif len(shape) == 3 and shape[-1] in (1, 3):
+        channels = shape[-1]
+    else:
         raise GlandsegError(
             f"image has shape {shape}; expected a 2D grey (Y, X) or colour (Y, X, 3) image. "
             "For a stack, segment one plane (move the slider and use the current view)."
@@ -446,22 +448,11 @@ def _normalise(raw: np.ndarray, mode: str, stats) -> np.ndarray:
 
 
 def _resize(x: np.ndarray, hw) -> np.ndarray:
-    """Bilinear resize of (C, Y, X), (Y, X, C) or (Y, X) float arrays with torch (fast)."""
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    if t.ndim == 2:
-        t = t[None, None]
-        squeeze = (0, 0)
-    elif x.shape[0] <= 4 and x.shape[-1] > 4:  # (C, Y, X)
-        t = t[None]
-        squeeze = (0,)
-    else:  # (Y, X, C)
-        t = t.permute(2, 0, 1)[None]
-        squeeze = "yxc"
+    """Bilinear resize of a (C, Y, X) float array to (C, *hw), anti-aliased when shrinking."""
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None]
     out = torch.nn.functional.interpolate(t, size=tuple(hw), mode="bilinear",
                                           align_corners=False, antialias=t.shape[-1] > hw[1])
-    if squeeze == "yxc":
-        return out[0].permute(1, 2, 0).numpy()
-    return out[0, 0].numpy() if len(squeeze) == 2 else out[0].numpy()
+    return out[0].numpy()
 
 
 # --------------------------------------------------------------------------------------------
