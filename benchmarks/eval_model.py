@@ -26,7 +26,7 @@ def evaluate_split(model, data: Path, split: str, truth_folder: str, tta: bool):
     from napari_glandseg.inference import segment
     from napari_glandseg.io import find_pairs, read_image
     from napari_glandseg.metrics import evaluate_dataset
-    from napari_glandseg.postprocess import PostprocessParams, postprocess
+    from napari_glandseg.postprocessing import PostprocessParams, postprocess
     from napari_glandseg.training import read_split
 
     splits = read_split(data / "split.csv") if (data / "split.csv").exists() else None

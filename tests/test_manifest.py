@@ -30,6 +30,8 @@ def test_manifest_validates_and_every_python_name_imports():
 def test_core_imports_without_qt_or_napari():
     code = ("import sys\n" + "".join(f"import {m}\n" for m in CORE)
             + "import napari_glandseg as g; g.load_model; g.list_models; g.segment\n"
+            + "from napari_glandseg import postprocess, evaluate, train, segment\n"
+            + "assert all(callable(f) for f in (postprocess, evaluate, train, segment))\n"
             + "bad = [m for m in ('qtpy', 'PyQt6', 'PyQt5', 'PySide6', 'napari', 'magicgui')"
             + " if m in sys.modules]\nprint(bad)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -4,7 +4,7 @@ import pytest
 
 from napari_glandseg.errors import GlandsegError
 from napari_glandseg.io import read_image
-from napari_glandseg.postprocess import object_table, postprocess, write_csv
+from napari_glandseg.postprocessing import object_table, postprocess, write_csv
 
 
 def _disk(shape, cy, cx, r):
@@ -42,8 +42,12 @@ def test_boundary_class_markers():
     cls[_disk(shape, 32, 26, 7) | _disk(shape, 32, 46, 9)] = 1  # interiors
     out = postprocess(cls, split="boundary")
     assert out.max() == 2
-    with pytest.raises(GlandsegError, match="needs a background/interior/boundary map"):
-        postprocess((cls > 0).astype(np.uint8), split="boundary")
+    # no boundary pixels (an empty or early prediction): connected interiors, no error
+    binary = (cls > 0).astype(np.uint8)
+    np.testing.assert_array_equal(postprocess(binary, split="boundary"),
+                                  postprocess(binary, split="none"))
+    with pytest.raises(GlandsegError, match="labels up to 14"):
+        postprocess(cls * 7, split="boundary")
 
 
 def test_small_objects_and_holes():

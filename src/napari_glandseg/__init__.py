@@ -19,10 +19,10 @@ _API = {
     "SegmentParams": "napari_glandseg.inference",
     "evaluate": "napari_glandseg.metrics",
     "evaluate_dataset": "napari_glandseg.metrics",
-    "postprocess": "napari_glandseg.postprocess",
+    "postprocess": "napari_glandseg.postprocessing",
     "train": "napari_glandseg.training",
     "TrainParams": "napari_glandseg.training",
-    "object_table": "napari_glandseg.postprocess",
+    "object_table": "napari_glandseg.postprocessing",
 }
 
 __all__ = ["__version__", *_API]

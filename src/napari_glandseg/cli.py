@@ -107,7 +107,7 @@ def _segment(args) -> int:
     from .inference import SegmentParams, iter_segment
     from .io import iter_image_files, read_image, write_labels
     from .models import load_model
-    from .postprocess import PostprocessParams, object_table, postprocess, write_csv
+    from .postprocessing import PostprocessParams, object_table, postprocess, write_csv
 
     params = SegmentParams(tile_size=args.tile, overlap=args.overlap, batch_size=args.batch,
                            tta=args.tta, threshold=args.threshold, device=args.device,
@@ -170,7 +170,7 @@ def _evaluate(args) -> int:
 
     from .io import iter_image_files, pair_by_stem, read_image
     from .metrics import evaluate_dataset
-    from .postprocess import write_csv
+    from .postprocessing import write_csv
 
     pairs = pair_by_stem(args.pred, args.truth)
     n_truth = len(iter_image_files([args.truth]))

@@ -199,7 +199,7 @@ class CompareWidget(QWidget):
         """Write the metrics (one image) or the per-image rows (dataset) to CSV."""
         import pandas as pd
 
-        from ..postprocess import write_csv
+        from ..postprocessing import write_csv
 
         rows = self.rows or ([self.metrics] if self.metrics else [])
         if not rows:

@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import GlandsegError
-from ..postprocess import PostprocessParams, Split, object_table, postprocess, write_csv
+from ..postprocessing import PostprocessParams, Split, object_table, postprocess, write_csv
 from ._common import fill_layer_box, notify, unique_name
 
 PREVIEW = "postprocess preview"

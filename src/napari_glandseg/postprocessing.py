@@ -41,7 +41,8 @@ class Split(str, Enum):
       (``h`` pixels high): robust for roundish objects of varied size;
     - ``peaks``: watershed from distance peaks at least ``min_distance`` apart;
     - ``boundary``: markers are connected regions of the interior class (label 1) of a
-      background / interior / boundary model, grown over interior + boundary.
+      background / interior / boundary model, grown over interior + boundary (a map with no
+      boundary pixels is thus split into its connected interiors).
     """
 
     NONE = "none"
@@ -144,9 +145,9 @@ def postprocess(labels, params: PostprocessParams | None = None, **kwargs) -> np
     else:
         dist = ndi.distance_transform_edt(fg)
         if params.split is Split.BOUNDARY:
-            if arr.max() < 2:
-                raise GlandsegError("split 'boundary' needs a background/interior/boundary map "
-                                    "(labels 0/1/2) from a model with a boundary class")
+            if arr.max() > 2:
+                raise GlandsegError(f"split 'boundary' needs a background/interior/boundary "
+                                    f"map (labels 0/1/2), got labels up to {int(arr.max())}")
             interior = _remove_small_objects(arr == 1, max(params.min_size // 4, 1))
             markers = label(interior, connectivity=1)
         elif params.split is Split.DISTANCE:
