@@ -114,6 +114,11 @@ def test_model_widget_lists_store_and_shares_selection(make_napari_viewer, tmp_p
     if not torch.cuda.is_available():
         assert not w.set_device("cuda")
         assert "no CUDA GPU" in notes[-1][1] and w.device_box.currentText() == "auto"
+    assert w.export("tiny-glands", tmp_path / "copy.safetensors")
+    from napari_glandseg.models import user_dir
+
+    stored = (user_dir() / "tiny-glands.safetensors").read_bytes()
+    assert (tmp_path / "copy.safetensors").read_bytes() == stored
     assert w.delete("tiny-glands") and w.selection.model is None
     assert w.model_box.findData("tiny-glands") == -1
 

@@ -22,6 +22,7 @@ from ..models import (
     DeviceChoice,
     delete_model,
     describe_device,
+    export_model,
     import_model,
     list_models,
     load_model,
@@ -53,6 +54,7 @@ class ModelWidget(QWidget):
         self.card_view.setMinimumHeight(140)
         self.load_file_btn = QPushButton("Load from file…")
         self.import_btn = QPushButton("Import into store…")
+        self.export_btn = QPushButton("Export…")
         self.delete_btn = QPushButton("Delete")
         self.device_box = QComboBox()
         self.device_box.addItems([d.value for d in DeviceChoice])
@@ -63,7 +65,7 @@ class ModelWidget(QWidget):
         form.addRow("Device", self.device_box)
         form.addRow("Running on", self.device_label)
         buttons = QHBoxLayout()
-        for b in (self.load_file_btn, self.import_btn, self.delete_btn):
+        for b in (self.load_file_btn, self.import_btn, self.export_btn, self.delete_btn):
             buttons.addWidget(b)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -75,6 +77,7 @@ class ModelWidget(QWidget):
         self.load_file_btn.clicked.connect(self._choose_file)
         self.import_btn.clicked.connect(self._choose_import)
         self.delete_btn.clicked.connect(self._confirm_delete)
+        self.export_btn.clicked.connect(self._choose_export)
 
         self.set_device(DeviceChoice.AUTO.value)
         self.refresh()
@@ -138,6 +141,16 @@ class ModelWidget(QWidget):
         self.refresh(select=entry.name)
         return True
 
+    def export(self, name: str, path) -> bool:
+        """Copy a stored model to ``path`` (the save dialog has asked about replacing)."""
+        try:
+            dest = export_model(name, path, overwrite=True)
+        except (GlandsegError, OSError) as exc:
+            notify("error", str(exc))
+            return False
+        notify("info", f"exported {name} to {dest}")
+        return True
+
     def delete(self, name: str) -> bool:
         try:
             delete_model(name)
@@ -178,6 +191,15 @@ class ModelWidget(QWidget):
             self, "Import model into store", "", "Models (*.safetensors *.pt *.pth)")
         if path:
             self.import_file(path)
+
+    def _choose_export(self) -> None:
+        name = self.model_box.currentData()
+        if not name:
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Export model", f"{name}.safetensors",
+                                              "Models (*.safetensors)")
+        if path:
+            self.export(name, path)
 
     def _confirm_delete(self) -> None:
         name = self.model_box.currentData()
