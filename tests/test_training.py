@@ -167,3 +167,8 @@ def test_augmented_and_plain_patches_are_normalised_alike(glas, dtype):
     assert plain.dtype == aug.dtype == np.float32
     assert np.abs(plain).max() < 5 and np.abs(aug).max() < 5  # ImageNet-normalised range
     assert abs(plain.mean() - aug.mean()) < 0.5
+
+
+def test_bundled_names_are_refused(glas):
+    with pytest.raises(GlandsegError, match="'glands-he' is a bundled model"):
+        train(glas, glas, TrainParams(name="glands-he", epochs=1, steps_per_epoch=1, **SMALL))

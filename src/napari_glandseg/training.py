@@ -547,6 +547,11 @@ def iter_train(train_pairs, val_pairs, params: TrainParams | None = None, resume
     val_pairs = [p if isinstance(p, TrainingPair) else TrainingPair(*p) for p in val_pairs]
     if not train_pairs or not val_pairs:
         raise GlandsegError("training needs at least one training and one validation pair")
+    from .models import list_models
+
+    if any(m.name == params.name and m.source == "bundled" for m in list_models()):
+        raise GlandsegError(f"{params.name!r} is a bundled model; train under another name "
+                            f"(e.g. --name {params.name}-mine)")
     torch.manual_seed(params.seed)
     rng = np.random.default_rng(params.seed)
     card, net = _prepare(train_pairs, params)
