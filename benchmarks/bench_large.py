@@ -39,7 +39,11 @@ def build_mosaic(data: Path, size: int, path: Path):
     files = sorted((data / "glas" / "train" / "images").glob("*.jpg"))[:12]
     if not files:
         raise SystemExit(f"no GlaS images under {data}; pass --data DIR")
-    tiles = [read_image(f).data[:512, :768] for f in files]
+    tiles = []
+    for f in files:
+        t = read_image(f).data[:512, :768]
+        pad = ((0, 512 - t.shape[0]), (0, 768 - t.shape[1]), (0, 0))
+        tiles.append(np.pad(t, pad, mode="reflect"))
     z = zarr.open_array(str(path), mode="w", shape=(size, size, 3), chunks=(1024, 1024, 3),
                         dtype="uint8")
     for y in range(0, size, 1024):

@@ -166,6 +166,7 @@ class TrainParams:
     description: str = ""
     training_data: str = ""
     data_licence: str = ""
+    licence: str = ""
     postprocess: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -657,6 +658,7 @@ def iter_train(train_pairs, val_pairs, params: TrainParams | None = None, resume
                              "val_pairs": len(val_pairs)}
             card.training_data = data_desc
             card.data_licence = params.data_licence or card.data_licence
+            card.licence = params.licence or card.licence
             card.description = params.description or card.description
             card.postprocess = params.postprocess or card.postprocess
             saved = save_checkpoint(ckpt_path, net, card, overwrite=True)
@@ -681,7 +683,8 @@ def iter_train(train_pairs, val_pairs, params: TrainParams | None = None, resume
 def _settings(params: TrainParams) -> dict:
     d = asdict(params)
     return {k: getattr(v, "value", v) for k, v in d.items()
-            if k not in ("description", "training_data", "data_licence", "postprocess")}
+            if k not in ("description", "training_data", "data_licence", "licence",
+                         "postprocess")}
 
 
 @torch.no_grad()

@@ -275,5 +275,5 @@ class SegmentWidget(QWidget):
 
     def _show_model(self, *_) -> None:
         m = self.selection.model
-        self.model_label.setText(f"{m.name} ({m.card.class_names[-1]})" if m else
+        self.model_label.setText(f"{m.name}: {' / '.join(m.card.class_names)}" if m else
                                  "none: choose one in the Model widget")
