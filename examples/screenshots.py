@@ -37,7 +37,15 @@ def main(argv=None):
         worker = seg.run()
         worker.finished.connect(loop.quit)
         loop.exec()
-        viewer.layers["glas_testA_5_crop [truth]"].visible = False
+        post = widgets["Post-process"]
+        post.labels_box.setCurrentText(seg.last_layers[0].name)
+        objects = post.apply()
+        compare = widgets["Compare"]
+        compare.pred_box.setCurrentText(objects.name)
+        compare.truth_box.setCurrentText("glas_testA_5_crop [truth]")
+        compare.compute()
+        for layer in viewer.layers:
+            layer.visible = layer.name in ("glas_testA_5_crop", objects.name)
     viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
     for _ in range(5):
         QApplication.processEvents()

@@ -119,7 +119,9 @@ def test_model_widget_lists_store_and_shares_selection(make_napari_viewer, tmp_p
 
     stored = (user_dir() / "tiny-glands.safetensors").read_bytes()
     assert (tmp_path / "copy.safetensors").read_bytes() == stored
-    assert w.delete("tiny-glands") and w.selection.model is None
+    assert w.delete("tiny-glands")
+    # the selection falls back to the first model left (the bundled one)
+    assert w.selection.model is not None and w.selection.model.name == "glands-he"
     assert w.model_box.findData("tiny-glands") == -1
 
 

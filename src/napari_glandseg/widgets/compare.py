@@ -275,12 +275,21 @@ class CompareWidget(QWidget):
         skip = tuple(la.name for la in self.viewer.layers if la.name.startswith("compare "))
         fill_layer_box(self.pred_box, self.viewer, Labels, exclude=skip)
         fill_layer_box(self.truth_box, self.viewer, Labels, exclude=skip)
-        if not self.truth_box.currentText() or self.truth_box.currentText() == \
-                self.pred_box.currentText():
-            truths = [la.name for la in self.viewer.layers
-                      if la.metadata.get("glandseg_role") == "truth" and la.name not in skip]
-            if truths:
-                self.truth_box.setCurrentText(truths[-1])
+
+        def newest(*roles):
+            names = [la.name for la in self.viewer.layers
+                     if la.metadata.get("glandseg_role") in roles and la.name not in skip]
+            return names[-1] if names else None
+
+        def role(name):
+            return self.viewer.layers[name].metadata.get("glandseg_role") if name else None
+
+        # a fresh prediction replaces a choice that was a truth layer or nothing
+        if role(self.pred_box.currentText()) in (None, "truth") and \
+                (pick := newest("objects", "prediction")):
+            self.pred_box.setCurrentText(pick)
+        if role(self.truth_box.currentText()) != "truth" and (pick := newest("truth")):
+            self.truth_box.setCurrentText(pick)
 
     def _choose_csv(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export metrics", "metrics.csv",
