@@ -25,3 +25,23 @@ def notes(monkeypatch):
     monkeypatch.setattr(common, "_SHOW", {k: (lambda m, k=k: seen.append((k, m)))
                                           for k in ("info", "warning", "error")})
     return seen
+
+
+@pytest.fixture
+def fg_model_factory(tmp_path):
+    """Import into the store a tiny Base CNN whose head says 'foreground' (logit 10)
+    everywhere; returns its name. Keyword arguments go to its ModelCard."""
+    import torch
+
+    from napari_glandseg.models import ModelCard, build_model, import_model, save_checkpoint
+
+    def make(name: str, **card) -> str:
+        net = build_model("base_cnn", 3, 1, widths=[4, 8])
+        torch.nn.init.zeros_(net.head.weight)
+        torch.nn.init.constant_(net.head.bias, 10.0)
+        card = ModelCard(name=name, architecture="base_cnn", in_channels=3, num_classes=1,
+                         arch_kwargs={"widths": [4, 8]}, **card)
+        import_model(save_checkpoint(tmp_path / f"{name}.safetensors", net, card))
+        return name
+
+    return make

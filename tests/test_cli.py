@@ -3,22 +3,14 @@ import shutil
 
 import pandas as pd
 import pytest
-import torch
 
 from napari_glandseg import cli
 from napari_glandseg.io import read_image, write_labels
-from napari_glandseg.models import ModelCard, build_model, import_model, save_checkpoint
 
 
 @pytest.fixture
-def fg_model(tmp_path):
-    net = build_model("base_cnn", 3, 1, widths=[4, 8])
-    torch.nn.init.zeros_(net.head.weight)
-    torch.nn.init.constant_(net.head.bias, 10.0)
-    card = ModelCard(name="cli-fg", architecture="base_cnn", in_channels=3, num_classes=1,
-                     arch_kwargs={"widths": [4, 8]})
-    import_model(save_checkpoint(tmp_path / "m.safetensors", net, card))
-    return "cli-fg"
+def fg_model(fg_model_factory):
+    return fg_model_factory("cli-fg")
 
 
 def test_segment_writes_labels_skips_existing_and_reports_failures(tmp_path, data_dir,

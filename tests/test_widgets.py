@@ -126,15 +126,8 @@ def test_model_widget_lists_store_and_shares_selection(make_napari_viewer, tmp_p
 
 
 @pytest.fixture
-def all_foreground_model(tmp_path):
-    """A tiny Base CNN whose head says 'foreground' everywhere (logit 10)."""
-    net = build_model("base_cnn", 3, 1, widths=[4, 8])
-    torch.nn.init.zeros_(net.head.weight)
-    torch.nn.init.constant_(net.head.bias, 10.0)
-    card = ModelCard(name="allfg", architecture="base_cnn", in_channels=3, num_classes=1,
-                     arch_kwargs={"widths": [4, 8]}, class_names=["background", "gland"])
-    import_model(save_checkpoint(tmp_path / "allfg.safetensors", net, card))
-    return "allfg"
+def all_foreground_model(fg_model_factory):
+    return fg_model_factory("allfg", class_names=["background", "gland"])
 
 
 def _segment_setup(make_napari_viewer, model_name):
