@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from napari.qt.threading import create_worker
+from qtpy.QtCore import QTimer
 
 from ..errors import GlandsegError
 from ._common import notify
@@ -20,7 +21,10 @@ def start(gen_func: Callable, *args, on_yield=None, on_return=None, on_done=None
     """Start ``gen_func(*args, **kwargs)`` in a worker thread and wire its signals.
 
     ``on_done`` runs after success, failure and cancel alike (re-enable buttons there).
-    Returns the worker; call ``worker.quit()`` to stop it.
+    Returns the worker; call ``worker.quit()`` to stop it. The thread starts when control
+    returns to the event loop, so a caller can still connect to ``finished`` or
+    ``yielded`` (a script waiting on it, a test's ``qtbot.waitSignal``) without racing a
+    job that would otherwise end before the connection is made.
     """
     worker = create_worker(gen_func, *args, _start_thread=False, **kwargs)
     if on_yield:
@@ -38,5 +42,5 @@ def start(gen_func: Callable, *args, on_yield=None, on_return=None, on_done=None
     worker.aborted.connect(lambda: notify("info", f"{what} cancelled"))
     if on_done:
         worker.finished.connect(on_done)
-    worker.start()
+    QTimer.singleShot(0, worker.start)
     return worker
