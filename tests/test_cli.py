@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -104,3 +105,17 @@ def test_train_from_config_then_resume(tmp_path, data_dir, capsys):
     cfg.write_text(json.dumps({"name": "x", "learning_rate": 1}))
     assert cli.main(["train", "--config", str(cfg), "--data", str(data)]) == 2
     assert "unknown training settings: learning_rate" in capsys.readouterr().err
+
+
+def test_segment_a_slide_leaves_no_temporary_store(tmp_path, data_dir, fg_model, monkeypatch):
+    import napari_glandseg.inference as inf
+
+    made = []
+    real = inf.tempfile.mkdtemp
+    monkeypatch.setattr(inf.tempfile, "mkdtemp", lambda **kw: made.append(real(**kw)) or made[-1])
+    code = cli.main(["segment", str(data_dir / "wsi/cmu_small_region.svs"), "--model", fg_model,
+                     "--out", str(tmp_path), "--quiet", "--tile", "512", "--split", "none"])
+    assert code == 0
+    labels = read_image(tmp_path / "cmu_small_region_labels.tif", as_labels=True)
+    assert labels.data.shape == (2967, 2220) and labels.pixel_size_um == pytest.approx(0.499)
+    assert len(made) == 1 and not Path(made[0]).exists()

@@ -140,6 +140,10 @@ def _segment(args) -> int:
                     res = stop.value
                     break
             labels = np.asarray(res.labels)
+            if res.store_path:  # a large input's zarr store: the TIFF below replaces it
+                import shutil
+
+                shutil.rmtree(res.store_path, ignore_errors=True)
             if post.split.value != "none" or args.objects_csv:
                 labels = postprocess(labels, post)
             write_labels(dest, labels, overwrite=args.overwrite, pixel_size_um=res.pixel_size_um)
