@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._files import atomic_path
 from .errors import GlandsegError, ImageReadError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".svs")
@@ -524,10 +524,7 @@ def write_labels(
             f"{p}: label values up to {int(arr.max())} need uint32, which PNG cannot hold; "
             "save as .tif"
         )
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
-    os.close(fd)
-    try:
+    with atomic_path(p, suffix) as tmp:
         if suffix == ".png":
             import imageio.v3 as iio
 
@@ -540,10 +537,6 @@ def write_labels(
                 kwargs = {"resolution": (1e4 / pixel_size_um, 1e4 / pixel_size_um),
                           "resolutionunit": "CENTIMETER"}
             tifffile.imwrite(tmp, arr, compression="zlib", **kwargs)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return p
 
 

@@ -21,8 +21,6 @@ Two touching disks are one connected object; the watershed splits them:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
@@ -30,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from ._files import atomic_path
 from .errors import GlandsegError, as_enum
 
 
@@ -220,13 +219,6 @@ def write_csv(table, path, overwrite: bool = False) -> Path:
     p = Path(path)
     if p.exists() and not overwrite:
         raise GlandsegError(f"{p}: exists; pass overwrite to replace it")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    os.close(fd)
-    try:
+    with atomic_path(p) as tmp:
         table.to_csv(tmp, index=False)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return p

@@ -31,8 +31,6 @@ from __future__ import annotations
 import copy
 import csv
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -41,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._files import atomic_path
 from .errors import GlandsegError, as_enum
 from .inference import _cpu_has_bf16, _normalise
 from .io import find_pairs, read_pair
@@ -716,16 +715,9 @@ def _validate(net, val_set, loss_fn, device, num_classes) -> dict:
 
 
 def _save_state(path: Path, net, opt, history, epoch, best, best_epoch) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "history": history,
                     "epoch": epoch, "best": best, "best_epoch": best_epoch}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _load_state(path) -> dict:

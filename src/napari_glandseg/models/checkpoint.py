@@ -9,14 +9,13 @@ file ``<name>.card.json`` beside it); anything else is refused.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .._files import atomic_path
 from ..errors import CheckpointError, GlandsegError
 from .card import ModelCard
 from .registry import build_from_card
@@ -65,15 +64,8 @@ def save_checkpoint(path, net: nn.Module, card: ModelCard, half: bool = False,
         if half and v.is_floating_point():
             v = v.half()
         state[k] = v.contiguous()
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
+    with atomic_path(p, ".tmp") as tmp:
         save_file(state, tmp, metadata={CARD_KEY: card.to_json()})
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return p
 
 

@@ -26,10 +26,10 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._files import atomic_path
 from ..errors import CheckpointError, GlandsegError
 from .card import ModelCard
 from .checkpoint import Model, load_checkpoint, read_card, save_checkpoint
@@ -156,14 +156,8 @@ def export_model(name: str, dest, overwrite: bool = False) -> Path:
         d = d / entry.path.name
     if d.exists() and not overwrite:
         raise GlandsegError(f"{d}: exists; pass overwrite to replace it")
-    fd, tmp = tempfile.mkstemp(prefix=f".{d.name}.", dir=d.parent)
-    os.close(fd)
-    try:
+    with atomic_path(d) as tmp:
         shutil.copyfile(entry.path, tmp)
-        os.replace(tmp, d)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return d
 
 
