@@ -10,6 +10,7 @@ from napari_glandseg.errors import GlandsegError
 from napari_glandseg.inference import Progress, blend_window, iter_segment, segment
 from napari_glandseg.io import read_image
 from napari_glandseg.models import Model, ModelCard, build_model
+from napari_glandseg.progress import run_to_end
 
 UNET = {"features": [8, 8, 16, 16, 32, 8]}
 
@@ -203,22 +204,12 @@ def test_out_of_memory_halves_the_batch_and_says_so(smooth_image, monkeypatch):
     monkeypatch.setattr(inf, "_forward", tight_memory)
     monkeypatch.setattr(inf.torch.cuda, "empty_cache", lambda: None)
     model = _model()
-    steps = list(_run_all(iter_segment(smooth_image, model, tile_size=64, batch_size=8)))
+    steps = []
+    result = run_to_end(iter_segment(smooth_image, model, tile_size=64, batch_size=8),
+                        steps.append)
     messages = [p.message for p in steps if "out of memory" in p.message]
     assert messages == ["GPU out of memory: retrying with batch size 4",
                         "GPU out of memory: retrying with batch size 2"]
     assert sizes[:3] == [8, 4, 2] and set(sizes[3:]) <= {2}
     reference = segment(smooth_image, model, tile_size=64, batch_size=2)
-    np.testing.assert_array_equal(steps[-1].result.labels, reference.labels)
-
-
-def _run_all(gen):
-    """Yield every progress record; attach the returned result to the last one."""
-    last = None
-    while True:
-        try:
-            last = next(gen)
-            yield last
-        except StopIteration as stop:
-            last.result = stop.value
-            return
+    np.testing.assert_array_equal(result.labels, reference.labels)

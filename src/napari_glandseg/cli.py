@@ -22,6 +22,7 @@ import sys
 import numpy as np
 
 from .errors import GlandsegError
+from .progress import run_to_end
 
 EXIT_BAD_INPUT = 2
 
@@ -131,14 +132,9 @@ def _segment(args) -> int:
             continue
         try:
             img = read_image(f, as_labels=False)
-            gen = iter_segment(img.data, model, pixel_size_um=img.pixel_size_um, params=params)
-            bar = _Bar(f"[{i}/{len(files)}] {f.name}", args.quiet)
-            while True:
-                try:
-                    bar(next(gen))
-                except StopIteration as stop:
-                    res = stop.value
-                    break
+            res = run_to_end(
+                iter_segment(img.data, model, pixel_size_um=img.pixel_size_um, params=params),
+                _Bar(f"[{i}/{len(files)}] {f.name}", args.quiet))
             labels = np.asarray(res.labels)
             if res.store_path:  # a large input's zarr store: the TIFF below replaces it
                 import shutil
@@ -253,14 +249,9 @@ def _train(args) -> int:
     print(f"training {params.name!r}: {len(train_pairs)} training and {len(val_pairs)} "
           f"validation images from {data}", file=sys.stderr)
     resume = state_path_for(params.name) if args.resume else None
-    gen = iter_train(train_pairs, val_pairs, params, resume=resume)
     bar = _Bar("training", args.quiet)
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as stop:
-            result = stop.value
-            break
+
+    def report(p):
         if p.metrics and "val_dice" in p.metrics:
             m = p.metrics
             print(f"\repoch {m['epoch']}: loss {m['train_loss']:.4f}  val loss "
@@ -268,6 +259,8 @@ def _train(args) -> int:
                   f"{'  *saved' if m['best'] else ''}", file=sys.stderr)
         else:
             bar(p)
+
+    result = run_to_end(iter_train(train_pairs, val_pairs, params, resume=resume), report)
     print(f"best val Dice {result.best_dice:.4f} at epoch {result.best_epoch}; "
           f"model {params.name!r} in {result.checkpoint}")
     return 0

@@ -47,7 +47,7 @@ import torch
 
 from .errors import GlandsegError, as_enum
 from .models import Model, Normalization, describe_device, resolve_device
-from .progress import Progress
+from .progress import Progress, run_to_end
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -175,13 +175,8 @@ class SegmentResult:
 def segment(image, model: Model, pixel_size_um: float | None = None, region=None,
             params: SegmentParams | None = None, **kwargs) -> SegmentResult:
     """Segment ``image`` with ``model`` (blocking). See :func:`iter_segment`."""
-    gen = iter_segment(image, model, pixel_size_um=pixel_size_um, region=region,
-                       params=params, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_end(iter_segment(image, model, pixel_size_um=pixel_size_um, region=region,
+                                   params=params, **kwargs))
 
 
 def iter_segment(

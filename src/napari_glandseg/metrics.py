@@ -393,12 +393,9 @@ AGGREGATION = {
 
 def evaluate_dataset(items, classes: int | None = None, hausdorff: bool = True):
     """Evaluate many images (blocking); see :func:`iter_evaluate_dataset`."""
-    gen = iter_evaluate_dataset(items, classes=classes, hausdorff=hausdorff)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    from .progress import run_to_end
+
+    return run_to_end(iter_evaluate_dataset(items, classes=classes, hausdorff=hausdorff))
 
 
 def iter_evaluate_dataset(items, classes: int | None = None, hausdorff: bool = True,

@@ -22,3 +22,26 @@ class Progress:
         if not self.done or self.done >= self.total:
             return None
         return self.elapsed / self.done * (self.total - self.done)
+
+
+def run_to_end(gen, on_progress=None):
+    """Drive a progress generator to its end and return what it returns.
+
+    The blocking twin of every ``iter_*`` function; ``on_progress`` (optional) sees each
+    yielded :class:`Progress`.
+
+    >>> def job():
+    ...     yield Progress(1, 2)
+    ...     yield Progress(2, 2)
+    ...     return "done"
+    >>> seen = []
+    >>> run_to_end(job(), lambda p: seen.append(p.done)), seen
+    ('done', [1, 2])
+    """
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_progress is not None:
+            on_progress(p)

@@ -54,7 +54,7 @@ from .models import (
     save_checkpoint,
     user_dir,
 )
-from .progress import Progress
+from .progress import Progress, run_to_end
 
 
 class Loss(str, Enum):
@@ -481,12 +481,7 @@ def freeze_encoder(net: torch.nn.Module, architecture: str) -> int:
 def train(train_pairs, val_pairs, params: TrainParams | None = None, resume=None,
           **kwargs) -> TrainResult:
     """Train to the end (blocking); see :func:`iter_train`."""
-    gen = iter_train(train_pairs, val_pairs, params, resume=resume, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_end(iter_train(train_pairs, val_pairs, params, resume=resume, **kwargs))
 
 
 def _prepare(train_pairs, params):
