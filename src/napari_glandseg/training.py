@@ -41,7 +41,7 @@ import torch
 
 from ._files import atomic_path
 from .errors import GlandsegError, as_enum
-from .inference import _cpu_has_bf16, _normalise
+from .inference import _cpu_has_bf16, _norm_stats, _normalise
 from .io import find_pairs, read_pair
 from .models import (
     Architecture,
@@ -341,18 +341,8 @@ class PatchSampler:
         tgt = _crop_pad(target, cy, cx, big)
         if augment:
             img, tgt = _augment(img, tgt, size, self.p, self.rng)
-        x = _normalise(img, self.norm, _patch_stats(img, self.norm))
+        x = _normalise(img, self.norm, _norm_stats(img, (0, 0, *img.shape[:2]), self.norm))
         return x, tgt
-
-
-def _patch_stats(img, norm):
-    if norm in (Normalization.ZSCORE.value, Normalization.PERCENTILE.value):
-        flat = img.reshape(-1, img.shape[-1] if img.ndim == 3 else 1).astype(np.float32)
-        if norm == Normalization.ZSCORE.value:
-            return flat.mean(0), flat.std(0) + 1e-6
-        lo, hi = np.percentile(flat, [1.0, 99.8], axis=0)
-        return lo, np.maximum(hi - lo, 1e-6)
-    return None
 
 
 def _crop_pad(a: np.ndarray, cy: int, cx: int, size: int) -> np.ndarray:
