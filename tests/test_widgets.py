@@ -144,9 +144,13 @@ def test_segment_widget_runs_in_background_and_adds_labels(make_napari_viewer, q
                                                            all_foreground_model, notes):
     viewer, w = _segment_setup(make_napari_viewer, all_foreground_model)
     w.show_probs.setChecked(True)
-    seen = []
+    from napari.utils import progress
+
+    seen, bars = [], []
     worker = w.run()
     worker.yielded.connect(seen.append)
+    worker.yielded.connect(lambda p: bars.append(
+        [b.desc for b in progress._all_instances if "GlandSeg" in str(b.desc)]))
     assert not w.run_btn.isEnabled() and w.cancel_btn.isEnabled()
     with qtbot.waitSignal(worker.finished, timeout=60000):
         pass
@@ -155,6 +159,8 @@ def test_segment_widget_runs_in_background_and_adds_labels(make_napari_viewer, q
     assert layer.metadata["model"] == "allfg" and layer.metadata["params"]["tile_size"] == 64
     assert "glas_testA_5_crop [allfg] probability" in viewer.layers
     assert seen and seen[-1].done == seen[-1].total
+    assert bars and bars[-1] == ["GlandSeg: segmenting"]  # napari's activity progress bar
+    assert not [b for b in progress._all_instances if "GlandSeg" in str(b.desc)]  # closed
     assert w.run_btn.isEnabled() and not w.cancel_btn.isEnabled()
     # a second run never overwrites the first layer
     with qtbot.waitSignal(w.run().finished, timeout=60000):

@@ -17,8 +17,11 @@ from ._common import notify
 
 
 def start(gen_func: Callable, *args, on_yield=None, on_return=None, on_done=None,
-          what: str = "job", **kwargs):
+          what: str = "job", progress_desc: str | None = None, **kwargs):
     """Start ``gen_func(*args, **kwargs)`` in a worker thread and wire its signals.
+
+    With ``progress_desc`` a napari progress bar (activity dock) follows the yielded
+    Progress records and closes when the job ends, however it ends.
 
     ``on_done`` runs after success, failure and cancel alike (re-enable buttons there).
     Returns the worker; call ``worker.quit()`` to stop it. The thread starts when control
@@ -27,6 +30,8 @@ def start(gen_func: Callable, *args, on_yield=None, on_return=None, on_done=None
     job that would otherwise end before the connection is made.
     """
     worker = create_worker(gen_func, *args, _start_thread=False, **kwargs)
+    if progress_desc:
+        _attach_progress_bar(worker, progress_desc)
     if on_yield:
         worker.yielded.connect(on_yield)
     if on_return:
@@ -44,3 +49,22 @@ def start(gen_func: Callable, *args, on_yield=None, on_return=None, on_done=None
         worker.finished.connect(on_done)
     QTimer.singleShot(0, worker.start)
     return worker
+
+
+def _attach_progress_bar(worker, desc: str) -> None:
+    from napari.utils import progress
+
+    bar = {}
+
+    def update(p):
+        if "pbar" not in bar:
+            bar["pbar"] = progress(total=p.total, desc=desc)
+        bar["pbar"].n = p.done
+        bar["pbar"].refresh()
+
+    def close():
+        if "pbar" in bar:
+            bar.pop("pbar").close()
+
+    worker.yielded.connect(update)
+    worker.finished.connect(close)

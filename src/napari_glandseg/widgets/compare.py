@@ -226,7 +226,8 @@ class CompareWidget(QWidget):
         self.worker = _worker.start(
             iter_evaluate_dataset, items, on_return=self._dataset_done,
             on_yield=lambda p: self.best_worst.setText(f"{p.done}/{p.total}: {p.message}"),
-            on_done=lambda: self.dataset_btn.setEnabled(True), what="evaluation")
+            on_done=lambda: self.dataset_btn.setEnabled(True), what="evaluation",
+            progress_desc="GlandSeg: evaluating")
         return self.worker
 
     def _dataset_done(self, result) -> None:

@@ -115,7 +115,6 @@ class FinetuneWidget(QWidget):
         self.selection = selection_for(napari_viewer)
         self.worker = None
         self.result = None
-        self._pbar = None
 
         self.base_box = QComboBox()
         self.arch_box = QComboBox()
@@ -279,7 +278,8 @@ class FinetuneWidget(QWidget):
         self.worker = _worker.start(
             finetune_job, train_pairs, val_pairs, params, before,
             on_yield=self._on_progress, on_return=self._on_done,
-            on_done=lambda: self._set_running(False), what="training")
+            on_done=lambda: self._set_running(False), what="training",
+            progress_desc="GlandSeg: training")
         self.worker.aborted.connect(self._on_stopped)
         return self.worker
 
@@ -292,12 +292,6 @@ class FinetuneWidget(QWidget):
     # ---------------------------------------------------------------- results
     def _on_progress(self, p) -> None:
         m = p.metrics or {}
-        if self._pbar is None:
-            from napari.utils import progress
-
-            self._pbar = progress(total=p.total, desc="GlandSeg: training")
-        self._pbar.n = p.done
-        self._pbar.refresh()
         self.progress.setMaximum(p.total)
         self.progress.setValue(p.done)
         if "loss" in m:
@@ -345,9 +339,6 @@ class FinetuneWidget(QWidget):
         if not running:
             self.worker = None
             self.plot.redraw()
-            if self._pbar is not None:
-                self._pbar.close()
-                self._pbar = None
 
     # ---------------------------------------------------------------- lists
     def _refresh_models(self) -> None:

@@ -49,7 +49,6 @@ class SegmentWidget(QWidget):
         self.selection = selection_for(napari_viewer)
         self.worker = None
         self.last_layers: list = []
-        self._pbar = None
 
         self.image_box = QComboBox()
         self.region_box = QComboBox()
@@ -142,6 +141,7 @@ class SegmentWidget(QWidget):
             on_yield=self._on_progress,
             on_return=lambda res: self._on_result(res, image, model, polygon),
             on_done=lambda: self._set_running(False), what="segmentation",
+            progress_desc="GlandSeg: segmenting",
         )
         return self.worker
 
@@ -200,12 +200,6 @@ class SegmentWidget(QWidget):
 
     # ---------------------------------------------------------------- results
     def _on_progress(self, p) -> None:
-        if self._pbar is None:
-            from napari.utils import progress
-
-            self._pbar = progress(total=p.total, desc="GlandSeg: segmenting")
-        self._pbar.n = p.done
-        self._pbar.refresh()
         self.progress.setMaximum(p.total)
         self.progress.setValue(p.done)
         eta = f", about {p.eta:.0f} s left" if p.eta is not None else ""
@@ -262,9 +256,6 @@ class SegmentWidget(QWidget):
         self.cancel_btn.setEnabled(running)
         if not running:
             self.worker = None
-            if self._pbar is not None:
-                self._pbar.close()
-                self._pbar = None
 
     # ---------------------------------------------------------------- layer lists
     def _refresh_layers(self, event=None) -> None:
