@@ -172,3 +172,37 @@ def test_augmented_and_plain_patches_are_normalised_alike(glas, dtype):
 def test_bundled_names_are_refused(glas):
     with pytest.raises(GlandsegError, match="'glands-he' is a bundled model"):
         train(glas, glas, TrainParams(name="glands-he", epochs=1, steps_per_epoch=1, **SMALL))
+
+
+def test_patches_use_whole_image_statistics_as_inference_does():
+    # left half dark, right half bright: a z-scored patch from the dark half must stay dark
+    # (per-patch statistics would centre it on 0 and teach the model a different input)
+    image = np.zeros((128, 256), np.uint8)
+    image[:, 128:] = 200
+    image[:, :128] = np.arange(128, dtype=np.uint8)[None, :] % 7
+    mask = np.zeros((128, 256), np.uint8)
+    mask[:, :128] = 1
+    params = TrainParams(patch_size=32, foreground_fraction=1.0, augment=False)
+    sampler = tr.PatchSampler([TrainingPair(image, mask)], [mask], params, "zscore",
+                              np.random.default_rng(0))
+    x, _ = sampler.sample(augment=False)
+    expected = (image[:, :128].astype(np.float32).mean() - image.mean()) / image.std()
+    assert x.mean() == pytest.approx(expected, abs=0.05) and expected < -0.9
+
+
+@pytest.mark.parametrize("every, n_val", [(5, 2), (3, 3)])
+def test_val_every_takes_ids_divisible_by_n(tmp_path, every, n_val):
+    from skimage.io import imsave
+
+    for k in range(1, 11):
+        (tmp_path / "images").mkdir(exist_ok=True)
+        (tmp_path / "masks").mkdir(exist_ok=True)
+        imsave(tmp_path / f"images/{k:03d}.png", np.full((8, 8), k, np.uint8),
+               check_contrast=False)
+        imsave(tmp_path / f"masks/{k:03d}.png", np.eye(8, dtype=np.uint8) * 255,
+               check_contrast=False)
+    train_p, val_p = tr.split_pairs(tmp_path, val_every=every)
+    assert [p.name for p in val_p] == [f"{k:03d}" for k in range(every, 11, every)]
+    assert len(val_p) == n_val and len(train_p) == 10 - n_val
+    with pytest.raises(GlandsegError, match="val_every must be an integer >= 2, got 1"):
+        tr.split_pairs(tmp_path, val_every=1)

@@ -218,7 +218,7 @@ _TRAIN_FLAGS = {"name": "name", "arch": "architecture", "base": "base_model",
                 "patch": "patch_size", "lr": "lr", "loss": "loss", "target": "target",
                 "num_classes": "num_classes", "device": "device", "seed": "seed",
                 "patience": "patience"}
-_DATA_KEYS = ("data", "split_csv", "mask_folder", "val_fraction")
+_DATA_KEYS = ("data", "split_csv", "mask_folder", "val_fraction", "val_every")
 
 
 def _train(args) -> int:
@@ -245,7 +245,8 @@ def _train(args) -> int:
         raise GlandsegError(f"unknown training settings: {', '.join(unknown)}")
     params = TrainParams(**{k: v for k, v in config.items() if k in known})
     train_pairs, val_pairs = split_pairs(data, split_csv, config.get("mask_folder"),
-                                         config.get("val_fraction", 0.2))
+                                         config.get("val_fraction", 0.2),
+                                         config.get("val_every"))
     print(f"training {params.name!r}: {len(train_pairs)} training and {len(val_pairs)} "
           f"validation images from {data}", file=sys.stderr)
     resume = state_path_for(params.name) if args.resume else None
@@ -371,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                "--name glands-mine --freeze-encoder --epochs 5\n"
                "  glandseg train --config cfg.toml --data data/ --resume\n\n"
                "A config (JSON or TOML) holds TrainParams fields plus split_csv, mask_folder "
-               "and val_fraction; flags override it.",
+               "val_fraction and val_every; flags override it.",
     )
     t.add_argument("--data", help="dataset folder (images/ + masks/, or name_mask pairs)")
     t.add_argument("--config", help="JSON or TOML file of training settings")

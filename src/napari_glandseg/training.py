@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import csv
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -235,21 +236,40 @@ def pairs_from_folder(folder, split_csv=None, splits=("train",), mask_folder=Non
     return pairs
 
 
-def split_pairs(folder, split_csv=None, mask_folder=None, val_fraction: float = 0.2):
+def split_pairs(folder, split_csv=None, mask_folder=None, val_fraction: float = 0.2,
+                val_every: int | None = None):
     """Training and validation pairs of a dataset folder.
 
-    With a split CSV: its ``train`` and ``val`` rows. Without: the last ``val_fraction`` of
-    the pairs in natural name order (a contiguous block, as near-duplicate neighbouring EM
-    slices need) is validation.
+    With a split CSV: its ``train`` and ``val`` rows. With ``val_every`` = N: the pairs whose
+    name ends in an integer divisible by N validate (WBC's "every 5th id"). Otherwise the
+    last ``val_fraction`` of the pairs in natural name order (a contiguous block, as
+    near-duplicate neighbouring EM slices need) is validation.
+
+    >>> [n for n in ("001", "005", "010", "a_15") if _id_divisible(n, 5)]
+    ['005', '010', 'a_15']
     """
     if split_csv:
         return (pairs_from_folder(folder, split_csv, ("train",), mask_folder),
                 pairs_from_folder(folder, split_csv, ("val",), mask_folder))
     pairs = pairs_from_folder(folder, None, mask_folder=mask_folder)
+    if val_every is not None:
+        if int(val_every) < 2:
+            raise GlandsegError(f"val_every must be an integer >= 2, got {val_every!r}")
+        val = [p for p in pairs if _id_divisible(p.name, int(val_every))]
+        train = [p for p in pairs if not _id_divisible(p.name, int(val_every))]
+        if not val or not train:
+            raise GlandsegError(f"val_every={val_every}: {len(train)} training and {len(val)} "
+                                f"validation pairs in {folder}; names must end in a number")
+        return train, val
     if len(pairs) < 2:
         return pairs, pairs
     n_val = max(1, int(round(len(pairs) * val_fraction)))
     return pairs[:-n_val], pairs[-n_val:]
+
+
+def _id_divisible(name: str, n: int) -> bool:
+    m = re.search(r"(\d+)$", name)
+    return bool(m) and int(m.group(1)) % n == 0
 
 
 def holdout_split(pairs: list[TrainingPair], val_fraction: float = 0.2):
@@ -325,6 +345,9 @@ class PatchSampler:
         self.fg = [np.flatnonzero(t > 0) for t in targets]
         areas = np.array([t.size for t in targets], float)
         self.weights = areas / areas.sum()
+        # whole-image statistics, as inference uses (None for fixed normalisations)
+        self.stats = [_norm_stats(p.image, (0, 0, *p.image.shape[:2]), normalization)
+                      for p in pairs]
 
     def sample(self, augment: bool) -> tuple[np.ndarray, np.ndarray]:
         i = int(self.rng.choice(len(self.pairs), p=self.weights))
@@ -341,7 +364,7 @@ class PatchSampler:
         tgt = _crop_pad(target, cy, cx, big)
         if augment:
             img, tgt = _augment(img, tgt, size, self.p, self.rng)
-        x = _normalise(img, self.norm, _norm_stats(img, (0, 0, *img.shape[:2]), self.norm))
+        x = _normalise(img, self.norm, self.stats[i])
         return x, tgt
 
 
