@@ -155,17 +155,19 @@ def test_bad_settings_are_named(glas):
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-def test_augmented_and_plain_patches_are_normalised_alike(glas, dtype):
+@pytest.mark.parametrize("mode", ["imagenet", "percentile", "zscore"])
+def test_augmented_and_plain_patches_are_normalised_alike(glas, dtype, mode):
     top = np.iinfo(dtype).max
     pairs = [TrainingPair((p.image.astype(np.float64) / 255 * top).astype(dtype), p.mask,
                           p.name) for p in glas]
     targets = [make_target(p.mask, tr.Target.MASK, 1) for p in pairs]
-    sampler = tr.PatchSampler(pairs, targets, TrainParams(patch_size=64), "imagenet",
+    sampler = tr.PatchSampler(pairs, targets, TrainParams(patch_size=64), mode,
                               np.random.default_rng(0))
     plain = np.stack([sampler.sample(augment=False)[0] for _ in range(20)])
     aug = np.stack([sampler.sample(augment=True)[0] for _ in range(20)])
+    # float32, as the network's weights (a float64 batch fails in the first convolution)
     assert plain.dtype == aug.dtype == np.float32
-    assert np.abs(plain).max() < 5 and np.abs(aug).max() < 5  # ImageNet-normalised range
+    assert np.abs(plain).max() < 6 and np.abs(aug).max() < 6  # a normalised range
     assert abs(plain.mean() - aug.mean()) < 0.5
 
 
@@ -206,3 +208,43 @@ def test_val_every_takes_ids_divisible_by_n(tmp_path, every, n_val):
     assert len(val_p) == n_val and len(train_p) == 10 - n_val
     with pytest.raises(GlandsegError, match="val_every must be an integer >= 2, got 1"):
         tr.split_pairs(tmp_path, val_every=1)
+
+
+def test_macenko_reference_goes_into_the_card_and_fine_tuning_keeps_it(glas):
+    from napari_glandseg.stain import MacenkoStains, apply_macenko, fit_macenko
+
+    res = train(glas, glas, TrainParams(name="stained", epochs=1, steps_per_epoch=2,
+                                        stain_normalization="macenko", **SMALL))
+    entry = load_model("stained").card.stain_normalization
+    assert entry["method"] == "macenko" and entry["reference"] == "the 2 training images"
+    assert res.model.card.training["stain_normalization"] == "macenko"
+    # the patches the network saw were mapped onto that reference
+    seen = []
+    real = tr.PatchSampler.__init__
+
+    def spy(self, pairs, *a, **k):
+        seen.append([p.image for p in pairs])
+        real(self, pairs, *a, **k)
+
+    ref = MacenkoStains.from_card(entry)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tr.PatchSampler, "__init__", spy)
+        tuned = train(glas, glas, TrainParams(name="stained-2", base_model="stained",
+                                              epochs=1, steps_per_epoch=1, **SMALL))
+    expected = apply_macenko(glas[0].image, fit_macenko(glas[0].image), ref)
+    np.testing.assert_array_equal(seen[0][0], expected)
+    assert tuned.model.card.stain_normalization == entry
+
+    standard = train(glas, glas, TrainParams(name="standard", epochs=1, steps_per_epoch=1,
+                                             stain_normalization="macenko",
+                                             stain_reference="standard", **SMALL))
+    np.testing.assert_allclose(standard.model.card.stain_normalization["stain_matrix"],
+                               MacenkoStains.standard().matrix)
+
+
+def test_macenko_on_grey_images_is_refused():
+    image = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    pair = TrainingPair(image, (image > 128).astype(np.uint8), "grey")
+    with pytest.raises(GlandsegError, match="stain normalisation needs RGB training images"):
+        train([pair], [pair], TrainParams(name="grey", stain_normalization="macenko",
+                                          epochs=1, steps_per_epoch=1, **SMALL))

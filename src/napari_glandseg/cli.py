@@ -217,7 +217,8 @@ _TRAIN_FLAGS = {"name": "name", "arch": "architecture", "base": "base_model",
                 "epochs": "epochs", "steps": "steps_per_epoch", "batch": "batch_size",
                 "patch": "patch_size", "lr": "lr", "loss": "loss", "target": "target",
                 "num_classes": "num_classes", "device": "device", "seed": "seed",
-                "patience": "patience"}
+                "patience": "patience", "stain_norm": "stain_normalization",
+                "stain_reference": "stain_reference"}
 _DATA_KEYS = ("data", "split_csv", "mask_folder", "val_fraction", "val_every")
 
 
@@ -392,6 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"])
     t.add_argument("--seed", type=int)
     t.add_argument("--patience", type=int, help="early stopping patience (epochs)")
+    t.add_argument("--stain-norm", choices=["none", "macenko"],
+                   help="map images onto reference H&E stains (kept in the model card; "
+                        "inference applies the same)")
+    t.add_argument("--stain-reference",
+                   help="reference stains: an image file, or 'standard' (Macenko's); "
+                        "default: the training images")
     t.add_argument("--resume", action="store_true", help="continue the run named --name")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)

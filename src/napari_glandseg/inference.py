@@ -103,6 +103,10 @@ class SegmentParams:
         Resample to the model card's um/px when the image's pixel size is known.
     return_probabilities : bool
         Keep the probability map (for large images, in the zarr store as float16).
+    stain_normalization : bool
+        Apply the card's stain normalisation, if it has one: the image's H&E stains are
+        estimated once (from a subsample of the region) and every tile is mapped onto the
+        card's reference stains with that estimate.
     """
 
     tile_size: int = 512
@@ -117,6 +121,7 @@ class SegmentParams:
     window_size: int = 4096
     rescale: bool = True
     return_probabilities: bool = True
+    stain_normalization: bool = True
 
     def __post_init__(self):
         if not isinstance(self.tile_size, int) or self.tile_size < 16:
@@ -233,7 +238,8 @@ def iter_segment(
     model.to(device)
     precision = _precision(params.precision, device)
     channels_last = True if params.channels_last is None else params.channels_last
-    stats = _norm_stats(data, (ly0, lx0, ly1, lx1), card.normalization)
+    stain, stain_note = _stain_mapping(data, (ly0, lx0, ly1, lx1), card, params)
+    stats = _norm_stats(data, (ly0, lx0, ly1, lx1), card.normalization, stain)
 
     out_h, out_w = ly1 - ly0, lx1 - lx0
     large = not isinstance(data, np.ndarray) or out_h * out_w > LARGE_PIXELS
@@ -253,12 +259,14 @@ def iter_segment(
     total = sum(len(p[3]) for p in plans)
     state = {"batch": params.batch_size, "done": 0, "t0": time.perf_counter()}
     info = {"level": level, "scale": scale, "tiles": total, "precision": precision,
-            "batch_size": params.batch_size}
+            "batch_size": params.batch_size, "stain": stain_note}
 
     finished = False
     try:
         for (wy, wx, wh, ww), (ry0, rx0, ry1, rx1), (mh, mw), tiles in plans:
             raw = np.asarray(data[ly0 + ry0: ly0 + ry1, lx0 + rx0: lx0 + rx1])
+            if stain is not None:
+                raw = stain(raw)
             if scale != 1.0:
                 x = _resize(_normalise(raw, card.normalization, stats), (mh, mw))
 
@@ -407,19 +415,51 @@ def _grid(h: int, w: int, size: int, overlap: float) -> list[tuple[int, int, int
 # normalisation and resampling
 
 
-def _norm_stats(data, box, mode: str):
-    """Per-channel statistics for image-level normalisations, from a subsample of the region,
-    so that every window is normalised alike (no seams between windows)."""
+def _stain_mapping(data, box, card, params):
+    """The per-tile stain normalisation of this image (or None) and a note for ``info``.
+
+    The source stains are estimated once for the whole region, so every tile is mapped with
+    the same estimate. An image with too little stained tissue to estimate them is
+    segmented without stain normalisation, with a warning.
+    """
+    if not (card.stain_normalization and params.stain_normalization):
+        return None, "none"
+    import warnings
+
+    from .stain import MacenkoStains, apply_macenko, fit_macenko
+
+    y0, x0, y1, x1 = box
+    reference = MacenkoStains.from_card(card.stain_normalization)
+    try:
+        source = fit_macenko(data[y0:y1, x0:x1])
+    except GlandsegError as exc:
+        note = f"skipped: {exc}"
+        warnings.warn(f"stain normalisation {note}", stacklevel=3)
+        return None, note
+
+    def mapping(raw):
+        return apply_macenko(raw, source, reference)
+
+    return mapping, "macenko"
+
+
+def _norm_stats(data, box, mode: str, transform=None):
+    """Per-channel statistics for image-level normalisations, from a subsample of the region
+    (after ``transform``, e.g. stain normalisation), so that every window is normalised
+    alike (no seams between windows)."""
     if mode not in (Normalization.ZSCORE.value, Normalization.PERCENTILE.value):
         return None
     y0, x0, y1, x1 = box
     step = max(1, int(math.sqrt((y1 - y0) * (x1 - x0) / 2**22)))
-    sample = np.asarray(data[y0:y1:step, x0:x1:step]).astype(np.float32)
+    sample = np.asarray(data[y0:y1:step, x0:x1:step])
+    if transform is not None:
+        sample = transform(sample)
+    sample = sample.astype(np.float32)
     sample = sample.reshape(-1, sample.shape[-1] if sample.ndim == 3 else 1)
     if mode == Normalization.ZSCORE.value:
-        return sample.mean(0), sample.std(0) + 1e-6
-    lo, hi = np.percentile(sample, [1.0, 99.8], axis=0)
-    return lo, np.maximum(hi - lo, 1e-6)
+        return sample.mean(0), sample.std(0) + np.float32(1e-6)
+    lo, hi = np.percentile(sample, [1.0, 99.8], axis=0).astype(np.float32)  # not float64
+    return lo, np.maximum(hi - lo, np.float32(1e-6))
 
 
 def _normalise(raw: np.ndarray, mode: str, stats) -> np.ndarray:

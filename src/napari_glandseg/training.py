@@ -56,6 +56,7 @@ from .models import (
     user_dir,
 )
 from .progress import Progress, run_to_end
+from .stain import StainNorm, check_card_entry
 
 
 class Loss(str, Enum):
@@ -127,6 +128,14 @@ class TrainParams:
     foreground_fraction : float
         Share of patches centred on a foreground pixel.
     augment, stain_jitter : augmentation switch and H&E jitter strength (0 turns it off).
+    stain_normalization : {"none", "macenko"}
+        Map every training image onto reference H&E stains (Macenko) before sampling
+        patches; the reference goes into the card and inference applies the same mapping.
+        A base model whose card has a reference keeps it (and it is applied whatever this
+        says), so the network keeps seeing the colours it was trained on.
+    stain_reference : str or None
+        Where the reference stains come from: None, the training images (pooled sample);
+        ``"standard"``, Macenko's published reference; or the path of an image.
     val_patches : int
         Fixed validation patches (seeded) per epoch.
     patience : int
@@ -158,6 +167,8 @@ class TrainParams:
     foreground_fraction: float = 0.5
     augment: bool = True
     stain_jitter: float = 0.05
+    stain_normalization: StainNorm = StainNorm.NONE
+    stain_reference: str | None = None
     val_patches: int = 16
     patience: int = 0
     seed: int = 0
@@ -172,6 +183,8 @@ class TrainParams:
     def __post_init__(self):
         self.loss = as_enum(Loss, self.loss, "loss")
         self.target = as_enum(Target, self.target, "target")
+        self.stain_normalization = as_enum(StainNorm, self.stain_normalization,
+                                           "stain_normalization")
         for k in ("patch_size", "batch_size", "epochs", "steps_per_epoch"):
             v = getattr(self, k)
             if not isinstance(v, int) or v < 1:
@@ -366,6 +379,45 @@ class PatchSampler:
             img, tgt = _augment(img, tgt, size, self.p, self.rng)
         x = _normalise(img, self.norm, self.stats[i])
         return x, tgt
+
+
+def stain_reference(pairs: list[TrainingPair], reference: str | None = None) -> dict:
+    """The card entry of a Macenko reference: fitted on a pooled sample of the pairs'
+    images, Macenko's ``"standard"`` reference, or fitted on the image at path
+    ``reference``."""
+    from .stain import MacenkoStains, fit_macenko, fit_macenko_pixels, tissue_sample
+
+    if reference == "standard":
+        return MacenkoStains.standard().to_card("Macenko's standard reference")
+    if reference:
+        from .io import read_image
+
+        return fit_macenko(read_image(reference).data).to_card(Path(reference).name)
+    if any(p.image.ndim != 3 or p.image.shape[-1] not in (3, 4) for p in pairs):
+        raise GlandsegError("stain normalisation needs RGB training images")
+    per_image = max(2**20 // len(pairs), 4096)
+    pooled = np.concatenate([tissue_sample(p.image, per_image) for p in pairs])
+    return fit_macenko_pixels(pooled).to_card(f"the {len(pairs)} training images")
+
+
+def stain_normalised(pairs: list[TrainingPair], entry: dict) -> list[TrainingPair]:
+    """The pairs with each image mapped onto the reference stains of card ``entry``, each
+    with its own source stains (as inference does). Images with too little stained tissue
+    to estimate stains are kept as they are, with a warning."""
+    import warnings
+
+    from .stain import MacenkoStains, apply_macenko, fit_macenko
+
+    reference = MacenkoStains.from_card(entry)
+    out = []
+    for p in pairs:
+        try:
+            image = apply_macenko(p.image, fit_macenko(p.image), reference)
+        except GlandsegError as exc:
+            warnings.warn(f"pair {p.name!r} is not stain-normalised: {exc}", stacklevel=2)
+            image = p.image
+        out.append(TrainingPair(image, p.mask, p.name))
+    return out
 
 
 def _crop_pad(a: np.ndarray, cy: int, cx: int, size: int) -> np.ndarray:
@@ -568,6 +620,12 @@ def iter_train(train_pairs, val_pairs, params: TrainParams | None = None, resume
         if channels != card.in_channels:
             raise GlandsegError(f"pair {p.name!r} has {channels} channel(s) but the model "
                                 f"takes {card.in_channels}")
+    if params.stain_normalization is StainNorm.MACENKO and not card.stain_normalization:
+        card.stain_normalization = stain_reference(train_pairs, params.stain_reference)
+        check_card_entry(card.stain_normalization, card.in_channels)
+    if card.stain_normalization:  # the images inference will see, not the raw ones
+        train_pairs = stain_normalised(train_pairs, card.stain_normalization)
+        val_pairs = stain_normalised(val_pairs, card.stain_normalization)
     device = resolve_device(params.device)
     net.to(device)
     if params.freeze_encoder:

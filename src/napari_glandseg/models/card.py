@@ -93,6 +93,10 @@ class ModelCard:
         The input scale the model was trained at (um/px); None when unknown.
     normalization : str
         A :class:`Normalization` value.
+    stain_normalization : dict
+        Empty, or a Macenko reference (``method``, ``stain_matrix``, ``max_concentrations``,
+        ``reference``) that inference maps every RGB image onto before normalising it
+        (:mod:`napari_glandseg.stain`).
     boundary_class : bool
         Classes are background / interior / boundary, for splitting touching objects.
     """
@@ -106,6 +110,7 @@ class ModelCard:
     class_colours: list = field(default_factory=list)
     pixel_size_um: float | None = None
     normalization: str = Normalization.IMAGENET.value
+    stain_normalization: dict = field(default_factory=dict)
     boundary_class: bool = False
     description: str = ""
     training_data: str = ""
@@ -137,6 +142,9 @@ class ModelCard:
             self.class_colours = [DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)] for i in range(n_names)]
         if self.pixel_size_um is not None and not self.pixel_size_um > 0:
             raise GlandsegError(f"pixel_size_um must be positive, got {self.pixel_size_um!r}")
+        from ..stain import check_card_entry
+
+        check_card_entry(self.stain_normalization, self.in_channels)
 
     @property
     def binary(self) -> bool:
@@ -178,6 +186,9 @@ class ModelCard:
         scale = f"{self.pixel_size_um:g} um/px" if self.pixel_size_um else "any"
         lines.append(f"input: {self.in_channels} channel(s), scale {scale}, "
                      f"normalisation {self.normalization}")
+        if self.stain_normalization:
+            ref = self.stain_normalization.get("reference") or "the training images"
+            lines.append(f"stain normalisation: Macenko, onto the stains of {ref}")
         if self.metrics:
             lines.append("metrics: " + "; ".join(f"{k} {_fmt(v)}" for k, v in self.metrics.items()))
         if self.training_data:

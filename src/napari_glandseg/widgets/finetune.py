@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import GlandsegError
 from ..models import Architecture, list_models
+from ..stain import StainNorm
 from ..training import Loss, Target, TrainingPair, TrainParams, holdout_split, iter_train
 from . import _worker
 from ._common import fill_layer_box, notify, unique_name
@@ -163,12 +164,19 @@ class FinetuneWidget(QWidget):
         self.patience.setRange(0, 1000)
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
+        self.stain_box = QComboBox()
+        self.stain_box.addItems([m.value for m in StainNorm])
+        self.stain_box.setToolTip(
+            "macenko: map every image onto reference H&E stains (those of the training "
+            "images) before training; the reference goes into the model card and Segment "
+            "applies the same. A base model that has a reference keeps it.")
         adv = QFormLayout(self.advanced)
         adv.addRow("Loss", self.loss_box)
         adv.addRow("Target", self.target_box)
         adv.addRow("Classes", self.classes)
         adv.addRow(self.freeze)
         adv.addRow(self.augment)
+        adv.addRow("Stain normalisation", self.stain_box)
         adv.addRow("Early-stop patience", self.patience)
         adv.addRow("Seed", self.seed)
 
@@ -244,6 +252,7 @@ class FinetuneWidget(QWidget):
             num_classes=(self.classes.value() or None) if adv else None,
             freeze_encoder=self.freeze.isChecked() if adv else False,
             augment=self.augment.isChecked() if adv else True,
+            stain_normalization=self.stain_box.currentText() if adv else StainNorm.NONE,
             patience=self.patience.value() if adv else 0,
             seed=self.seed.value() if adv else 0,
             device=str(self.selection.device) if self.selection.device else "auto",
