@@ -87,6 +87,23 @@ def test_multiclass_pixel_metrics():
     assert m["accuracy"] == pytest.approx(5 / 6)
 
 
+def test_multiclass_dataset_pools_each_class_over_images():
+    from napari_glandseg.metrics import evaluate_dataset
+
+    truth = np.array([[0, 1, 1], [2, 2, 0]])
+    pred = np.array([[0, 1, 2], [2, 2, 0]])
+    # second image: class 1 all found, class 2 missed entirely
+    truth2, pred2 = np.array([[1, 2, 2]]), np.array([[1, 0, 0]])
+    rows, s = evaluate_dataset([("a", pred, truth), ("b", pred2, truth2)], classes=3,
+                               hausdorff=False)
+    # class 1: TP 1+1, FP 0, FN 1 -> 4/5; class 2: TP 2, FP 1, FN 2 -> 4/7
+    assert s["per_class"][1]["dice"] == pytest.approx(4 / 5)
+    assert s["per_class"][2]["dice"] == pytest.approx(4 / 7)
+    assert rows[0]["dice_class_2"] == pytest.approx(4 / 5) and rows[1]["dice_class_2"] == 0
+    # top-level pixel metrics pool foreground vs background: TP 4+1, FP 0, FN 0+2
+    assert s["dice"] == pytest.approx(10 / 12)
+
+
 def test_bad_inputs_are_named():
     with pytest.raises(GlandsegError, match=r"\(2, 2\).*\(3, 3\)"):
         evaluate(np.zeros((2, 2), int), np.zeros((3, 3), int))

@@ -416,6 +416,8 @@ def iter_evaluate_dataset(items, classes: int | None = None, hausdorff: bool = T
     summary : dict
         Each metric aggregated as :data:`AGGREGATION` says, with ``<key>_std`` (standard
         deviation of per-image values), ``n_images``, and ``best``/``worst`` image by Dice.
+        With ``classes`` > 2 also ``per_class``: class -> pixel metrics pooled over all
+        images (the top-level pixel metrics are then foreground vs background).
     """
     import time
 
@@ -423,15 +425,24 @@ def iter_evaluate_dataset(items, classes: int | None = None, hausdorff: bool = T
 
     total = total if total is not None else (len(items) if hasattr(items, "__len__") else 0)
     rows, pooled, t0 = [], np.zeros(4, np.int64), time.perf_counter()
+    per_class = {c: np.zeros(4, np.int64) for c in range(1, classes or 0)} \
+        if classes and classes > 2 else {}
     for name, pred, truth in items:
         pred, truth = (a() if callable(a) else a for a in (pred, truth))
         pred, truth = _check_pair(pred, truth)
         m = evaluate(pred, truth, classes=classes, hausdorff=hausdorff)
-        m.pop("per_class", None)
+        for c, cm in m.pop("per_class", {}).items():
+            m[f"dice_class_{c}"] = cm["dice"]
         rows.append({"name": name, **m})
         pooled += _counts(pred > 0, truth > 0)
+        for c in per_class:
+            per_class[c] += _counts(pred == c, truth == c)
         yield Progress(len(rows), max(total, len(rows)), name, time.perf_counter() - t0)
-    return rows, summarise(rows, pooled)
+    summary = summarise(rows, pooled)
+    if per_class:
+        summary["per_class"] = {c: _binary_counts_to_metrics(*[int(v) for v in counts])
+                                for c, counts in per_class.items()}
+    return rows, summary
 
 
 def summarise(rows: list[dict], pooled=None) -> dict:
