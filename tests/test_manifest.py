@@ -59,10 +59,12 @@ def test_writer_hook_writes_atomically(tmp_path):
     assert back.pixel_size_um == pytest.approx(0.5) and back.data[3, 3] == 5
 
 
-@pytest.mark.parametrize("sample,n_objects", [("sample_glas", 8), ("sample_monuseg", 41)])
-def test_sample_data_has_image_and_truth(sample, n_objects):
+@pytest.mark.parametrize("sample,shape,n_objects", [
+    ("sample_glas", (256, 256, 3), 8), ("sample_monuseg", (256, 256, 3), 41),
+    ("sample_em", (256, 256), 45), ("sample_wbc", (120, 120, 3), 2)])
+def test_sample_data_has_image_and_truth(sample, shape, n_objects):
     (img, img_kw, img_kind), (lab, lab_kw, lab_kind) = getattr(_napari, sample)()
-    assert img_kind == "image" and img.shape == (256, 256, 3)
+    assert img_kind == "image" and img.shape == shape
     assert lab_kind == "labels" and lab_kw["name"].endswith("[truth]")
     assert len(np.unique(lab)) - 1 == n_objects
     assert "research use" in img_kw["metadata"]["credit"]

@@ -28,10 +28,8 @@ def write_labels_layer(path: str, data, meta: dict) -> list[str]:
     return [str(write_labels(path, data, pixel_size_um=pixel_size))]
 
 
-def _sample(stem: str, what: str) -> list[tuple]:
-    image, truth = read_pair(
-        Pair(SAMPLE_DIR / f"{stem}.png", SAMPLE_DIR / f"{stem}_instances.png")
-    )
+def _sample(stem: str, what: str, truth: str = "instances") -> list[tuple]:
+    image, truth = read_pair(Pair(SAMPLE_DIR / f"{stem}.png", SAMPLE_DIR / f"{stem}_{truth}.png"))
     credit = f"{what}; see napari_glandseg/sample_data/CREDITS.md (research use only)"
     img = image.to_layer_data()
     img[1]["metadata"]["credit"] = credit
@@ -49,3 +47,14 @@ def sample_glas() -> list[tuple]:
 def sample_monuseg() -> list[tuple]:
     """A 256x256 MoNuSeg H&E crop and its nucleus instance labels."""
     return _sample("monuseg_TCGA-21-5784_crop", "MoNuSeg, Kumar et al. 2017, CC BY-NC-SA 4.0")
+
+
+def sample_em() -> list[tuple]:
+    """A 256x256 crop of ISBI 2012 EM slice 29 and its cell-profile instance labels."""
+    return _sample("isbi2012_em_29_crop", "ISBI 2012 EM, Cardona et al. 2010, non-commercial")
+
+
+def sample_wbc() -> list[tuple]:
+    """A 120x120 white blood cell image (dataset 1, id 005) and its class map
+    (1 cytoplasm, 2 nucleus)."""
+    return _sample("wbc_005", "WBC dataset 1, Zheng et al. 2018", truth="classes")
