@@ -119,3 +119,15 @@ def test_segment_a_slide_leaves_no_temporary_store(tmp_path, data_dir, fg_model,
     labels = read_image(tmp_path / "cmu_small_region_labels.tif", as_labels=True)
     assert labels.data.shape == (2967, 2220) and labels.pixel_size_um == pytest.approx(0.499)
     assert len(made) == 1 and not Path(made[0]).exists()
+
+
+def test_progress_bar_in_a_log_writes_a_line_per_tenth(capsys):
+    from napari_glandseg.progress import Progress
+
+    bar = cli._Bar("training", quiet=False)  # pytest's stderr is not a terminal
+    for i in range(1, 301):
+        bar(Progress(i, 300, elapsed=i * 0.1))
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 11 and "\r" not in "".join(lines)  # the start, then each tenth
+    assert lines[0].startswith("training [....") and " 1/300 " in lines[0]
+    assert lines[3].startswith("training [#########....") and lines[-1].endswith("300/300")

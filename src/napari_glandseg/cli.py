@@ -87,19 +87,26 @@ def _need(args, attr: str, usage: str) -> None:
 
 
 class _Bar:
-    """A one-line text progress bar on stderr (no dependency, works in any terminal/log)."""
+    """A text progress bar on stderr (no dependency): redrawn in place on a terminal; in a
+    log file (stderr not a terminal) one line per tenth of the work."""
 
     def __init__(self, label: str, quiet: bool):
         self.label, self.quiet = label, quiet
+        self.tty = sys.stderr.isatty()
+        self.logged = -1
 
     def __call__(self, p) -> None:
         if self.quiet or not p.total:
             return
         n = int(30 * p.done / p.total)
         eta = f" ETA {p.eta:.0f}s" if p.eta is not None else ""
-        end = "\n" if p.done >= p.total else ""
-        print(f"\r{self.label} [{'#' * n}{'.' * (30 - n)}] {p.done}/{p.total}{eta}  ",
-              end=end, file=sys.stderr, flush=True)
+        line = f"{self.label} [{'#' * n}{'.' * (30 - n)}] {p.done}/{p.total}{eta}"
+        if self.tty:
+            end = "\n" if p.done >= p.total else ""
+            print(f"\r{line}  ", end=end, file=sys.stderr, flush=True)
+        elif (tenth := 10 * p.done // p.total) > self.logged:
+            self.logged = tenth
+            print(line, file=sys.stderr, flush=True)
 
 
 def _segment(args) -> int:
@@ -256,7 +263,8 @@ def _train(args) -> int:
     def report(p):
         if p.metrics and "val_dice" in p.metrics:
             m = p.metrics
-            print(f"\repoch {m['epoch']}: loss {m['train_loss']:.4f}  val loss "
+            start = "\r" if bar.tty else ""  # over the bar's line on a terminal
+            print(f"{start}epoch {m['epoch']}: loss {m['train_loss']:.4f}  val loss "
                   f"{m['val_loss']:.4f}  val Dice {m['val_dice']:.4f}  IoU {m['val_iou']:.4f}"
                   f"{'  *saved' if m['best'] else ''}", file=sys.stderr)
         else:
