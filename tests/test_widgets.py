@@ -368,6 +368,16 @@ def test_finetune_bad_input_is_a_notification(make_napari_viewer, notes):
     assert w.start() is None and "no training pairs" in notes[-1][1]
 
 
+def test_finetune_advanced_settings_reach_the_parameters(make_napari_viewer):
+    viewer, _, w = _finetune_setup(make_napari_viewer)
+    w.stain_box.setCurrentText("macenko")
+    w.loss_box.setCurrentText("bce_focal_dice")
+    assert w.params().stain_normalization.value == "none"  # Advanced closed: defaults
+    w.advanced.setChecked(True)
+    p = w.params()
+    assert p.stain_normalization.value == "macenko" and p.loss.value == "bce_focal_dice"
+
+
 def test_postprocess_adopts_the_model_cards_defaults(make_napari_viewer):
     viewer = make_napari_viewer()
     w = _dock(viewer, "Post-process")
