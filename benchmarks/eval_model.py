@@ -22,26 +22,48 @@ import numpy as np
 warnings.filterwarnings("ignore")
 
 
-def evaluate_split(model, data: Path, split: str, truth_folder: str, tta: bool):
+def _split_names(data: Path, truth_folder, val_every, val_fraction) -> dict:
+    """name -> split: ``split.csv`` when the folder has one, else the rule ``glandseg
+    train`` uses (val_every, or the last val_fraction in name order)."""
+    from napari_glandseg.io import find_pairs
+    from napari_glandseg.training import _id_divisible, read_split
+
+    if (data / "split.csv").exists():
+        return read_split(data / "split.csv")
+    names = [p.name for p in find_pairs(data, mask_folder=truth_folder) if p.mask is not None]
+    if val_every:
+        return {n: "val" if _id_divisible(n, val_every) else "train" for n in names}
+    n_val = max(1, int(round(len(names) * val_fraction)))
+    return {n: "val" if i >= len(names) - n_val else "train" for i, n in enumerate(names)}
+
+
+def evaluate_split(model, data: Path, split: str, truth_folder: str, tta: bool,
+                   val_every=None, val_fraction=0.2):
+    """Segment and score one split. Binary and boundary models are scored on the
+    post-processed instances; class-map models on the class map with what post-processing
+    removed taken away (objects are its connected components) and per-class Dice."""
     from napari_glandseg.inference import segment
     from napari_glandseg.io import find_pairs, read_image
     from napari_glandseg.metrics import evaluate_dataset
     from napari_glandseg.postprocessing import PostprocessParams, postprocess
-    from napari_glandseg.training import read_split
 
-    splits = read_split(data / "split.csv") if (data / "split.csv").exists() else None
-    post = PostprocessParams(**model.card.postprocess)
+    splits = _split_names(data, truth_folder, val_every, val_fraction)
+    card = model.card
+    classes = card.num_classes if card.num_classes > 2 and not card.boundary_class else None
+    post = PostprocessParams(**card.postprocess)
     items, seconds = [], 0.0
     for pair in find_pairs(data, mask_folder=truth_folder):
-        if pair.mask is None or (splits and splits.get(pair.name) != split):
+        if pair.mask is None or splits.get(pair.name) != split:
             continue
         image = read_image(pair.image, as_labels=False).data
         t0 = time.perf_counter()
         res = segment(image, model, tile_size=512, tta=tta, return_probabilities=False)
         pred = postprocess(res.labels, post)
+        if classes:
+            pred = np.where(pred > 0, np.maximum(np.asarray(res.labels), 1), 0)
         seconds += time.perf_counter() - t0
         items.append((pair.name, pred, read_image(pair.mask, as_labels=True).data))
-    rows, summary = evaluate_dataset(items, classes=None)
+    rows, summary = evaluate_dataset(items, classes=classes)
     summary["seconds_per_image"] = seconds / max(len(items), 1)
     return rows, summary
 
@@ -53,6 +75,9 @@ def main(argv=None):
     ap.add_argument("--truth-folder", default="instances_cc")
     ap.add_argument("--split", action="append", default=None)
     ap.add_argument("--tta", action="store_true")
+    ap.add_argument("--val-every", type=int, help="no split.csv: ids divisible by N validate")
+    ap.add_argument("--val-fraction", type=float, default=0.2,
+                    help="no split.csv: the last fraction (name order) validates")
     ap.add_argument("--bundle", type=Path, help="write the model with metrics here (fp16)")
     args = ap.parse_args(argv)
 
@@ -66,11 +91,17 @@ def main(argv=None):
     print("| split | images | " + " | ".join(keys) + " | s/image |")
     print("|---|---:|" + "---:|" * (len(keys) + 1))
     for split in args.split or ["val", "test"]:
-        rows, s = evaluate_split(model, args.data, split, args.truth_folder, args.tta)
+        rows, s = evaluate_split(model, args.data, split, args.truth_folder, args.tta,
+                                 args.val_every, args.val_fraction)
         metrics[split] = {k: round(float(s[k]), 4) for k in keys}
         metrics[split]["images"] = s["n_images"]
         print(f"| {split} | {s['n_images']} | " + " | ".join(f"{s[k]:.3f}" for k in keys)
               + f" | {s['seconds_per_image']:.2f} |")
+        for c, cm in s.get("per_class", {}).items():
+            name = model.card.class_names[c]
+            metrics[split][f"dice_{name}"] = round(float(cm["dice"]), 4)
+            metrics[split][f"iou_{name}"] = round(float(cm["iou"]), 4)
+            print(f"  {split} {name}: Dice {cm['dice']:.4f}  IoU {cm['iou']:.4f} (pooled)")
     rng = np.random.default_rng(0)
     crop = rng.integers(0, 255, (1000, 1000, model.card.in_channels), dtype=np.uint8)
     segment(crop[:256, :256], model, tile_size=512)
