@@ -411,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
 
+    from .gui import SAMPLES  # Qt-free: napari is imported when the viewer opens
+
     g = sub.add_parser(
         "gui", help="open napari with the plugin docked",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -418,8 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
                "  glandseg gui --sample monuseg --screenshot shot.png   # no window kept open",
     )
     g.add_argument("files", nargs="*", help="images or masks to open")
-    g.add_argument("--sample", choices=["glas", "monuseg", "none"], default="glas",
-                   help="bundled sample data to open (default: glas)")
+    g.add_argument("--sample", choices=[*SAMPLES, "none"], default="glas",
+                   help="bundled sample data to open, with its bundled model selected: "
+                        + ", ".join(f"{k} ({v})" for k, v in SAMPLES.items())
+                        + " (default: glas)")
     g.add_argument("--screenshot", metavar="PNG", help="save a screenshot of the window and exit")
     g.set_defaults(func=_gui)
     return p

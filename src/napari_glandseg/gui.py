@@ -4,10 +4,13 @@ from __future__ import annotations
 
 PLUGIN = "napari-glandseg"
 WIDGETS = ("Load", "Model", "Segment", "Post-process", "Compare", "Fine-tune")
+#: The bundled sample data and the bundled model made for each.
+SAMPLES = {"glas": "glands-he", "monuseg": "nuclei-he", "em": "membranes-em", "wbc": "wbc"}
 
 
 def open_viewer(sample: str | None = "glas", files=(), show: bool = True):
-    """A napari viewer with sample data (``glas``, ``monuseg`` or None) and every widget docked.
+    """A napari viewer with sample data (a key of :data:`SAMPLES`, or None) and every widget
+    docked, the sample's bundled model selected.
 
     Returns the viewer; ``viewer.window.add_plugin_dock_widget`` returns the same widgets again.
     """
@@ -20,7 +23,10 @@ def open_viewer(sample: str | None = "glas", files=(), show: bool = True):
         viewer.open(f, plugin=PLUGIN)
     docks = {name: viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True)[0]
              for name in WIDGETS}
-    model = viewer.window.add_plugin_dock_widget(PLUGIN, "Model")[1].selection.model
+    model_widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Model")[1]
+    if sample in SAMPLES:
+        model_widget.select(SAMPLES[sample])
+    model = model_widget.selection.model
     if model is not None and sample and sample != "none":
         segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")[1]
         segment.image_box.setCurrentIndex(0)
