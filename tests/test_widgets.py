@@ -389,19 +389,17 @@ def test_postprocess_adopts_the_model_cards_defaults(make_napari_viewer):
 
 @pytest.mark.parametrize("sample,model,image", [
     ("em", "membranes-em", "isbi2012_em_29_crop"), ("wbc", "wbc", "wbc_005")])
-def test_gui_opens_each_sample_with_its_bundled_model(sample, model, image, qtbot, notes):
+def test_gui_opens_each_sample_with_its_bundled_model(sample, model, image, make_napari_viewer,
+                                                     qtbot, notes):
     from napari_glandseg.gui import open_viewer
 
-    viewer = open_viewer(sample=sample, show=False)
-    try:
-        assert _dock(viewer, "Model").selection.model.name == model
-        w = _dock(viewer, "Segment")
-        assert w.image_box.currentText() == image
-        with qtbot.waitSignal(w.run().finished, timeout=60000):
-            pass
-        labels = viewer.layers[f"{image} [{model}]"].data
-        truth = viewer.layers[f"{image} [truth]"].data
-        assert ((labels > 0) == (truth > 0)).mean() > 0.85  # a real segmentation
-        assert [n for n in notes if n[0] == "error"] == []
-    finally:
-        viewer.close()
+    viewer = open_viewer(sample=sample, viewer=make_napari_viewer())
+    assert _dock(viewer, "Model").selection.model.name == model
+    w = _dock(viewer, "Segment")
+    assert w.image_box.currentText() == image
+    with qtbot.waitSignal(w.run().finished, timeout=60000):
+        pass
+    labels = viewer.layers[f"{image} [{model}]"].data
+    truth = viewer.layers[f"{image} [truth]"].data
+    assert ((labels > 0) == (truth > 0)).mean() > 0.85  # a real segmentation
+    assert [n for n in notes if n[0] == "error"] == []

@@ -8,15 +8,17 @@ WIDGETS = ("Load", "Model", "Segment", "Post-process", "Compare", "Fine-tune")
 SAMPLES = {"glas": "glands-he", "monuseg": "nuclei-he", "em": "membranes-em", "wbc": "wbc"}
 
 
-def open_viewer(sample: str | None = "glas", files=(), show: bool = True):
+def open_viewer(sample: str | None = "glas", files=(), show: bool = True, viewer=None):
     """A napari viewer with sample data (a key of :data:`SAMPLES`, or None) and every widget
     docked, the sample's bundled model selected.
 
-    Returns the viewer; ``viewer.window.add_plugin_dock_widget`` returns the same widgets again.
+    Returns the viewer (``viewer``, when given one, else a new one);
+    ``viewer.window.add_plugin_dock_widget`` returns the same widgets again.
     """
-    import napari
+    if viewer is None:
+        import napari
 
-    viewer = napari.Viewer(title="napari-glandseg", show=show)
+        viewer = napari.Viewer(title="napari-glandseg", show=show)
     if sample and sample != "none":
         viewer.open_sample(PLUGIN, sample)
     for f in files:
