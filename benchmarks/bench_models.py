@@ -21,8 +21,8 @@ from napari_glandseg.models import Architecture, build_model
 warnings.filterwarnings("ignore")
 
 
-def measure(arch: str, size: int, repeats: int) -> dict:
-    net = build_model(arch, 3, 1).eval()
+def measure(arch: str, size: int, repeats: int, **arch_kwargs) -> dict:
+    net = build_model(arch, 3, 1, **arch_kwargs).eval()
     x = torch.randn(1, 3, size, size)
     params = sum(p.numel() for p in net.parameters())
     with torch.inference_mode():
