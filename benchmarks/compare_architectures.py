@@ -17,7 +17,7 @@ CPU ms for one 512x512 tile (batch 1, fp32, median of 3 after a warm-up, as
 
 The first table compares architectures with the default loss (MONAI ``DiceCELoss``); the
 second compares losses on U-Net (its ``dice_ce`` row is the same run as in the first).
-The default budget (200 steps of 4 patches, about 45 minutes on 2 CPU cores for the lot)
+The default budget (200 steps of 4 patches, about 20 minutes on 2 CPU cores for the lot)
 ranks the architectures early in training; on a GPU use ``--steps 3000 --batch-size 8``.
 ``--unet-features`` sizes every U-Net run (e.g. the bundled models' 16-128 widths, to weigh
 size against accuracy). Models are trained in a temporary store, deleted afterwards.
