@@ -12,6 +12,12 @@ from napari_glandseg.models import ModelCard, build_model, import_model, save_ch
 PLUGIN = "napari-glandseg"
 
 
+def _camera(viewer):
+    """napari >= 0.9 keeps the camera under viewer.scene (viewer.camera is deprecated)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
 def _dock(viewer, name):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
     return widget
@@ -202,8 +208,8 @@ def test_segment_roi_and_field_of_view(make_napari_viewer, qtbot, all_foreground
     assert tuple(layer.translate) == (40, 50) and layer.data.shape == (81, 101)
     assert layer.data.all()
 
-    viewer.camera.center = (128, 128)
-    viewer.camera.zoom = 8
+    _camera(viewer).center = (128, 128)
+    _camera(viewer).zoom = 8
     w.region_box.setCurrentText("current field of view")
     image = viewer.layers["glas_testA_5_crop"]
     image.refresh()
@@ -271,11 +277,11 @@ def test_compare_widget_metrics_overlay_and_objects(make_napari_viewer, notes):
     assert set(np.unique(overlay[truth == missing])) == {3}  # the missed gland is FN
     assert set(np.unique(overlay[pred > 0])) == {1}
     row = next(i for i, o in enumerate(w.objects) if o["status"] == "FN")
-    before = viewer.camera.center
+    before = _camera(viewer).center
     w.object_table.cellClicked.emit(row, 0)
     ys, xs = np.nonzero(truth == missing)
-    assert viewer.camera.center[-2:] == pytest.approx((ys.mean(), xs.mean()))
-    assert viewer.camera.center != before
+    assert _camera(viewer).center[-2:] == pytest.approx((ys.mean(), xs.mean()))
+    assert _camera(viewer).center != before
 
 
 def test_compare_widget_dataset_mode(make_napari_viewer, qtbot, tmp_path, data_dir, notes):

@@ -188,7 +188,9 @@ class CompareWidget(QWidget):
         if not len(ys):
             return
         centre = np.array([ys.mean(), xs.mean()])
-        self.viewer.camera.center = tuple(layer.data_to_world(centre))
+        scene = getattr(self.viewer, "scene", None)  # napari >= 0.9; .camera before
+        camera = scene.camera if scene is not None else self.viewer.camera
+        camera.center = tuple(layer.data_to_world(centre))
         if hasattr(layer, "selected_label") and np.array_equal(inst, data):
             layer.selected_label = o["id"]
 
