@@ -32,6 +32,8 @@ def test_bundled_card_says_data_licence_scale_and_metrics(name):
     val = card.metrics["val"]
     assert 0.5 < val["dice"] <= 1 and 0 < val["object_f1"] <= 1 and val["images"] > 0
     assert card.metrics["cpu_seconds_1000x1000"] > 0
+    licence_line = next(x for x in card.summary().splitlines() if x.startswith("licence:"))
+    assert licence_line.startswith("licence: weights: research use only")  # said once
 
 
 @pytest.mark.parametrize("name,sample,floor", [

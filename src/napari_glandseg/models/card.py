@@ -194,7 +194,10 @@ class ModelCard:
         if self.training_data:
             lines.append(f"trained on: {self.training_data}")
         if self.data_licence or self.licence:
-            lines.append(f"licence: weights {self.licence or '?'}; data {self.data_licence or '?'}")
+            weights = self.licence or "?"
+            if not weights.lower().startswith("weights"):  # bundled cards already say it
+                weights = f"weights {weights}"
+            lines.append(f"licence: {weights}; data {self.data_licence or '?'}")
         return "\n".join(lines)
 
 
