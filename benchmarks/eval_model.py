@@ -26,15 +26,12 @@ def _split_names(data: Path, truth_folder, val_every, val_fraction) -> dict:
     """name -> split: ``split.csv`` when the folder has one, else the rule ``glandseg
     train`` uses (val_every, or the last val_fraction in name order)."""
     from napari_glandseg.io import find_pairs
-    from napari_glandseg.training import _id_divisible, read_split
+    from napari_glandseg.training import read_split, split_names
 
     if (data / "split.csv").exists():
         return read_split(data / "split.csv")
     names = [p.name for p in find_pairs(data, mask_folder=truth_folder) if p.mask is not None]
-    if val_every:
-        return {n: "val" if _id_divisible(n, val_every) else "train" for n in names}
-    n_val = max(1, int(round(len(names) * val_fraction)))
-    return {n: "val" if i >= len(names) - n_val else "train" for i, n in enumerate(names)}
+    return split_names(names, val_fraction, val_every)
 
 
 def evaluate_split(model, data: Path, split: str, truth_folder: str, tta: bool,

@@ -265,19 +265,32 @@ def split_pairs(folder, split_csv=None, mask_folder=None, val_fraction: float = 
         return (pairs_from_folder(folder, split_csv, ("train",), mask_folder),
                 pairs_from_folder(folder, split_csv, ("val",), mask_folder))
     pairs = pairs_from_folder(folder, None, mask_folder=mask_folder)
+    if len(pairs) < 2 and val_every is None:
+        return pairs, pairs
+    split = split_names([p.name for p in pairs], val_fraction, val_every)
+    train = [p for p in pairs if split[p.name] == "train"]
+    val = [p for p in pairs if split[p.name] == "val"]
+    if val_every is not None and (not val or not train):
+        raise GlandsegError(f"val_every={val_every}: {len(train)} training and {len(val)} "
+                            f"validation pairs in {folder}; names must end in a number")
+    return train, val
+
+
+def split_names(names: list[str], val_fraction: float = 0.2,
+                val_every: int | None = None) -> dict[str, str]:
+    """name -> ``"train"`` or ``"val"`` by the rule :func:`split_pairs` uses without a split
+    CSV (``names`` in natural order): every ``val_every``-th id, else the last
+    ``val_fraction``. Scripts that score a model's validation images use it too.
+
+    >>> split_names(["1", "2", "3", "4", "5"], val_fraction=0.4)
+    {'1': 'train', '2': 'train', '3': 'train', '4': 'val', '5': 'val'}
+    """
     if val_every is not None:
         if int(val_every) < 2:
             raise GlandsegError(f"val_every must be an integer >= 2, got {val_every!r}")
-        val = [p for p in pairs if _id_divisible(p.name, int(val_every))]
-        train = [p for p in pairs if not _id_divisible(p.name, int(val_every))]
-        if not val or not train:
-            raise GlandsegError(f"val_every={val_every}: {len(train)} training and {len(val)} "
-                                f"validation pairs in {folder}; names must end in a number")
-        return train, val
-    if len(pairs) < 2:
-        return pairs, pairs
-    n_val = max(1, int(round(len(pairs) * val_fraction)))
-    return pairs[:-n_val], pairs[-n_val:]
+        return {n: "val" if _id_divisible(n, int(val_every)) else "train" for n in names}
+    n_val = max(1, int(round(len(names) * val_fraction)))
+    return {n: "val" if i >= len(names) - n_val else "train" for i, n in enumerate(names)}
 
 
 def _id_divisible(name: str, n: int) -> bool:
