@@ -245,14 +245,20 @@ def iter_segment(
     large = not isinstance(data, np.ndarray) or out_h * out_w > LARGE_PIXELS
     n_out = card.num_classes
     labels, probs, store_path = _allocate(out_h, out_w, n_out, large, params)
-    uncertainty = np.zeros((out_h, out_w), np.float32) if params.tta and not large else None
+    uncertainty = None
+    if params.tta:
+        uncertainty = (np.zeros((out_h, out_w), np.float32) if store_path is None else
+                       _zarr_uncertainty(store_path, out_h, out_w, params.window_size))
 
     halo = params.tile_size // 2
     windows = _grid(out_h, out_w, params.window_size, 0)
     plans = []
     for wy, wx, wh, ww in windows:
-        ry0, rx0 = max(0, wy - halo), max(0, wx - halo)
-        ry1, rx1 = min(out_h, wy + wh + halo), min(out_w, wx + ww + halo)
+        # the halo reaches past a region's edge into the image around it (context), so a
+        # region gets the labels the whole-image run gives there
+        ry0, rx0 = max(-ly0, wy - halo), max(-lx0, wx - halo)
+        ry1 = min(data.shape[0] - ly0, wy + wh + halo)
+        rx1 = min(data.shape[1] - lx0, wx + ww + halo)
         mh, mw = round((ry1 - ry0) * scale), round((rx1 - rx0) * scale)
         tiles = _grid(mh, mw, params.tile_size, params.overlap)
         plans.append(((wy, wx, wh, ww), (ry0, rx0, ry1, rx1), (mh, mw), tiles))
@@ -289,7 +295,8 @@ def iter_segment(
             if probs is not None:
                 probs[:, wy: wy + wh, wx: wx + ww] = core.astype(probs.dtype, copy=False)
             if uncertainty is not None and wunc is not None:
-                uncertainty[wy: wy + wh, wx: wx + ww] = wunc[cy: cy + wh, cx: cx + ww]
+                uncertainty[wy: wy + wh, wx: wx + ww] = wunc[cy: cy + wh, cx: cx + ww].astype(
+                    uncertainty.dtype, copy=False)
         finished = True
     finally:
         if not finished and store_path:
@@ -393,6 +400,15 @@ def _allocate(h, w, n, large, params):
         probs = root.create_array("probabilities", shape=(n, h, w), chunks=(1, chunk, chunk),
                                   dtype="float16", fill_value=0)
     return labels, probs, path
+
+
+def _zarr_uncertainty(path, h, w, window_size):
+    """The TTA uncertainty map of a large result, in its zarr store beside the labels."""
+    import zarr
+
+    chunk = min(1024, window_size)
+    return zarr.open_group(path, mode="a").create_array(
+        "uncertainty", shape=(h, w), chunks=(chunk, chunk), dtype="float16", fill_value=0)
 
 
 def _grid(h: int, w: int, size: int, overlap: float) -> list[tuple[int, int, int, int]]:
@@ -536,18 +552,48 @@ def _forward(model, batch, params, device, precision, channels_last):
     batch = batch.to(device, non_blocking=True)
     if channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
+    if params.tta:
+        return run_to_end(_tta_passes(model, batch, precision, device))
     with torch.inference_mode():
-        if not params.tta:
-            return _probabilities(_run(model.net, batch, precision, device)).cpu(), None
-        outs = []
-        for k, flip in _TTA:
+        return _probabilities(_run(model.net, batch, precision, device)).cpu(), None
+
+
+def _tta_passes(model, batch, precision, device):
+    """The 8 flips/rotations of a (prepared) batch, yielding None after each pass, so that
+    a caller can stop between passes (Cancel with TTA on a slide: one pass, not eight).
+    Returns the mean probabilities and the mean over classes of their std."""
+    outs = []
+    for k, flip in _TTA:
+        with torch.inference_mode():
             b = torch.flip(batch, (-1,)) if flip else batch
             b = torch.rot90(b, k, (-2, -1))
             p = _probabilities(_run(model.net, b, precision, device))
             p = torch.rot90(p, -k, (-2, -1))
             outs.append(torch.flip(p, (-1,)) if flip else p)
-        stack = torch.stack(outs)
-        return stack.mean(0).cpu(), stack.std(0).mean(1).cpu()
+        if len(outs) < len(_TTA):
+            yield None
+    stack = torch.stack(outs)
+    return stack.mean(0).cpu(), stack.std(0).mean(1).cpu()
+
+
+def _forward_steps(model, batch, params, device, precision, channels_last, state, total):
+    """:func:`_forward`, yielding Progress between the TTA passes (none without TTA)."""
+    if not params.tta:
+        return _forward(model, batch, params, device, precision, channels_last)
+    batch = batch.to(device, non_blocking=True)
+    if channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    passes = _tta_passes(model, batch, precision, device)
+    i = 0
+    while True:
+        try:
+            next(passes)
+        except StopIteration as stop:
+            return stop.value
+        i += 1
+        yield Progress(state["done"], total,
+                       f"tile {state['done']}/{total}, TTA pass {i}/{len(_TTA)}",
+                       time.perf_counter() - state["t0"])
 
 
 def _predict_window(tile_of, shape, tiles, model, params, device, precision, channels_last,
@@ -566,7 +612,8 @@ def _predict_window(tile_of, shape, tiles, model, params, device, precision, cha
         chunk = tiles[i: i + state["batch"]]
         batch = torch.from_numpy(np.stack([tile_of(*t) for t in chunk]))
         try:
-            probs, std = _forward(model, batch, params, device, precision, channels_last)
+            probs, std = yield from _forward_steps(model, batch, params, device, precision,
+                                                   channels_last, state, total)
         except torch.OutOfMemoryError:
             if state["batch"] == 1:
                 raise GlandsegError(
