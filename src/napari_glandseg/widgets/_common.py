@@ -44,3 +44,15 @@ def fill_layer_box(box, viewer, kind, extra=(), exclude=()) -> None:
     if current in names:
         box.setCurrentText(current)
     box.blockSignals(False)
+
+
+def map_colormap(name: str):
+    """napari's colormap ``name`` with opacity rising from 0 at low values to 1 at high, so a
+    probability or uncertainty map over H&E tints the tissue instead of washing it out."""
+    import numpy as np
+    from napari.utils.colormaps import Colormap, ensure_colormap
+
+    x = np.linspace(0.0, 1.0, 33)
+    rgba = np.asarray(ensure_colormap(name).map(x), np.float32)
+    rgba[:, 3] = np.clip(x * 1.25, 0, 1)
+    return Colormap(colors=rgba, controls=x, name=f"{name} (clear when low)")

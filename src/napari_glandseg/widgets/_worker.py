@@ -17,34 +17,57 @@ from ._common import notify
 
 
 def start(gen_func: Callable, *args, on_yield=None, on_return=None, on_done=None,
-          what: str = "job", progress_desc: str | None = None, **kwargs):
+          on_error=None, on_abort=None, what: str = "job", progress_desc: str | None = None,
+          **kwargs):
     """Start ``gen_func(*args, **kwargs)`` in a worker thread and wire its signals.
 
     With ``progress_desc`` a napari progress bar (activity dock) follows the yielded
     Progress records and closes when the job ends, however it ends.
 
-    ``on_done`` runs after success, failure and cancel alike (re-enable buttons there).
+    ``on_done`` runs after success, failure and cancel alike (re-enable buttons there);
+    ``on_error(message)`` after a failure and ``on_abort()`` after a cancel (reset a status
+    line there). A failure, in the job or in ``on_return``, is one notification with its
+    message, never a traceback through the exception hook.
     Returns the worker; call ``worker.quit()`` to stop it. The thread starts when control
     returns to the event loop, so a caller can still connect to ``finished`` or
     ``yielded`` (a script waiting on it, a test's ``qtbot.waitSignal``) without racing a
     job that would otherwise end before the connection is made.
     """
-    worker = create_worker(gen_func, *args, _start_thread=False, **kwargs)
+    worker = create_worker(gen_func, *args, _start_thread=False, _ignore_errors=True, **kwargs)
+    relay = getattr(worker, "_relay_error", None)
+    if relay is not None:  # napari may relay errors to its exception hook: we notify instead
+        try:
+            worker.errored.disconnect(relay)
+        except (TypeError, RuntimeError):  # not connected in this napari version
+            pass
     if progress_desc:
         _attach_progress_bar(worker, progress_desc)
     if on_yield:
         worker.yielded.connect(on_yield)
+
+    def _failed(exc):
+        message = str(exc) if isinstance(exc, GlandsegError) else \
+            f"{what} failed: {type(exc).__name__}: {exc}"
+        notify("error", message)
+        if on_error:
+            on_error(message)
+
     if on_return:
-        worker.returned.connect(on_return)
+        def _returned(value):
+            try:
+                on_return(value)
+            except Exception as exc:  # a bad result must not end in the exception hook
+                _failed(exc)
 
-    def _errored(exc):
-        if isinstance(exc, GlandsegError):
-            notify("error", str(exc))
-        else:
-            notify("error", f"{what} failed: {type(exc).__name__}: {exc}")
+        worker.returned.connect(_returned)
+    worker.errored.connect(_failed)
 
-    worker.errored.connect(_errored)
-    worker.aborted.connect(lambda: notify("info", f"{what} cancelled"))
+    def _aborted():
+        notify("info", f"{what} cancelled")
+        if on_abort:
+            on_abort()
+
+    worker.aborted.connect(_aborted)
     if on_done:
         worker.finished.connect(on_done)
     QTimer.singleShot(0, worker.start)

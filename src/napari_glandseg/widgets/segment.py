@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
 from enum import Enum
 
 import numpy as np
@@ -20,11 +22,62 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import GlandsegError
-from ..inference import Blend, SegmentParams, iter_segment
+from ..inference import LARGE_PIXELS, Blend, SegmentParams, iter_segment
 from ..io import lazy_pyramid
+from ..progress import Progress
 from . import _worker
-from ._common import fill_layer_box, notify, unique_name
+from ._common import fill_layer_box, map_colormap, notify, track_edits, unique_name
 from ._state import selection_for
+
+#: zarr stores of large results shown as layers; removed with their layer or at exit.
+_STORES: set[str] = set()
+
+
+def _remove_store(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    _STORES.discard(path)
+
+
+atexit.register(lambda: [_remove_store(p) for p in list(_STORES)])
+
+
+def segment_job(data, model, pixel_size_um, region, params, polygons=None, post=None,
+                image=None):
+    """Segment, mask to the polygons, and (with ``post``) turn the class map into objects.
+
+    Runs in the worker thread. A result small enough for memory (a region of a slide) is
+    read out of its zarr store, which is then removed. Returns ``(SegmentResult, objects,
+    features)``; ``objects`` is None without ``post`` or when the result is too large.
+    """
+    from ..postprocessing import object_table, postprocess
+
+    res = yield from iter_segment(data, model, pixel_size_um=pixel_size_um, region=region,
+                                  params=params)
+    h, w = res.labels.shape
+    if res.store_path is not None and h * w <= LARGE_PIXELS:
+        res.labels = np.asarray(res.labels)
+        if res.probabilities is not None:
+            res.probabilities = np.asarray(res.probabilities, np.float32)
+        if res.uncertainty is not None:
+            res.uncertainty = np.asarray(res.uncertainty, np.float32)
+        shutil.rmtree(res.store_path, ignore_errors=True)
+        res.store_path = None
+    if polygons and res.store_path is None:
+        from skimage.draw import polygon2mask
+
+        inside = np.zeros((h, w), bool)
+        for poly in polygons:
+            inside |= polygon2mask((h, w), (poly - np.asarray(res.offset)) / res.downsample)
+        res.labels = np.where(inside, res.labels, 0).astype(res.labels.dtype)
+    if post is None or res.store_path is not None:
+        return res, None, None
+    yield Progress(res.info["tiles"], res.info["tiles"], "splitting into objects…")
+    objects = postprocess(res.labels, post)
+    intensity = None
+    if image is not None and res.downsample == 1:
+        y0, x0 = res.offset
+        intensity = np.asarray(image[y0:y0 + h, x0:x0 + w])
+    return res, objects, object_table(objects, intensity, res.pixel_size_um)
 
 
 class Region(str, Enum):
@@ -73,6 +126,11 @@ class SegmentWidget(QWidget):
         self.threshold.setValue(0.5)
         self.tta = QCheckBox("Test-time augmentation (8x slower, gives uncertainty)")
         self.show_probs = QCheckBox("Add probability map")
+        self.objects = QCheckBox("Objects (the model card's post-processing)")
+        self.objects.setChecked(True)
+        self.objects.setToolTip("Split the class map into one label per object with the "
+                                "settings the model card gives (Post-process can redo it)")
+        self.keep_classes = QCheckBox("Also keep the class map")
         self.model_label = QLabel()
         self.model_label.setWordWrap(True)
         self.run_btn = QPushButton("Run")
@@ -94,6 +152,8 @@ class SegmentWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.tta)
+        layout.addWidget(self.objects)
+        layout.addWidget(self.keep_classes)
         layout.addWidget(self.show_probs)
         row = QHBoxLayout()
         row.addWidget(self.run_btn)
@@ -107,6 +167,7 @@ class SegmentWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self.viewer.layers.events.changed.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._forget_store)
         self.selection.changed.connect(self._show_model)
         self._refresh_layers()
         self._show_model()
@@ -121,6 +182,15 @@ class SegmentWidget(QWidget):
             return_probabilities=self.show_probs.isChecked(),
         )
 
+    def postprocess_params(self):
+        """The card's post-processing when "Objects" is on and the card has one, else None."""
+        from ..postprocessing import PostprocessParams
+
+        model = self.selection.model
+        if not self.objects.isChecked() or model is None or not model.card.postprocess:
+            return None
+        return PostprocessParams(**model.card.postprocess)
+
     def run(self):
         """Start segmenting; returns the worker (None when the input is not usable)."""
         if self.worker is not None:
@@ -129,24 +199,31 @@ class SegmentWidget(QWidget):
         try:
             image, model, region, polygon = self._inputs()
             params = self.params()
+            post = self.postprocess_params()
         except GlandsegError as exc:
             notify("error", str(exc))
             return None
         pixel_size = image.metadata.get("pixel_size_um")
         data = list(image.data) if image.multiscale else image.data
+        if isinstance(data, list) and len(data) == 1:
+            data = data[0]
         self._set_running(True)
+        self.progress.setValue(0)
         self.status.setText(f"Running {model.name} on {image.name}…")
         self.worker = _worker.start(
-            iter_segment, data, model, pixel_size_um=pixel_size, region=region, params=params,
+            segment_job, data, model, pixel_size, region, params, polygon, post,
+            None if image.multiscale else image.data,
             on_yield=self._on_progress,
-            on_return=lambda res: self._on_result(res, image, model, polygon),
+            on_return=lambda out: self._on_result(out, image, model),
             on_done=lambda: self._set_running(False), what="segmentation",
+            on_error=lambda msg: self.status.setText(f"Failed: {msg}"),
+            on_abort=lambda: self.status.setText("Cancelled: nothing was added"),
             progress_desc="GlandSeg: segmenting",
         )
         return self.worker
 
     def cancel(self) -> None:
-        """Stop at the next batch; nothing is added to the viewer."""
+        """Stop at the next batch (with TTA: the next of its 8 passes); nothing is added."""
         if self.worker is not None:
             self.status.setText("Cancelling…")
             self.worker.quit()
@@ -205,51 +282,90 @@ class SegmentWidget(QWidget):
         eta = f", about {p.eta:.0f} s left" if p.eta is not None else ""
         self.status.setText(f"{p.message}{eta}")
 
-    def _on_result(self, res, image, model, polygons) -> None:
-        labels = res.labels
-        if res.store_path is not None:
-            labels = lazy_pyramid([labels])
-        elif polygons:
-            from skimage.draw import polygon2mask
+    def _on_result(self, out, image, model) -> None:
+        from napari.utils.colormaps import DirectLabelColormap
 
-            inside = np.zeros(labels.shape, bool)
-            for poly in polygons:
-                inside |= polygon2mask(labels.shape, (poly - np.asarray(res.offset)) /
-                                       res.downsample)
-            labels = np.where(inside, labels, 0).astype(labels.dtype)
+        res, objects, features = out
+        labels = res.labels
+        multiscale = False
+        if res.store_path is not None:  # a large result stays lazy, in its zarr store
+            _STORES.add(res.store_path)
+            labels = lazy_pyramid([labels])
+            multiscale = len(labels) > 1
+            labels = labels if multiscale else labels[0]
         scale = np.asarray(image.scale[-2:]) * res.downsample
         translate = np.asarray(image.translate[-2:]) + np.asarray(res.offset) * image.scale[-2:]
         card = model.card
-        from napari.utils.colormaps import DirectLabelColormap
-
-        colours = {None: "transparent", 0: "transparent"}
-        colours.update({i: c for i, c in enumerate(card.class_colours) if i})
-        meta = {"glandseg_role": "prediction", "model": card.name, "source_image": image.name,
+        meta = {"model": card.name, "source_image": image.name,
+                "source_path": image.metadata.get("source_path"),
+                "pixel_size_um": res.pixel_size_um,
                 "params": {k: getattr(v, "value", v) for k, v in vars(self.params()).items()},
                 "class_names": card.class_names, "seconds": res.seconds, "device": res.device,
                 "postprocess_defaults": dict(card.postprocess),
                 "store_path": res.store_path}
-        name = unique_name(self.viewer, f"{image.name} [{card.name}]")
-        layer = self.viewer.add_labels(
-            labels, name=name, scale=scale, translate=translate, metadata=meta,
-            colormap=DirectLabelColormap(color_dict=colours), opacity=0.5,
-            multiscale=res.store_path is not None,
-        )
-        self.last_layers = [layer]
+        self.last_layers = []
+        if objects is None and self.objects.isChecked() and card.postprocess and \
+                res.store_path is not None:
+            notify("info", "the result is too large to split into objects here: use "
+                   "Post-process on a region, or `glandseg segment`")
+        if objects is None or self.keep_classes.isChecked():
+            colours = {None: "transparent", 0: "transparent"}
+            colours.update({i: c for i, c in enumerate(card.class_colours) if i})
+            layer = self.viewer.add_labels(
+                labels, name=unique_name(self.viewer, f"{image.name} [{card.name}]"),
+                scale=scale, translate=translate,
+                metadata={**meta, "glandseg_role": "prediction"},
+                colormap=DirectLabelColormap(color_dict=colours), opacity=0.5,
+                multiscale=multiscale)
+            track_edits(layer)
+            self.last_layers.append(layer)
+        if objects is not None:
+            layer = self.viewer.add_labels(
+                objects, name=unique_name(self.viewer, f"{image.name} [{card.name} objects]"),
+                scale=scale, translate=translate, features=features, opacity=0.5,
+                metadata={**meta, "glandseg_role": "objects",
+                          "postprocess": dict(card.postprocess)})
+            track_edits(layer)
+            self.last_layers.insert(0, layer)
+        name = f"{image.name} [{card.name}]"
         if res.probabilities is not None and self.show_probs.isChecked():
-            probs = np.asarray(res.probabilities, dtype=np.float32)
-            fg = probs[0] if probs.shape[0] == 1 else 1.0 - probs[0]
+            probs = res.probabilities
+            if res.store_path is None:
+                probs = np.asarray(probs, dtype=np.float32)
+                fg = probs[0] if probs.shape[0] == 1 else 1.0 - probs[0]
+            else:
+                import dask.array as da
+
+                probs = da.from_zarr(probs)
+                fg = probs[0] if probs.shape[0] == 1 else 1.0 - probs[0]
             self.last_layers.append(self.viewer.add_image(
-                fg, name=unique_name(self.viewer, f"{name} probability"), colormap="magma",
-                blending="additive", scale=scale, translate=translate, visible=False,
-                contrast_limits=(0, 1)))
+                fg, name=unique_name(self.viewer, f"{name} probability"),
+                colormap=map_colormap("magma"), blending="translucent", opacity=0.7,
+                scale=scale, translate=translate, contrast_limits=(0, 1),
+                metadata={**meta, "glandseg_role": "probability"}))
         if res.uncertainty is not None:
+            unc = res.uncertainty
+            if res.store_path is not None:
+                import dask.array as da
+
+                unc = da.from_zarr(unc)
+            top = float(np.nanmax(unc)) if res.store_path is None else 0.25
             self.last_layers.append(self.viewer.add_image(
-                res.uncertainty, name=unique_name(self.viewer, f"{name} uncertainty"),
-                colormap="viridis", blending="additive", scale=scale, translate=translate,
-                visible=False))
-        self.status.setText(f"Done in {res.seconds:.1f} s on {res.device} "
-                            f"({res.info['tiles']} tiles)")
+                unc, name=unique_name(self.viewer, f"{name} uncertainty"),
+                colormap=map_colormap("viridis"), blending="translucent", opacity=0.7,
+                scale=scale, translate=translate, visible=False,
+                contrast_limits=(0, max(top, 1e-3)),
+                metadata={**meta, "glandseg_role": "uncertainty"}))
+        what = (f"{len(features)} objects" if features is not None
+                else f"{res.info['tiles']} tiles")
+        self.status.setText(f"Done in {res.seconds:.1f} s on {res.device}: {what}")
+
+    def _forget_store(self, event) -> None:
+        """Remove a large result's temporary zarr store with the last layer showing it."""
+        path = getattr(event.value, "metadata", {}).get("store_path")
+        if path and path in _STORES and not any(
+                la.metadata.get("store_path") == path for la in self.viewer.layers):
+            _remove_store(path)
 
     def _set_running(self, running: bool) -> None:
         self.run_btn.setEnabled(not running)
