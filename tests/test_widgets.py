@@ -55,10 +55,22 @@ def test_edited_truth_is_kept_when_stepping(make_napari_viewer, dataset, notes):
     w.open_dataset(dataset)
     truth = viewer.layers["testA_5_crop [truth]"]
     truth.paint((5, 5), 3)  # the user corrects the mask
+    viewer.add_labels(np.ones((256, 256), np.uint8), name="pred",
+                      metadata={"source_image": "testA_5_crop"})  # a prediction of it
     w.next()
-    names = [layer.name for layer in viewer.layers]
-    assert "testA_5_crop [truth] (edited)" in names and "testA_5_crop" not in names
-    assert any("kept your edited layer" in m for _, m in notes)
+    shown = [la.name for la in viewer.layers if la.visible]
+    assert shown == ["train_1_crop", "train_1_crop [truth]"]  # the prediction went too
+    # the edit and its image are kept, hidden, so Fine-tune can still pair them
+    assert not truth.visible and "testA_5_crop" in viewer.layers and "pred" not in viewer.layers
+    assert any("Save corrections" in m for level, m in notes if level == "warning")
+    w.previous()  # back: the edited truth is shown, not the file's
+    assert viewer.layers["testA_5_crop [truth]"] is truth and truth.visible
+    assert truth.data[5, 5] == 3 and len(viewer.layers) == 2
+    # Save corrections writes it where Load reads it (after confirming the replacement)
+    assert w.save_corrections() == [] and "exists" in notes[-1][1]
+    (path,) = w.save_corrections(overwrite=True)
+    assert path == dataset / "masks" / "testA_5_crop.png"
+    assert iio.imread(path)[5, 5] == 3 and not w.unsaved()
 
 
 def test_load_reports_bad_input_and_keeps_going(make_napari_viewer, tmp_path, data_dir, notes):

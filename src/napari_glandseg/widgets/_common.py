@@ -13,11 +13,14 @@ def notify(level: str, message: str) -> None:
 
 
 def track_edits(layer) -> None:
-    """Mark ``layer.metadata['edited']`` once the user paints, fills or erases on it."""
+    """Mark ``layer.metadata['edited']`` (and ``'unsaved'``, until Load's Save corrections
+    writes it) once the user paints, fills or erases on it."""
     layer.metadata.setdefault("edited", False)
+    layer.metadata.setdefault("unsaved", False)
 
     def _mark(event=None):
         layer.metadata["edited"] = True
+        layer.metadata["unsaved"] = True
 
     layer.events.paint.connect(_mark)
 

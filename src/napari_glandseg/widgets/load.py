@@ -17,7 +17,16 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import GlandsegError
-from ..io import MASK_FOLDERS, Pair, find_pairs, read_image, read_pair
+from ..io import (
+    IMAGE_FOLDERS,
+    MASK_FOLDERS,
+    MASK_NAME_SUFFIXES,
+    Pair,
+    find_pairs,
+    read_image,
+    read_pair,
+    write_labels,
+)
 from ._common import notify, track_edits
 
 TRUTH_SUFFIX = " [truth]"
@@ -51,6 +60,10 @@ class LoadWidget(QWidget):
         self.pair_list = QListWidget()
         self.prev_btn = QPushButton("◀ Previous")
         self.next_btn = QPushButton("Next ▶")
+        self.save_btn = QPushButton("Save corrections")
+        self.save_btn.setToolTip(
+            "Write every edited Labels layer beside its image, as the mask Load and "
+            "`glandseg train` read (images/x.png -> masks/x.png), or into a chosen folder")
         self.status = QLabel("No dataset open")
         self.status.setWordWrap(True)
 
@@ -67,6 +80,7 @@ class LoadWidget(QWidget):
         nav.addWidget(self.prev_btn)
         nav.addWidget(self.next_btn)
         layout.addLayout(nav)
+        layout.addWidget(self.save_btn)
         layout.addWidget(self.status)
 
         self.open_files_btn.clicked.connect(self._choose_files)
@@ -74,6 +88,7 @@ class LoadWidget(QWidget):
         self.pair_list.currentRowChanged.connect(self._row_changed)
         self.prev_btn.clicked.connect(self.previous)
         self.next_btn.clicked.connect(self.next)
+        self.save_btn.clicked.connect(self._save_clicked)
         self._update_nav()
 
     # ---------------------------------------------------------------- actions a script can call
@@ -82,20 +97,33 @@ class LoadWidget(QWidget):
         if as_masks is None and self.as_masks.isChecked():
             as_masks = True
         added = []
+        read = []
         for path in paths:
             try:
-                img = read_image(path, as_labels=as_masks)
+                read.append(read_image(path, as_labels=as_masks))
             except GlandsegError as exc:
                 notify("error", str(exc))
-                continue
-            added.append(self._add(img, truth=img.kind == "labels"))
+        # images first, so that each mask can be checked against its image
+        for img in sorted(read, key=lambda i: i.kind == "labels"):
+            if img.kind == "labels":
+                image = self._image_for_mask(img)
+                if image is not None:
+                    shape = image.data[0].shape if image.multiscale else image.data.shape
+                    shape = tuple(shape[:-1] if image.rgb else shape)[-2:]
+                    if tuple(img.shape[-2:]) != shape:
+                        notify("error", f"mask {img.path.name} has shape {tuple(img.shape)} "
+                               f"but image {image.name!r} has shape {shape}: not loaded")
+                        continue
+                added.append(self._add(img, truth=True, image=image))
+            else:
+                added.append(self._add(img, truth=False))
         return added
 
     def open_dataset(self, folder) -> list[Pair]:
         """List the image/mask pairs in ``folder`` and show the first."""
         choice = self.mask_folder.currentText()
         try:
-            pairs = find_pairs(folder, None if choice == AUTO else choice)
+            pairs = find_pairs(folder, _auto_mask_folder(folder) if choice == AUTO else choice)
         except GlandsegError as exc:
             notify("error", str(exc))
             return []
@@ -132,9 +160,21 @@ class LoadWidget(QWidget):
                 return
         self._clear_shown()
         self.index = index
-        self._shown.append(self._add(image, truth=False))
-        if truth is not None:
-            self._shown.append(self._add(truth, truth=True, name=image.name + TRUTH_SUFFIX))
+        kept = self._kept_for(pair.image)
+        if kept:  # back on an image whose edits were kept: show those, not the file's
+            for layer in kept:
+                layer.visible = True
+            self._shown.extend(kept)
+            if not any(la.metadata.get("glandseg_role") == "truth" for la in kept) and \
+                    truth is not None:
+                self._shown.append(self._add(truth, truth=True, image=kept[0]))
+        else:
+            image_layer = self._add(image, truth=False)
+            self._shown.append(image_layer)
+            if truth is not None:
+                self._shown.append(self._add(truth, truth=True, image=image_layer,
+                                             name=image.name + TRUTH_SUFFIX))
+        self.viewer.reset_view()
         self.pair_list.blockSignals(True)
         self.pair_list.setCurrentRow(index)
         self.pair_list.blockSignals(False)
@@ -147,15 +187,52 @@ class LoadWidget(QWidget):
     def next(self) -> None:
         self.show_pair(self.index + 1)
 
+    def unsaved(self) -> list:
+        """Labels layers edited by hand since they were last saved."""
+        from napari.layers import Labels
+
+        return [la for la in self.viewer.layers
+                if isinstance(la, Labels) and la.metadata.get("unsaved")]
+
+    def save_corrections(self, folder=None, overwrite: bool = False) -> list[Path]:
+        """Write each edited Labels layer as the mask of its image; returns the files written.
+
+        Without ``folder`` a mask goes where Load and ``glandseg train`` look for it: the
+        file it was read from, else ``<dataset>/masks/<image stem>.tif`` for an image in
+        ``<dataset>/images/``, else ``<image stem>_mask.tif`` beside the image. With
+        ``folder`` the pair is written as ``folder/images/<stem>.png`` and
+        ``folder/masks/<stem>.tif``. An existing file is replaced only with ``overwrite``.
+        """
+        layers = self.unsaved()
+        if not layers:
+            notify("info", "no edited labels to save")
+            return []
+        written = []
+        for layer in layers:
+            try:
+                written.extend(self._save_one(layer, folder, overwrite))
+            except (GlandsegError, OSError) as exc:
+                notify("error", f"{layer.name}: {exc}")
+        if written:
+            notify("info", f"saved {len(written)} file(s): " + ", ".join(p.name for p in written))
+        return written
+
     def previous(self) -> None:
         self.show_pair(self.index - 1)
 
     # ---------------------------------------------------------------- internals
-    def _add(self, img, truth: bool, name: str | None = None):
+    def _add(self, img, truth: bool, name: str | None = None, image=None):
         data, kwargs, kind = img.to_layer_data(name=name)
         if truth and name is None:
-            kwargs["name"] = img.name + TRUTH_SUFFIX
+            kwargs["name"] = (image.name if image is not None else img.name) + TRUTH_SUFFIX
         kwargs["metadata"]["glandseg_role"] = "truth" if truth else "image"
+        if image is not None:  # the image this mask belongs to (pairs, Save corrections)
+            kwargs["metadata"]["source_image"] = image.name
+            kwargs["metadata"]["image_path"] = image.metadata.get("source_path")
+            if "pixel_size_um" in image.metadata and "scale" not in kwargs:
+                px = image.metadata["pixel_size_um"]
+                kwargs["scale"] = (px, px)
+                kwargs["metadata"]["pixel_size_um"] = px
         if kind == "labels":
             layer = self.viewer.add_labels(data, **kwargs)
             track_edits(layer)
@@ -164,15 +241,129 @@ class LoadWidget(QWidget):
         return layer
 
     def _clear_shown(self) -> None:
-        for layer in self._shown:
-            if layer not in self.viewer.layers:
-                continue
-            if layer.metadata.get("edited"):
-                layer.name = layer.name + " (edited)"
-                notify("info", f"kept your edited layer {layer.name!r}; save it before closing")
-                continue
-            self.viewer.layers.remove(layer)
+        """Take the pair on show off screen, with the layers made from it (predictions,
+        objects, maps, compare overlays). Edited layers are kept, hidden, with their image
+        (so Fine-tune can still pair them) until saved; nothing edited is dropped."""
+        names = {la.name for la in self._shown}
+        derived = [la for la in self.viewer.layers
+                   if la not in self._shown and (la.metadata.get("source_image") in names
+                                                 or la.name.startswith("compare "))]
+        family = [la for la in [*self._shown, *derived] if la in self.viewer.layers]
+        keep = [la for la in family if la.metadata.get("edited")]
+        if keep:
+            image = next((la for la in self._shown if la.metadata.get("glandseg_role") ==
+                          "image"), None)
+            if image is not None and image not in keep:
+                keep.insert(0, image)
+            unsaved = [la.name for la in keep if la.metadata.get("unsaved")]
+            if unsaved:
+                notify("warning", "kept your edited layer(s) " + ", ".join(map(repr, unsaved))
+                       + " (hidden): press Save corrections to write them")
+        for layer in family:
+            if layer in keep:
+                layer.visible = False
+            else:
+                self.viewer.layers.remove(layer)
         self._shown = []
+
+    def _kept_for(self, image_path) -> list:
+        """Kept (hidden) layers of the image read from ``image_path``, image first."""
+        image = next((la for la in self.viewer.layers
+                      if la.metadata.get("glandseg_role") == "image"
+                      and la.metadata.get("source_path") == str(image_path)), None)
+        if image is None:
+            return []
+        return [image] + [la for la in self.viewer.layers
+                          if la.metadata.get("source_image") == image.name]
+
+    def _image_for_mask(self, mask):
+        """The open image a mask file belongs to: same stem (less a mask ending), else the
+        only image layer, else None."""
+        from napari.layers import Image
+
+        images = [la for la in self.viewer.layers if isinstance(la, Image)]
+        stem = mask.name
+        for s in MASK_NAME_SUFFIXES:
+            if stem.lower().endswith(s):
+                stem = stem[: -len(s)]
+                break
+        same = [la for la in images if la.name == stem]
+        if same:
+            return same[-1]
+        return images[0] if len(images) == 1 else None
+
+    def _save_one(self, layer, folder, overwrite) -> list[Path]:
+        import numpy as np
+
+        image_name = layer.metadata.get("source_image")
+        image = self.viewer.layers[image_name] if image_name in self.viewer.layers else None
+        image_path = layer.metadata.get("image_path") or (
+            image.metadata.get("source_path") if image is not None else None)
+        px = layer.metadata.get("pixel_size_um")
+        data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+        written = []
+        if folder is not None:
+            stem = Path(image_path).stem if image_path else (image_name or layer.name)
+            dest = Path(folder) / "masks" / f"{stem}.tif"
+            if image is not None and not image.multiscale:
+                img_dest = Path(folder) / "images" / f"{stem}.png"
+                if not img_dest.exists():
+                    import imageio.v3 as iio
+
+                    from .._files import atomic_path
+
+                    img_dest.parent.mkdir(parents=True, exist_ok=True)
+                    with atomic_path(img_dest, ".png") as tmp:
+                        iio.imwrite(tmp, np.asarray(image.data), extension=".png")
+                    written.append(img_dest)
+        elif image_path is None:
+            raise GlandsegError("its image has no file: choose a folder to save into")
+        else:
+            dest = _mask_path(layer, Path(image_path))
+        if dest.exists() and not overwrite:
+            raise GlandsegError(f"{dest} exists; confirm replacing it, or save into a folder")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        written.append(write_labels(dest, data, overwrite=True, pixel_size_um=px))
+        layer.metadata["unsaved"] = False
+        layer.metadata["saved_path"] = str(dest)
+        return written
+
+    def _save_clicked(self) -> None:
+        from qtpy.QtWidgets import QMessageBox
+
+        layers = self.unsaved()
+        if not layers:
+            notify("info", "no edited labels to save")
+            return
+        folder = None
+        if any(not (la.metadata.get("image_path") or self._image_path_of(la)) for la in layers):
+            folder = QFileDialog.getExistingDirectory(self, "Save corrections into folder")
+            if not folder:
+                return
+        targets = [] if folder else [
+            _mask_path(la, Path(la.metadata.get("image_path") or self._image_path_of(la)))
+            for la in layers]
+        existing = [t for t in targets if t.exists()]
+        overwrite = False
+        if existing:
+            answer = QMessageBox.question(
+                self, "Replace masks?",
+                "Replace these masks with your corrections?\n"
+                + "\n".join(str(t) for t in existing)
+                + "\n\nNo: choose another folder instead.")
+            if answer == QMessageBox.StandardButton.Yes:
+                overwrite = True
+            else:
+                folder = QFileDialog.getExistingDirectory(self, "Save corrections into folder")
+                if not folder:
+                    return
+        self.save_corrections(folder or None, overwrite=overwrite)
+
+    def _image_path_of(self, layer):
+        name = layer.metadata.get("source_image")
+        if name in self.viewer.layers:
+            return self.viewer.layers[name].metadata.get("source_path")
+        return None
 
     def _row_changed(self, row: int) -> None:
         if row != self.index:
@@ -194,3 +385,25 @@ class LoadWidget(QWidget):
         folder = QFileDialog.getExistingDirectory(self, "Open dataset folder")
         if folder:
             self.open_dataset(Path(folder))
+
+
+def _mask_path(layer, image_path: Path) -> Path:
+    """Where the corrected mask of ``image_path`` goes in the layout Load and train read."""
+    src = layer.metadata.get("source_path")
+    if layer.metadata.get("glandseg_role") == "truth" and src and Path(src) != image_path:
+        return Path(src)  # the file it was read from
+    if image_path.parent.name.lower() in IMAGE_FOLDERS:
+        return image_path.parent.parent / "masks" / f"{image_path.stem}.tif"
+    return image_path.with_name(f"{image_path.stem}_mask.tif")
+
+
+def _auto_mask_folder(folder) -> str | None:
+    """Instance labels beat binary masks when a dataset has both folders."""
+    root = Path(folder)
+    subs = [root] if any((root / n).is_dir() for n in IMAGE_FOLDERS) else \
+        [d for d in root.iterdir() if d.is_dir()] if root.is_dir() else []
+    subs = [d for d in subs if any((d / n).is_dir() for n in IMAGE_FOLDERS)]
+    for name in ("instances", "instances_cc"):
+        if subs and all((d / name).is_dir() for d in subs):
+            return name
+    return None

@@ -297,7 +297,7 @@ class SegmentWidget(QWidget):
         translate = np.asarray(image.translate[-2:]) + np.asarray(res.offset) * image.scale[-2:]
         card = model.card
         meta = {"model": card.name, "source_image": image.name,
-                "source_path": image.metadata.get("source_path"),
+                "image_path": image.metadata.get("source_path"),
                 "pixel_size_um": res.pixel_size_um,
                 "params": {k: getattr(v, "value", v) for k, v in vars(self.params()).items()},
                 "class_names": card.class_names, "seconds": res.seconds, "device": res.device,
