@@ -23,8 +23,18 @@ def read_layers(path) -> list[tuple]:
 
 
 def write_labels_layer(path: str, data, meta: dict) -> list[str]:
-    """npe2 single-layer writer for Labels to .tif/.tiff/.png (atomic)."""
+    """npe2 single-layer writer for Labels to .tif/.tiff/.png (atomic).
+
+    A TIFF keeps the layer's um/px (its ``pixel_size_um``, else a square layer scale other
+    than 1) and is marked as labels, so File > Open gives back a Labels layer at that scale.
+    """
     pixel_size = (meta.get("metadata") or {}).get("pixel_size_um")
+    scale = meta.get("scale")
+    if not pixel_size and scale is not None and len(scale) >= 2 and \
+            scale[-1] == scale[-2] and scale[-1] != 1:
+        pixel_size = float(scale[-1])
+    if isinstance(data, list):  # a multiscale layer: its full resolution
+        data = data[0]
     return [str(write_labels(path, data, pixel_size_um=pixel_size))]
 
 
