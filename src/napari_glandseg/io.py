@@ -197,6 +197,9 @@ def read_image(path: str | os.PathLike, as_labels: bool | None = None) -> ImageD
     except ImageReadError:
         raise
     except Exception as exc:  # decoders raise many types; name the file and the cause
+        if not _has_image_signature(p):  # e.g. a text file named .png: say so, not "pyav"
+            raise ImageReadError(f"{p}: not an image (its content is not {suffix[1:].upper()} "
+                                 "or any image format)") from None
         raise ImageReadError(f"{p}: cannot read image ({type(exc).__name__}: {exc})") from exc
 
     if not img.multiscale:
@@ -207,7 +210,8 @@ def read_image(path: str | os.PathLike, as_labels: bool | None = None) -> ImageD
             arr = arr.astype(np.uint8)
         img.data = arr
     if as_labels is None:
-        as_labels = not img.multiscale and (is_mask_path(p) or looks_like_mask(img.data))
+        as_labels = not img.multiscale and (is_mask_path(p) or looks_like_mask(img.data)
+                                            or img.metadata.get("glandseg_kind") == "labels")
     if as_labels:
         if img.multiscale:
             raise ImageReadError(f"{p}: a multiscale slide cannot be opened as a mask")
@@ -224,6 +228,17 @@ def read_image(path: str | os.PathLike, as_labels: bool | None = None) -> ImageD
         img.kind = "image"
         img.rgb = img.shape[-1] == 3 and len(img.shape) >= 3
     return img
+
+
+#: The first bytes of the image formats read here.
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*",
+               b"II+\x00", b"MM\x00+")
+
+
+def _has_image_signature(p: Path) -> bool:
+    with open(p, "rb") as f:
+        head = f.read(8)
+    return any(head.startswith(sig) for sig in _SIGNATURES)
 
 
 def _read_plain(p: Path) -> np.ndarray:
@@ -258,6 +273,9 @@ def _read_tiff(p: Path) -> ImageData:
         nbytes = int(np.prod(series.shape)) * series.dtype.itemsize
         lazy = tif.is_svs or len(series.levels) > 1 or nbytes > LAZY_BYTES
         meta = {"tiff_series": series.name or "0"}
+        shaped = tif.shaped_metadata
+        if shaped and shaped[0].get("glandseg") == "labels":  # written by write_labels
+            meta["glandseg_kind"] = "labels"
         if tif.is_svs:
             meta["aperio"] = _aperio_fields(tif.pages[0].description)
         if not lazy:
@@ -536,7 +554,9 @@ def write_labels(
             if pixel_size_um:
                 kwargs = {"resolution": (1e4 / pixel_size_um, 1e4 / pixel_size_um),
                           "resolutionunit": "CENTIMETER"}
-            tifffile.imwrite(tmp, arr, compression="zlib", **kwargs)
+            # the description marks the file as labels, so it reopens as labels
+            tifffile.imwrite(tmp, arr, compression="zlib", metadata={"glandseg": "labels"},
+                             **kwargs)
     return p
 
 
