@@ -213,3 +213,81 @@ def test_out_of_memory_halves_the_batch_and_says_so(smooth_image, monkeypatch):
     assert sizes[:3] == [8, 4, 2] and set(sizes[3:]) <= {2}
     reference = segment(smooth_image, model, tile_size=64, batch_size=2)
     np.testing.assert_array_equal(result.labels, reference.labels)
+
+
+class _PixelWise(torch.nn.Module):
+    """A 1x1 'network': the logit of each pixel depends on that pixel only, so the right
+    de-rotation after each TTA augmentation gives back exactly the plain prediction."""
+
+    def forward(self, x):
+        return 4.0 * x[:, :1] - 1.0
+
+
+class _TopLeft(torch.nn.Module):
+    """Predicts the logit 4 * (top-left input pixel) everywhere: each rotation/flip of the
+    tile shows it another corner, so TTA's spread is known."""
+
+    def forward(self, x):
+        return (4.0 * x[:, :1, :1, :1]).expand(-1, 1, *x.shape[-2:]).clone()
+
+
+def _grey_card(**kw):
+    return ModelCard(name="g", architecture="unet", in_channels=1, num_classes=1,
+                     normalization="unit", **kw)
+
+
+def test_tta_undoes_each_rotation_and_flip():
+    # an image without any symmetry, not square (50 x 70 is one tile of its own shape)
+    yy, xx = np.mgrid[:50, :70]
+    image = ((yy * 3 + xx**2 / 30) % 256).astype(np.uint8)
+    model = Model(_PixelWise(), _grey_card())
+    plain = segment(image, model, tile_size=128)
+    tta = segment(image, model, tile_size=128, tta=True)
+    np.testing.assert_allclose(tta.probabilities, plain.probabilities, atol=1e-6)
+    assert tta.uncertainty.shape == (50, 70) and tta.uncertainty.max() < 1e-6
+
+
+def test_tta_uncertainty_is_the_spread_over_the_eight_passes():
+    image = np.zeros((40, 40), np.uint8)
+    corners = {(0, 0): 0, (0, -1): 64, (-1, 0): 128, (-1, -1): 255}
+    for (y, x), v in corners.items():
+        image[y, x] = v
+    res = segment(image, Model(_TopLeft(), _grey_card()), tile_size=64, tta=True)
+    # each corner comes to the top left in 2 of the 8 augmentations
+    p = 1 / (1 + np.exp(-4.0 * np.repeat(np.array(list(corners.values())) / 255, 2)))
+    np.testing.assert_allclose(res.probabilities, p.mean(), rtol=1e-5)
+    np.testing.assert_allclose(res.uncertainty, np.std(p, ddof=1), rtol=1e-4)
+
+
+def test_nan_pixels_are_refused_with_a_clear_error():
+    image = np.random.default_rng(0).random((40, 50, 3)).astype(np.float32)
+    image[20, 30, 1] = np.nan
+    for norm in ("imagenet", "zscore"):
+        with pytest.raises(GlandsegError, match="1 NaN or infinite pixel"):
+            segment(image, _model(normalization=norm), tile_size=64)
+    image[20, 30, 1] = np.inf
+    with pytest.raises(GlandsegError, match="NaN or infinite"):
+        segment(image, _model(normalization="percentile"), tile_size=64)
+
+
+@pytest.mark.parametrize("norm", ["zscore", "percentile"])
+def test_rgba_with_image_statistics(smooth_image, norm):
+    rgba = np.concatenate([smooth_image, np.full((200, 300, 1), 255, np.uint8)], axis=-1)
+    model = _model(normalization=norm)
+    a = segment(rgba, model, tile_size=128)
+    b = segment(smooth_image, model, tile_size=128)
+    np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-6)
+
+
+def test_one_pixel_image_with_rescaling():
+    model = _model(pixel_size_um=2.0)
+    res = segment(np.full((1, 1, 3), 128, np.uint8), model, pixel_size_um=0.5, tile_size=64)
+    assert res.labels.shape == (1, 1) and res.info["scale"] == 0.25
+
+
+def test_result_records_its_settings_and_pixel_size(smooth_image):
+    res = segment(smooth_image, _model(pixel_size_um=0.5), pixel_size_um=0.5, tile_size=96,
+                  threshold=0.3)
+    meta = res.metadata()
+    assert meta["params"]["tile_size"] == 96 and meta["params"]["threshold"] == 0.3
+    assert meta["pixel_size_um"] == 0.5 and meta["model"] == "t"

@@ -7,7 +7,16 @@ import pytest
 import torch
 
 from napari_glandseg.errors import GlandsegError
-from napari_glandseg.metrics import KEYS, Overlap, aji, evaluate, pixel_metrics
+from napari_glandseg.metrics import (
+    IOU_THRESHOLDS,
+    KEYS,
+    Overlap,
+    aji,
+    average_precision,
+    evaluate,
+    match,
+    pixel_metrics,
+)
 
 
 def _two_truth_one_pred():
@@ -150,6 +159,118 @@ def test_overlap_matrix_counts():
     truth = np.array([[3, 3, 0], [3, 0, 0]])
     ov = Overlap.of(pred, truth)
     assert ov.pred_ids.tolist() == [5, 9] and ov.true_ids.tolist() == [3]
-    assert ov.inter.tolist() == [[1], [1]]
+    assert ov.inter.toarray().tolist() == [[1], [1]]
     assert ov.pred_areas.tolist() == [2, 2] and ov.true_areas.tolist() == [3]
     assert aji(ov) == pytest.approx(1 / (4 + 2))  # best S (first, IoU 1/4) then unused S: 2
+
+
+def _strip(*spans, length=40):
+    """A 1-row label image with each (start, stop) span labelled 1, 2, ... in order."""
+    out = np.zeros((1, length), np.int32)
+    for i, (a, b) in enumerate(spans, 1):
+        out[0, a:b] = i
+    return out
+
+
+def test_a_match_above_half_is_never_traded_for_two_below():
+    # T1 = C|A (29 px), P1 = A|B (29 px) share A (20 px): IoU 20/38 = 0.526 > 0.5.
+    # The cross pairs P1-T2 and P2-T1 have IoU 9/29 = 0.31 each, total 0.62 > 0.526, so
+    # maximising total IoU first (then thresholding) finds no match at all.
+    truth = _strip((0, 29), (29, 38))
+    pred = _strip((9, 38), (0, 9))
+    m = evaluate(pred, truth, hausdorff=False)
+    iou = 20 / 38
+    assert m["sq"] == pytest.approx(iou) and m["dq"] == pytest.approx(0.5)
+    assert m["pq"] == pytest.approx(iou / 2)
+    from monai.metrics.panoptic_quality import compute_panoptic_quality
+
+    monai = compute_panoptic_quality(torch.from_numpy(pred), torch.from_numpy(truth),
+                                     metric_name="pq", match_iou_threshold=0.5)
+    assert m["pq"] == pytest.approx(float(monai), abs=1e-4)
+    # mAP: at 0.5 one TP of (2 + 2 - 1); above 0.526 none
+    assert m["map"] == pytest.approx((1 / 3) / len(IOU_THRESHOLDS))
+
+
+def test_match_below_half_maximises_the_number_of_matches():
+    iou = np.array([[0.45, 0.40], [0.35, 0.0]])
+    # at 0.38 one pair at most: the one with the larger IoU (0.45), although the pairs
+    # (0,1) + (1,0) have the larger total IoU
+    rows, cols = match(iou, 0.38)
+    assert list(zip(rows, cols, strict=True)) == [(0, 0)]
+    rows, cols = match(iou, 0.3)  # two pairs are possible only as (0,1) and (1,0)
+    assert sorted(zip(rows, cols, strict=True)) == [(0, 1), (1, 0)]
+    assert average_precision(Overlap.of(*_overlap_case()), thresholds=[0.3])["ap"][0.3] == 1.0
+
+
+def _overlap_case():
+    # P1 covers 45% of T1's union with it and 40% with T2; P2 35% with T1
+    truth = _strip((0, 20), (20, 40))
+    pred = _strip((10, 30), (0, 10))
+    return pred, truth
+
+
+def _dense_reference(pred, truth):
+    """Object F1, object Dice and AJI from a dense overlap matrix (the textbook loops)."""
+    p_ids, t_ids = np.unique(pred)[1:], np.unique(truth)[1:]
+    inter = np.array([[np.sum((pred == p) & (truth == t)) for t in t_ids] for p in p_ids])
+    s = np.array([np.sum(pred == p) for p in p_ids])
+    g = np.array([np.sum(truth == t) for t in t_ids])
+    tp = len({int(inter[i].argmax()) for i in range(len(s))
+              if inter[i].max() / g[inter[i].argmax()] > 0.5})
+    f1 = 2 * tp / (len(s) + len(g))
+    dice = 2 * inter / (s[:, None] + g[None, :])
+    d_g = [dice[inter[:, j].argmax(), j] if inter[:, j].max() else 0 for j in range(len(g))]
+    d_s = [dice[i, inter[i].argmax()] if inter[i].max() else 0 for i in range(len(s))]
+    od = 0.5 * (g @ d_g / g.sum() + s @ d_s / s.sum())
+    iou = inter / (s[:, None] + g[None, :] - inter)
+    c = u = 0
+    used = set()
+    for j in range(len(g)):
+        i = iou[:, j].argmax()
+        if inter[i, j]:
+            c += inter[i, j]
+            u += g[j] + s[i] - inter[i, j]
+            used.add(i)
+        else:
+            u += g[j]
+    u += sum(s[i] for i in range(len(s)) if i not in used)
+    return f1, od, c / u
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sparse_overlap_agrees_with_dense_loops(seed):
+    rng = np.random.default_rng(seed)
+    truth = _random_instances(rng, n=15)
+    pred = np.roll(_random_instances(rng, n=15), 2, axis=1)
+    m = evaluate(pred, truth, hausdorff=False)
+    f1, od, a = _dense_reference(pred, truth)
+    assert m["object_f1"] == pytest.approx(f1)
+    assert m["object_dice"] == pytest.approx(od)
+    assert m["aji"] == pytest.approx(a)
+
+
+def test_many_objects_need_little_memory():
+    # 150 x 150 = 22,500 objects on each side: a dense overlap matrix needed 3.8 GiB
+    import tracemalloc
+
+    truth = np.arange(1, 22_501, dtype=np.int32).reshape(150, 150).repeat(2, 0).repeat(2, 1)
+    pred = np.roll(truth, 1, axis=1)
+    tracemalloc.start()
+    m = evaluate(pred, truth, hausdorff=False)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert m["n_pred"] == m["n_true"] == 22_500
+    assert m["object_f1"] == 0.0 and m["pq"] == 0.0  # every object is half shifted: IoU 1/3
+    assert peak < 200 * 2**20, f"evaluate used {peak / 2**20:.0f} MiB"
+
+
+def test_all_foreground_masks():
+    full = np.ones((20, 30), np.uint8)
+    m = evaluate(full, full)
+    assert m["n_true"] == m["n_pred"] == 1
+    assert all(m[k] == 1.0 for k in KEYS if k != "object_hausdorff")
+    assert m["object_hausdorff"] == 0.0
+    half = full.copy()
+    half[:, 15:] = 0
+    m = evaluate(half, full)
+    assert m["dice"] == pytest.approx(2 / 3) and m["pq"] == 0.0 and m["tp"] == 0

@@ -46,11 +46,13 @@ import numpy as np
 import torch
 
 from .errors import GlandsegError, as_enum
-from .models import Model, Normalization, describe_device, resolve_device
+from .models import Model, describe_device, resolve_device
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (and the 3 below: old names)
+from .preprocess import cpu_has_bf16 as _cpu_has_bf16
+from .preprocess import norm_stats as _norm_stats
+from .preprocess import normalise as _normalise
 from .progress import Progress, run_to_end
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 #: Images with more pixels than this (or lazy inputs) get their labels in a zarr store.
 LARGE_PIXELS = 64 * 2**20
 
@@ -103,6 +105,9 @@ class SegmentParams:
         Resample to the model card's um/px when the image's pixel size is known.
     return_probabilities : bool
         Keep the probability map (for large images, in the zarr store as float16).
+    store_dir : str or None
+        Folder for a large result's zarr store (None: the system's temporary folder). The
+        command line puts it beside its outputs.
     stain_normalization : bool
         Apply the card's stain normalisation, if it has one: the image's H&E stains are
         estimated once (from a subsample of the region) and every tile is mapped onto the
@@ -122,6 +127,7 @@ class SegmentParams:
     rescale: bool = True
     return_probabilities: bool = True
     stain_normalization: bool = True
+    store_dir: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.tile_size, int) or self.tile_size < 16:
@@ -159,6 +165,10 @@ class SegmentResult:
         Full-resolution pixels per output pixel (1 unless a coarser pyramid level was used).
     store_path : str or None
         The zarr folder holding a large result (the caller owns it).
+    params : SegmentParams or None
+        The settings this result was made with (what a layer's metadata should record).
+    model : str
+        The model card's name.
     """
 
     labels: object
@@ -171,6 +181,17 @@ class SegmentResult:
     device: str = ""
     seconds: float = 0.0
     info: dict = field(default_factory=dict)
+    params: SegmentParams | None = None
+    model: str = ""
+
+    def metadata(self) -> dict:
+        """What to record with the result (a napari layer's metadata, a sidecar): model,
+        settings, output pixel size, device and time, all plain values."""
+        params = {} if self.params is None else {
+            k: getattr(v, "value", v) for k, v in vars(self.params).items()}
+        return {"model": self.model, "params": params, "pixel_size_um": self.pixel_size_um,
+                "downsample": self.downsample, "offset": tuple(self.offset),
+                "seconds": self.seconds, "device": self.device}
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,15 +243,17 @@ def iter_segment(
     base_shape = _check_image(levels[0], card.in_channels)
     y0, x0, y1, x1 = _check_region(region, base_shape[:2])
 
-    level, downsample = _pick_level(levels, pixel_size_um, card.pixel_size_um)
+    # an image of unknown scale is taken to be at the training data's (card)
+    assumed_px = pixel_size_um or card.data_pixel_size_um
+    level, downsample = _pick_level(levels, assumed_px, card.pixel_size_um)
     data = levels[level]
     ly0, lx0 = int(y0 / downsample), int(x0 / downsample)
     ly1 = max(ly0 + 1, min(data.shape[0], math.ceil(y1 / downsample)))
     lx1 = max(lx0 + 1, min(data.shape[1], math.ceil(x1 / downsample)))
     out_px = pixel_size_um * downsample if pixel_size_um else None
     scale = 1.0
-    if params.rescale and out_px and card.pixel_size_um:
-        scale = out_px / card.pixel_size_um  # model pixels per image pixel
+    if params.rescale and assumed_px and card.pixel_size_um:
+        scale = assumed_px * downsample / card.pixel_size_um  # model pixels per image pixel
         if abs(scale - 1) < 0.1:
             scale = 1.0
 
@@ -259,7 +282,8 @@ def iter_segment(
         ry0, rx0 = max(-ly0, wy - halo), max(-lx0, wx - halo)
         ry1 = min(data.shape[0] - ly0, wy + wh + halo)
         rx1 = min(data.shape[1] - lx0, wx + ww + halo)
-        mh, mw = round((ry1 - ry0) * scale), round((rx1 - rx0) * scale)
+        # at least one model pixel, however small the image and the scale
+        mh, mw = max(1, round((ry1 - ry0) * scale)), max(1, round((rx1 - rx0) * scale))
         tiles = _grid(mh, mw, params.tile_size, params.overlap)
         plans.append(((wy, wx, wh, ww), (ry0, rx0, ry1, rx1), (mh, mw), tiles))
     total = sum(len(p[3]) for p in plans)
@@ -307,6 +331,7 @@ def iter_segment(
         labels=labels, probabilities=probs, uncertainty=uncertainty,
         offset=(y0, x0), pixel_size_um=out_px, downsample=downsample, store_path=store_path,
         device=describe_device(device), seconds=time.perf_counter() - state["t0"], info=info,
+        params=params, model=card.name,
     )
 
 
@@ -375,14 +400,6 @@ def _precision(choice: Precision, device: torch.device) -> str:
     return choice.value
 
 
-@lru_cache(maxsize=1)
-def _cpu_has_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def _allocate(h, w, n, large, params):
     if not large:
         labels = np.zeros((h, w), np.uint8)
@@ -390,7 +407,7 @@ def _allocate(h, w, n, large, params):
         return labels, probs, None
     import zarr
 
-    path = tempfile.mkdtemp(prefix="glandseg-", suffix=".zarr")
+    path = tempfile.mkdtemp(prefix="glandseg-", suffix=".zarr", dir=params.store_dir)
     chunk = min(1024, params.window_size)
     root = zarr.open_group(path, mode="w")
     labels = root.create_array("labels", shape=(h, w), chunks=(chunk, chunk), dtype="uint8",
@@ -457,45 +474,6 @@ def _stain_mapping(data, box, card, params):
         return apply_macenko(raw, source, reference)
 
     return mapping, "macenko"
-
-
-def _norm_stats(data, box, mode: str, transform=None):
-    """Per-channel statistics for image-level normalisations, from a subsample of the region
-    (after ``transform``, e.g. stain normalisation), so that every window is normalised
-    alike (no seams between windows)."""
-    if mode not in (Normalization.ZSCORE.value, Normalization.PERCENTILE.value):
-        return None
-    y0, x0, y1, x1 = box
-    step = max(1, int(math.sqrt((y1 - y0) * (x1 - x0) / 2**22)))
-    sample = np.asarray(data[y0:y1:step, x0:x1:step])
-    if transform is not None:
-        sample = transform(sample)
-    sample = sample.astype(np.float32)
-    sample = sample.reshape(-1, sample.shape[-1] if sample.ndim == 3 else 1)
-    if mode == Normalization.ZSCORE.value:
-        return sample.mean(0), sample.std(0) + np.float32(1e-6)
-    lo, hi = np.percentile(sample, [1.0, 99.8], axis=0).astype(np.float32)  # not float64
-    return lo, np.maximum(hi - lo, np.float32(1e-6))
-
-
-def _normalise(raw: np.ndarray, mode: str, stats) -> np.ndarray:
-    """(Y, X[, C]) of any dtype -> float32 (C, Y, X) as the model card says."""
-    x = raw[..., :3] if raw.ndim == 3 and raw.shape[-1] == 4 else raw
-    if x.ndim == 2:
-        x = x[..., None]
-    x = x.astype(np.float32)
-    if mode in (Normalization.IMAGENET.value, Normalization.UNIT.value):
-        top = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else 1.0
-        x /= top
-        if mode == Normalization.IMAGENET.value:
-            if x.shape[-1] == 3:
-                x = (x - IMAGENET_MEAN) / IMAGENET_STD
-            else:
-                x = (x - IMAGENET_MEAN.mean()) / IMAGENET_STD.mean()
-    else:
-        offset, spread = stats
-        x = (x - offset) / spread
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
 def _resize(x: np.ndarray, hw) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Pixel and object metrics, as the segmentation challenges define them (Qt-free).
 
-One overlap matrix (pixel counts of every pair of predicted and true objects, built with one
-``bincount``) serves all object metrics; matching at IoU thresholds uses scipy's Hungarian
-``linear_sum_assignment``.
+One sparse overlap table (pixel counts of every pair of predicted and true objects that touch,
+built with one ``np.unique``) serves all object metrics. Matching at IoU > 0.5 needs no
+assignment (each object has at most one such partner); below 0.5 scipy's Hungarian
+``linear_sum_assignment`` maximises the number of matches first, as cellpose does.
 
 Inputs are label images of the same shape and any integer dtype. Instance labels (one id per
 object) are used as they are; a binary mask (values 0/1 only) is split into objects by
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import GlandsegError
+from .labels import as_instances, relabel
 
 IOU_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
 KEYS = ("dice", "iou", "accuracy", "precision", "recall", "object_f1", "object_dice",
@@ -48,68 +50,94 @@ def _check_pair(pred, truth) -> tuple[np.ndarray, np.ndarray]:
     return pred, truth
 
 
-def as_instances(labels: np.ndarray) -> np.ndarray:
-    """Instance labels: a 0/1 mask is split into 8-connected objects; others are kept."""
-    labels = np.asarray(labels)
-    if labels.dtype == bool or (labels.size and labels.max() <= 1):
-        from skimage.measure import label
-
-        return label(labels > 0, connectivity=2)
-    return labels
-
-
 @dataclass
 class Overlap:
-    """Pixel counts shared by every predicted and true object.
+    """Pixel counts shared by predicted and true objects, stored sparsely.
 
-    ``counts[i, j]`` is the number of pixels with prediction id ``pred_ids[i - 1]`` and truth
-    id ``true_ids[j - 1]`` (row/column 0 are background).
+    Only pairs that share at least one pixel are kept (``rows``, ``cols``, ``counts``: index
+    into ``pred_ids`` and ``true_ids``, and the shared pixels), so memory grows with the
+    number of touching pairs, not with (objects)^2: 22,500 objects on each side need a few
+    MB, where a dense matrix needed 3.8 GiB.
     """
 
-    counts: np.ndarray
     pred_ids: np.ndarray
     true_ids: np.ndarray
+    pred_areas: np.ndarray
+    true_areas: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    counts: np.ndarray
 
     @classmethod
     def of(cls, pred: np.ndarray, truth: np.ndarray) -> Overlap:
         p_ids, p = np.unique(pred, return_inverse=True)
         t_ids, t = np.unique(truth, return_inverse=True)
+        p, t = p.ravel(), t.ravel()
         # make 0 (background) index 0 even when absent
         if p_ids[0] != 0:
             p_ids, p = np.concatenate([[0], p_ids]), p + 1
         if t_ids[0] != 0:
             t_ids, t = np.concatenate([[0], t_ids]), t + 1
         n_t = len(t_ids)
-        counts = np.bincount(p.ravel() * n_t + t.ravel(), minlength=len(p_ids) * n_t)
-        return cls(counts.reshape(len(p_ids), n_t), p_ids[1:], t_ids[1:])
+        both = (p > 0) & (t > 0)
+        keys, counts = np.unique(p[both].astype(np.int64) * n_t + t[both], return_counts=True)
+        rows, cols = np.divmod(keys, n_t)
+        return cls(p_ids[1:], t_ids[1:], np.bincount(p, minlength=len(p_ids))[1:],
+                   np.bincount(t, minlength=n_t)[1:], rows - 1, cols - 1, counts)
 
     @property
-    def pred_areas(self) -> np.ndarray:
-        return self.counts[1:].sum(1)
+    def inter(self):
+        """The intersections as a scipy sparse ``(n_pred, n_true)`` matrix."""
+        from scipy.sparse import csr_array
 
-    @property
-    def true_areas(self) -> np.ndarray:
-        return self.counts[:, 1:].sum(0)
-
-    @property
-    def inter(self) -> np.ndarray:
-        return self.counts[1:, 1:]
+        return csr_array((self.counts, (self.rows, self.cols)),
+                         shape=(len(self.pred_ids), len(self.true_ids)))
 
     def iou(self) -> np.ndarray:
-        union = self.pred_areas[:, None] + self.true_areas[None, :] - self.inter
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(union > 0, self.inter / np.maximum(union, 1), 0.0)
+        """IoU of each stored pair (aligned with ``rows`` and ``cols``)."""
+        union = self.pred_areas[self.rows] + self.true_areas[self.cols] - self.counts
+        return self.counts / np.maximum(union, 1)
+
+    def dice(self) -> np.ndarray:
+        """Dice of each stored pair."""
+        return 2 * self.counts / (self.pred_areas[self.rows] + self.true_areas[self.cols])
+
+    def best(self, values: np.ndarray, by: str) -> np.ndarray:
+        """For each predicted (``by="pred"``) or true object, the index of the stored pair
+        with the largest ``values`` (ties: the lowest partner index), or -1 when it touches
+        nothing."""
+        own, other, n = ((self.rows, self.cols, len(self.pred_ids)) if by == "pred" else
+                         (self.cols, self.rows, len(self.true_ids)))
+        out = np.full(n, -1, np.int64)
+        if len(own):
+            order = np.lexsort((-other, values, own))
+            last = np.r_[own[order][1:] != own[order][:-1], True]
+            out[own[order][last]] = order[last]
+        return out
 
 
 def match(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (pred index, truth index) of a one-to-one matching with IoU > ``threshold``,
-    maximising total IoU (Hungarian). Above 0.5 the matching is unique anyway."""
+    """Pairs (pred index, truth index) of a one-to-one matching of a dense IoU matrix with
+    IoU > ``threshold``: as many pairs as possible, then the largest total IoU of them.
+
+    The number of pairs above the threshold is maximised first, as cellpose's
+    ``_true_positive`` does: maximising total IoU and thresholding afterwards can drop a
+    pair above the threshold in favour of two below it. From 0.5 up each object can have at
+    most one partner above the threshold, so no assignment is needed.
+    """
+    iou = np.asarray(iou, float)
     if iou.size == 0:
         return np.zeros(0, int), np.zeros(0, int)
+    if threshold >= 0.5:
+        return np.nonzero(iou > threshold)
     from scipy.optimize import linear_sum_assignment
 
-    rows, cols = linear_sum_assignment(-iou)
-    keep = iou[rows, cols] > threshold
+    above = iou > threshold
+    # one per match, plus less than one in all for the matches' IoU (cellpose's cost, with
+    # pairs below the threshold counting nothing)
+    cost = -(above * (1 + iou / (2 * max(1, min(iou.shape)))))
+    rows, cols = linear_sum_assignment(cost)
+    keep = above[rows, cols]
     return rows[keep], cols[keep]
 
 
@@ -170,11 +198,10 @@ def object_f1(ov: Overlap) -> dict:
     objects without a true positive are false negatives. F1 = 2TP / (2TP + FP + FN).
     """
     n_p, n_t = len(ov.pred_ids), len(ov.true_ids)
-    tp = 0
-    if n_p and n_t:
-        best = ov.inter.argmax(1)
-        frac = ov.inter[np.arange(n_p), best] / ov.true_areas[best]
-        tp = len(np.unique(best[frac > 0.5]))
+    best = ov.best(ov.counts, "pred")
+    k = best[best >= 0]
+    hit = ov.counts[k] / ov.true_areas[ov.cols[k]] > 0.5
+    tp = len(np.unique(ov.cols[k][hit]))
     fp, fn = n_p - tp, n_t - tp
     return {"tp": tp, "fp": fp, "fn": fn, "object_f1": _ratio(2 * tp, 2 * tp + fp + fn)}
 
@@ -195,22 +222,21 @@ def object_status(pred, truth) -> list[dict]:
     ov = Overlap.of(pred, truth)
     iou = ov.iou()
     out, hit = [], set()
-    for i, pid in enumerate(ov.pred_ids):
-        j = int(ov.inter[i].argmax()) if len(ov.true_ids) else -1
-        ok = j >= 0 and ov.inter[i, j] / ov.true_areas[j] > 0.5
+    for i, k in enumerate(ov.best(ov.counts, "pred")):
+        j = ov.cols[k] if k >= 0 else -1
+        ok = k >= 0 and ov.counts[k] / ov.true_areas[j] > 0.5
         if ok:
-            hit.add(j)
-        out.append({"side": "pred", "id": int(pid), "status": "TP" if ok else "FP",
+            hit.add(int(j))
+        out.append({"side": "pred", "id": int(ov.pred_ids[i]), "status": "TP" if ok else "FP",
                     "area": int(ov.pred_areas[i]),
-                    "match": int(ov.true_ids[j]) if j >= 0 and ov.inter[i, j] else 0,
-                    "iou": float(iou[i, j]) if j >= 0 else 0.0})
-    for j, tid in enumerate(ov.true_ids):
+                    "match": int(ov.true_ids[j]) if k >= 0 else 0,
+                    "iou": float(iou[k]) if k >= 0 else 0.0})
+    for j, k in enumerate(ov.best(ov.counts, "truth")):
         if j not in hit:
-            i = int(ov.inter[:, j].argmax()) if len(ov.pred_ids) else -1
-            out.append({"side": "truth", "id": int(tid), "status": "FN",
+            out.append({"side": "truth", "id": int(ov.true_ids[j]), "status": "FN",
                         "area": int(ov.true_areas[j]),
-                        "match": int(ov.pred_ids[i]) if i >= 0 and ov.inter[i, j] else 0,
-                        "iou": float(iou[i, j]) if i >= 0 else 0.0})
+                        "match": int(ov.pred_ids[ov.rows[k]]) if k >= 0 else 0,
+                        "iou": float(iou[k]) if k >= 0 else 0.0})
     return out
 
 
@@ -224,10 +250,9 @@ def object_dice(ov: Overlap) -> float:
     g, s = ov.true_areas, ov.pred_areas
     if len(g) == 0 or len(s) == 0:
         return float(len(g) == len(s))
-    inter = ov.inter
-    dice = 2 * inter / (s[:, None] + g[None, :])
-    d_g = np.where(inter.max(0) > 0, dice[inter.argmax(0), np.arange(len(g))], 0.0)
-    d_s = np.where(inter.max(1) > 0, dice[np.arange(len(s)), inter.argmax(1)], 0.0)
+    dice = np.append(ov.dice(), 0.0)  # index -1: no partner, Dice 0
+    d_g = dice[ov.best(ov.counts, "truth")]
+    d_s = dice[ov.best(ov.counts, "pred")]
     return float(0.5 * ((g / g.sum()) @ d_g + (s / s.sum()) @ d_s))
 
 
@@ -244,8 +269,8 @@ def object_hausdorff(pred: np.ndarray, truth: np.ndarray, ov: Overlap) -> float:
     from scipy.ndimage import find_objects
     from skimage.metrics import hausdorff_distance
 
-    p_boxes = find_objects(_relabel(pred, ov.pred_ids))
-    t_boxes = find_objects(_relabel(truth, ov.true_ids))
+    p_boxes = find_objects(relabel(pred, ov.pred_ids))
+    t_boxes = find_objects(relabel(truth, ov.true_ids))
     cache: dict = {}
 
     def hd(i, j):
@@ -256,23 +281,12 @@ def object_hausdorff(pred: np.ndarray, truth: np.ndarray, ov: Overlap) -> float:
                                                truth[box] == ov.true_ids[j])
         return cache[(i, j)]
 
-    def partner(row, others, dist):
-        if row.max() > 0:
-            return dist(row.argmax())
-        return min(dist(k) for k in range(others))
-
-    inter = ov.inter
-    h_g = np.array([partner(inter[:, j], len(s), lambda i, j=j: hd(i, j))
-                    for j in range(len(g))])
-    h_s = np.array([partner(inter[i], len(g), lambda j, i=i: hd(i, j)) for i in range(len(s))])
+    best_g, best_s = ov.best(ov.counts, "truth"), ov.best(ov.counts, "pred")
+    h_g = np.array([hd(ov.rows[k], j) if k >= 0 else min(hd(i, j) for i in range(len(s)))
+                    for j, k in enumerate(best_g)])
+    h_s = np.array([hd(i, ov.cols[k]) if k >= 0 else min(hd(i, j) for j in range(len(g)))
+                    for i, k in enumerate(best_s)])
     return float(0.5 * ((g / g.sum()) @ h_g + (s / s.sum()) @ h_s))
-
-
-def _relabel(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Map ids to 1..n (in order) for ``find_objects``."""
-    lut = np.zeros(int(ids.max()) + 1 if len(ids) else 1, np.int32)
-    lut[ids] = np.arange(1, len(ids) + 1)
-    return lut[labels]
 
 
 def aji(ov: Overlap) -> float:
@@ -287,13 +301,11 @@ def aji(ov: Overlap) -> float:
         return 1.0
     if len(s) == 0 or len(g) == 0:
         return 0.0
-    iou = ov.iou()
-    best = iou.argmax(0)
-    inter = ov.inter[best, np.arange(len(g))]
-    hit = inter > 0
-    c = inter.sum()
-    u = np.where(hit, g + s[best] - inter, g).sum()
-    unused = np.setdiff1d(np.arange(len(s)), best[hit])
+    best = ov.best(ov.iou(), "truth")
+    k = best[best >= 0]
+    c = ov.counts[k].sum()
+    u = g.sum() + (s[ov.rows[k]] - ov.counts[k]).sum()
+    unused = np.setdiff1d(np.arange(len(s)), ov.rows[k])
     u += s[unused].sum()
     return float(c / u)
 
@@ -302,13 +314,15 @@ def panoptic_quality(ov: Overlap) -> dict:
     """Panoptic quality (Kirillov et al. 2019) with IoU > 0.5 matching: PQ = DQ x SQ.
 
     DQ = TP / (TP + FP/2 + FN/2); SQ = mean IoU of matched pairs. 1 when both are empty.
+    Above 0.5 an object has at most one partner, so every pair above it is a match.
     """
-    rows, cols = match(ov.iou(), 0.5)
-    tp = len(rows)
+    iou = ov.iou()
+    matched = iou[iou > 0.5]
+    tp = len(matched)
     fp, fn = len(ov.pred_ids) - tp, len(ov.true_ids) - tp
     if tp + fp + fn == 0:
         return {"pq": 1.0, "dq": 1.0, "sq": 1.0}
-    sq = float(ov.iou()[rows, cols].mean()) if tp else 0.0
+    sq = float(matched.mean()) if tp else 0.0
     dq = tp / (tp + 0.5 * fp + 0.5 * fn)
     return {"pq": dq * sq, "dq": dq, "sq": sq}
 
@@ -317,17 +331,22 @@ def average_precision(ov: Overlap, thresholds=IOU_THRESHOLDS) -> dict:
     """Mean average precision as the 2018 Data Science Bowl defined it.
 
     At each IoU threshold t in 0.5:0.05:0.95, precision(t) = TP / (TP + FP + FN) with
-    one-to-one matches of IoU > t; mAP is their mean. 1 when both are empty.
+    one-to-one matches of IoU > t; mAP is their mean. 1 when both are empty. (A threshold
+    below 0.5 is matched with :func:`match` on the touching pairs.)
     """
     iou = ov.iou()
     n_p, n_t = len(ov.pred_ids), len(ov.true_ids)
     if n_p == 0 and n_t == 0:
         return {"map": 1.0, "ap": {float(t): 1.0 for t in thresholds}}
-    rows, cols = match(iou, 0.0)
-    matched = iou[rows, cols]
     ap = {}
     for t in thresholds:
-        tp = int((matched > t).sum())
+        if t >= 0.5:
+            tp = int((iou > t).sum())
+        else:
+            from scipy.sparse import csr_array
+
+            dense = csr_array((iou, (ov.rows, ov.cols)), shape=(n_p, n_t)).toarray()
+            tp = len(match(dense, t)[0])
         ap[float(t)] = tp / (n_p + n_t - tp)
     return {"map": float(np.mean(list(ap.values()))), "ap": ap}
 

@@ -1,0 +1,59 @@
+"""Label-image utilities: masks to objects, renumbering, and the smallest integer type.
+
+One owner for what metrics, post-processing, training and file writing all need (Qt-free).
+
+Examples
+--------
+>>> import numpy as np
+>>> as_instances(np.array([[1, 0, 1]])).tolist()  # a 0/1 mask: connected objects
+[[1, 0, 2]]
+>>> relabel(np.array([[0, 7, 7, 3]]), np.array([3, 7])).tolist()
+[[0, 2, 2, 1]]
+>>> labels_dtype(np.array([0, 300])).name
+'uint16'
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import GlandsegError
+
+
+def as_instances(labels) -> np.ndarray:
+    """Instance labels: a boolean or 0/1 mask is split into 8-connected objects; anything
+    else is taken as instance labels already and returned as it is."""
+    labels = np.asarray(labels)
+    if labels.dtype == bool or (labels.size and labels.max() <= 1):
+        from skimage.measure import label
+
+        return label(labels > 0, connectivity=2)
+    return labels
+
+
+def relabel(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Map the (sorted) ``ids`` to 1..n in order and everything else to 0 (int32)."""
+    ids = np.asarray(ids)
+    lut = np.zeros(int(ids.max()) + 1 if len(ids) else 1, np.int32)
+    lut[ids] = np.arange(1, len(ids) + 1)
+    labels = np.asarray(labels)
+    return lut[np.minimum(labels, len(lut) - 1)] * (labels < len(lut))
+
+
+def dtype_for_max(top: int) -> np.dtype:
+    """The smallest unsigned type holding values up to ``top`` (uint8, uint16 or uint32)."""
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    raise GlandsegError(f"label value {top} does not fit in uint32")
+
+
+def labels_dtype(labels) -> np.dtype:
+    """The smallest unsigned type that holds ``labels`` (uint8, uint16 or uint32)."""
+    labels = np.asarray(labels)
+    if labels.size and labels.min() < 0:
+        raise GlandsegError(f"labels must be non-negative, found minimum {labels.min()}")
+    return dtype_for_max(int(labels.max()) if labels.size else 0)
+
+
+__all__ = ["as_instances", "dtype_for_max", "labels_dtype", "relabel"]
