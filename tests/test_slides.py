@@ -1,0 +1,252 @@
+"""Block-wise slide segmentation: stitched objects equal a whole-image run, tissue mask,
+OME-Zarr output, resume."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_glandseg.errors import GlandsegError
+from napari_glandseg.metrics import Overlap, object_f1
+from napari_glandseg.postprocessing import postprocess
+from napari_glandseg.slides import (
+    ClassMapPredictor,
+    SlideParams,
+    iter_segment_slide,
+    plan_slide,
+    read_labels,
+    segment_slide,
+    tissue_mask,
+)
+
+SVS = Path(__file__).parent / "data" / "wsi" / "cmu_small_region.svs"
+
+
+def _disks(shape, n, rmin, rmax, seed, touching=False):
+    """A mask of random disks; with ``touching``, disks are placed in pairs that touch."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    mask = np.zeros(shape, bool)
+    for _ in range(n):
+        r = rng.uniform(rmin, rmax)
+        cy, cx = rng.uniform(r, shape[0] - r), rng.uniform(r, shape[1] - 3 * r)
+        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+        if touching:  # a twin whose rim meets this disk's rim
+            mask |= (yy - cy) ** 2 + (xx - cx - 2 * r + 1) ** 2 < r * r
+    return mask.astype(np.uint8)
+
+
+def _voronoi_classes(shape, n, seed):
+    """Densely packed cells (no background): interior 1, 2-px boundary 2 between cells."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    seeds = np.zeros(shape, np.int32)
+    pts = rng.integers(0, shape, size=(n, 2))
+    seeds[pts[:, 0], pts[:, 1]] = np.arange(1, n + 1)
+    _, (iy, ix) = ndi.distance_transform_edt(seeds == 0, return_indices=True)
+    cells = seeds[iy, ix]
+    edge = (cells != ndi.grey_erosion(cells, size=3)) | (cells != ndi.grey_dilation(cells, size=3))
+    return np.where(edge, 2, 1).astype(np.uint8), cells
+
+
+def _compare(stitched, reference):
+    """Object F1 (GlaS), the fraction of objects matched one-to-one at IoU > 0.5, and the
+    number of stitched objects that cover two reference objects (over-merged)."""
+    ov = Overlap.of(stitched, reference)
+    f1 = object_f1(ov)["object_f1"]
+    s, r = stitched.ravel().astype(np.int64), reference.ravel().astype(np.int64)
+    both = (s > 0) & (r > 0)
+    pairs, inter = np.unique(np.stack([s[both], r[both]]), axis=1, return_counts=True)
+    area_s, area_r = np.bincount(s), np.bincount(r)
+    iou = inter / (area_s[pairs[0]] + area_r[pairs[1]] - inter)
+    n = max(len(np.unique(s)) - 1, len(np.unique(r)) - 1)
+    matched = (iou > 0.5).sum() / n
+    # an over-merged object holds most of two reference objects
+    big = pairs[0][inter > 0.5 * area_r[pairs[1]]]
+    merged = int((np.bincount(big) > 1).sum()) if len(big) else 0
+    return f1, matched, merged
+
+
+def _stitch(tmp_path, image, post, block=128, overlap=40, **kw):
+    res = segment_slide(image, tmp_path, predictor=ClassMapPredictor(),
+                        params=SlideParams(block_size=block, overlap=overlap, tissue=False),
+                        post=post, **kw)
+    levels, _ = read_labels(res.store)
+    return res, np.asarray(levels[0])
+
+
+def test_objects_crossing_blocks_equal_a_whole_image_run(tmp_path):
+    mask = _disks((640, 576), 70, 8, 22, seed=1)
+    post = {"split": "distance", "h": 2.0, "min_size": 30}
+    reference = postprocess(mask, **post)
+    res, stitched = _stitch(tmp_path, mask, post)
+    # many blocks, and many objects crossing their faces
+    assert res.blocks == 5 * 5
+    crossing = sum(len(np.unique(reference[:, x - 1: x + 1][reference[:, x - 1: x + 1] > 0]))
+                   for x in range(128, 576, 128))
+    assert crossing >= 10
+    f1, matched, merged = _compare(stitched, reference)
+    assert f1 >= 0.99 and matched >= 0.99 and merged == 0
+    assert res.n_objects == len(np.unique(stitched)) - 1
+    assert set(np.unique(stitched)) == set(range(res.n_objects + 1))  # ids 1..N, unique
+
+
+def test_dense_touching_objects_do_not_over_merge(tmp_path):
+    # touching disk pairs split by the watershed ...
+    mask = _disks((512, 512), 45, 9, 16, seed=2, touching=True)
+    post = {"split": "distance", "h": 2.0, "min_size": 30}
+    reference = postprocess(mask, **post)
+    _, stitched = _stitch(tmp_path / "a", mask, post)
+    f1, matched, merged = _compare(stitched, reference)
+    assert f1 >= 0.99 and merged == 0
+    # ... and a fully packed tissue of cells: every cell touches its neighbours, across every
+    # block face (plain face adjacency joins them all into a few giant objects)
+    classes, _ = _voronoi_classes((512, 512), 400, seed=3)
+    post = {"split": "boundary", "min_size": 40, "fill_holes": False}
+    reference = postprocess(classes, **post)
+    res, stitched = _stitch(tmp_path / "b", classes, post, overlap=32)
+    # boundary pixels go to one cell or the other by a watershed on the distance to the
+    # image's (or the block's) edge; which cell a pixel belongs to is decided by interiors
+    interior = classes == 1
+    f1, matched, merged = _compare(stitched * interior, reference * interior)
+    assert len(np.unique(reference)) > 300
+    assert f1 >= 0.99 and matched >= 0.99 and merged == 0
+
+
+def test_large_objects_need_an_overlap_as_large_as_they_are(tmp_path):
+    # the known trap: objects ~100 px across, blocks of 256; an overlap of 128 joins them
+    mask = _disks((768, 768), 20, 35, 55, seed=4)
+    post = {"split": "distance", "h": 2.0, "min_size": 30}
+    reference = postprocess(mask, **post)
+    _, good = _stitch(tmp_path / "good", mask, post, block=256, overlap=128)
+    assert _compare(good, reference)[0] >= 0.99
+
+
+def test_table_is_in_microns_and_matches_the_labels(tmp_path):
+    import pandas as pd
+
+    mask = _disks((400, 400), 25, 8, 20, seed=5)
+    post = {"split": "distance", "h": 2.0, "min_size": 30}
+    res, stitched = _stitch(tmp_path, mask, post, pixel_size_um=0.5)
+    table = pd.read_csv(res.table)
+    assert len(table) == res.n_objects
+    from skimage.measure import regionprops_table
+
+    ref = pd.DataFrame(regionprops_table(stitched, properties=("label", "area", "perimeter",
+                                                               "centroid")))
+    merged = table.merge(ref, on="label")
+    assert np.allclose(merged.area_um2, merged.area * 0.25)
+    assert np.allclose(merged.perimeter_um, merged.perimeter * 0.5)
+    assert np.allclose(merged.centroid_y_um, (merged["centroid-0"] + 0.5) * 0.5)
+    assert np.allclose(merged.centroid_x_um, (merged["centroid-1"] + 0.5) * 0.5)
+    # ClassMapPredictor's probability is 1 on the mask; filled holes (0) lower the mean
+    assert (table["class"] == "foreground").all()
+    assert (table.mean_probability > 0.99).all() and (table.mean_probability <= 1).all()
+
+
+def test_ome_zarr_pyramid_and_scale_read_back(tmp_path):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    mask = _disks((600, 520), 30, 8, 20, seed=6)
+    res, stitched = _stitch(tmp_path, mask, {"split": "none", "min_size": 1},
+                            block=256, overlap=32, pixel_size_um=0.25)
+    levels, px = read_labels(res.store)
+    assert px == 0.25
+    assert [tuple(lv.shape) for lv in levels] == [(600, 520), (300, 260), (150, 130)]
+    assert np.array_equal(np.asarray(levels[1]), stitched[::2, ::2])
+    assert np.array_equal(np.asarray(levels[2]), stitched[::4, ::4])
+    # an NGFF reader sees a label image with um scales doubling per level
+    nodes = list(Reader(parse_url(str(res.store / "labels" / "glandseg")))())
+    node = next(n for n in nodes if n.data)
+    ms = node.metadata
+    assert [tuple(d.shape) for d in node.data] == [(600, 520), (300, 260), (150, 130)]
+    scales = [t[0]["scale"] for t in ms["coordinateTransformations"]]
+    assert scales == [[0.25, 0.25], [0.5, 0.5], [1.0, 1.0]]
+    assert ms["axes"][0]["unit"] == "micrometer"
+    # the plugin's layer data for napari: multiscale labels in um
+    from napari_glandseg.slides import labels_layer_data
+
+    data, kwargs, kind = labels_layer_data(res.store)
+    assert kind == "labels" and kwargs["scale"] == (0.25, 0.25) and kwargs["multiscale"]
+    # no work files left, the finished store refuses to be replaced silently
+    assert not (tmp_path / "image.glandseg-work").exists()
+    with pytest.raises(GlandsegError, match="exists"):
+        plan_slide(mask, tmp_path, ClassMapPredictor())
+
+
+def test_rerun_resumes_skipping_finished_blocks(tmp_path):
+    mask = _disks((384, 384), 20, 8, 18, seed=7)
+    params = SlideParams(block_size=128, overlap=32, tissue=False)
+    post = {"split": "distance", "min_size": 30}
+
+    class Counting(ClassMapPredictor):
+        calls = 0
+
+        def __call__(self, levels, box):
+            Counting.calls += 1
+            if Counting.calls == 5:
+                raise RuntimeError("worker lost")
+            return super().__call__(levels, box)
+
+    with pytest.raises(RuntimeError):
+        segment_slide(mask, tmp_path, predictor=Counting(), params=params, post=post)
+    assert len(list((tmp_path / "image.glandseg-work").glob("stats_*.npz"))) == 4
+    res = segment_slide(mask, tmp_path, predictor=Counting(), params=params, post=post)
+    assert Counting.calls == 5 + 9 - 4 and res.blocks_run == 5
+    stitched = np.asarray(read_labels(res.store)[0][0])
+    assert _compare(stitched, postprocess(mask, **post))[0] >= 0.99
+
+
+def test_tissue_mask_on_the_bundled_slide():
+    from napari_glandseg.io import read_image
+
+    img = read_image(SVS)
+    tm = tissue_mask(img.data, max_side=512)
+    low = np.asarray(img.data[0][:: int(tm.downsample), :: int(tm.downsample)])
+    grey = low.mean(-1)[: tm.mask.shape[0], : tm.mask.shape[1]]
+    assert tm.threshold is not None and 0.2 < tm.fraction < 0.95
+    # glass (bright) is outside the mask, stained tissue (dark) inside
+    assert grey[~tm.mask].mean() > 215 and grey[tm.mask].mean() < grey[~tm.mask].mean() - 30
+
+
+def test_tissue_mask_skips_glass_blocks_and_keeps_all_tissue(tmp_path):
+    rng = np.random.default_rng(0)
+    img = np.full((512, 512, 3), 235, np.uint8) + rng.integers(0, 8, (512, 512, 3), np.uint8)
+    img[40:200, 60:220] = (160, 70, 140)  # tissue in the top-left blocks only
+    plan = plan_slide(img, tmp_path, ClassMapPredictor(),
+                      SlideParams(block_size=128, overlap=16, tissue_side=128))
+    assert plan.todo == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    # no glass: Otsu would split tissue in two, so everything is tissue
+    tissue_only = np.full((256, 256, 3), (170, 80, 150), np.uint8)
+    tissue_only[::7] = (90, 30, 80)
+    assert tissue_mask(tissue_only).fraction == 1.0
+    assert len(plan_slide(img, tmp_path / "b", ClassMapPredictor(),
+                          SlideParams(block_size=128, overlap=16, tissue=False)).todo) == 16
+
+
+def test_bad_parameters_name_the_value():
+    with pytest.raises(GlandsegError, match="block_size"):
+        SlideParams(block_size=100)
+    with pytest.raises(GlandsegError, match="overlap"):
+        SlideParams(block_size=128, overlap=100)
+    with pytest.raises(GlandsegError, match="model"):
+        next(iter_segment_slide(np.zeros((8, 8)), "/nonexistent"))
+
+
+def test_model_run_on_a_slide_file(tmp_path, fg_model_factory):
+    """The real path: an SVS file, a model from the store, tissue on."""
+    name = fg_model_factory("fg", pixel_size_um=0.499)
+    from napari_glandseg.inference import SegmentParams
+
+    res = segment_slide(str(SVS), tmp_path, name, params=SlideParams(block_size=1024,
+                                                                     overlap=64),
+                        seg=SegmentParams(tile_size=256, device="cpu"),
+                        post={"split": "none", "min_size": 1})
+    levels, px = read_labels(res.store)
+    assert px == pytest.approx(0.499)
+    assert tuple(levels[0].shape) == (2967, 2220)
+    lab = np.asarray(levels[2])
+    assert res.blocks == 9 and res.blocks_skipped_tissue >= 1
+    assert res.n_objects >= 1 and lab.max() >= 1
