@@ -143,6 +143,13 @@ def test_table_is_in_microns_and_matches_the_labels(tmp_path):
     # ClassMapPredictor's probability is 1 on the mask; filled holes (0) lower the mean
     assert (table["class"] == "foreground").all()
     assert (table.mean_probability > 0.99).all() and (table.mean_probability <= 1).all()
+    # QuPath GeoJSON beside it: one detection per object, in level-0 pixels, back to labels
+    from napari_glandseg.geojson import geojson_to_labels, read_geojson
+
+    features = read_geojson(res.geojson)
+    assert len(features) == res.n_objects
+    back = geojson_to_labels(features, stitched.shape).labels
+    assert np.array_equal(back > 0, stitched > 0)
 
 
 def test_ome_zarr_pyramid_and_scale_read_back(tmp_path):

@@ -305,7 +305,12 @@ class SlidePlan:
     n_levels: int
     class_names: tuple = ()
     tissue_fraction: float | None = None
+    geojson: bool = True
     info: dict = field(default_factory=dict)
+
+    @property
+    def geojson_path(self) -> Path:
+        return Path(self.out) / f"{self.name}_objects.geojson"
 
     @property
     def store(self) -> Path:
@@ -617,6 +622,10 @@ def resolve(plan: SlidePlan, links: list) -> dict:
     np.maximum.at(bb[:, 2], g[live], bbox[live, 2])
     np.maximum.at(bb[:, 3], g[live], bbox[live, 3])
     out["bbox"] = bb[1:]
+    # an object's class: its most frequent non-background class
+    h = out["hist"]
+    out["class_index"] = (h[:, 1:].argmax(1) + 1 if h.shape[1] > 1
+                          else np.zeros(len(h), int)).astype(int)
     return out
 
 
@@ -685,8 +694,12 @@ def write_block(plan: SlidePlan, iy: int, ix: int) -> None:
 
 
 def measure_block(plan: SlidePlan, iy: int, ix: int, objects: dict) -> dict:
-    """Perimeters (px) of the objects whose bounding box starts in this block's core, read
-    from the written labels over the union of their bounding boxes."""
+    """Perimeters (px) and GeoJSON features of the objects whose bounding box starts in this
+    block's core, from the written labels over the union of their bounding boxes.
+
+    Returns ``{"perimeter": {id: px}, "features": [...]}`` (QuPath GeoJSON features in
+    level-0 pixels, through :func:`napari_glandseg.geojson.labels_to_geojson`).
+    """
     from skimage.measure import regionprops_table
 
     y0, x0, y1, x1 = plan.core(iy, ix)
@@ -694,17 +707,27 @@ def measure_block(plan: SlidePlan, iy: int, ix: int, objects: dict) -> dict:
     own = np.flatnonzero((bb[:, 0] >= y0) & (bb[:, 0] < y1) & (bb[:, 1] >= x0)
                          & (bb[:, 1] < x1))
     if not len(own):
-        return {}
+        return {"perimeter": {}, "features": []}
     import zarr
 
     arr = zarr.open_array(str(plan.store / "labels" / LABEL_NAME / "0"), mode="r")
-    r0, c0 = bb[own, 0].min(), bb[own, 1].min()
-    r1, c1 = bb[own, 2].max(), bb[own, 3].max()
-    crop = np.asarray(arr[r0:r1, c0:c1])
-    ids = own + 1
-    crop = np.where(np.isin(crop, ids), crop, 0)
-    t = regionprops_table(crop.astype(np.int64), properties=("label", "perimeter"))
-    return dict(zip(t["label"].tolist(), t["perimeter"].tolist(), strict=True))
+    r0, c0 = int(bb[own, 0].min()), int(bb[own, 1].min())
+    r1, c1 = int(bb[own, 2].max()), int(bb[own, 3].max())
+    crop = np.asarray(arr[r0:r1, c0:c1]).astype(np.int64)
+    crop = np.where(np.isin(crop, own + 1), crop, 0)
+    t = regionprops_table(crop, properties=("label", "perimeter"))
+    perimeter = dict(zip(t["label"].tolist(), t["perimeter"].tolist(), strict=True))
+    features = []
+    if plan.geojson:
+        from .geojson import labels_to_geojson
+
+        names = list(plan.class_names) or ["background", "foreground"]
+        cls = {int(i) + 1: int(objects["class_index"][i]) for i in own}
+        features = labels_to_geojson(
+            crop, classes=cls, class_names=names, pixel_size_um=plan.image_pixel_size_um,
+            offset=(r0 * plan.downsample, c0 * plan.downsample), downsample=plan.downsample,
+            object_type="detection")["features"]
+    return {"perimeter": perimeter, "features": features}
 
 
 def object_table(plan: SlidePlan, objects: dict, perimeters: dict):
@@ -718,10 +741,8 @@ def object_table(plan: SlidePlan, objects: dict, perimeters: dict):
         cy = objects["sum_y"] / area
         cx = objects["sum_x"] / area
         mp = objects["sum_p"] / area
-    hist = objects["hist"]
     names = list(plan.class_names) or ["background", "foreground"]
-    fg = hist[:, 1:] if hist.shape[1] > 1 else hist
-    cls = [names[1 + int(i)] if hist.shape[1] > 1 else names[0] for i in fg.argmax(1)]
+    cls = [names[i] for i in objects["class_index"]]
     per = np.array([perimeters.get(i, np.nan) for i in range(1, n + 1)], float)
     bb = objects["bbox"]
     df = pd.DataFrame({
@@ -750,15 +771,23 @@ class SlideResult:
     info: dict = field(default_factory=dict)
 
 
-def finish_slide(plan: SlidePlan, objects: dict, perimeters: dict, blocks_run: int,
+def finish_slide(plan: SlidePlan, objects: dict, measures: list, blocks_run: int,
                  seconds: float, keep_work: bool = False) -> SlideResult:
-    """Write the table (and GeoJSON when available), mark the store finished, drop the work
-    folder."""
+    """Write the table (and the GeoJSON), mark the store finished, drop the work folder.
+    ``measures`` are :func:`measure_block`'s results."""
     from .postprocessing import write_csv
 
+    perimeters = {k: v for m in measures for k, v in m["perimeter"].items()}
     table = object_table(plan, objects, perimeters)
     write_csv(table, plan.table_path, overwrite=True)
-    geojson = _write_geojson(plan, table)
+    geojson = None
+    if plan.geojson:
+        from .geojson import write_geojson
+
+        geojson = plan.geojson_path
+        write_geojson(geojson, {"type": "FeatureCollection",
+                                "features": [f for m in measures for f in m["features"]]},
+                      overwrite=True)
     n_blocks = plan.grid[0] * plan.grid[1]
     result = SlideResult(
         name=plan.name, store=plan.store, table=plan.table_path, n_objects=len(table),
@@ -772,21 +801,6 @@ def finish_slide(plan: SlidePlan, objects: dict, perimeters: dict, blocks_run: i
     if not keep_work:
         shutil.rmtree(plan.work, ignore_errors=True)
     return result
-
-
-def _write_geojson(plan: SlidePlan, table):
-    """GeoJSON of the objects through the GeoJSON owner's module, when it is installed."""
-    try:
-        from . import geojson as gj  # owned by the correction tools (issue #15)
-    except ImportError:
-        return None
-    fn = getattr(gj, "write_geojson_blockwise", None)
-    if fn is None:
-        return None
-    dest = Path(plan.out) / f"{plan.name}_objects.geojson"
-    fn(str(plan.store / "labels" / LABEL_NAME / "0"), dest, table=table,
-       pixel_size_um=plan.pixel_size_um)
-    return dest
 
 
 # --------------------------------------------------------------------------------------------
@@ -845,11 +859,9 @@ def iter_segment_slide(
         write_block(plan, iy, ix)
         done += 1
         yield Progress(done, total, f"{plan.name}: writing", time.perf_counter() - t0)
-    perimeters = {}
-    for iy, ix in plan.blocks():
-        perimeters.update(measure_block(plan, iy, ix, objects))
-        done += 1
-    result = finish_slide(plan, objects, perimeters, ran, time.perf_counter() - t0, keep_work)
+    measures = [measure_block(plan, iy, ix, objects) for iy, ix in plan.blocks()]
+    done += len(measures)
+    result = finish_slide(plan, objects, measures, ran, time.perf_counter() - t0, keep_work)
     yield Progress(total, total, f"{plan.name}: {result.n_objects} objects",
                    time.perf_counter() - t0)
     return result
