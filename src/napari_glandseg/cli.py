@@ -56,6 +56,12 @@ def _models(args) -> int:
         return 0
     if args.action == "import":
         _need(args, "name", "glandseg models import FILE [--as NAME]")
+        if args.name.lower().endswith(".zip"):  # a bioimage.io model package
+            from .bioimageio import import_bioimageio
+
+            entry = import_bioimageio(args.name, name=args.as_name, overwrite=args.overwrite)
+            print(f"imported {entry.name} -> {entry.path}")
+            return 0
         card = None
         if args.card:
             from pathlib import Path
@@ -67,8 +73,18 @@ def _models(args) -> int:
         return 0
     if args.action == "export":
         _need(args, "name", "glandseg models export NAME --to PATH")
-        if not args.to:
+        dest = args.to or args.dest
+        if args.bioimageio or (dest and dest.lower().endswith(".zip")):
+            from .bioimageio import export_bioimageio
+
+            if not dest:
+                raise GlandsegError("usage: glandseg models export NAME OUT.zip --bioimageio")
+            print(export_bioimageio(args.name, dest, sample=args.sample, tile_size=args.tile,
+                                    overwrite=args.overwrite))
+            return 0
+        if not dest:
             raise GlandsegError("export needs --to PATH")
+        args.to = dest
         print(models.export_model(args.name, args.to, overwrite=args.overwrite))
         return 0
     if args.action == "delete":
@@ -320,15 +336,25 @@ def build_parser() -> argparse.ArgumentParser:
                "  glandseg models import net.safetensors --as my-net\n"
                "  glandseg models import net.pt --card card.json\n"
                "  glandseg models export my-net --to ./exports/\n"
+               "  glandseg models export my-net my-net.zip --bioimageio\n"
+               "  glandseg models import my-net.zip --as my-net-2\n"
                "  glandseg models delete my-net --yes",
     )
     m.add_argument("action", nargs="?", choices=["list", "show", "import", "export", "delete"])
     m.add_argument("name", nargs="?", help="model name (or file, for import)")
+    m.add_argument("dest", nargs="?", help="export destination (same as --to)")
     m.add_argument("--as", dest="as_name", help="store name for an imported model")
     m.add_argument("--card", help="JSON model card for a .pt/.pth state dict")
     m.add_argument("--to", help="destination file or folder for export")
     m.add_argument("--overwrite", action="store_true", help="replace an existing file/model")
     m.add_argument("--yes", action="store_true", help="confirm deletion")
+    m.add_argument("--bioimageio", action="store_true",
+                   help="export a bioimage.io model package (.zip) for deepImageJ, ilastik, "
+                        "QuPath, bioimageio.core")
+    m.add_argument("--sample", help="bioimage.io export: the test input image "
+                                    "(default: the bundled sample)")
+    m.add_argument("--tile", type=int, help="bioimage.io export: tile size the package "
+                                            "advertises (default 512; halo = tile/8)")
     m.set_defaults(func=_models)
 
     s = sub.add_parser(
