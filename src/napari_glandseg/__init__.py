@@ -23,6 +23,8 @@ _API = {
     "train": "napari_glandseg.training",
     "TrainParams": "napari_glandseg.training",
     "object_table": "napari_glandseg.postprocessing",
+    "export_bioimageio": "napari_glandseg.bioimageio",
+    "import_bioimageio": "napari_glandseg.bioimageio",
 }
 
 __all__ = ["__version__", *_API]
