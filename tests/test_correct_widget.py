@@ -1,0 +1,162 @@
+"""The Correct widget, opened through the manifest and driven as a user would."""
+
+import json
+
+import numpy as np
+import pytest
+
+PLUGIN = "napari-glandseg"
+
+
+def _objects():
+    lab = np.zeros((100, 140), np.int32)
+    lab[10:40, 10:40] = 1
+    lab[10:40, 40:70] = 2  # touches 1: a wrong split to merge
+    lab[60:90, 10:90] = 3  # two glands merged: to split
+    lab[12:16, 100:104] = 4  # a speck to delete
+    return lab
+
+
+@pytest.fixture
+def widget(make_napari_viewer, notes):
+    viewer = make_napari_viewer()
+    lab = _objects()
+    prob = np.where(lab > 0, 0.95, 0.03).astype(np.float32)
+    prob[lab == 4] = 0.4
+    prob[15:35, 105:130] = 0.8  # a missed object
+    viewer.add_image(np.zeros((100, 140, 3), np.uint8), name="img")
+    meta = {"source_image": "img", "model": "glands-he", "pixel_size_um": 0.5,
+            "class_names": ["background", "interior", "boundary"]}
+    viewer.add_labels(lab, name="img [glands-he objects]",
+                      metadata={**meta, "glandseg_role": "objects"})
+    viewer.add_image(prob, name="img [glands-he] probability",
+                     metadata={**meta, "glandseg_role": "probability"})
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Correct")
+    w.labels_box.setCurrentText("img [glands-he objects]")
+    return viewer, w, viewer.layers["img [glands-he objects]"]
+
+
+def test_tools_edit_the_layer_one_undo_step_each(widget, notes):
+    viewer, w, layer = widget
+    assert w.prob_box.currentText() == "img [glands-he] probability"  # found by metadata
+    assert not layer.metadata.get("edited")
+    w.set_tool("merge")
+    assert layer.mode == "pan_zoom" and w.tool_buttons["merge"].isChecked()
+    assert w.click((20, 20)) is None  # first object chosen
+    w.click((20, 60))
+    assert set(np.unique(layer.data)) == {0, 1, 3, 4}
+    assert layer.metadata["edited"] is True
+    w.set_tool("split_line")
+    w.click((55, 50))
+    w.click((95, 50))
+    assert len(np.unique(layer.data[60:90, 10:90])) == 2
+    w.set_tool("delete")
+    w.click((13, 101))
+    w.set_tool("add")
+    w.click((25, 115))
+    assert layer.data[25, 115] == 6 and (layer.data == 6).sum() > 300
+    # four edits, four undo steps, in reverse order
+    layer.undo()
+    assert not (layer.data == 6).any()
+    layer.undo()
+    assert (layer.data[12:16, 100:104] == 4).all()
+    layer.undo()
+    assert len(np.unique(layer.data[60:90, 10:90])) == 1
+    layer.undo()
+    assert (layer.data == _objects()).all()
+    layer.redo()
+    assert set(np.unique(layer.data)) == {0, 1, 3, 4}
+    assert notes == []
+
+
+def test_bad_clicks_are_notifications_and_keys_choose_tools(widget, notes):
+    viewer, w, layer = widget
+    w.set_tool("split_seeds")
+    w.click((20, 20))
+    w.click((70, 50))  # the second seed lies in another object
+    assert notes and notes[-1][0] == "error" and "inside one object" in notes[-1][1]
+    assert (layer.data == _objects()).all()
+    w.set_tool("delete")
+    w.click((95, 135))
+    assert "background" in notes[-1][1]
+    keymap = {str(k): v for k, v in layer.keymap.items()}
+    assert any("Shift" in k and "M" in k for k in keymap)
+    (bound,) = [v for k, v in keymap.items() if "Shift" in k and k.endswith("M")]
+    bound(layer)
+    assert w.tool == "merge"
+
+
+def test_review_queue_zooms_marks_and_keeps_state_in_features(widget, notes):
+    viewer, w, layer = widget
+    q = w.rank()
+    assert len(q) == 4
+    assert int(q.table["label"].iloc[0]) == 4  # the faint speck is the most suspicious
+    row = w.next()
+    assert row["label"] == 4 and layer.selected_label == 4
+    box = viewer.layers["review: current object"].data[0]
+    assert box[:, 0].min() <= 12 and box[:, 0].max() >= 15
+    w.accept()
+    assert w.queue.position == 1
+    assert w.review_label.text().startswith("1 of 4 reviewed")
+    f = layer.features.set_index("index")
+    assert f.loc[4, "review"] == "accepted" and f.loc[4, "review_rank"] == 0
+    # an edit through the tools marks its objects corrected
+    w.set_tool("fill")
+    w.click((20, 20))
+    assert layer.features.set_index("index").loc[1, "review"] == "corrected"
+    assert w.queue.summary() == "2 of 4 reviewed"
+
+
+def test_geojson_export_and_import(widget, tmp_path, notes):
+    viewer, w, layer = widget
+    layer.translate = (10, 20)  # a region of the image, at 0.5 um/px
+    viewer.layers["img"].translate = (0, 0)
+    path = tmp_path / "objects.geojson"
+    assert w.export_geojson(path)
+    fc = json.loads(path.read_text(encoding="utf-8"))
+    assert len(fc["features"]) == 4
+    first = fc["features"][0]["properties"]
+    assert first["classification"]["name"] == "glands-he"
+    assert first["measurements"]["Area µm^2"] == pytest.approx(
+        (900 - 0.5) * 0.25, rel=0.01)
+    xy = np.asarray(fc["features"][0]["geometry"]["coordinates"][0])
+    assert xy[:, 0].min() == pytest.approx(20 + 10, abs=0.6)  # level-0 x of column 10
+    new = w.import_geojson(path)
+    assert new.metadata["glandseg_role"] == "truth"
+    assert (np.asarray(new.data) == layer.data).all()
+    assert [p.name for p in tmp_path.iterdir()] == ["objects.geojson"]
+
+
+def test_mouse_clicks_use_the_tool_and_drags_pan(widget, notes):
+    from types import SimpleNamespace
+
+    from napari.utils.interactions import (
+        mouse_move_callbacks,
+        mouse_press_callbacks,
+        mouse_release_callbacks,
+    )
+
+    viewer, w, layer = widget
+    layer.scale = (2, 2)  # world coordinates differ from data coordinates
+
+    class Persisted:  # napari swaps the event under a drag generator (``__wrapped__``)
+        def __init__(self, ev):
+            self.__wrapped__ = ev
+
+        def __getattr__(self, name):
+            return getattr(self.__wrapped__, name)
+
+    def event(kind, pos):
+        return Persisted(SimpleNamespace(
+            type=kind, button=1, position=pos, modifiers=(), handled=False,
+            is_dragging=kind == "mouse_move", dims_displayed=(0, 1)))
+
+    w.set_tool("delete")
+    mouse_press_callbacks(layer, event("mouse_press", (26, 202)))  # a drag from the speck
+    mouse_move_callbacks(layer, event("mouse_move", (40, 220)))
+    mouse_release_callbacks(layer, event("mouse_release", (40, 220)))
+    assert (layer.data == 4).sum() == 16
+    mouse_press_callbacks(layer, event("mouse_press", (26, 202)))  # a click on it
+    mouse_release_callbacks(layer, event("mouse_release", (26, 202)))
+    assert not (layer.data == 4).any()
+    assert notes == []
