@@ -145,8 +145,10 @@ def test_bioimageio_core_reproduces_test_output(package, offline):
 
 
 def test_import_round_trip_gives_identical_outputs(package):
+    import napari_glandseg
+
     path, net = package
-    entry = import_bioimageio(path, name="back")
+    entry = napari_glandseg.import_bioimageio(path, name="back")  # the public API
     assert entry.source == "user" and entry.card.name == "back"
     card = load_model("back").card
     assert card.class_names == ["background", "interior", "boundary"]
@@ -285,3 +287,17 @@ def test_cli_export_and_import(tmp_path, capsys):
     bad.write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip
     assert cli.main(["models", "import", str(bad)]) == 2
     assert "not a bioimage.io package" in capsys.readouterr().err
+
+
+def test_model_widget_exports_and_imports_packages(make_napari_viewer, tmp_path, notes):
+    _tiny(tmp_path, num_classes=1, class_names=["background", "gland"])
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("napari-glandseg", "Model")
+    out = tmp_path / "w.zip"
+    assert w.export("tiny", out)  # the .zip chooses the bioimage.io format
+    assert _rdf(out)["weights"]["pytorch_state_dict"]["architecture"]["callable"] == "BaseCNN"
+    assert w.import_file(out, name="from-zip")
+    assert w.model_box.currentData() == "from-zip"
+    assert load_model("from-zip").card.class_names == ["background", "gland"]
+    assert not w.import_file(out, name="from-zip")  # exists: a notification, no traceback
+    assert notes[-1][0] == "error" and "already in the store" in notes[-1][1]

@@ -132,8 +132,14 @@ class ModelWidget(QWidget):
         return True
 
     def import_file(self, path, name: str | None = None) -> bool:
+        """Import a checkpoint, or a bioimage.io package (``.zip``), into the store."""
         try:
-            entry = import_model(path, name=name)
+            if Path(path).suffix.lower() == ".zip":
+                from ..bioimageio import import_bioimageio
+
+                entry = import_bioimageio(path, name=name)
+            else:
+                entry = import_model(path, name=name)
         except GlandsegError as exc:
             notify("error", str(exc))
             return False
@@ -142,9 +148,15 @@ class ModelWidget(QWidget):
         return True
 
     def export(self, name: str, path) -> bool:
-        """Copy a stored model to ``path`` (the save dialog has asked about replacing)."""
+        """Copy a stored model to ``path`` (the save dialog has asked about replacing); a
+        ``.zip`` path gets a bioimage.io model package."""
         try:
-            dest = export_model(name, path, overwrite=True)
+            if Path(path).suffix.lower() == ".zip":
+                from ..bioimageio import export_bioimageio
+
+                dest = export_bioimageio(name, path, overwrite=True)
+            else:
+                dest = export_model(name, path, overwrite=True)
         except (GlandsegError, OSError) as exc:
             notify("error", str(exc))
             return False
@@ -188,7 +200,8 @@ class ModelWidget(QWidget):
 
     def _choose_import(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self, "Import model into store", "", "Models (*.safetensors *.pt *.pth)")
+            self, "Import model into store", "",
+            "Models (*.safetensors *.pt *.pth);;bioimage.io package (*.zip)")
         if path:
             self.import_file(path)
 
@@ -196,8 +209,11 @@ class ModelWidget(QWidget):
         name = self.model_box.currentData()
         if not name:
             return
-        path, _ = QFileDialog.getSaveFileName(self, "Export model", f"{name}.safetensors",
-                                              "Models (*.safetensors)")
+        path, chosen = QFileDialog.getSaveFileName(
+            self, "Export model", f"{name}.safetensors",
+            "Models (*.safetensors);;bioimage.io package (*.zip)")
+        if path and "zip" in chosen and Path(path).suffix.lower() != ".zip":
+            path = str(Path(path).with_suffix(".zip"))  # the filter chose the format
         if path:
             self.export(name, path)
 
