@@ -255,3 +255,17 @@ def test_review_queue_walks_marks_and_counts():
     for _ in range(20):
         q.next()
     assert q.position == 11  # stays on the last object
+
+
+def test_tools_are_qt_free_and_exported():
+    import subprocess
+    import sys
+
+    code = ("import sys, napari_glandseg as g\n"
+            "g.merge; g.split_line; g.split_seeds; g.add_object; g.fill_holes\n"
+            "g.rank_objects; g.ReviewQueue; g.labels_to_geojson; g.geojson_to_labels\n"
+            "print([m for m in ('qtpy', 'PyQt6', 'PyQt5', 'PySide6', 'napari', 'magicgui')"
+            " if m in sys.modules])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
