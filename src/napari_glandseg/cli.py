@@ -125,7 +125,61 @@ class _Bar:
             print(line, file=sys.stderr, flush=True)
 
 
+def _segment_blockwise(args) -> int:
+    """``--ome-zarr`` / ``--workers`` / ``--scheduler``: slides block by block into OME-Zarr
+    (napari_glandseg.slides), on dask.distributed when workers or a scheduler are given."""
+    from .inference import SegmentParams
+    from .io import iter_image_files
+    from .slides import SlideParams
+
+    seg = SegmentParams(tile_size=args.tile, overlap=args.overlap, batch_size=args.batch,
+                        tta=args.tta, threshold=args.threshold, device=args.device)
+    params = SlideParams(block_size=args.block_size, overlap=args.block_overlap,
+                         tissue=args.tissue)
+    post = {k: v for k, v in (("split", args.split), ("min_size", args.min_size))
+            if v is not None}
+    files = [str(f) for f in iter_image_files(args.inputs)]
+    if not files:
+        raise GlandsegError("no input images found")
+    if args.workers is not None or args.scheduler:
+        from .distributed import CohortParams, iter_segment_cohort
+
+        cohort = CohortParams(workers=2 if args.workers is None else args.workers,
+                              scheduler=args.scheduler)
+        result = run_to_end(iter_segment_cohort(files, args.out, args.model, params=params,
+                                                seg=seg, post=post, cohort=cohort,
+                                                overwrite=args.overwrite),
+                            _Bar(f"{len(files)} slides", args.quiet))
+        done, failures, skipped = result.done, result.failed, result.skipped
+    else:
+        from .slides import iter_segment_slide
+
+        done, failures, skipped = [], [], []
+        for i, f in enumerate(files, 1):
+            try:
+                done.append(run_to_end(
+                    iter_segment_slide(f, args.out, args.model, params=params, seg=seg,
+                                       post=post, overwrite=args.overwrite),
+                    _Bar(f"[{i}/{len(files)}] {f}", args.quiet)))
+            except (GlandsegError, OSError) as exc:
+                if "exists; pass overwrite" in str(exc):
+                    skipped.append(f)
+                else:
+                    failures.append((f, str(exc)))
+                    print(f"FAILED {f}: {exc}", file=sys.stderr)
+    for r in done:
+        print(f"{r.name} -> {r.store} ({r.n_objects} objects, {r.blocks_run}/{r.blocks} "
+              f"blocks run, {r.blocks_skipped_tissue} without tissue)", file=sys.stderr)
+    print(f"{len(done)} segmented, {len(skipped)} skipped (finished before), "
+          f"{len(failures)} failed")
+    for f, why in failures:
+        print(f"  failed: {f}: {why}")
+    return 1 if failures else 0
+
+
 def _segment(args) -> int:
+    if args.ome_zarr or args.workers is not None or args.scheduler:
+        return _segment_blockwise(args)
     from pathlib import Path
 
     from .inference import SegmentParams, iter_segment
@@ -381,6 +435,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--objects-csv", action="store_true", help="also write a per-object CSV")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--ome-zarr", action="store_true",
+                   help="slides block by block: OME-Zarr labels pyramid, objects CSV (um) and "
+                        "GeoJSON per input; reruns resume")
+    s.add_argument("--tissue", action=argparse.BooleanOptionalAction, default=True,
+                   help="block-wise runs skip blocks without tissue (default: on)")
+    s.add_argument("--workers", type=int, metavar="N",
+                   help="run the blocks on a local dask cluster of N workers (implies "
+                        "--ome-zarr)")
+    s.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run the blocks on a running dask scheduler, e.g. tcp://HOST:8786 "
+                        "(implies --ome-zarr)")
+    s.add_argument("--block-size", type=int, default=2048,
+                   help="block side for --ome-zarr runs (default 2048)")
+    s.add_argument("--block-overlap", type=int, default=256,
+                   help="halo around each block; larger than the objects (default 256)")
     s.set_defaults(func=_segment)
 
     e = sub.add_parser(
