@@ -117,3 +117,26 @@ def test_bad_settings_are_one_clear_error(tmp_path):
         CohortParams(workers=0)
     with pytest.raises(GlandsegError, match="same outputs"):
         segment_cohort(["a/x.svs", "b/x.svs"], tmp_path, predictor=ClassMapPredictor())
+
+
+def test_cli_ome_zarr_run_resumes_and_bad_workers_exit_2(tmp_path, fg_model_factory, capsys):
+    import imageio.v3 as iio
+
+    from napari_glandseg.cli import main
+
+    name = fg_model_factory("fg")
+    img = np.full((200, 300, 3), 240, np.uint8)
+    img[30:170, 20:150] = (150, 60, 130)
+    iio.imwrite(tmp_path / "s.png", img)
+    argv = ["segment", str(tmp_path / "s.png"), "--model", name, "--out", str(tmp_path / "o"),
+            "--ome-zarr", "--block-size", "128", "--block-overlap", "32", "--tile", "64",
+            "--device", "cpu", "--split", "none", "--quiet"]
+    assert main(argv) == 0
+    assert "1 segmented" in capsys.readouterr().out
+    levels, _ = read_labels(tmp_path / "o" / "s.ome.zarr")
+    lab = np.asarray(levels[0])
+    assert lab.shape == (200, 300) and lab.max() == 1
+    assert lab[100, 80] == 1 and lab[100, 280] == 0  # tissue only; blocks of glass skipped
+    assert main(argv) == 0 and "1 skipped" in capsys.readouterr().out
+    assert main([*argv, "--workers", "0"]) == 2
+    assert "workers" in capsys.readouterr().err
