@@ -134,3 +134,41 @@ def test_export_writes_atomically_and_refuses_to_overwrite(tmp_path):
         read_geojson(bad)
     with pytest.raises(GlandsegError, match="cannot read"):
         read_geojson(tmp_path / "missing.geojson")
+
+
+def test_pipeline_writer_uses_level0_coordinates_and_card_classes(tmp_path):
+    from types import SimpleNamespace
+
+    from napari_glandseg.geojson import pipeline_writer
+    from napari_glandseg.models import ModelCard
+
+    inst = ModelCard(name="glands-x", architecture="unet", in_channels=3, num_classes=3,
+                     class_names=["background", "interior", "boundary"], boundary_class=True,
+                     class_colours=["#000000", "#ff3b30", "#34c759"])
+    labels = np.zeros((20, 20), np.int32)
+    labels[2:6, 3:9] = 1
+    seg = SimpleNamespace(offset=(100, 40), downsample=2.0)
+    result = SimpleNamespace(path=tmp_path / "slide.svs", labels=labels, segment=seg,
+                             pixel_size_um=1.0, table=None,
+                             outputs={"labels": tmp_path / "slide_labels.tif"})
+    out = pipeline_writer(inst)(result)
+    assert out == {"geojson": tmp_path / "slide_objects.geojson"}
+    (f,) = json.loads(out["geojson"].read_text(encoding="utf-8"))["features"]
+    xy = np.asarray(f["geometry"]["coordinates"][0])
+    assert xy[:, 0].min() == pytest.approx(40 + 3 * 2, abs=1.1)
+    assert xy[:, 1].max() == pytest.approx(100 + 6 * 2, abs=1.1)
+    assert f["properties"]["classification"] == {"name": "glands-x", "color": [255, 59, 48]}
+    # 24 label pixels of 1 um = 4 level-0 pixels of 0.5 um each: 24 um^2 (corners cut)
+    assert f["properties"]["measurements"]["Area µm^2"] == pytest.approx(23.5)
+    # a class model: objects are connected regions, named by their class
+    cls = ModelCard(name="wbc-x", architecture="unet", in_channels=3, num_classes=3,
+                    class_names=["background", "cytoplasm", "nucleus"])
+    classes = np.zeros((20, 20), np.uint8)
+    classes[2:6, 3:9] = 2
+    classes[10:15, 10:15] = 1
+    result.labels = classes
+    out = pipeline_writer(cls, object_type="detection")(result)
+    feats = json.loads(out["geojson"].read_text(encoding="utf-8"))["features"]
+    assert sorted(f["properties"]["classification"]["name"] for f in feats) == [
+        "cytoplasm", "nucleus"]
+    assert {f["properties"]["objectType"] for f in feats} == {"detection"}

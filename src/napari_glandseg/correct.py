@@ -373,17 +373,17 @@ def fill_holes(labels, label: int) -> Edit:
 def relabel(labels) -> Edit:
     """Number the objects 1..N keeping their order (whole image).
 
-    A lookup table over ``bincount`` (about 3x faster than scikit-image's
+    The ids in use come from ``bincount`` (about 3x faster than scikit-image's
     ``relabel_sequential`` here, which sorts the image's values).
     """
+    from .labels import relabel as renumber
+
     labels = _check_labels(labels)
     if labels.size and labels.min() < 0:
         raise GlandsegError(f"labels have negative ids (minimum {labels.min()})")
     present = np.flatnonzero(np.bincount(labels.ravel()))
     present = present[present > 0]
-    lut = np.zeros(int(labels.max(initial=0)) + 1, labels.dtype)
-    lut[present] = np.arange(1, len(present) + 1)
-    after = lut[labels]
+    after = renumber(labels, present).astype(labels.dtype, copy=False)
     kept = list(range(1, len(present) + 1))
     gone = sorted(set(present.tolist()) - set(kept))
     return Edit("relabel", (0, 0, *labels.shape), np.array(labels, copy=True), after,

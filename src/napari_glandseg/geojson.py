@@ -415,3 +415,54 @@ def geojson_to_labels(source, shape, offset=(0, 0), downsample: float = 1.0,
 def _int_rgb(v: int) -> list[int]:
     """QuPath <= 0.2 stored colours as one packed (A)RGB integer."""
     return [(v >> 16) & 255, (v >> 8) & 255, v & 255]
+
+
+# --------------------------------------------------------------------------------------------
+# the per-file pipeline's writer (``glandseg segment --geojson``)
+
+#: Output file name: ``<stem><suffix>`` beside the labels.
+GEOJSON_SUFFIX = "_objects.geojson"
+
+
+def card_classification(card) -> tuple[list, list, bool]:
+    """Class names and colours for a model's objects, and whether its labels are a class map.
+
+    A class model (several classes, no boundary class) names each object by its class; an
+    instance model (binary or background / interior / boundary) has one class of objects,
+    named after the model.
+    """
+    class_map = card.num_classes > 1 and not card.boundary_class
+    if class_map:
+        return list(card.class_names), list(card.class_colours), True
+    colour = card.class_colours[1] if len(card.class_colours) > 1 else None
+    return ["background", card.name], [None, colour], False
+
+
+def pipeline_writer(card, object_type: ObjectType | str = "annotation"):
+    """An extra output step for :class:`napari_glandseg.pipeline.FileParams` ``writers``:
+    writes ``<stem>_objects.geojson`` beside the labels, in level-0 pixel coordinates of the
+    input (region offset and pyramid level accounted for)."""
+    object_type = as_enum(ObjectType, object_type, "object type").value
+    names, colours, class_map = card_classification(card)
+
+    def write(result) -> dict:
+        labels_path = Path(result.outputs["labels"])
+        stem = result.path.stem if result.path is not None else \
+            labels_path.name.removesuffix("_labels.tif")
+        dest = labels_path.parent / f"{stem}{GEOJSON_SUFFIX}"
+        labels = np.asarray(result.labels)
+        classes = None
+        if class_map:
+            from .labels import as_instances
+
+            classes, labels = labels, as_instances(labels > 0)
+        res = result.segment
+        px = result.pixel_size_um
+        export_geojson(labels, dest, overwrite=True, classes=classes, class_names=names,
+                       class_colours=colours, offset=res.offset, downsample=res.downsample,
+                       pixel_size_um=px / res.downsample if px else None,
+                       object_type=object_type,
+                       table=None if class_map else result.table)
+        return {"geojson": dest}
+
+    return write
