@@ -257,3 +257,32 @@ def test_model_run_on_a_slide_file(tmp_path, fg_model_factory):
     lab = np.asarray(levels[2])
     assert res.blocks == 9 and res.blocks_skipped_tissue >= 1
     assert res.n_objects >= 1 and lab.max() >= 1
+
+
+def test_napari_opens_the_labels_over_the_slide(tmp_path, make_napari_viewer):
+    """File > Open on NAME.ome.zarr (the plugin's reader) gives multiscale Labels in um that
+    lie exactly over the slide opened from its SVS."""
+    from napari_glandseg import _napari
+
+    # a class map the size of the bundled slide, at its um/px
+    from napari_glandseg.io import read_image
+
+    slide = read_image(SVS)
+    mask = np.zeros(slide.shape[:2], np.uint8)
+    mask[1000:1400, 700:1200] = 1
+    res = segment_slide(mask, tmp_path, predictor=ClassMapPredictor(), name="cmu",
+                        pixel_size_um=slide.pixel_size_um,
+                        params=SlideParams(block_size=1024, overlap=64, tissue=False),
+                        post={"split": "none", "min_size": 1})
+    assert _napari.get_zarr_reader(str(tmp_path / "other.png")) is None
+    assert _napari.get_zarr_reader(str(res.store)) is _napari.read_zarr_layers
+    viewer = make_napari_viewer()
+    viewer.open(str(SVS), plugin="napari-glandseg")
+    [layer] = viewer.open(str(res.store), plugin="napari-glandseg")
+    assert layer.multiscale and type(layer).__name__ == "Labels"
+    assert np.allclose(layer.scale, viewer.layers[0].scale)
+    assert np.allclose(layer.extent.world, viewer.layers[0].extent.world[:, :2])
+    # the object sits where it was drawn, in um
+    yx = layer.world_to_data((1200 * slide.pixel_size_um, 900 * slide.pixel_size_um))
+    assert np.allclose(yx, (1200, 900))
+    assert int(layer.data[0][1200, 900]) == 1 and int(layer.data[0][900, 900]) == 0

@@ -22,6 +22,22 @@ def read_layers(path) -> list[tuple]:
     return [read_image(p).to_layer_data() for p in paths]
 
 
+def get_zarr_reader(path):
+    """A reader for the OME-Zarr labels ``glandseg segment --ome-zarr`` writes, else None."""
+    if not isinstance(path, str | Path) or not str(path).rstrip("/").endswith(".zarr"):
+        return None
+    if not (Path(path) / "labels" / "glandseg").is_dir():
+        return None
+    return read_zarr_layers
+
+
+def read_zarr_layers(path) -> list[tuple]:
+    """A slide's labels as a multiscale Labels layer in um (it lies over the slide)."""
+    from .slides import labels_layer_data
+
+    return [labels_layer_data(path)]
+
+
 def write_labels_layer(path: str, data, meta: dict) -> list[str]:
     """npe2 single-layer writer for Labels to .tif/.tiff/.png (atomic).
 
