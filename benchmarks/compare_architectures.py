@@ -71,7 +71,7 @@ def run(arch: str, loss: str, train_pairs, val_pairs, test_pairs, args, speed) -
             "object_f1": s["object_f1"], "object_dice": s["object_dice"],
             "params_m": speed["params_m"], "cpu_ms_512": speed["ms"],
             "train_s": train_s, "best_epoch": result.best_epoch,
-            "best_val_patch_dice": result.best_dice}
+            "best_val_score": result.best_score}
 
 
 def _kwargs(arch: str, args) -> dict:

@@ -48,7 +48,9 @@ def test_checkpoint_is_saved_with_its_card_and_segments(glas, data_dir):
     model = load_model("glands-test")
     card = model.card
     assert card.training_data == "GlaS fixture crops" and card.data_licence == "research only"
-    assert card.metrics["val_dice"] == pytest.approx(res.best_dice)
+    # no post-processing: the checkpoint is selected on whole-image pixel Dice
+    assert card.metrics["selected_on"] == "val_image_dice"
+    assert card.metrics["val_image_dice"] == pytest.approx(res.best_score, abs=1e-4)
     assert card.training["patch_size"] == 96 and card.training["loss"] == "dice_ce"
     image = read_image(data_dir / "glas/testA_5_crop.png").data
     out = segment(image, model, tile_size=128)
@@ -89,8 +91,8 @@ def test_stop_keeps_the_best_checkpoint(glas):
 def test_nan_loss_stops_with_a_clear_message_and_keeps_checkpoint(glas, monkeypatch):
     real = tr.make_loss
 
-    def poisoned(loss, k):
-        fn, calls = real(loss, k), []
+    def poisoned(loss, k, partial=False):
+        fn, calls = real(loss, k, partial), []
 
         def compute(logits, y):
             calls.append(1)
@@ -147,7 +149,7 @@ def test_bad_settings_are_named(glas):
         TrainParams(loss="l2")
     with pytest.raises(GlandsegError, match="patch_size must be a positive integer, got 0"):
         TrainParams(patch_size=0)
-    grey = [TrainingPair(np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8), "g")]
+    grey = [TrainingPair(np.zeros((64, 64), np.uint8), np.eye(64, dtype=np.uint8), "g")]
     with pytest.raises(GlandsegError, match="has 1 channel"):
         train(glas + grey, glas, TrainParams(name="x", epochs=1, steps_per_epoch=1, **SMALL))
     with pytest.raises(GlandsegError, match="does not match image shape"):
@@ -248,3 +250,155 @@ def test_macenko_on_grey_images_is_refused():
     with pytest.raises(GlandsegError, match="stain normalisation needs RGB training images"):
         train([pair], [pair], TrainParams(name="grey", stain_normalization="macenko",
                                           epochs=1, steps_per_epoch=1, **SMALL))
+
+
+# --------------------------------------------------------------------------------------------
+# object selection, working scale, mixed masks, whole-state resume (issue: bundled models)
+
+
+def test_checkpoint_is_kept_by_the_object_score_not_pixel_dice(glas):
+    post = {"split": "distance", "h": 2.0, "min_size": 20}
+    res = train(glas, glas, TrainParams(name="by-objects", target="boundary", epochs=3,
+                                        steps_per_epoch=3, postprocess=post, lr=3e-3,
+                                        **SMALL))
+    hist = res.history
+    assert all(0 <= h["val_object_f1"] <= 1 and 0 <= h["val_aji"] <= 1 for h in hist)
+    for h in hist:  # the score is the mean of object F1 and object Dice
+        assert h["score"] == pytest.approx((h["val_object_f1"] + h["val_object_dice"]) / 2)
+    scores = [h["score"] for h in hist]
+    assert res.best_epoch == int(np.argmax(scores)) + 1
+    assert [h["best"] for h in hist] == [s > max(scores[:i], default=-1)
+                                         for i, s in enumerate(scores)]
+    card = load_model("by-objects").card
+    assert card.metrics["selected_on"] == "val_objects" and card.training["select"] == "objects"
+    assert card.metrics["epoch"] == res.best_epoch
+
+
+def test_resume_restores_network_optimiser_random_state_and_patience(glas):
+    params = TrainParams(name="whole", epochs=3, steps_per_epoch=3, patience=5, **SMALL)
+    straight = train(glas, glas, params)
+    gen = iter_train(glas, glas, TrainParams(name="split-run", epochs=3, steps_per_epoch=3,
+                                             patience=5, **SMALL))
+    ends = 0
+    for p in gen:  # interrupted (Stop) just after epoch 2 ended
+        ends += "train_loss" in (p.metrics or {})
+        if ends == 2:
+            gen.close()
+            break
+    import torch as _t
+
+    st = _t.load(state_path_for("split-run"), weights_only=True)
+    assert st["epoch"] == 2 and "bad_epochs" in st and "rng" in st
+    resumed = train(glas, glas, TrainParams(name="split-run", epochs=3, steps_per_epoch=3,
+                                            patience=5, **SMALL),
+                    resume=state_path_for("split-run"))
+    # one run, interrupted and resumed, ends exactly where the uninterrupted run ends
+    a = _t.load(state_path_for("whole"), weights_only=True)["net"]
+    b = _t.load(state_path_for("split-run"), weights_only=True)["net"]
+    assert all(_t.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+    assert [h["train_loss"] for h in resumed.history] == pytest.approx(
+        [h["train_loss"] for h in straight.history], rel=1e-4)
+
+
+def test_resume_with_another_network_is_one_clear_error(glas):
+    train(glas, glas, TrainParams(name="arch-a", epochs=1, steps_per_epoch=1, **SMALL))
+    other = {**SMALL, "arch_kwargs": {"features": [8, 8, 16, 16, 16, 8]}}
+    with pytest.raises(GlandsegError, match="cannot resume: the state is for unet"):
+        train(glas, glas, TrainParams(name="arch-a", epochs=2, steps_per_epoch=1, **other),
+              resume=state_path_for("arch-a"))
+
+
+def test_patience_counts_across_a_resume(glas, monkeypatch):
+    # every epoch scores the same: with patience 2 the run stops after epoch 3 (1 best +
+    # 2 without improvement), whether or not it was interrupted after epoch 2
+    monkeypatch.setattr(tr, "validate_images", lambda *a, **k: {"val_image_dice": 0.5})
+    train(glas, glas, TrainParams(name="pat", epochs=2, steps_per_epoch=1, patience=2,
+                                  **SMALL))
+    res = train(glas, glas, TrainParams(name="pat", epochs=6, steps_per_epoch=1, patience=2,
+                                        **SMALL), resume=state_path_for("pat"))
+    assert [h["epoch"] for h in res.history] == [1, 2, 3] and res.stopped_early
+
+
+def test_name_outside_the_store_and_empty_labels_are_refused(glas):
+    with pytest.raises(GlandsegError, match="model name '../../escaped' is not allowed"):
+        TrainParams(name="../../escaped")
+    empty = [TrainingPair(glas[0].image, np.zeros_like(glas[0].mask), "blank")]
+    with pytest.raises(GlandsegError, match="'blank' has no labelled pixels"):
+        train(empty, glas, TrainParams(name="e", epochs=1, steps_per_epoch=1, **SMALL))
+
+
+def test_pairs_are_resampled_to_the_working_scale():
+    img = np.zeros((100, 60, 3), np.uint8)
+    img[:, 30:] = 200
+    mask = np.zeros((100, 60), np.uint16)
+    mask[10:50, 10:30], mask[60:90, 20:50] = 7, 9
+    out = tr.resample_pairs([TrainingPair(img, mask, "a", 0.5)], 1.0)[0]
+    assert out.image.shape == (50, 30, 3) and out.mask.shape == (50, 30)
+    assert out.pixel_size_um == 1.0 and out.image.dtype == np.uint8
+    assert set(np.unique(out.mask)) == {0, 7, 9}  # ids kept, none invented by interpolation
+    assert (out.mask == 7).sum() == pytest.approx(20 * 10, rel=0.1)
+    # a pair of unknown scale takes the default; one at the working scale is kept as is
+    unknown = tr.resample_pairs([TrainingPair(img, mask, "b")], 1.0, 0.25)[0]
+    assert unknown.image.shape == (25, 15, 3)
+    same = TrainingPair(img, mask, "c", 1.02)
+    assert tr.resample_pairs([same], 1.0)[0] is same
+
+
+def test_a_model_at_another_scale_rescales_images_of_unknown_size(glas):
+    res = train(glas, glas, TrainParams(name="half", pixel_size_um=1.24,
+                                        data_pixel_size_um=0.62, epochs=1, steps_per_epoch=1,
+                                        **SMALL))
+    card = res.model.card
+    assert (card.pixel_size_um, card.data_pixel_size_um) == (1.24, 0.62)
+    out = segment(glas[0].image, res.model, tile_size=64)
+    assert out.info["scale"] == pytest.approx(0.5) and out.labels.shape == glas[0].mask.shape
+    own = segment(glas[0].image, res.model, pixel_size_um=1.24, tile_size=64)
+    assert own.info["scale"] == 1.0
+
+
+def test_binary_masks_among_instances_teach_foreground_only():
+    binary = np.zeros((12, 12), np.uint8)
+    binary[2:10, 2:10] = 1
+    t = make_target(binary, tr.Target.BOUNDARY, 3, partial=True)
+    assert (t[4:8, 4:8] == tr.UNKNOWN_FG).all() and t[2, 5] == 2 and t[0, 0] == 0
+    # unknown foreground: any split between interior and boundary costs nothing ...
+    target = torch.full((1, 1, 1), tr.UNKNOWN_FG)
+    inside = torch.tensor([-9.0, 4.0, 4.0]).view(1, 3, 1, 1)
+    outside = torch.tensor([9.0, -4.0, -4.0]).view(1, 3, 1, 1)
+    loss = tr.partial_boundary_loss
+    assert float(loss(inside, target, dice=False)) < 1e-3
+    # ... calling it background costs as much as a wrong label
+    assert float(loss(outside, target, dice=False)) > 10
+    known = torch.ones((1, 1, 1), dtype=torch.long)  # interior
+    ce = torch.nn.functional.cross_entropy(outside, known)
+    assert float(loss(outside, known, dice=False)) == pytest.approx(float(ce))
+
+
+def test_mixed_instance_and_binary_masks_train_together(glas):
+    inst = [TrainingPair(p.image, p.mask, p.name) for p in glas]
+    assert tr.is_instance_mask(inst[0].mask)
+    binary = [TrainingPair(inst[1].image, (inst[1].mask > 0).astype(np.uint8), "binary")]
+    res = train(inst[:1] + binary, inst[:1], TrainParams(
+        name="mixed", target="boundary", epochs=1, steps_per_epoch=2, **SMALL))
+    assert "1 of 2 training masks binary" in res.model.card.training_data
+    # only instance labels: the ordinary loss, no mention
+    res = train(inst[:1], inst[:1], TrainParams(name="inst", target="boundary", epochs=1,
+                                                steps_per_epoch=1, **SMALL))
+    assert "binary" not in res.model.card.training_data
+
+
+def test_mask_folders_in_order_of_preference(tmp_path):
+    from skimage.io import imsave
+
+    for sub in ("images", "instances", "masks"):
+        (tmp_path / sub).mkdir()
+    img = np.full((32, 32, 3), 120, np.uint8)
+    inst = np.zeros((32, 32), np.uint8)
+    inst[4:12, 4:12], inst[20:28, 20:28] = 1, 2
+    for n in ("a", "b"):
+        imsave(tmp_path / "images" / f"{n}.png", img, check_contrast=False)
+        imsave(tmp_path / "masks" / f"{n}.png", (inst > 0).astype(np.uint8) * 255,
+               check_contrast=False)
+    imsave(tmp_path / "instances" / "a.png", inst, check_contrast=False)
+    pairs = pairs_from_folder(tmp_path, mask_folder=["instances", "masks"])
+    assert [(p.name, int(p.mask.max())) for p in pairs] == [("a", 2), ("b", 1)]

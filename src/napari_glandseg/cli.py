@@ -295,7 +295,8 @@ _TRAIN_FLAGS = {"name": "name", "arch": "architecture", "base": "base_model",
                 "patch": "patch_size", "lr": "lr", "loss": "loss", "target": "target",
                 "num_classes": "num_classes", "device": "device", "seed": "seed",
                 "patience": "patience", "stain_norm": "stain_normalization",
-                "stain_reference": "stain_reference"}
+                "stain_reference": "stain_reference", "select": "select",
+                "pixel_size": "pixel_size_um", "data_pixel_size": "data_pixel_size_um"}
 _DATA_KEYS = ("data", "split_csv", "mask_folder", "val_fraction", "val_every")
 
 
@@ -334,15 +335,57 @@ def _train(args) -> int:
         if p.metrics and "val_dice" in p.metrics:
             m = p.metrics
             start = "\r" if bar.tty else ""  # over the bar's line on a terminal
+            objects = "" if "val_objects" not in m else (
+                f"  object F1 {m['val_object_f1']:.4f}  object Dice "
+                f"{m['val_object_dice']:.4f}  AJI {m['val_aji']:.4f}")
             print(f"{start}epoch {m['epoch']}: loss {m['train_loss']:.4f}  val loss "
-                  f"{m['val_loss']:.4f}  val Dice {m['val_dice']:.4f}  IoU {m['val_iou']:.4f}"
-                  f"{'  *saved' if m['best'] else ''}", file=sys.stderr)
+                  f"{m['val_loss']:.4f}  val Dice {m['val_image_dice']:.4f}{objects}  "
+                  f"score {m['score']:.4f}{'  *saved' if m['best'] else ''}", file=sys.stderr)
         else:
             bar(p)
 
     result = run_to_end(iter_train(train_pairs, val_pairs, params, resume=resume), report)
-    print(f"best val Dice {result.best_dice:.4f} at epoch {result.best_epoch}; "
+    print(f"best {result.selected_on} {result.best_score:.4f} at epoch {result.best_epoch}; "
           f"model {params.name!r} in {result.checkpoint}")
+    return 0
+
+
+def _tune(args) -> int:
+    from pathlib import Path
+
+    from .models import load_model
+    from .training import TrainingPair, split_pairs
+    from .tune import iter_tune, save_tuned
+
+    data = Path(args.data)
+    if not data.is_dir():
+        raise GlandsegError(f"--data must be a dataset folder, got {str(data)!r}")
+    split_csv = args.split_csv or (data / "split.csv" if (data / "split.csv").exists()
+                                   else None)
+    mask_folder = args.mask_folder.split(",") if args.mask_folder else None
+    _, val = split_pairs(data, split_csv, mask_folder, args.val_fraction, args.val_every)
+    model = load_model(args.model, device=args.device)
+    px = args.data_pixel_size or model.card.data_pixel_size_um
+    val = [p if p.pixel_size_um or not px else TrainingPair(p.image, p.mask, p.name, px)
+           for p in val]
+    name = args.name or f"{model.name}-tuned"
+    print(f"tuning {model.name!r} on {len(val)} validation images from {data}",
+          file=sys.stderr)
+    result = run_to_end(iter_tune(model, val, args.metric), _Bar("tuning", args.quiet))
+    keys = ("object_f1", "object_dice", "aji", "pq")
+    print(f"| setting | {' | '.join(keys)} | {result.metric} |")
+    print("|---|" + "---:|" * (len(keys) + 1))
+    for row in result.table[:args.top]:
+        setting = ", ".join(f"{k}={v}" for k, v in row.items()
+                            if k not in (*keys, "objects"))
+        print(f"| {setting} | " + " | ".join(f"{row[k]:.3f}" for k in keys)
+              + f" | {row[result.metric]:.3f} |")
+    print(f"best {result.metric} {result.score:.4f} (the card's setting: "
+          f"{result.current_score:.4f}): {result.best}")
+    if args.no_save:
+        return 0
+    path = save_tuned(model, result, name, f"{len(val)} validation image(s) of {data}")
+    print(f"model {name!r} with the tuned post-processing in {path}")
     return 0
 
 
@@ -502,9 +545,46 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stain-reference",
                    help="reference stains: an image file, or 'standard' (Macenko's); "
                         "default: the training images")
+    t.add_argument("--select", choices=["auto", "objects", "object_f1", "object_dice", "aji",
+                                        "pq", "pixel_dice"],
+                   help="validation score that keeps the best checkpoint (default: objects "
+                        "for models with post-processing)")
+    t.add_argument("--pixel-size", type=float, metavar="UM",
+                   help="working scale (um/px) to learn at; data are resampled to it")
+    t.add_argument("--data-pixel-size", type=float, metavar="UM",
+                   help="um/px of training images whose files do not say it")
     t.add_argument("--resume", action="store_true", help="continue the run named --name")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
+
+    u = sub.add_parser(
+        "tune", help="choose post-processing on validation images by object scores",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  glandseg tune --model glands-he --data ../shared/data/glas\n"
+               "  glandseg tune --model nuclei-he --data monuseg/ --metric aji "
+               "--mask-folder instances\n  glandseg tune --model my-net --data cases/ "
+               "--val-every 5 --name my-net-tuned\n\n"
+               "Only validation images are used (the split CSV's val rows, --val-every, or "
+               "the last --val-fraction); the best setting goes into a copy of the model.",
+    )
+    u.add_argument("--model", required=True, help="store name or checkpoint file")
+    u.add_argument("--data", required=True, help="dataset folder with validation pairs")
+    u.add_argument("--split-csv", help="CSV with name and suggested_split (default: "
+                                       "DATA/split.csv when present)")
+    u.add_argument("--mask-folder", help="mask folder(s), comma-separated, first wins")
+    u.add_argument("--val-every", type=int, help="no split CSV: ids divisible by N validate")
+    u.add_argument("--val-fraction", type=float, default=0.2,
+                   help="no split CSV: the last fraction in name order validates")
+    u.add_argument("--metric", default="auto",
+                   choices=["auto", "objects", "object_f1", "object_dice", "aji", "pq"])
+    u.add_argument("--data-pixel-size", type=float, metavar="UM",
+                   help="um/px of images whose files do not say it (default: the card's)")
+    u.add_argument("--name", help="store name of the tuned copy (default: MODEL-tuned)")
+    u.add_argument("--no-save", action="store_true", help="only print the table")
+    u.add_argument("--top", type=int, default=10, help="rows of the table to print")
+    u.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    u.add_argument("--quiet", action="store_true", help="no progress bar")
+    u.set_defaults(func=_tune)
 
     from .gui import SAMPLES  # Qt-free: napari is imported when the viewer opens
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import math
 import re
 import time
@@ -85,6 +86,34 @@ class Target(str, Enum):
     BOUNDARY = "boundary"
 
 
+class Selection(str, Enum):
+    """The validation score that picks the best checkpoint (and early stopping).
+
+    Object scores are computed on the whole validation images, segmented as inference
+    does and post-processed with the card's settings:
+
+    - ``auto``: ``objects`` for a model with post-processing (binary or boundary), else
+      ``pixel_dice``;
+    - ``objects``: the mean of object F1 and object Dice (GlaS's gland scores);
+    - ``object_f1``, ``object_dice``, ``aji``, ``pq``: one object score;
+    - ``pixel_dice``: Dice of the foreground (pooled foreground classes for class maps)
+      on the whole validation images.
+    """
+
+    AUTO = "auto"
+    OBJECTS = "objects"
+    OBJECT_F1 = "object_f1"
+    OBJECT_DICE = "object_dice"
+    AJI = "aji"
+    PQ = "pq"
+    PIXEL_DICE = "pixel_dice"
+
+
+#: Label of a foreground pixel whose class (interior or boundary) is not known: the pixels
+#: of a binary mask in a dataset that otherwise has instance labels.
+UNKNOWN_FG = 3
+
+
 @dataclass
 class TrainingPair:
     """An image ``(Y, X[, C])`` and its mask ``(Y, X)`` of the same height and width."""
@@ -92,6 +121,7 @@ class TrainingPair:
     image: np.ndarray
     mask: np.ndarray
     name: str = ""
+    pixel_size_um: float | None = None
 
     def __post_init__(self):
         self.image, self.mask = np.asarray(self.image), np.asarray(self.mask)
@@ -136,10 +166,27 @@ class TrainParams:
     stain_reference : str or None
         Where the reference stains come from: None, the training images (pooled sample);
         ``"standard"``, Macenko's published reference; or the path of an image.
+    pixel_size_um : float or None
+        Working scale (um/px) the network learns at and the card records; inference
+        rescales every image to it. Pairs at another scale are resampled to it (images
+        anti-aliased, masks by nearest neighbour). Glands at about 1.2 um/px fit whole in
+        a patch and train 4x faster than at 0.62.
+    data_pixel_size_um : float or None
+        The pixel size of training images whose file does not say it (PNG, JPEG); also
+        recorded in the card as the scale inference assumes for such images. None: the
+        working scale.
+    select : Selection
+        Validation score that picks the best checkpoint and drives early stopping.
     val_patches : int
-        Fixed validation patches (seeded) per epoch.
+        Fixed validation patches (seeded) per epoch (loss and patch Dice for the curve).
     patience : int
-        Stop after this many epochs without a better validation Dice (0: never).
+        Stop after this many epochs without a better selection score (0: never).
+    zoom : float
+        Random zoom in [1/zoom, zoom] (scale augmentation).
+    colour_jitter : float
+        Hue and saturation jitter strength for RGB images (0 turns it off).
+    blur : float
+        Probability of a Gaussian blur (sigma 0.5-1.5 px) of a patch.
     mixed_precision : bool
         bf16/fp16 autocast on a GPU, bf16 on a CPU with native bf16 (weights stay fp32).
     """
@@ -154,6 +201,8 @@ class TrainParams:
     target: Target = Target.MASK
     normalization: str = Normalization.IMAGENET.value
     pixel_size_um: float | None = None
+    data_pixel_size_um: float | None = None
+    select: Selection = Selection.AUTO
     freeze_encoder: bool = False
     loss: Loss = Loss.DICE_CE
     patch_size: int = 256
@@ -167,6 +216,9 @@ class TrainParams:
     foreground_fraction: float = 0.5
     augment: bool = True
     stain_jitter: float = 0.05
+    zoom: float = 1.25
+    colour_jitter: float = 0.0
+    blur: float = 0.0
     stain_normalization: StainNorm = StainNorm.NONE
     stain_reference: str | None = None
     val_patches: int = 16
@@ -183,6 +235,20 @@ class TrainParams:
     def __post_init__(self):
         self.loss = as_enum(Loss, self.loss, "loss")
         self.target = as_enum(Target, self.target, "target")
+        self.select = as_enum(Selection, self.select, "select")
+        from .models.store import _check_name
+
+        _check_name(self.name)
+        for k in ("pixel_size_um", "data_pixel_size_um"):
+            v = getattr(self, k)
+            if v is not None and not (isinstance(v, int | float) and 0 < v < 1000):
+                raise GlandsegError(f"{k} must be a positive number (um/px), got {v!r}")
+        if not (isinstance(self.zoom, int | float) and 1 <= self.zoom <= 4):
+            raise GlandsegError(f"zoom must be in [1, 4], got {self.zoom!r}")
+        for k in ("colour_jitter", "blur", "stain_jitter"):
+            v = getattr(self, k)
+            if not (isinstance(v, int | float) and 0 <= v <= 1):
+                raise GlandsegError(f"{k} must be in [0, 1], got {v!r}")
         self.stain_normalization = as_enum(StainNorm, self.stain_normalization,
                                            "stain_normalization")
         for k in ("patch_size", "batch_size", "epochs", "steps_per_epoch"):
@@ -205,12 +271,19 @@ class TrainParams:
 
 @dataclass
 class TrainResult:
+    """What :func:`train` returns: the best model, its file, the per-epoch history, and the
+    best selection score (``history[-1]["score"]`` is the same measure)."""
+
     model: Model
     checkpoint: Path | None
     history: list
     best_epoch: int
-    best_dice: float
+    best_score: float
     stopped_early: bool = False
+
+    @property
+    def selected_on(self) -> str:
+        return self.model.card.metrics.get("selected_on", "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,14 +306,24 @@ def read_split(csv_path) -> dict[str, str]:
 def pairs_from_folder(folder, split_csv=None, splits=("train",), mask_folder=None,
                       limit: int | None = None) -> list[TrainingPair]:
     """Read image/mask pairs from a dataset folder (layouts of :func:`~napari_glandseg.io.
-    find_pairs`), keeping those whose split (from ``split_csv``) is in ``splits``."""
+    find_pairs`), keeping those whose split (from ``split_csv``) is in ``splits``.
+
+    ``mask_folder`` may be a list: each image takes its mask from the first folder that
+    has one (``["instances", "masks"]``: instance labels where they exist, binary masks
+    for the others; see :func:`iter_train` for how such mixed data trains).
+    """
     split = read_split(split_csv) if split_csv else None
+    folders = ([mask_folder] if mask_folder is None or isinstance(mask_folder, str)
+               else list(mask_folder))
+    found = [{fp.image: fp for fp in find_pairs(folder, f)} for f in folders]
     pairs = []
-    for p in find_pairs(folder, mask_folder):
+    for first in found[0].values():
+        p = next((f[first.image] for f in found
+                  if first.image in f and f[first.image].mask is not None), first)
         if p.mask is None or (split is not None and split.get(p.name) not in splits):
             continue
         image, mask = read_pair(p)
-        pairs.append(TrainingPair(image.data, mask.data, p.name))
+        pairs.append(TrainingPair(image.data, mask.data, p.name, image.pixel_size_um))
         if limit and len(pairs) >= limit:
             break
     if not pairs:
@@ -314,8 +397,9 @@ def holdout_split(pairs: list[TrainingPair], val_fraction: float = 0.2):
     if cut < 16 or p.image.shape[0] - cut < 16:
         raise GlandsegError(f"pair {p.name!r} is too small ({p.image.shape[0]} rows) to hold "
                             "out a validation strip; add another pair")
-    return ([TrainingPair(p.image[:cut], p.mask[:cut], f"{p.name} (top)")],
-            [TrainingPair(p.image[cut:], p.mask[cut:], f"{p.name} (bottom)")])
+    return ([TrainingPair(p.image[:cut], p.mask[:cut], f"{p.name} (top)", p.pixel_size_um)],
+            [TrainingPair(p.image[cut:], p.mask[cut:], f"{p.name} (bottom)",
+                          p.pixel_size_um)])
 
 
 def validation_report(model: Model, pairs: list[TrainingPair], tile_size: int = 256):
@@ -338,10 +422,30 @@ def validation_report(model: Model, pairs: list[TrainingPair], tile_size: int = 
     return rows
 
 
-def make_target(mask: np.ndarray, target: Target, num_classes: int) -> np.ndarray:
+def is_instance_mask(mask: np.ndarray) -> bool:
+    """Whether a mask holds instance labels (more than one object id) rather than a binary
+    foreground mask."""
+    return bool(mask.size) and int(mask.max()) > 1
+
+
+def make_target(mask: np.ndarray, target: Target, num_classes: int,
+                partial: bool = False) -> np.ndarray:
     """The per-pixel training target: 0/1 for binary, 0..K-1 for classes, and
-    0 background / 1 interior / 2 boundary (2-px inner boundary of each instance)."""
+    0 background / 1 interior / 2 boundary (2-px inner boundary of each instance).
+
+    With ``partial`` (a binary mask in a dataset that otherwise has instances), a boundary
+    target marks only what the mask tells for sure: background, and the 2-px inner edge of
+    each connected component as boundary; the rest of the foreground is
+    :data:`UNKNOWN_FG` (interior, or a boundary between touching objects nobody drew), which
+    the loss treats as "foreground, either class".
+
+    >>> m = np.zeros((8, 8), np.uint8); m[1:7, 1:7] = 1
+    >>> t = make_target(m, Target.BOUNDARY, 3, partial=True)
+    >>> sorted(np.unique(t).tolist()), int((t == UNKNOWN_FG).sum())
+    ([0, 2, 3], 4)
+    """
     if target is Target.BOUNDARY:
+        from scipy.ndimage import binary_dilation
         from skimage.segmentation import find_boundaries
 
         from .metrics import as_instances
@@ -349,9 +453,9 @@ def make_target(mask: np.ndarray, target: Target, num_classes: int) -> np.ndarra
         inst = as_instances(mask)
         out = (inst > 0).astype(np.uint8)
         edge = find_boundaries(inst, mode="inner")
-        from scipy.ndimage import binary_dilation
-
         edge = binary_dilation(edge) & (inst > 0)
+        if partial:
+            out[out > 0] = UNKNOWN_FG
         out[edge] = 2
         return out
     if num_classes == 1:
@@ -360,6 +464,34 @@ def make_target(mask: np.ndarray, target: Target, num_classes: int) -> np.ndarra
         raise GlandsegError(f"mask has label {int(mask.max())} but the model has "
                             f"{num_classes} classes")
     return mask.astype(np.uint8)
+
+
+def resample_pairs(pairs: list[TrainingPair], pixel_size_um: float | None,
+                   default_pixel_size_um: float | None = None) -> list[TrainingPair]:
+    """The pairs at working scale ``pixel_size_um``: images anti-aliased, masks (instance
+    labels kept) by nearest neighbour. A pair's own pixel size wins over
+    ``default_pixel_size_um``; pairs of unknown size, or within 5% of the working scale, are
+    kept as they are."""
+    from skimage.transform import resize
+
+    if not pixel_size_um:
+        return list(pairs)
+    out = []
+    for p in pairs:
+        src = p.pixel_size_um or default_pixel_size_um
+        if not src or abs(src / pixel_size_um - 1) < 0.05:
+            out.append(p)
+            continue
+        f = src / pixel_size_um
+        h, w = (max(1, round(n * f)) for n in p.image.shape[:2])
+        img = resize(p.image, (h, w) + p.image.shape[2:], order=1, preserve_range=True,
+                     anti_aliasing=f < 1)
+        if np.issubdtype(p.image.dtype, np.integer):
+            img = np.round(img)
+        mask = resize(p.mask, (h, w), order=0, preserve_range=True, anti_aliasing=False)
+        out.append(TrainingPair(img.astype(p.image.dtype), mask.astype(p.mask.dtype), p.name,
+                                pixel_size_um))
+    return out
 
 
 class PatchSampler:
@@ -429,7 +561,7 @@ def stain_normalised(pairs: list[TrainingPair], entry: dict) -> list[TrainingPai
         except GlandsegError as exc:
             warnings.warn(f"pair {p.name!r} is not stain-normalised: {exc}", stacklevel=2)
             image = p.image
-        out.append(TrainingPair(image, p.mask, p.name))
+        out.append(TrainingPair(image, p.mask, p.name, p.pixel_size_um))
     return out
 
 
@@ -456,7 +588,7 @@ def _augment(img, tgt, size, p: TrainParams, rng):
     dtype = img.dtype
     top = float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
     angle = rng.uniform(0, 2 * np.pi)
-    zoom = np.exp(rng.uniform(np.log(0.8), np.log(1.25)))
+    zoom = np.exp(rng.uniform(-np.log(p.zoom), np.log(p.zoom)))
     c, s = np.cos(angle) / zoom, np.sin(angle) / zoom
     matrix = np.array([[c, -s], [s, c]])
     centre_in = np.array(tgt.shape[:2]) / 2
@@ -477,12 +609,30 @@ def _augment(img, tgt, size, p: TrainParams, rng):
     x = img / top
     if img.ndim == 3 and img.shape[-1] == 3 and p.stain_jitter > 0:
         x = _stain_jitter(x, p.stain_jitter, rng)
+    if img.ndim == 3 and img.shape[-1] == 3 and p.colour_jitter > 0:
+        x = _hue_saturation(x, p.colour_jitter, rng)
+    if p.blur > 0 and rng.random() < p.blur:
+        from scipy.ndimage import gaussian_filter
+
+        sigma = rng.uniform(0.5, 1.5)
+        x = gaussian_filter(x, (sigma, sigma, 0) if x.ndim == 3 else sigma)
     x = x * rng.uniform(0.85, 1.15) + rng.uniform(-0.08, 0.08)  # contrast, brightness
     x = np.clip(x, 0, 1) ** np.exp(rng.uniform(-0.2, 0.2))  # gamma
     x = x * top
     if np.issubdtype(dtype, np.integer):
         x = np.round(x)
     return np.ascontiguousarray(x.astype(dtype)), np.ascontiguousarray(tgt)
+
+
+def _hue_saturation(x, strength, rng):
+    """Shift hue by up to ``strength`` / 2 of the colour circle and scale saturation by up to
+    1 +- ``strength`` (another scanner or stain batch)."""
+    from skimage.color import hsv2rgb, rgb2hsv
+
+    hsv = rgb2hsv(np.clip(x, 0, 1))
+    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-strength, strength) / 2) % 1.0
+    hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(1 - strength, 1 + strength), 0, 1)
+    return hsv2rgb(hsv)
 
 
 def _stain_jitter(x, sigma, rng):
@@ -498,10 +648,26 @@ def _stain_jitter(x, sigma, rng):
 # losses and encoder freezing
 
 
-def make_loss(loss: Loss, num_classes: int):
-    """The loss module for logits (N, K, H, W) and integer targets (N, H, W)."""
+def make_loss(loss: Loss, num_classes: int, partial: bool = False):
+    """The loss module for logits (N, K, H, W) and integer targets (N, H, W).
+
+    ``partial``: targets of a background / interior / boundary model may hold
+    :data:`UNKNOWN_FG` (foreground of unknown class); only ``dice_ce`` and ``bce`` support it
+    (:func:`partial_boundary_loss`).
+    """
     from monai.losses import DiceCELoss, DiceLoss, FocalLoss
 
+    if partial:
+        if num_classes != 3 or loss not in (Loss.DICE_CE, Loss.BCE):
+            raise GlandsegError(
+                f"mixed instance and binary masks train a background/interior/boundary model "
+                f"with loss 'dice_ce' or 'bce', not {loss.value!r} with {num_classes} classes")
+        with_dice = loss is Loss.DICE_CE
+
+        def compute_partial(logits, target):
+            return partial_boundary_loss(logits, target, dice=with_dice)
+
+        return compute_partial
     binary = num_classes == 1
     if binary:
         dice = DiceLoss(sigmoid=True)
@@ -526,6 +692,37 @@ def make_loss(loss: Loss, num_classes: int):
         return sum(f(logits, y) for f in fns)
 
     return compute
+
+
+def partial_boundary_loss(logits, target, dice: bool = True, eps: float = 1e-5):
+    """Cross-entropy (+ soft Dice) for background / interior / boundary logits whose targets
+    may be :data:`UNKNOWN_FG`.
+
+    Known pixels take the usual cross-entropy; an unknown foreground pixel takes
+    ``-log(p_interior + p_boundary)``, so it teaches "foreground" without claiming which
+    class. Dice: foreground (interior + boundary) on every pixel, and interior and boundary
+    each on the known pixels.
+    """
+    logp = torch.log_softmax(logits.float(), 1)
+    known = target != UNKNOWN_FG
+    y = torch.where(known, target, torch.zeros_like(target)).long()
+    nll = -logp.gather(1, y[:, None])[:, 0]
+    fg_nll = -torch.logsumexp(logp[:, 1:3], 1)
+    ce = torch.where(known, nll, fg_nll).mean()
+    if not dice:
+        return ce
+    p = logp.exp()
+    k = known.float()
+
+    def soft_dice(prob, truth, weight):
+        inter = (prob * truth * weight).sum()
+        return 1 - (2 * inter + eps) / ((prob * weight).sum() + (truth * weight).sum() + eps)
+
+    fg_truth = (target > 0).float()
+    d = soft_dice(p[:, 1] + p[:, 2], fg_truth, torch.ones_like(k))
+    d = d + soft_dice(p[:, 1], (target == 1).float(), k)
+    d = d + soft_dice(p[:, 2], (target == 2).float(), k)
+    return ce + d / 3
 
 
 _ENCODER_PREFIXES = {
@@ -584,42 +781,66 @@ def _prepare(train_pairs, params):
                      num_classes=k, arch_kwargs=dict(params.arch_kwargs),
                      class_names=names or [], normalization=params.normalization,
                      pixel_size_um=params.pixel_size_um,
+                     data_pixel_size_um=params.data_pixel_size_um,
                      boundary_class=params.target is Target.BOUNDARY)
     return card, build_from_card(card)
 
 
-def iter_train(train_pairs, val_pairs, params: TrainParams | None = None, resume=None,
-               **kwargs):
-    """Train or fine-tune, yielding :class:`~napari_glandseg.progress.Progress`.
+@dataclass
+class _Run:
+    """Everything a training run holds between steps; saved whole for ``resume``."""
 
-    Yields one record per step (``metrics={"loss": ...}``) and one per epoch
-    (``metrics`` with ``train_loss, val_loss, val_dice, val_iou, val_accuracy, lr,
-    checkpoint``). Returns a :class:`TrainResult`.
+    params: TrainParams
+    card: ModelCard
+    net: torch.nn.Module
+    opt: torch.optim.Optimizer
+    device: torch.device
+    sampler: PatchSampler
+    val_set: list
+    val_pairs: list
+    loss_fn: object
+    select: Selection
+    amp: object = None
+    scaler: object = None
+    history: list = field(default_factory=list)
+    epoch: int = 0  # the next epoch to run
+    step: int = 0
+    best: float = -1.0
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    saved: Path | None = None
+    data_desc: str = ""
+    n_train: int = 0
 
-    Parameters
-    ----------
-    train_pairs, val_pairs : list of TrainingPair
-        Validation pairs may be the training ones when there are too few images (say so).
-    params : TrainParams
-    resume : str or Path, optional
-        A training state (``<name>.state.pt`` in the store's ``training/`` folder) to go on
-        from: same model, optimiser and history, next epoch.
+    @property
+    def total_steps(self) -> int:
+        return self.params.epochs * self.params.steps_per_epoch
 
-    Raises
-    ------
-    GlandsegError
-        Bad data or settings; or a NaN loss (the last good checkpoint is kept).
-    """
-    if params is None:
-        params = TrainParams(**kwargs)
-    elif kwargs:
-        from dataclasses import replace
+    def lr_at(self, step: int) -> float:
+        p = self.params
+        if p.schedule == "constant":
+            return p.lr
+        warm = p.steps_per_epoch
+        if step < warm:
+            return p.lr * (step + 1) / warm
+        t = (step - warm) / max(1, self.total_steps - warm)
+        return p.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
-        params = replace(params, **kwargs)
+
+def _check_pairs(train_pairs, val_pairs):
     train_pairs = [p if isinstance(p, TrainingPair) else TrainingPair(*p) for p in train_pairs]
     val_pairs = [p if isinstance(p, TrainingPair) else TrainingPair(*p) for p in val_pairs]
     if not train_pairs or not val_pairs:
         raise GlandsegError("training needs at least one training and one validation pair")
+    for p in train_pairs:
+        if not p.mask.any():
+            raise GlandsegError(f"pair {p.name!r} has no labelled pixels: label the objects "
+                                "(or remove the pair) before training")
+    return train_pairs, val_pairs
+
+
+def _setup(train_pairs, val_pairs, params: TrainParams) -> _Run:
+    """Card, network, data at working scale, targets, optimiser: a run ready for epoch 0."""
     from .models import list_models
 
     if any(m.name == params.name and m.source == "bundled" for m in list_models()):
@@ -639,32 +860,35 @@ def iter_train(train_pairs, val_pairs, params: TrainParams | None = None, resume
     if card.stain_normalization:  # the images inference will see, not the raw ones
         train_pairs = stain_normalised(train_pairs, card.stain_normalization)
         val_pairs = stain_normalised(val_pairs, card.stain_normalization)
+    # pairs whose file does not say their scale are at the card's data scale
+    default_px = params.data_pixel_size_um or card.data_pixel_size_um
+    val_pairs = [p if p.pixel_size_um or not default_px else
+                 TrainingPair(p.image, p.mask, p.name, default_px) for p in val_pairs]
+    work_train = resample_pairs(train_pairs, card.pixel_size_um, default_px)
+    work_val = resample_pairs(val_pairs, card.pixel_size_um, default_px)
     device = resolve_device(params.device)
     net.to(device)
     if params.freeze_encoder:
         freeze_encoder(net, card.architecture)
     target_kind = Target.BOUNDARY if card.boundary_class else params.target
-    tr_targets = [make_target(p.mask, target_kind, card.num_classes) for p in train_pairs]
-    va_targets = [make_target(p.mask, target_kind, card.num_classes) for p in val_pairs]
-    sampler = PatchSampler(train_pairs, tr_targets, params, card.normalization, rng)
-    val_sampler = PatchSampler(val_pairs, va_targets, params, card.normalization,
+    # mixed data: binary masks among instance labels teach foreground, not the boundary
+    mixed = target_kind is Target.BOUNDARY and \
+        any(is_instance_mask(p.mask) for p in work_train) and \
+        not all(is_instance_mask(p.mask) for p in work_train + work_val)
+    tr_targets = [make_target(p.mask, target_kind, card.num_classes,
+                              partial=mixed and not is_instance_mask(p.mask))
+                  for p in work_train]
+    va_targets = [make_target(p.mask, target_kind, card.num_classes,
+                              partial=mixed and not is_instance_mask(p.mask))
+                  for p in work_val]
+    sampler = PatchSampler(work_train, tr_targets, params, card.normalization, rng)
+    val_sampler = PatchSampler(work_val, va_targets, params, card.normalization,
                                np.random.default_rng(params.seed + 1))
     val_set = [val_sampler.sample(augment=False) for _ in range(params.val_patches)]
-    loss_fn = make_loss(params.loss, card.num_classes)
+    loss_fn = make_loss(params.loss, card.num_classes, partial=mixed)
     trainable = [p for p in net.parameters() if p.requires_grad]
     opt_cls = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls(trainable, lr=params.lr, weight_decay=params.weight_decay)
-    total_steps = params.epochs * params.steps_per_epoch
-
-    def lr_at(step):
-        if params.schedule == "constant":
-            return params.lr
-        warm = params.steps_per_epoch
-        if step < warm:
-            return params.lr * (step + 1) / warm
-        t = (step - warm) / max(1, total_steps - warm)
-        return params.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
     amp = None
     if params.mixed_precision and device.type == "cuda":
         amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -672,90 +896,164 @@ def iter_train(train_pairs, val_pairs, params: TrainParams | None = None, resume
         amp = torch.bfloat16  # 2.9x faster steps with channels-last on this project's CPU
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     net.to(memory_format=torch.channels_last)
+    if params.postprocess:
+        card.postprocess = dict(params.postprocess)
+    select = params.select
+    if select is Selection.AUTO:
+        classes = card.num_classes > 1 and not card.boundary_class
+        select = Selection.PIXEL_DICE if classes or not card.postprocess else \
+            Selection.OBJECTS
+    names = [p.name for p in train_pairs]
+    data_desc = params.training_data or ", ".join(names[:5]) + (
+        f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+    if mixed:
+        n_bin = sum(not is_instance_mask(p.mask) for p in train_pairs)
+        data_desc += (f"; {n_bin} of {len(train_pairs)} training masks binary (foreground "
+                      "only, no boundary term)")
+    return _Run(params, card, net, opt, device, sampler, val_set, val_pairs, loss_fn, select,
+                amp, scaler, data_desc=data_desc, n_train=len(train_pairs))
 
-    store = user_dir()
-    ckpt_path = store / f"{params.name}.safetensors"
-    state_path = store / "training" / f"{params.name}.state.pt"
-    history, start_epoch, best, best_epoch, bad_epochs = [], 0, -1.0, -1, 0
-    if resume:
-        st = _load_state(resume)
-        net.load_state_dict(st["net"])
-        opt.load_state_dict(st["opt"])
-        history, start_epoch = st["history"], int(st["epoch"]) + 1
-        best, best_epoch = float(st["best"]), int(st["best_epoch"])
-        rng = np.random.default_rng(params.seed + start_epoch)
-        sampler.rng = rng
-    saved = ckpt_path if best_epoch >= 0 and ckpt_path.exists() else None
-    t0 = time.perf_counter()
-    step = start_epoch * params.steps_per_epoch
-    stopped_early = False
-    data_desc = params.training_data or ", ".join(p.name for p in train_pairs[:5]) + (
-        f" (+{len(train_pairs) - 5} more)" if len(train_pairs) > 5 else "")
 
-    for epoch in range(start_epoch, params.epochs):
-        net.train()
-        losses = []
-        for _ in range(params.steps_per_epoch):
-            batch = [sampler.sample(params.augment) for _ in range(params.batch_size)]
-            x = torch.from_numpy(np.stack([b[0] for b in batch])).to(device).contiguous(
-                memory_format=torch.channels_last)
-            y = torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64)).to(device)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step)
-            opt.zero_grad(set_to_none=True)
-            if amp is not None:
-                with torch.autocast(device.type, dtype=amp):
-                    logits = net(x)
-                loss = loss_fn(logits.float(), y)
-            else:
-                loss = loss_fn(net(x), y)
-            if not torch.isfinite(loss):
-                kept = f"the best checkpoint {saved} is kept" if saved else \
-                    "no checkpoint was saved yet"
-                raise GlandsegError(
-                    f"training stopped: the loss became {loss.item()} at epoch {epoch + 1}, "
-                    f"step {step + 1}; {kept}. Lower the learning rate (now {params.lr:g}).")
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
-            step += 1
-            losses.append(loss.item())
-            yield Progress(step, total_steps, f"epoch {epoch + 1}/{params.epochs}",
-                           time.perf_counter() - t0, {"loss": losses[-1]})
-        val = _validate(net, val_set, loss_fn, device, card.num_classes)
-        improved = val["val_dice"] > best
-        if improved:
-            best, best_epoch, bad_epochs = val["val_dice"], epoch, 0
-            card.metrics = {"val_dice": val["val_dice"], "val_iou": val["val_iou"],
-                            "val_accuracy": val["val_accuracy"], "epoch": epoch + 1}
-            card.training = {**_settings(params), "train_pairs": len(train_pairs),
-                             "val_pairs": len(val_pairs)}
-            card.training_data = data_desc
-            card.data_licence = params.data_licence or card.data_licence
-            card.licence = params.licence or card.licence
-            card.description = params.description or card.description
-            card.postprocess = params.postprocess or card.postprocess
-            saved = save_checkpoint(ckpt_path, net, card, overwrite=True)
+def _train_epoch(run: _Run, t0: float):
+    """One epoch of steps, yielding a Progress per step; returns the step losses."""
+    p, net, opt = run.params, run.net, run.opt
+    net.train()
+    losses = []
+    for _ in range(p.steps_per_epoch):
+        batch = [run.sampler.sample(p.augment) for _ in range(p.batch_size)]
+        x = torch.from_numpy(np.stack([b[0] for b in batch])).to(run.device).contiguous(
+            memory_format=torch.channels_last)
+        y = torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64)).to(run.device)
+        for g in opt.param_groups:
+            g["lr"] = run.lr_at(run.step)
+        opt.zero_grad(set_to_none=True)
+        if run.amp is not None:
+            with torch.autocast(run.device.type, dtype=run.amp):
+                logits = net(x)
+            loss = run.loss_fn(logits.float(), y)
         else:
-            bad_epochs += 1
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **val,
-                  "lr": lr_at(step - 1), "seconds": time.perf_counter() - t0,
-                  "checkpoint": str(saved) if saved else None, "best": improved}
-        history.append(record)
-        _save_state(state_path, net, opt, history, epoch, best, best_epoch)
-        yield Progress(step, total_steps, f"epoch {epoch + 1}: val Dice {val['val_dice']:.3f}",
-                       time.perf_counter() - t0, dict(record))
-        if params.patience and bad_epochs >= params.patience:
+            loss = run.loss_fn(net(x), y)
+        if not torch.isfinite(loss):
+            kept = f"the best checkpoint {run.saved} is kept" if run.saved else \
+                "no checkpoint was saved yet"
+            raise GlandsegError(
+                f"training stopped: the loss became {loss.item()} at epoch {run.epoch + 1}, "
+                f"step {run.step + 1}; {kept}. Lower the learning rate (now {p.lr:g}).")
+        if run.scaler is not None:
+            run.scaler.scale(loss).backward()
+            run.scaler.step(opt)
+            run.scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        run.step += 1
+        losses.append(loss.item())
+        yield Progress(run.step, run.total_steps, f"epoch {run.epoch + 1}/{p.epochs}",
+                       time.perf_counter() - t0, {"loss": losses[-1]})
+    return losses
+
+
+_SELECT_KEY = {Selection.OBJECTS: "val_objects", Selection.OBJECT_F1: "val_object_f1",
+               Selection.OBJECT_DICE: "val_object_dice", Selection.AJI: "val_aji",
+               Selection.PQ: "val_pq", Selection.PIXEL_DICE: "val_image_dice"}
+
+
+def _end_epoch(run: _Run, losses: list, t0: float) -> dict:
+    """Validate, keep the checkpoint if the selection score improved, save the run state."""
+    params, card = run.params, run.card
+    val = _validate(run.net, run.val_set, run.loss_fn, run.device, card.num_classes)
+    val.update(validate_images(Model(run.net, card, device=run.device), run.val_pairs,
+                               tile_size=1024))  # one tile per image: 2x faster
+    run.net.train()
+    key = _SELECT_KEY[run.select]
+    if key not in val:
+        raise GlandsegError(f"select={run.select.value!r} needs object post-processing in the "
+                            "card (postprocess); use select='pixel_dice' or give postprocess")
+    score = val[key]
+    improved = score > run.best
+    if improved:
+        run.best, run.best_epoch, run.bad_epochs = score, run.epoch, 0
+        card.metrics = {k: round(float(v), 4) for k, v in val.items() if k != "val_loss"}
+        card.metrics["epoch"] = run.epoch + 1
+        card.metrics["selected_on"] = _SELECT_KEY[run.select]
+        card.training = {**_settings(params), "select": run.select.value,
+                         "train_pairs": run.n_train, "val_pairs": len(run.val_pairs)}
+        card.training_data = run.data_desc
+        card.data_licence = params.data_licence or card.data_licence
+        card.licence = params.licence or card.licence
+        card.description = params.description or card.description
+        run.saved = save_checkpoint(user_dir() / f"{params.name}.safetensors", run.net, card,
+                                    overwrite=True)
+    else:
+        run.bad_epochs += 1
+    record = {"epoch": run.epoch + 1, "train_loss": float(np.mean(losses)), **val,
+              "score": score, "lr": run.lr_at(run.step - 1),
+              "seconds": time.perf_counter() - t0,
+              "checkpoint": str(run.saved) if run.saved else None, "best": improved}
+    run.history.append(record)
+    run.epoch += 1
+    _save_state(state_path_for(params.name), run)
+    return record
+
+
+def iter_train(train_pairs, val_pairs, params: TrainParams | None = None, resume=None,
+               **kwargs):
+    """Train or fine-tune, yielding :class:`~napari_glandseg.progress.Progress`.
+
+    Yields one record per step (``metrics={"loss": ...}``) and one per epoch (``metrics``
+    with ``train_loss``, ``val_loss``, patch ``val_dice``, whole-image scores
+    ``val_image_dice``, ``val_object_f1``, ``val_object_dice``, ``val_objects``,
+    ``val_aji``, ``val_pq``, the selection ``score``, ``lr``, ``checkpoint``, ``best``).
+    Returns a :class:`TrainResult`.
+
+    Data at another scale than the card's (``pixel_size_um``) are resampled to it. When the
+    training masks mix instance labels with binary masks, a background / interior /
+    boundary model learns the boundary only from the instance labels (binary masks teach
+    foreground and their outer edges, :func:`partial_boundary_loss`).
+
+    The checkpoint kept is the one with the best ``params.select`` score on the whole
+    validation images after the card's post-processing (objects, not pixels).
+
+    Parameters
+    ----------
+    train_pairs, val_pairs : list of TrainingPair
+        Validation pairs may be the training ones when there are too few images (say so).
+    params : TrainParams
+    resume : str or Path, optional
+        A training state (``<name>.state.pt`` in the store's ``training/`` folder) to go on
+        from: network, optimiser, history, best score, patience and random state, next epoch.
+
+    Raises
+    ------
+    GlandsegError
+        Bad data or settings; a state that does not fit the run; or a NaN loss (the last
+        good checkpoint is kept).
+    """
+    if params is None:
+        params = TrainParams(**kwargs)
+    elif kwargs:
+        from dataclasses import replace
+
+        params = replace(params, **kwargs)
+    train_pairs, val_pairs = _check_pairs(train_pairs, val_pairs)
+    run = _setup(train_pairs, val_pairs, params)
+    if resume:
+        _restore(run, resume)
+    t0 = time.perf_counter()
+    stopped_early = False
+    while run.epoch < params.epochs:
+        if params.patience and run.bad_epochs >= params.patience:
             stopped_early = True
             break
-
-    net.eval()
-    best_model = load_model(saved) if saved else Model(net, card)
-    return TrainResult(best_model, saved, history, best_epoch + 1, best, stopped_early)
+        losses = yield from _train_epoch(run, t0)
+        record = _end_epoch(run, losses, t0)
+        yield Progress(run.step, run.total_steps,
+                       f"epoch {record['epoch']}: {_SELECT_KEY[run.select]} "
+                       f"{record['score']:.3f}", time.perf_counter() - t0, dict(record))
+    run.net.eval()
+    best_model = load_model(run.saved) if run.saved else Model(run.net, run.card)
+    return TrainResult(best_model, run.saved, run.history, run.best_epoch + 1, run.best,
+                       stopped_early)
 
 
 def _settings(params: TrainParams) -> dict:
@@ -780,23 +1078,113 @@ def _validate(net, val_set, loss_fn, device, num_classes) -> dict:
         logits = net(x)
         losses.append(float(loss_fn(logits, y)))
         pred = (logits[:, 0] > 0).long() if num_classes == 1 else logits.argmax(1)
+        known = y != UNKNOWN_FG
         for c in classes:
             pc, tc = pred == c, y == c
-            tp += int((pc & tc).sum())
-            fp += int((pc & ~tc).sum())
+            tp += int((pc & tc & known).sum())
+            fp += int((pc & ~tc & known).sum())
             fn += int((~pc & tc).sum())
-        correct += int((pred == y).sum())
-        n += y.numel()
+        correct += int(((pred == y) & known).sum())
+        n += int(known.sum())
     return {"val_loss": float(np.mean(losses)),
             "val_dice": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0,
             "val_iou": tp / (tp + fp + fn) if tp + fp + fn else 1.0,
             "val_accuracy": correct / n if n else 1.0}
 
 
-def _save_state(path: Path, net, opt, history, epoch, best, best_epoch) -> None:
+def validate_images(model: Model, pairs: list[TrainingPair], tile_size: int = 512,
+                    postprocess_params=None) -> dict:
+    """Whole-image validation scores: each pair segmented as inference does (at its own
+    pixel size), post-processed with the card's settings (or ``postprocess_params``) and
+    scored against its mask.
+
+    Returns ``val_image_dice`` (foreground Dice pooled over the images; foreground classes
+    pooled for class maps), and for models with post-processing ``val_object_f1``,
+    ``val_object_dice``, ``val_objects`` (their mean), ``val_aji`` and ``val_pq``.
+    """
+    from .inference import segment
+    from .metrics import evaluate_dataset
+    from .postprocessing import PostprocessParams, postprocess
+
+    card = model.card
+    post = postprocess_params or card.postprocess
+    objects = bool(post) and not (card.num_classes > 1 and not card.boundary_class)
+    post = PostprocessParams(**post) if isinstance(post, dict) else post
+    tp = fp = fn = 0
+    items = []
+    for p in pairs:
+        res = segment(p.image, model, pixel_size_um=p.pixel_size_um, tile_size=tile_size,
+                      return_probabilities=False, stain_normalization=False,
+                      device=str(model.device))
+        labels = np.asarray(res.labels)
+        truth = p.mask
+        if card.num_classes > 1 and not card.boundary_class:
+            same = (labels > 0) & (labels == truth)
+            tp += int(same.sum())
+            fp += int(((labels > 0) & ~same).sum())
+            fn += int(((truth > 0) & ~same).sum())
+        else:
+            pf, tf = labels > 0, truth > 0
+            tp += int((pf & tf).sum())
+            fp += int((pf & ~tf).sum())
+            fn += int((~pf & tf).sum())
+        if objects:
+            items.append((p.name, postprocess(labels, post), truth))
+    out = {"val_image_dice": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0}
+    if objects:
+        _, s = evaluate_dataset(items, hausdorff=False)
+        out.update(val_object_f1=float(s["object_f1"]), val_object_dice=float(s["object_dice"]),
+                   val_aji=float(s["aji"]), val_pq=float(s["pq"]))
+        out["val_objects"] = (out["val_object_f1"] + out["val_object_dice"]) / 2
+    return out
+
+
+def _save_state(path: Path, run: _Run) -> None:
+    card = run.card
     with atomic_path(path) as tmp:
-        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "history": history,
-                    "epoch": epoch, "best": best, "best_epoch": best_epoch}, tmp)
+        torch.save({"net": run.net.state_dict(), "opt": run.opt.state_dict(),
+                    "history": run.history, "epoch": run.epoch, "step": run.step,
+                    "best": run.best, "best_epoch": run.best_epoch,
+                    "bad_epochs": run.bad_epochs,
+                    "saved": str(run.saved) if run.saved else "",
+                    "rng": run.sampler.rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                    "architecture": card.architecture,
+                    "arch_json": json.dumps(card.arch_kwargs, sort_keys=True),
+                    "num_classes": card.num_classes, "select": run.select.value,
+                    "scaler": run.scaler.state_dict() if run.scaler else {}}, tmp)
+
+
+def _restore(run: _Run, path) -> None:
+    """Put a saved run state back: it must be for the same network and selection."""
+    st = _load_state(path)
+    card = run.card
+    theirs = (st.get("architecture"), st.get("arch_json"), st.get("num_classes"))
+    ours = (card.architecture, json.dumps(card.arch_kwargs, sort_keys=True), card.num_classes)
+    if None in theirs:
+        raise GlandsegError(f"{path}: an old training state without its network settings; "
+                            "start the run again")
+    if theirs != ours:
+        raise GlandsegError(
+            f"{path}: cannot resume: the state is for {theirs[0]} {theirs[1]} with "
+            f"{theirs[2]} class(es) but this run builds {ours[0]} {ours[1]} with {ours[2]}; "
+            "use the settings of the interrupted run, or another --name")
+    if st.get("select") != run.select.value:
+        raise GlandsegError(f"{path}: cannot resume: the run selected on {st.get('select')!r}, "
+                            f"this one on {run.select.value!r}")
+    try:
+        run.net.load_state_dict(st["net"])
+        run.opt.load_state_dict(st["opt"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise GlandsegError(f"{path}: cannot resume: {exc}") from None
+    run.history, run.epoch, run.step = st["history"], int(st["epoch"]), int(st["step"])
+    run.best, run.best_epoch = float(st["best"]), int(st["best_epoch"])
+    run.bad_epochs = int(st["bad_epochs"])
+    run.saved = Path(st["saved"]) if st["saved"] and Path(st["saved"]).exists() else None
+    run.sampler.rng.bit_generator.state = st["rng"]
+    torch.set_rng_state(st["torch_rng"])
+    if run.scaler is not None and st.get("scaler"):
+        run.scaler.load_state_dict(st["scaler"])
 
 
 def _load_state(path) -> dict:

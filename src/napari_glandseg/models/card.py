@@ -91,6 +91,9 @@ class ModelCard:
         Hex colours, one per class name.
     pixel_size_um : float or None
         The input scale the model was trained at (um/px); None when unknown.
+    data_pixel_size_um : float or None
+        The scale inference assumes for an image whose pixel size is unknown (a PNG or
+        JPEG): that of the training data. None: the image is taken at ``pixel_size_um``.
     normalization : str
         A :class:`Normalization` value.
     stain_normalization : dict
@@ -109,6 +112,7 @@ class ModelCard:
     class_names: list = field(default_factory=list)
     class_colours: list = field(default_factory=list)
     pixel_size_um: float | None = None
+    data_pixel_size_um: float | None = None
     normalization: str = Normalization.IMAGENET.value
     stain_normalization: dict = field(default_factory=dict)
     boundary_class: bool = False
@@ -123,6 +127,7 @@ class ModelCard:
     format: str = CARD_FORMAT
 
     def __post_init__(self):
+        _check_field_types(self)
         self.architecture = as_enum(Architecture, self.architecture, "architecture").value
         self.normalization = as_enum(Normalization, self.normalization, "normalization").value
         for attr in ("in_channels", "num_classes"):
@@ -140,8 +145,10 @@ class ModelCard:
             )
         if not self.class_colours:
             self.class_colours = [DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)] for i in range(n_names)]
-        if self.pixel_size_um is not None and not self.pixel_size_um > 0:
-            raise GlandsegError(f"pixel_size_um must be positive, got {self.pixel_size_um!r}")
+        for attr in ("pixel_size_um", "data_pixel_size_um"):
+            value = getattr(self, attr)
+            if value is not None and not (isinstance(value, int | float) and value > 0):
+                raise GlandsegError(f"{attr} must be a positive number, got {value!r}")
         from ..stain import check_card_entry
 
         check_card_entry(self.stain_normalization, self.in_channels)
@@ -205,3 +212,89 @@ def _fmt(v) -> str:
     if isinstance(v, dict):
         return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items())
     return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+# --------------------------------------------------------------------------------------------
+# validation of what a file may say (a card is read from files anyone can edit)
+
+#: Largest width, depth or other integer an architecture argument may ask for, and the longest
+#: list of them: far above every real model, far below what would exhaust memory.
+MAX_ARCH_INT = 4096
+MAX_ARCH_LIST = 16
+MAX_TEXT = 20_000
+_TEXT_FIELDS = ("name", "description", "training_data", "data_licence", "licence", "version",
+                "format")
+_DICT_FIELDS = ("arch_kwargs", "stain_normalization", "metrics", "postprocess", "training")
+
+
+def _check_field_types(card: ModelCard) -> None:
+    """Types, ranges and sizes of every field, before anything is built from the card: one
+    tampered file must give a clear error, never a TypeError or a 360 GB allocation."""
+    import math
+
+    for name in _TEXT_FIELDS:
+        value = getattr(card, name)
+        if not isinstance(value, str) or len(value) > MAX_TEXT:
+            raise GlandsegError(f"card field {name} must be text (at most {MAX_TEXT} "
+                                f"characters), got {_short(value)}")
+    if not card.name.strip():
+        raise GlandsegError("card field name is empty")
+    for name in _DICT_FIELDS:
+        value = getattr(card, name)
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise GlandsegError(f"card field {name} must be a JSON object, got {_short(value)}")
+    for name in ("in_channels", "num_classes"):
+        value = getattr(card, name)
+        top = 16 if name == "in_channels" else 256
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+            raise GlandsegError(f"card field {name} must be an integer in 1..{top}, got "
+                                f"{_short(value)}")
+    for name in ("class_names", "class_colours"):
+        value = getattr(card, name)
+        if not isinstance(value, list) or len(value) > 257 or \
+                not all(isinstance(v, str) and len(v) <= 200 for v in value):
+            raise GlandsegError(f"card field {name} must be a list of short texts, got "
+                                f"{_short(value)}")
+    for name in ("pixel_size_um", "data_pixel_size_um"):
+        value = getattr(card, name, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not math.isfinite(value) or not 0 < value <= 1e4):
+            raise GlandsegError(f"card field {name} must be a number of um/px in (0, 10000], "
+                                f"got {_short(value)}")
+    if not isinstance(card.boundary_class, bool):
+        raise GlandsegError(f"card field boundary_class must be true or false, got "
+                            f"{_short(card.boundary_class)}")
+    for key, value in card.arch_kwargs.items():
+        _check_arch_value(key, value)
+    if card.postprocess:
+        from ..postprocessing import PostprocessParams
+
+        try:
+            PostprocessParams(**card.postprocess)
+        except TypeError as exc:
+            raise GlandsegError(f"card field postprocess: {exc}") from None
+        except GlandsegError as exc:
+            raise GlandsegError(f"card field postprocess: {exc}") from None
+
+
+def _check_arch_value(key: str, value) -> None:
+    import math
+
+    items = value if isinstance(value, list | tuple) else [value]
+    if len(items) > MAX_ARCH_LIST:
+        raise GlandsegError(f"arch_kwargs {key!r} has {len(items)} entries; at most "
+                            f"{MAX_ARCH_LIST}")
+    for v in items:
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, int) and 0 <= v <= MAX_ARCH_INT:
+            continue
+        if isinstance(v, float) and math.isfinite(v) and 0 <= v <= MAX_ARCH_INT:
+            continue
+        raise GlandsegError(f"arch_kwargs {key!r} holds {_short(v)}; expected numbers in "
+                            f"0..{MAX_ARCH_INT}")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

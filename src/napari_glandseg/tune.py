@@ -1,0 +1,197 @@
+"""Choose post-processing on validation images, by object scores (Qt-free).
+
+A model's card carries the post-processing that turns its class map into objects (how to
+split touching objects, minimum size, holes). The right settings depend on the model and on
+the user's images, so they are chosen on validation pairs, never on test images:
+:func:`iter_tune` segments each validation image once, runs every candidate setting on the
+result, scores the objects against the truth, and returns the table and the best setting;
+:func:`tune` blocks. ``glandseg tune`` and the Post-process widget call it, and
+:func:`save_tuned` writes the winner into a copy of the model.
+
+Examples
+--------
+>>> import numpy as np
+>>> grid = candidate_grid({"split": "distance", "h": 4.0, "min_size": 40}, boundary=False)
+>>> sorted({g.split.value for g in grid})
+['distance', 'none', 'peaks']
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from .errors import GlandsegError, as_enum
+from .postprocessing import PostprocessParams, Split, postprocess
+from .progress import Progress, run_to_end
+
+
+class TuneMetric(str, Enum):
+    """What tuning maximises: ``objects`` (mean of object F1 and object Dice, glands),
+    ``object_f1``, ``object_dice``, ``aji`` or ``pq`` (nuclei); ``auto`` takes the score the
+    model's checkpoint was selected on, else ``objects``."""
+
+    AUTO = "auto"
+    OBJECTS = "objects"
+    OBJECT_F1 = "object_f1"
+    OBJECT_DICE = "object_dice"
+    AJI = "aji"
+    PQ = "pq"
+
+
+@dataclass
+class TuneResult:
+    """The candidates scored (``table``: one dict per setting, best first), the best
+    setting as card entry (``best``) and its ``score`` by ``metric``, and the card's own
+    setting's score (``current_score``) for comparison."""
+
+    metric: str
+    best: dict
+    score: float
+    current_score: float
+    table: list = field(default_factory=list)
+    n_images: int = 0
+
+
+def _card_metric(card) -> TuneMetric:
+    selected = str(card.metrics.get("selected_on", "")).removeprefix("val_")
+    try:
+        m = TuneMetric(selected)
+    except ValueError:
+        return TuneMetric.OBJECTS
+    return TuneMetric.OBJECTS if m is TuneMetric.AUTO else m
+
+
+def candidate_grid(current: dict, boundary: bool) -> list[PostprocessParams]:
+    """Settings to try around the card's ``current`` ones: connected components, the
+    distance watershed over a range of ``h``, distance peaks over a range of minimum
+    distances, and (for background / interior / boundary models) the boundary-class split,
+    each with minimum sizes from a quarter to twice the current one and hole filling on or
+    off."""
+    cur = PostprocessParams(**current) if current else PostprocessParams()
+    base = max(cur.min_size, 10)
+    sizes = sorted({0, base // 4, base // 2, base, base * 2})
+    holes = [(True, cur.max_hole_size), (False, 0)]
+    out = []
+    for min_size in sizes:
+        for fill, hole in holes:
+            common = dict(min_size=int(min_size), fill_holes=fill, max_hole_size=int(hole))
+            out.append(PostprocessParams(split=Split.NONE, **common))
+            for h in (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0):
+                out.append(PostprocessParams(split=Split.DISTANCE, h=h, **common))
+            for d in (3, 5, 7, 10, 15, 20, 30):
+                out.append(PostprocessParams(split=Split.PEAKS, min_distance=d, **common))
+            if boundary:
+                out.append(PostprocessParams(split=Split.BOUNDARY, **common))
+    if cur not in out:
+        out.append(cur)
+    return out
+
+
+def _entry(p: PostprocessParams) -> dict:
+    d = asdict(p)
+    d["split"] = p.split.value
+    keep = {"split", "min_size", "fill_holes", "max_hole_size"}
+    if p.split is Split.DISTANCE:
+        keep.add("h")
+    if p.split is Split.PEAKS:
+        keep.add("min_distance")
+    return {k: v for k, v in d.items() if k in keep}
+
+
+def iter_tune(model, pairs, metric: TuneMetric | str = TuneMetric.AUTO, grid=None,
+              tile_size: int = 512):
+    """Search post-processing on validation ``pairs``, yielding Progress; returns a
+    :class:`TuneResult`.
+
+    Parameters
+    ----------
+    model : Model
+        Binary or background / interior / boundary model (class-map models have no
+        object split to tune).
+    pairs : list of TrainingPair
+        Validation images with instance (or binary) truth, at their own pixel size. Never
+        test images.
+    metric : TuneMetric
+    grid : list of PostprocessParams, optional
+        Default :func:`candidate_grid` around the card's settings.
+    """
+    from .inference import segment
+    from .metrics import Overlap, aji, as_instances, object_dice, object_f1, panoptic_quality
+
+    metric = as_enum(TuneMetric, metric, "metric")
+    card = model.card
+    if card.num_classes > 1 and not card.boundary_class:
+        raise GlandsegError(f"{card.name}: a class-map model has no object split to tune")
+    if not pairs:
+        raise GlandsegError("tuning needs at least one validation pair")
+    if metric is TuneMetric.AUTO:
+        metric = _card_metric(card)
+    grid = list(grid) if grid is not None else candidate_grid(card.postprocess,
+                                                              card.boundary_class)
+    t0 = time.perf_counter()
+    total = len(pairs) + len(grid)
+    predictions = []
+    for i, p in enumerate(pairs):
+        res = segment(p.image, model, pixel_size_um=getattr(p, "pixel_size_um", None),
+                      tile_size=tile_size, return_probabilities=False)
+        predictions.append((np.asarray(res.labels), as_instances(p.mask)))
+        yield Progress(i + 1, total, f"segmented {i + 1}/{len(pairs)}",
+                       time.perf_counter() - t0)
+    rows = []
+    for j, params in enumerate(grid):
+        tp = fp = fn = 0
+        dices, ajis, pqs = [], [], []
+        for labels, truth in predictions:
+            ov = Overlap.of(postprocess(labels, params), truth)
+            f = object_f1(ov)
+            tp, fp, fn = tp + f["tp"], fp + f["fp"], fn + f["fn"]
+            dices.append(object_dice(ov))
+            ajis.append(aji(ov))
+            pqs.append(panoptic_quality(ov)["pq"])
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+        row = {**_entry(params), "object_f1": f1, "object_dice": float(np.mean(dices)),
+               "aji": float(np.mean(ajis)), "pq": float(np.mean(pqs))}
+        row["objects"] = (row["object_f1"] + row["object_dice"]) / 2
+        rows.append(row)
+        yield Progress(len(pairs) + j + 1, total, f"setting {j + 1}/{len(grid)}",
+                       time.perf_counter() - t0)
+    key = metric.value
+    current = _entry(PostprocessParams(**card.postprocess)) if card.postprocess else None
+    current_score = next((r[key] for r in rows if current and _same(r, current)), float("nan"))
+    rows.sort(key=lambda r: -r[key])
+    best = {k: v for k, v in rows[0].items() if k not in ("object_f1", "object_dice", "aji",
+                                                          "pq", "objects")}
+    return TuneResult(key, best, rows[0][key], current_score, rows, len(pairs))
+
+
+def _same(row: dict, entry: dict) -> bool:
+    return all(row.get(k) == v for k, v in entry.items())
+
+
+def tune(model, pairs, metric: TuneMetric | str = TuneMetric.AUTO, grid=None,
+         tile_size: int = 512) -> TuneResult:
+    """Blocking twin of :func:`iter_tune`."""
+    return run_to_end(iter_tune(model, pairs, metric, grid, tile_size))
+
+
+def save_tuned(model, result: TuneResult, name: str, data: str = ""):
+    """Write ``model`` with the tuned post-processing into the store as ``name`` (a copy:
+    the original model is never changed; an existing ``name`` is refused). Returns the
+    path."""
+    from .models import list_models, save_checkpoint, user_dir
+    from .models.store import _check_name
+
+    _check_name(name)
+    if any(m.name == name for m in list_models()):
+        raise GlandsegError(f"a model named {name!r} exists; choose another name")
+    card = copy.deepcopy(model.card)
+    card.name = name
+    card.postprocess = dict(result.best)
+    card.metrics = {**card.metrics, "tuned_on": data or f"{result.n_images} validation images",
+                    f"tuned_{result.metric}": round(float(result.score), 4)}
+    return save_checkpoint(user_dir() / f"{name}.safetensors", model.net, card)
