@@ -42,15 +42,18 @@ def main(argv=None) -> dict:
     seg = dock("napari-glandseg", "Segment")[1]
     seg.image_box.setCurrentText(image)
     seg.tile.setValue(256)
-    wait(seg.run())
-    prediction = seg.last_layers[0].name
+    seg.keep_classes.setChecked(True)  # objects come with the card's post-processing;
+    wait(seg.run())                    # keep the class map too, to redo it below
+    prediction = next(la.name for la in seg.last_layers
+                      if la.metadata["glandseg_role"] == "prediction")
 
     post = dock("napari-glandseg", "Post-process")[1]
     post.labels_box.setCurrentText(prediction)
     post.image_box.setCurrentText(image)
     split = model_w.selection.model.card.postprocess.get("split", "distance")
     post.split_box.setCurrentText(split)
-    objects = post.apply()
+    wait(post.apply())  # runs in the background, like Segment
+    objects = post.last_layer
 
     compare = dock("napari-glandseg", "Compare")[1]
     compare.pred_box.setCurrentText(objects.name)

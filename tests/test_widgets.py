@@ -83,8 +83,13 @@ def test_load_reports_bad_input_and_keeps_going(make_napari_viewer, tmp_path, da
     (tmp_path / "broken.png").write_bytes(b"not an image")
     layers = w.open_files([tmp_path / "broken.png", data_dir / "wbc/dataset1_001.png",
                            data_dir / "wbc/dataset1_001_mask.png"])
-    assert [layer.name for layer in layers] == ["dataset1_001", "dataset1_001_mask [truth]"]
-    assert "broken.png" in notes[-1][1]
+    assert [layer.name for layer in layers] == ["dataset1_001", "dataset1_001 [truth]"]
+    assert layers[1].metadata["source_image"] == "dataset1_001"  # paired with its image
+    assert "broken.png: not an image" in notes[-1][1]  # not "pip install imageio[pyav]"
+    # a mask of another size is refused, not loaded as truth
+    iio.imwrite(tmp_path / "dataset1_001_mask.png", np.zeros((10, 12), np.uint8))
+    assert w.open_files([tmp_path / "dataset1_001_mask.png"]) == []
+    assert "(10, 12)" in notes[-1][1] and "not loaded" in notes[-1][1]
 
     bad = tmp_path / "bad"
     (bad / "images").mkdir(parents=True)
@@ -165,10 +170,12 @@ def test_segment_widget_runs_in_background_and_adds_labels(make_napari_viewer, q
     from napari.utils import progress
 
     seen, bars = [], []
+    before = {id(b) for b in progress._all_instances}  # a bar of an earlier test, not yet freed
     worker = w.run()
     worker.yielded.connect(seen.append)
     worker.yielded.connect(lambda p: bars.append(
-        [b.desc for b in progress._all_instances if "GlandSeg" in str(b.desc)]))
+        [b.desc for b in progress._all_instances
+         if "GlandSeg" in str(b.desc) and id(b) not in before]))
     assert not w.run_btn.isEnabled() and w.cancel_btn.isEnabled()
     with qtbot.waitSignal(worker.finished, timeout=60000):
         pass
@@ -177,7 +184,7 @@ def test_segment_widget_runs_in_background_and_adds_labels(make_napari_viewer, q
     assert layer.metadata["model"] == "allfg" and layer.metadata["params"]["tile_size"] == 64
     assert "glas_testA_5_crop [allfg] probability" in viewer.layers
     assert seen and seen[-1].done == seen[-1].total
-    assert bars and bars[-1] == ["GlandSeg: segmenting"]  # napari's activity progress bar
+    assert bars and bars[0] == ["GlandSeg: segmenting"]  # napari's activity progress bar
     assert not [b for b in progress._all_instances if "GlandSeg" in str(b.desc)]  # closed
     assert w.run_btn.isEnabled() and not w.cancel_btn.isEnabled()
     # a second run never overwrites the first layer
@@ -247,7 +254,8 @@ def _touching_disks():
             | ((yy - 32) ** 2 + (xx - 46) ** 2 <= 144)).astype(np.uint8)
 
 
-def test_postprocess_widget_preview_apply_and_csv(make_napari_viewer, tmp_path, notes):
+def test_postprocess_widget_preview_apply_and_csv(make_napari_viewer, qtbot, tmp_path,
+                                                  notes):
     viewer = make_napari_viewer()
     mask = _touching_disks()
     viewer.add_labels(mask.copy(), name="pred")
@@ -261,7 +269,9 @@ def test_postprocess_widget_preview_apply_and_csv(make_napari_viewer, tmp_path, 
     w.split_box.setCurrentText("distance")
     w.update_preview()  # what the 150 ms timer does after a change
     assert viewer.layers["postprocess preview"].data.max() == 2
-    layer = w.apply()
+    with qtbot.waitSignal(w.apply().finished, timeout=30000):  # in the background
+        assert not w.apply_btn.isEnabled()
+    layer = w.last_layer
     assert layer.name == "pred [objects]" and layer.data.max() == 2
     assert "postprocess preview" not in viewer.layers
     assert len(layer.features) == 2 and set(layer.features["mean_intensity"]) == {200.0}
@@ -346,10 +356,11 @@ def test_finetune_widget_trains_end_to_end(make_napari_viewer, qtbot, notes):
     result, before, after = w.result
     assert len(result.history) == 2 and before == [] and len(after) == 1
     assert len(w.plot.val_dice) == 2 and len(w.plot.losses) == 6
-    assert any("[val best" in la.name for la in viewer.layers)
+    (val,) = [la for la in viewer.layers if "[val: Dice" in la.name]  # one, not two
+    assert tuple(val.translate) == (256 - val.data.shape[0], 0)  # on the strip it scored
     assert model_w.selection.model.name == "ft-test"  # the new model is selected
     assert model_w.model_box.currentData() == "ft-test"
-    assert "Best validation Dice" in w.status.text()
+    assert "Best epoch" in w.status.text() and "now the selected model" in w.status.text()
     assert [n for n in notes if n[0] == "error"] == []
 
 
@@ -359,8 +370,8 @@ def test_finetune_stop_returns_quickly_and_keeps_best(make_napari_viewer, qtbot,
 
     steps = []
     real = tr.make_loss
-    monkeypatch.setattr(tr, "make_loss", lambda *a: (lambda f: (lambda x, y: (
-        steps.append(1), f(x, y))[1]))(real(*a)))
+    monkeypatch.setattr(tr, "make_loss", lambda *a, **k: (lambda f: (lambda x, y: (
+        steps.append(1), f(x, y))[1]))(real(*a, **k)))
     viewer, model_w, w = _finetune_setup(make_napari_viewer)
     w.epochs.setValue(100)
     w.steps.setValue(2)

@@ -31,6 +31,8 @@ from ._common import fill_layer_box, notify, unique_name
 from ._state import selection_for
 
 NEW = "(train from scratch)"
+#: Labels with fewer foreground pixels than this (or than 0.1% of the image) are refused.
+MIN_FOREGROUND = 64
 
 
 def finetune_job(train_pairs, val_pairs, params, before_model=None):
@@ -126,7 +128,9 @@ class FinetuneWidget(QWidget):
         self.pairs_list.setToolTip("Checked pairs train; the last fifth validates (one pair: "
                                    "its bottom fifth)")
         self.roi_box = QComboBox()
-        self.name_edit = QLineEdit("my-model")
+        self.name_edit = QLineEdit("")
+        self.name_edit.setToolTip("A name not yet in the model store: a model is never "
+                                  "replaced")
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 1000)
         self.epochs.setValue(10)
@@ -187,6 +191,11 @@ class FinetuneWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.plot = LossPlot()
+        self.use_new_btn = QPushButton("Use the new model anyway")
+        self.use_new_btn.setVisible(False)
+        self.use_new_btn.clicked.connect(self.use_new_model)
+        self._checks: dict[str, bool] = {}  # the user's own ticks, by pair text
+        self._placement: dict = {}  # pair name -> (labels layer, ROI start), for val layers
 
         form = QFormLayout()
         form.addRow("Base model", self.base_box)
@@ -209,33 +218,55 @@ class FinetuneWidget(QWidget):
         layout.addLayout(row)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
+        layout.addWidget(self.use_new_btn)
         layout.addWidget(self.plot)
 
         self.start_btn.clicked.connect(self.start)
         self.stop_btn.clicked.connect(self.stop)
-        self.base_box.currentTextChanged.connect(
-            lambda t: self.arch_box.setEnabled(t == NEW))
+        self.base_box.currentTextChanged.connect(self._base_changed)
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.connect(self._refresh_layers)
+        self.viewer.layers.events.inserted.connect(self._watch_edits)
+        for layer in self.viewer.layers:
+            self._watch_edits(layer=layer)
+        self.pairs_list.itemChanged.connect(self._item_changed)
+        self.selection.changed.connect(self._selection_changed)
         self._refresh_models()
+        self._base_changed(self.base_box.currentText())
+        self._selection_changed(self.selection)
         self._refresh_layers()
 
     # ---------------------------------------------------------------- actions a script can call
     def pairs(self) -> list[TrainingPair]:
-        """The checked pairs as arrays, cropped to the shapes' bounding box when chosen."""
+        """The checked pairs as arrays: the image read where its labels lie (a region of a
+        slide), cropped to the shapes' bounding box when chosen. Empty or near-empty
+        labels are refused."""
         out = []
         for i in range(self.pairs_list.count()):
             item = self.pairs_list.item(i)
             if item.checkState() != Qt.CheckState.Checked:
                 continue
             image_name, labels_name = item.data(Qt.ItemDataRole.UserRole)
-            image = np.asarray(self.viewer.layers[image_name].data)
-            labels = np.asarray(self.viewer.layers[labels_name].data)
-            box = self._roi_box(self.viewer.layers[labels_name])
+            image_layer = self.viewer.layers[image_name]
+            labels_layer = self.viewer.layers[labels_name]
+            labels = np.asarray(labels_layer.data[0] if labels_layer.multiscale
+                                else labels_layer.data)
+            (y0, x0), (y1, x1) = (0, 0), labels.shape[-2:]
+            box = self._roi_box(labels_layer)
             if box is not None:
                 (y0, x0), (y1, x1) = box
-                image, labels = image[y0:y1, x0:x1], labels[y0:y1, x0:x1]
-            out.append(TrainingPair(image, labels, labels_name))
+                labels = labels[y0:y1, x0:x1]
+            image = _image_under(image_layer, labels_layer, (y0, x0), labels.shape)
+            fg = int(np.count_nonzero(labels))
+            if fg < max(MIN_FOREGROUND, labels.size // 1000):
+                raise GlandsegError(
+                    f"labels {labels_name!r} are {'empty' if fg == 0 else 'nearly empty'} "
+                    f"({fg} labelled pixels{' inside the shapes' if box is not None else ''}):"
+                    " correct or paint the objects first, or untick the pair")
+            px = labels_layer.metadata.get("pixel_size_um") or \
+                image_layer.metadata.get("pixel_size_um")
+            out.append(TrainingPair(image, labels, labels_name, px))
+            self._placement[labels_name] = (labels_layer, (y0, x0))
         return out
 
     def params(self) -> TrainParams:
@@ -262,14 +293,22 @@ class FinetuneWidget(QWidget):
         )
 
     def start(self):
-        """Start training in the background; returns the worker (None on bad input)."""
+        """Start training in the background; returns the worker (None on bad input).
+
+        The new model's name must be free in the store (a model is never replaced)."""
         if self.worker is not None:
             notify("warning", "training is already running; stop it first")
             return None
+        self._placement = {}
         try:
             params = self.params()
             if not params.name:
                 raise GlandsegError("give the new model a name")
+            if params.name in {m.name for m in list_models()}:
+                free = _free_name(params.name)
+                self.name_edit.setText(free)
+                raise GlandsegError(f"a model named {params.name!r} exists and is never "
+                                    f"replaced: the name is now {free!r}; press Start again")
             train_pairs, val_pairs = holdout_split(self.pairs())
             before = None
             if params.base_model:
@@ -281,6 +320,7 @@ class FinetuneWidget(QWidget):
             return None
         self.plot.clear()
         self.result = None
+        self.use_new_btn.setVisible(False)
         self._set_running(True)
         self.status.setText(f"Training {params.name!r} on {len(train_pairs)} pair(s), "
                             f"validating on {len(val_pairs)}…")
@@ -288,6 +328,7 @@ class FinetuneWidget(QWidget):
             finetune_job, train_pairs, val_pairs, params, before,
             on_yield=self._on_progress, on_return=self._on_done,
             on_done=lambda: self._set_running(False), what="training",
+            on_error=lambda msg: self.status.setText(f"Failed: {msg}"),
             progress_desc="GlandSeg: training")
         self.worker.aborted.connect(self._on_stopped)
         return self.worker
@@ -316,17 +357,64 @@ class FinetuneWidget(QWidget):
     def _on_done(self, out) -> None:
         result, before, after = out
         self.result = out
-        lines = [f"Best validation Dice {result.best_dice:.3f} at epoch {result.best_epoch}"]
-        if before:
-            b = np.mean([r["dice"] for r in before])
-            a = np.mean([r["dice"] for r in after])
+        self._new_model = result.model
+        lines = [f"Best epoch {result.best_epoch}: validation score {result.best_score:.3f}"
+                 + (f" ({result.selected_on})" if result.selected_on else "")]
+        better = True
+        if before and after:
+            b = float(np.mean([r["dice"] for r in before]))
+            a = float(np.mean([r["dice"] for r in after]))
+            better = a > b
             lines.append(f"Validation Dice on full images: before {b:.3f} -> after {a:.3f}")
+        if after:
+            self._show_validation(after)
+        if better:
+            self._select(result.model)
+            lines.append(f"{result.model.name!r} is now the selected model")
+        else:
+            base = self.selection.model.name if self.selection.model else "the base model"
+            lines.append(f"not better than before: {base!r} stays selected; "
+                         f"{result.model.name!r} is saved in the store")
+            self.use_new_btn.setVisible(True)
         self.status.setText("\n".join(lines))
-        ranked = sorted(after, key=lambda r: r["dice"])
-        for tag, row in (("val worst", ranked[0]), ("val best", ranked[-1])):
-            self.viewer.add_labels(row["labels"], opacity=0.6, name=unique_name(
-                self.viewer, f"{row['name']} [{tag}: Dice {row['dice']:.2f}]"))
-        self._select(result.model)
+
+    def use_new_model(self) -> None:
+        """Select the model just trained even though it did not beat the base model."""
+        model = getattr(self, "_new_model", None)
+        if model is not None:
+            self._select(model)
+            self.use_new_btn.setVisible(False)
+            self.status.setText(self.status.text() + f"\nselected {model.name!r} as asked")
+
+    def _show_validation(self, rows) -> None:
+        """The best and worst validation predictions, where their images lie."""
+        ranked = sorted(rows, key=lambda r: r["dice"])
+        picks = [("val worst", ranked[0]), ("val best", ranked[-1])] if len(ranked) > 1 \
+            else [("val", ranked[0])]
+        for tag, row in picks:
+            name = row["name"]
+            base, dy = name, 0
+            if name.endswith(" (bottom)"):  # one pair: the bottom strip validated
+                base = name[: -len(" (bottom)")]
+            layer, (y0, x0) = self._placement.get(base, (None, (0, 0)))
+            kwargs = {}
+            if layer is not None:
+                if base != name:
+                    full = self._roi_rows(layer, base)
+                    dy = full - row["labels"].shape[0]
+                scale = np.asarray(layer.scale[-2:])
+                kwargs = {"scale": scale, "translate": np.asarray(layer.translate[-2:])
+                          + np.array([y0 + dy, x0]) * scale}
+            self.viewer.add_labels(
+                row["labels"], opacity=0.6, metadata={"glandseg_role": "validation"},
+                name=unique_name(self.viewer, f"{base} [{tag}: Dice {row['dice']:.2f}]"),
+                **kwargs)
+
+    def _roi_rows(self, layer, name) -> int:
+        box = self._roi_box(layer)
+        if box is not None:
+            return int(box[1][0] - box[0][0])
+        return int(np.shape(layer.data[0] if layer.multiscale else layer.data)[-2])
 
     def _on_stopped(self) -> None:
         path = getattr(self, "_last_checkpoint", None)
@@ -344,6 +432,8 @@ class FinetuneWidget(QWidget):
 
     def _set_running(self, running: bool) -> None:
         self.start_btn.setEnabled(not running)
+        if not running and self.name_edit.text().strip() in {m.name for m in list_models()}:
+            self.name_edit.setText(_free_name(self.name_edit.text().strip()))
         self.stop_btn.setEnabled(running)
         if not running:
             self.worker = None
@@ -360,33 +450,62 @@ class FinetuneWidget(QWidget):
         self.base_box.blockSignals(False)
         self.arch_box.setEnabled(self.base_box.currentText() == NEW)
 
+    def _selection_changed(self, selection) -> None:
+        """The base model follows the model selected in the Model widget."""
+        model = selection.model
+        if model is None or self.worker is not None:
+            return
+        if self.base_box.findText(model.name) < 0:
+            self._refresh_models()
+        if self.base_box.findText(model.name) >= 0:
+            self.base_box.setCurrentText(model.name)
+            self._base_changed(model.name)
+
+    def _base_changed(self, base: str) -> None:
+        self.arch_box.setEnabled(base == NEW)
+        name = self.name_edit.text().strip()
+        if not name or getattr(self, "_auto_name", None) == name:  # not typed by the user
+            self._auto_name = _free_name(f"{'my-model' if base == NEW else base}-tuned")
+            self.name_edit.setText(self._auto_name)
+
+    def _watch_edits(self, event=None, layer=None) -> None:
+        """An edited Labels layer is offered (ticked) as a training pair at once."""
+        layer = layer if layer is not None else event.value
+        if hasattr(layer.events, "paint"):
+            layer.events.paint.connect(lambda _e=None: self._refresh_layers())
+
+    def _item_changed(self, item) -> None:
+        self._checks[item.text()] = item.checkState() == Qt.CheckState.Checked
+
     def _refresh_layers(self, event=None) -> None:
         from napari.layers import Image, Labels, Shapes
 
         fill_layer_box(self.roi_box, self.viewer, Shapes, extra=("",))
-        checked = {self.pairs_list.item(i).text() for i in range(self.pairs_list.count())
-                   if self.pairs_list.item(i).checkState() == Qt.CheckState.Checked}
+        self.pairs_list.blockSignals(True)
         self.pairs_list.clear()
-        images = [la for la in self.viewer.layers if isinstance(la, Image)]
+        images = [la for la in self.viewer.layers if isinstance(la, Image)
+                  and la.metadata.get("glandseg_role") not in ("probability", "uncertainty")]
         for labels in self.viewer.layers:
-            if not isinstance(labels, Labels) or labels.name.startswith(("compare ",
-                                                                          "postprocess")):
+            if not isinstance(labels, Labels) or labels.name.startswith(
+                    ("compare ", "postprocess")) or \
+                    labels.metadata.get("glandseg_role") == "validation":
                 continue
-            shape = np.shape(labels.data)[-2:]
-            same = [im for im in images if (np.shape(im.data)[:2] if im.rgb
-                                            else np.shape(im.data)[-2:]) == shape]
-            if not same:
+            image = _paired_image(labels, images)
+            if image is None:
                 continue
-            image = max(same, key=lambda im: _common_prefix(im.name, labels.name))
             text = f"{image.name} ⇐ {labels.name}"
             item = QListWidgetItem(text)
             item.setData(Qt.ItemDataRole.UserRole, (image.name, labels.name))
-            truthy = labels.metadata.get("glandseg_role") == "truth" or \
-                labels.metadata.get("edited")
+            meta = labels.metadata
+            default = meta.get("glandseg_role") == "truth" or bool(meta.get("edited"))
+            checked = self._checks.get(text, default)
+            if meta.get("edited") and not self._checks.get(f"{text} edited", False):
+                checked = True  # a fresh edit is offered again, once
+                self._checks[f"{text} edited"] = True
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(Qt.CheckState.Checked if text in checked or truthy
-                               else Qt.CheckState.Unchecked)
+            item.setCheckState(Qt.CheckState.Checked if checked else Qt.CheckState.Unchecked)
             self.pairs_list.addItem(item)
+        self.pairs_list.blockSignals(False)
 
     def _roi_box(self, layer):
         name = self.roi_box.currentText()
@@ -400,6 +519,59 @@ class FinetuneWidget(QWidget):
         if np.any(hi - lo < 16):
             raise GlandsegError(f"the shapes in {name!r} cover less than 16x16 pixels")
         return lo, hi
+
+
+def _free_name(name: str) -> str:
+    """``name``, or ``name-2``, ``name-3``... whichever is not in the model store."""
+    taken = {m.name for m in list_models()}
+    if name not in taken:
+        return name
+    i = 2
+    while f"{name}-{i}" in taken:
+        i += 1
+    return f"{name}-{i}"
+
+
+def _spatial_shape(layer) -> tuple:
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    shape = np.shape(data)
+    return tuple(shape[:-1] if getattr(layer, "rgb", False) else shape)[-2:]
+
+
+def _offset_in(image, labels) -> np.ndarray:
+    """Where ``labels[0, 0]`` lies in ``image``'s full-resolution pixels."""
+    corner = image.world_to_data(labels.data_to_world(np.zeros(labels.ndim)))
+    return np.round(np.asarray(corner)[-2:]).astype(int)
+
+
+def _fits(image, labels) -> bool:
+    """``labels`` lie inside ``image`` at the same pixel size."""
+    if not np.allclose(np.asarray(image.scale[-2:]), np.asarray(labels.scale[-2:]), rtol=1e-3):
+        return False
+    off = _offset_in(image, labels)
+    return bool(np.all(off >= 0) and np.all(off + _spatial_shape(labels)
+                                            <= np.asarray(_spatial_shape(image))))
+
+
+def _paired_image(labels, images):
+    """The image ``labels`` were made from (its recorded ``source_image``), else the only
+    image of its size and position, else the one whose name shares the longest start."""
+    source = labels.metadata.get("source_image")
+    named = [im for im in images if im.name == source]
+    if named:
+        return named[0] if _fits(named[0], labels) else None
+    same = [im for im in images if _spatial_shape(im) == _spatial_shape(labels)
+            and _fits(im, labels)]
+    if not same:
+        return None
+    return max(same, key=lambda im: _common_prefix(im.name, labels.name))
+
+
+def _image_under(image, labels, start, shape) -> np.ndarray:
+    """The pixels of ``image`` under ``labels[start:start + shape]`` (full resolution)."""
+    off = _offset_in(image, labels) + np.asarray(start)
+    data = image.data[0] if image.multiscale else image.data
+    return np.asarray(data[off[0]:off[0] + shape[0], off[1]:off[1] + shape[1]])
 
 
 def _common_prefix(a: str, b: str) -> int:

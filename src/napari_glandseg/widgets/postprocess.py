@@ -20,11 +20,25 @@ from qtpy.QtWidgets import (
 
 from ..errors import GlandsegError
 from ..postprocessing import PostprocessParams, Split, object_table, postprocess, write_csv
-from ._common import fill_layer_box, notify, unique_name
+from ..progress import Progress
+from . import _worker
+from ._common import fill_layer_box, notify, track_edits, unique_name
 
 PREVIEW = "postprocess preview"
 #: Above this many pixels the preview covers only the part of the layer on screen.
 PREVIEW_MAX_PIXELS = 2048 * 2048
+#: Metadata a new layer must not inherit from the layer it was made from.
+_NOT_INHERITED = ("edited", "unsaved", "saved_path", "store_path")
+
+
+def postprocess_job(data, params, intensity, pixel_size_um):
+    """Post-process and measure in the worker thread; returns ``(objects, table)``."""
+    yield Progress(0, 2, "splitting into objects…")
+    out = postprocess(np.asarray(data), params)
+    yield Progress(1, 2, f"measuring {int(out.max())} objects…")
+    table = object_table(out, intensity, pixel_size_um)
+    yield Progress(2, 2, "done")
+    return out, table
 
 
 class PostprocessWidget(QWidget):
@@ -41,6 +55,9 @@ class PostprocessWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
+        self.worker = None
+        self.last_layer = None
+        self._stale: set = set()
         self.labels_box = QComboBox()
         self.image_box = QComboBox()
         self.split_box = QComboBox()
@@ -89,6 +106,11 @@ class PostprocessWidget(QWidget):
         self._timer.setSingleShot(True)
         self._timer.setInterval(150)
         self._timer.timeout.connect(self.update_preview)
+        # re-measure objects a user edits by hand (half a second after the last stroke)
+        self._measure_timer = QTimer(self)
+        self._measure_timer.setSingleShot(True)
+        self._measure_timer.setInterval(500)
+        self._measure_timer.timeout.connect(self.refresh_features)
         for w in (self.min_size, self.max_hole, self.min_distance):
             w.valueChanged.connect(self._schedule)
         self.h.valueChanged.connect(self._schedule)
@@ -100,6 +122,7 @@ class PostprocessWidget(QWidget):
         self.apply_btn.clicked.connect(self.apply)
         self.csv_btn.clicked.connect(self._choose_csv)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.inserted.connect(self._watch)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self._refresh_layers()
 
@@ -111,27 +134,82 @@ class PostprocessWidget(QWidget):
 
     # ---------------------------------------------------------------- actions a script can call
     def apply(self):
-        """Post-process the whole layer into a new Labels layer (None on error)."""
+        """Post-process the whole layer into a new Labels layer in the background.
+
+        Returns the worker (None on bad input); ``last_layer`` holds the new layer when it
+        finishes."""
+        if self.worker is not None:
+            notify("warning", "post-processing is already running")
+            return None
         layer = self._labels_layer()
         if layer is None:
             return None
         try:
-            data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
-            out = postprocess(data, self.params())
-            table = object_table(out, self._intensity(out.shape),
-                                 layer.metadata.get("pixel_size_um"))
+            params = self.params()
+            data = layer.data[0] if layer.multiscale else layer.data
+            intensity = self._intensity(data.shape)
         except GlandsegError as exc:
             notify("error", str(exc))
             return None
+        self.apply_btn.setEnabled(False)
+        self.status.setText(f"Post-processing {layer.name!r}…")
+        self.worker = _worker.start(
+            postprocess_job, data, params, intensity, layer.metadata.get("pixel_size_um"),
+            on_yield=lambda p: self.status.setText(p.message),
+            on_return=lambda out: self._applied(out, layer, params),
+            on_error=lambda msg: self.status.setText(f"Failed: {msg}"),
+            on_abort=lambda: self.status.setText("Cancelled"),
+            on_done=self._apply_done, what="post-processing",
+            progress_desc="GlandSeg: post-processing")
+        return self.worker
+
+    def _apply_done(self) -> None:
+        self.worker = None
+        self.apply_btn.setEnabled(True)
+
+    def _applied(self, out, layer, params) -> None:
+        labels, table = out
         name = unique_name(self.viewer, f"{layer.name} [objects]")
+        meta = {k: v for k, v in layer.metadata.items() if k not in _NOT_INHERITED}
         new = self.viewer.add_labels(
-            out, name=name, scale=layer.scale, translate=layer.translate, features=table,
-            metadata={**layer.metadata, "glandseg_role": "objects", "source_labels": layer.name,
+            labels, name=name, scale=layer.scale[-2:], translate=layer.translate[-2:],
+            features=table,
+            metadata={**meta, "glandseg_role": "objects", "source_labels": layer.name,
                       "postprocess": {k: getattr(v, "value", v)
-                                      for k, v in vars(self.params()).items()}})
+                                      for k, v in vars(params).items()}})
+        track_edits(new)
         self._remove_preview()
+        self.last_layer = new
         self.status.setText(f"{len(table)} objects in {name!r}")
-        return new
+
+    def refresh_features(self, layers=None) -> None:
+        """Re-measure the objects of layers edited since their table was made."""
+        for layer in list(layers or self._stale):
+            self._stale.discard(layer)
+            if layer not in self.viewer.layers:
+                continue
+            img = self._intensity(np.shape(layer.data))
+            try:
+                layer.features = object_table(np.asarray(layer.data), img,
+                                              layer.metadata.get("pixel_size_um"))
+            except GlandsegError as exc:
+                self.status.setText(f"cannot re-measure {layer.name!r}: {exc}")
+                continue
+            self.status.setText(f"{len(layer.features)} objects in {layer.name!r} "
+                                "(re-measured after your edit)")
+
+    def _watch(self, event) -> None:
+        """Objects layers get their table re-measured after hand edits."""
+        layer = event.value
+        if getattr(layer, "metadata", {}).get("glandseg_role") != "objects" or \
+                not hasattr(layer.events, "paint"):
+            return
+
+        def _edited(_event=None, layer=layer):
+            self._stale.add(layer)
+            self._measure_timer.start()
+
+        layer.events.paint.connect(_edited)
 
     def update_preview(self) -> None:
         """Show the result for the current settings in a temporary layer."""
@@ -231,10 +309,33 @@ class PostprocessWidget(QWidget):
         from napari.layers import Image, Labels
 
         before = self.labels_box.currentText()
-        fill_layer_box(self.labels_box, self.viewer, Labels, exclude=(PREVIEW,))
+        skip = (PREVIEW,) + tuple(la.name for la in self.viewer.layers
+                                  if la.name.startswith("compare "))
+        fill_layer_box(self.labels_box, self.viewer, Labels, exclude=skip)
+        # a fresh prediction (or objects) replaces a choice that was truth or nothing;
+        # the default is never a ground-truth layer
+        current = self.labels_box.currentText()
+        preds = [la.name for la in self.viewer.layers if la.name not in skip
+                 and la.metadata.get("glandseg_role") in ("prediction", "objects")]
+        inserted = getattr(event, "value", None)
+        meta = getattr(inserted, "metadata", {})
+        if inserted is not None and inserted.name in preds and "source_labels" not in meta:
+            self.labels_box.setCurrentText(inserted.name)  # a new Segment result
+        elif preds and (not current or self._role(current) == "truth"):
+            self.labels_box.setCurrentText(preds[-1])
         if self.labels_box.currentText() != before:
             self._adopt_defaults(self.labels_box.currentText())
         fill_layer_box(self.image_box, self.viewer, Image, extra=("",))
+        if not self.image_box.currentText():
+            source = self._layer_meta(self.labels_box.currentText()).get("source_image")
+            if source and self.image_box.findText(source) >= 0:
+                self.image_box.setCurrentText(source)
+
+    def _layer_meta(self, name) -> dict:
+        return self.viewer.layers[name].metadata if name and name in self.viewer.layers else {}
+
+    def _role(self, name):
+        return self._layer_meta(name).get("glandseg_role")
 
     def _choose_csv(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export objects", "objects.csv",
