@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from napari_glandseg.models import ModelCard, build_model, import_model, save_checkpoint
+from napari_glandseg.widgets.compare import OVERLAY_LEGEND, STATUS_VALUE
 
 PLUGIN = "napari-glandseg"
 
@@ -295,15 +296,55 @@ def test_compare_widget_metrics_overlay_and_objects(make_napari_viewer, notes):
     m = w.compute()
     assert m["object_f1"] == pytest.approx(2 * 7 / (2 * 7 + 1)) and m["precision"] == 1.0
     assert w.metric_table.rowCount() >= 11
-    overlay = viewer.layers["compare pred (TP green, FP red, FN blue)"].data
+    overlay = viewer.layers[f"compare pred ({OVERLAY_LEGEND})"].data
     assert set(np.unique(overlay[truth == missing])) == {3}  # the missed gland is FN
     assert set(np.unique(overlay[pred > 0])) == {1}
     row = next(i for i, o in enumerate(w.objects) if o["status"] == "FN")
     before = _camera(viewer).center
+    zoom = _camera(viewer).zoom
     w.object_table.cellClicked.emit(row, 0)
     ys, xs = np.nonzero(truth == missing)
-    assert _camera(viewer).center[-2:] == pytest.approx((ys.mean(), xs.mean()))
-    assert _camera(viewer).center != before
+    centre = ((ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2)
+    assert _camera(viewer).center[-2:] == pytest.approx(centre)
+    assert _camera(viewer).center != before and _camera(viewer).zoom > zoom  # zoomed in
+    box = viewer.layers["compare selected object"].data[0]  # outlined
+    assert box.min(0) == pytest.approx((ys.min() - 0.5, xs.min() - 0.5))
+
+    # one prediction covering two glands, and one gland cut in two: shown, and counted
+    merged = truth.copy()
+    merged[truth == 2] = 1
+    ys, xs = np.nonzero(truth == 3)
+    merged[ys[xs > np.median(xs)], xs[xs > np.median(xs)]] = 99
+    viewer.add_labels(merged, name="merged")
+    w.pred_box.setCurrentText("merged")
+    m = w.compute()
+    assert m["merged"] == 1 and m["split"] == 1
+    overlay = viewer.layers[f"compare merged ({OVERLAY_LEGEND})"].data
+    assert set(np.unique(overlay[(truth == 1) | (truth == 2)])) == {STATUS_VALUE["merged"]}
+    assert set(np.unique(overlay[truth == 3])) == {STATUS_VALUE["split"]}
+    assert {o["status"] for o in w.objects} >= {"merged", "split"}
+    # an edit after comparing makes the results stale, and says so
+    viewer.layers["merged"].paint((0, 0), 5)
+    assert "press Compare again" in w.stale.text()
+
+
+def test_compare_refuses_class_maps_as_objects_and_warns_on_empty_truth(make_napari_viewer,
+                                                                         notes):
+    viewer = make_napari_viewer()
+    classes = np.zeros((32, 32), np.uint8)
+    classes[4:12, 4:12], classes[20:28, 20:28] = 1, 2
+    viewer.add_labels(classes, name="map", metadata={
+        "glandseg_role": "prediction", "class_names": ["background", "interior", "boundary"]})
+    viewer.add_labels(np.zeros((32, 32), np.uint8), name="t",
+                      metadata={"glandseg_role": "truth"})
+    w = _dock(viewer, "Compare")
+    assert w.pred_box.currentText() == "map" and w.truth_box.currentText() == "t"
+    assert w.compute() is None and "is a class map" in notes[-1][1]
+    viewer.add_labels((classes > 0).astype(np.uint8), name="map [objects]",
+                      metadata={"glandseg_role": "objects", "source_image": "x"})
+    assert w.pred_box.currentText() == "map [objects]"  # objects beat the class map
+    assert w.compute() is not None
+    assert notes[-1][0] == "warning" and "'t' is empty" in notes[-1][1]
 
 
 def test_compare_widget_dataset_mode(make_napari_viewer, qtbot, tmp_path, data_dir, notes):

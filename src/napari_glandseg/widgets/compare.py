@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from qtpy.QtWidgets import (
     QApplication,
@@ -21,13 +23,43 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import GlandsegError
-from ..metrics import KEYS, as_instances, evaluate, iter_evaluate_dataset, object_status
+from ..metrics import (
+    KEYS,
+    Overlap,
+    as_instances,
+    evaluate,
+    iter_evaluate_dataset,
+    object_status,
+)
 from . import _worker
 from ._common import fill_layer_box, notify, unique_name
 
 OVERLAY_COLOURS = {None: "transparent", 0: "transparent", 1: "#34c759", 2: "#ff3b30",
-                   3: "#007aff"}
-STATUS_VALUE = {"TP": 1, "FP": 2, "FN": 3}
+                   3: "#007aff", 4: "#ff9500", 5: "#d63cff"}
+STATUS_VALUE = {"TP": 1, "FP": 2, "FN": 3, "merged": 4, "split": 5}
+OVERLAY_LEGEND = "TP green, FP red, FN blue, merged orange, split magenta"
+HIGHLIGHT = "compare selected object"
+
+
+def merges_and_splits(pred: np.ndarray, truth: np.ndarray) -> tuple[dict, dict]:
+    """Predicted objects that merge true ones, and true objects split between predictions.
+
+    A predicted object *merges* when it covers more than half of each of two or more true
+    objects; a true object is *split* when two or more predicted objects lie more than half
+    inside it. Returns ``({pred id: [true ids]}, {true id: [pred ids]})``. (Object F1 counts
+    a merge as one TP, which is why the overlay shows it apart.)
+    """
+    ov = Overlap.of(pred, truth)
+    covers = ov.counts / ov.true_areas[ov.cols] > 0.5
+    inside = ov.counts / ov.pred_areas[ov.rows] > 0.5
+    merged: dict = {}
+    for r, c in zip(ov.rows[covers], ov.cols[covers], strict=True):
+        merged.setdefault(int(ov.pred_ids[r]), []).append(int(ov.true_ids[c]))
+    split: dict = {}
+    for r, c in zip(ov.rows[inside], ov.cols[inside], strict=True):
+        split.setdefault(int(ov.true_ids[c]), []).append(int(ov.pred_ids[r]))
+    return ({k: v for k, v in merged.items() if len(v) > 1},
+            {k: v for k, v in split.items() if len(v) > 1})
 
 
 def _table(headers) -> QTableWidget:
@@ -75,6 +107,8 @@ class CompareWidget(QWidget):
         self.summary: dict | None = None
         self.worker = None
         self._shown: list = []
+        self._compared = None
+        self._watched: list = []
 
         # --- one image
         self.pred_box, self.truth_box = QComboBox(), QComboBox()
@@ -82,8 +116,11 @@ class CompareWidget(QWidget):
         self.classes.setRange(0, 64)
         self.classes.setToolTip("0: instance or binary labels; K > 2: class maps 0..K-1")
         self.compute_btn = QPushButton("Compare")
+        self.stale = QLabel("")
+        self.stale.setWordWrap(True)
+        self.stale.setStyleSheet("color: #ff9500")
         self.metric_table = _table(["metric", "value"])
-        self.object_table = _table(["side", "id", "status", "area", "match", "IoU"])
+        self.object_table = _table(["side", "id", "status", "area", "match", "IoU", "note"])
         self.copy_btn = QPushButton("Copy")
         self.csv_btn = QPushButton("Export CSV…")
         single = QWidget()
@@ -94,26 +131,29 @@ class CompareWidget(QWidget):
         lay = QVBoxLayout(single)
         lay.addLayout(form)
         lay.addWidget(self.compute_btn)
+        lay.addWidget(self.stale)
         lay.addWidget(self.metric_table)
         row = QHBoxLayout()
         row.addWidget(self.copy_btn)
         row.addWidget(self.csv_btn)
         lay.addLayout(row)
-        lay.addWidget(QLabel("Objects (click to centre on one)"))
+        lay.addWidget(QLabel("Objects (click one to zoom to it)"))
         lay.addWidget(self.object_table)
 
         # --- dataset: two folders paired by file stem
-        self.pred_dir, self.truth_dir = QLineEdit(), QLineEdit()
+        self.pred_dir, self.truth_dir, self.image_dir = QLineEdit(), QLineEdit(), QLineEdit()
         self.pred_dir.setPlaceholderText("folder of predicted labels")
         self.truth_dir.setPlaceholderText("folder of ground-truth labels")
+        self.image_dir.setPlaceholderText("optional: images, shown under the labels")
         self.dataset_btn = QPushButton("Evaluate folders")
         self.dataset_table = _table(["image", *KEYS])
         self.best_worst = QLabel("")
         self.best_worst.setWordWrap(True)
         dataset = QWidget()
         dform = QFormLayout()
-        dform.addRow("Predictions", self.pred_dir)
-        dform.addRow("Ground truth", self.truth_dir)
+        dform.addRow("Predictions", _with_browse(self, self.pred_dir))
+        dform.addRow("Ground truth", _with_browse(self, self.truth_dir))
+        dform.addRow("Images", _with_browse(self, self.image_dir))
         dlay = QVBoxLayout(dataset)
         dlay.addLayout(dform)
         dlay.addWidget(self.dataset_btn)
@@ -137,60 +177,115 @@ class CompareWidget(QWidget):
 
     # ---------------------------------------------------------------- one image
     def compute(self) -> dict | None:
-        """Compare the chosen layers; fills the tables and adds the TP/FP/FN overlay."""
+        """Compare the chosen layers; fills the tables and adds the overlay (TP, FP, FN,
+        merged predictions and split truths)."""
         try:
             pred_layer, truth_layer = self._layers()
             pred, truth = (np.asarray(la.data[0] if la.multiscale else la.data)
                            for la in (pred_layer, truth_layer))
             classes = self.classes.value() or None
+            meta = pred_layer.metadata
+            if classes is None and meta.get("glandseg_role") == "prediction" and \
+                    len(meta.get("class_names") or ()) > 2:
+                raise GlandsegError(
+                    f"{pred_layer.name!r} is a class map ({', '.join(meta['class_names'])}), "
+                    "not objects: compare its objects layer (Segment's Objects option or "
+                    f"Post-process), or set Classes to {len(meta['class_names'])} for "
+                    "per-class scores")
+            if not truth.any():
+                notify("warning", f"ground truth {truth_layer.name!r} is empty: there is "
+                       "nothing to find, so every object score is 0")
             self.metrics = evaluate(pred, truth, classes=classes)
             pi, ti = ((as_instances(pred > 0), as_instances(truth > 0)) if classes and
                       classes > 2 else (as_instances(pred), as_instances(truth)))
             self.objects = object_status(pi, ti)
+            merged, split = merges_and_splits(pi, ti)
         except GlandsegError as exc:
             notify("error", str(exc))
             return None
+        self.metrics["merged"], self.metrics["split"] = len(merged), len(split)
+        for o in self.objects:
+            if o["side"] == "pred" and o["id"] in merged:
+                o["status"] = "merged"
+                o["note"] = f"covers truth {', '.join(map(str, merged[o['id']]))}"
+        self.objects += [{"side": "truth", "id": t, "status": "split", "area": int((ti == t).sum()),
+                          "match": ps[0], "iou": float("nan"),
+                          "note": f"split into {', '.join(map(str, ps))}"}
+                         for t, ps in split.items()]
         _fill(self.metric_table, [[k, float(self.metrics[k])] for k in KEYS]
-              + [[k, self.metrics[k]] for k in ("tp", "fp", "fn", "n_pred", "n_true")])
+              + [[k, self.metrics[k]] for k in ("tp", "fp", "fn", "merged", "split", "n_pred",
+                                                 "n_true")])
         _fill(self.object_table, [[o["side"], o["id"], o["status"], o["area"], o["match"],
-                                   o["iou"]] for o in self.objects])
-        self._overlay(pi, ti, pred_layer)
+                                   o["iou"], o.get("note", "")] for o in self.objects])
+        self._overlay(pi, ti, pred_layer, split)
+        self._compared = (pred_layer, truth_layer)
+        self.stale.setText("")
+        for layer in (pred_layer, truth_layer):
+            if hasattr(layer.events, "paint") and layer not in self._watched:
+                layer.events.paint.connect(lambda _e=None, la=layer: self._mark_stale(la))
+                self._watched.append(layer)
         return self.metrics
 
-    def _overlay(self, pred, truth, like) -> None:
+    def _mark_stale(self, layer) -> None:
+        if layer in (self._compared or ()):
+            self.stale.setText(f"{layer.name!r} was edited since these results: press "
+                               "Compare again")
+
+    def _overlay(self, pred, truth, like, split) -> None:
         from napari.utils.colormaps import DirectLabelColormap
 
         lut_p = np.zeros(int(pred.max()) + 1, np.uint8)
         lut_t = np.zeros(int(truth.max()) + 1, np.uint8)
         for o in self.objects:
-            (lut_p if o["side"] == "pred" else lut_t)[o["id"]] = STATUS_VALUE[o["status"]]
+            if o["status"] != "split":
+                (lut_p if o["side"] == "pred" else lut_t)[o["id"]] = STATUS_VALUE[o["status"]]
         overlay = lut_p[pred]
         fn = lut_t[truth]
-        overlay[(overlay == 0) & (fn > 0)] = 3
-        name = f"compare {like.name} (TP green, FP red, FN blue)"
-        if name in self.viewer.layers:
-            self.viewer.layers[name].data = overlay
+        overlay[(overlay == 0) & (fn > 0)] = STATUS_VALUE["FN"]
+        if split:
+            overlay[np.isin(truth, list(split)) & (pred > 0)] = STATUS_VALUE["split"]
+        old = [la for la in self.viewer.layers if la.name.startswith(f"compare {like.name} (")]
+        name = f"compare {like.name} ({OVERLAY_LEGEND})"
+        if old:
+            old[0].data, old[0].name = overlay, name
         else:
             self.viewer.add_labels(overlay, name=name, scale=like.scale[-2:],
                                    translate=like.translate[-2:], opacity=0.5,
-                                   colormap=DirectLabelColormap(color_dict=OVERLAY_COLOURS))
+                                   colormap=DirectLabelColormap(color_dict=OVERLAY_COLOURS),
+                                   metadata={"source_image": like.metadata.get(
+                                       "source_image")})
 
     def go_to_object(self, row: int) -> None:
-        """Centre the view on the object in row ``row`` of the object table."""
+        """Zoom to the object in row ``row`` of the object table and outline it."""
         if not 0 <= row < len(self.objects):
             return
         o = self.objects[row]
-        pred_layer, truth_layer = self._layers()
+        pred_layer, truth_layer = self._compared or self._layers()
         layer = pred_layer if o["side"] == "pred" else truth_layer
         data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
         inst = as_instances(data)
         ys, xs = np.nonzero(inst == o["id"])
         if not len(ys):
             return
-        centre = np.array([ys.mean(), xs.mean()])
+        lo = np.array([ys.min(), xs.min()], float) - 0.5
+        hi = np.array([ys.max(), xs.max()], float) + 0.5
+        corners = np.array([layer.data_to_world(c)[-2:] for c in
+                            (lo, (lo[0], hi[1]), hi, (hi[0], lo[1]))])
         scene = getattr(self.viewer, "scene", None)  # napari >= 0.9; .camera before
         camera = scene.camera if scene is not None else self.viewer.camera
-        camera.center = tuple(layer.data_to_world(centre))
+        camera.center = tuple(corners.mean(0))
+        extent = np.ptp(corners, axis=0).max()
+        canvas = np.asarray(getattr(self.viewer, "_canvas_size", (600, 600)), float)
+        camera.zoom = float(canvas.min() / max(extent * 3, 1e-6))  # the object fills a third
+        if HIGHLIGHT in self.viewer.layers:
+            self.viewer.layers[HIGHLIGHT].data = [corners]
+            self.viewer.layers.move(self.viewer.layers.index(HIGHLIGHT),
+                                    len(self.viewer.layers))
+        else:
+            self.viewer.add_shapes([corners], shape_type="rectangle", name=HIGHLIGHT,
+                                   edge_color="yellow", face_color="transparent",
+                                   edge_width=max(extent / 40, 1e-3))
+        self.viewer.layers.selection.active = layer
         if hasattr(layer, "selected_label") and np.array_equal(inst, data):
             layer.selected_label = o["id"]
 
@@ -244,7 +339,7 @@ class CompareWidget(QWidget):
                                 "click a row to show that image")
 
     def show_dataset_row(self, row: int) -> None:
-        """Show the prediction and ground truth of a dataset row as layers."""
+        """Show the image (when found), ground truth and prediction of a dataset row."""
         if not 0 <= row < len(self.rows):
             return
         from ..io import read_image
@@ -254,14 +349,41 @@ class CompareWidget(QWidget):
         for layer in self._shown:
             if layer in self.viewer.layers and not layer.metadata.get("edited"):
                 self.viewer.layers.remove(layer)
-        self._shown = [
-            self.viewer.add_labels(read_image(truth_path, as_labels=True).data,
-                                   name=unique_name(self.viewer, f"{name} [truth]")),
-            self.viewer.add_labels(read_image(pred_path, as_labels=True).data,
-                                   name=unique_name(self.viewer, f"{name} [prediction]")),
-        ]
-        self.pred_box.setCurrentText(self._shown[1].name)
-        self.truth_box.setCurrentText(self._shown[0].name)
+        self._shown = []
+        image_path = self._image_path(name, truth_path)
+        image_name = None
+        if image_path is not None:
+            try:
+                img = read_image(image_path, as_labels=False)
+                data, kwargs, _ = img.to_layer_data(name=unique_name(self.viewer, name))
+                kwargs["metadata"]["glandseg_role"] = "image"
+                self._shown.append(self.viewer.add_image(data, **kwargs))
+                image_name = self._shown[-1].name
+            except GlandsegError as exc:
+                notify("warning", f"image not shown: {exc}")
+        for path, tag, role in ((truth_path, "truth", "truth"),
+                                (pred_path, "prediction", "objects")):
+            self._shown.append(self.viewer.add_labels(
+                read_image(path, as_labels=True).data, opacity=0.5,
+                name=unique_name(self.viewer, f"{name} [{tag}]"),
+                metadata={"glandseg_role": role, "source_image": image_name,
+                          "source_path": str(path)}))
+        self.pred_box.setCurrentText(self._shown[-1].name)
+        self.truth_box.setCurrentText(self._shown[-2].name)
+        self.viewer.reset_view()
+
+    def _image_path(self, name, truth_path):
+        """The image of a dataset row: in the Images folder, else in ``images/`` beside
+        the ground-truth folder; None when there is none."""
+        from ..io import IMAGE_SUFFIXES
+
+        folders = [Path(self.image_dir.text())] if self.image_dir.text() else []
+        folders.append(Path(truth_path).parent.parent / "images")
+        for folder in folders:
+            for suffix in IMAGE_SUFFIXES:
+                if (folder / f"{name}{suffix}").is_file():
+                    return folder / f"{name}{suffix}"
+        return None
 
     # ---------------------------------------------------------------- internals
     def _layers(self):
@@ -275,7 +397,8 @@ class CompareWidget(QWidget):
     def _refresh_layers(self, event=None) -> None:
         from napari.layers import Labels
 
-        skip = tuple(la.name for la in self.viewer.layers if la.name.startswith("compare "))
+        skip = tuple(la.name for la in self.viewer.layers if la.name.startswith("compare ")
+                     or la.metadata.get("glandseg_role") == "validation")
         fill_layer_box(self.pred_box, self.viewer, Labels, exclude=skip)
         fill_layer_box(self.truth_box, self.viewer, Labels, exclude=skip)
 
@@ -288,8 +411,12 @@ class CompareWidget(QWidget):
             return self.viewer.layers[name].metadata.get("glandseg_role") if name else None
 
         # a fresh prediction replaces a choice that was a truth layer or nothing
-        if role(self.pred_box.currentText()) in (None, "truth") and \
-                (pick := newest("objects", "prediction")):
+        # a fresh result replaces a choice that was a truth layer or nothing; objects
+        # beat a class map (object scores need objects)
+        inserted = getattr(event, "value", None)
+        fresh = getattr(inserted, "metadata", {}).get("glandseg_role") == "objects"
+        if (fresh or role(self.pred_box.currentText()) in (None, "truth")) and \
+                (pick := newest("objects") or newest("prediction")):
             self.pred_box.setCurrentText(pick)
         if role(self.truth_box.currentText()) != "truth" and (pick := newest("truth")):
             self.truth_box.setCurrentText(pick)
@@ -299,3 +426,22 @@ class CompareWidget(QWidget):
                                               "CSV (*.csv)")
         if path:
             self.export_csv(path)
+
+
+def _with_browse(parent, edit: QLineEdit) -> QWidget:
+    """A folder field with a Browse… button beside it."""
+    box = QWidget()
+    row = QHBoxLayout(box)
+    row.setContentsMargins(0, 0, 0, 0)
+    row.addWidget(edit)
+    btn = QPushButton("Browse…")
+    row.addWidget(btn)
+
+    def choose():
+        folder = QFileDialog.getExistingDirectory(parent, "Choose a folder", edit.text())
+        if folder:
+            edit.setText(folder)
+
+    btn.clicked.connect(choose)
+    edit.browse_btn = btn
+    return box
