@@ -144,7 +144,7 @@ def test_bioimageio_core_reproduces_test_output(package, offline):
     assert "Reproduce test outputs from test inputs (torchscript)" in names
 
 
-def test_import_round_trip_gives_identical_outputs(package):
+def test_import_round_trip_gives_identical_outputs(package, offline):
     import napari_glandseg
 
     path, net = package
@@ -208,7 +208,7 @@ class _RunsCode:
         return (open, (str(self.sentinel), "w"))
 
 
-def test_unsafe_and_unsupported_packages_are_refused(package, tmp_path):
+def test_unsafe_and_unsupported_packages_are_refused(package, tmp_path, offline):
     path, _ = package
     sentinel = tmp_path / "pwned"
     evil = io.BytesIO()

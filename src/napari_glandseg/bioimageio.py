@@ -41,7 +41,6 @@ import math
 import re
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -179,8 +178,13 @@ def export_bioimageio(
             licence = _licence(card, root)
             arch, state = _architecture(v, card, net, root)
             torch.save(state, root / "weights.pt")
-            descr = _describe(v, card, root, arch, licence, authors, tile_size, overlap, halo,
-                              min_size, multiple, torchscript_ok, net)
+            try:
+                descr = _describe(v, card, root, arch, licence, authors, tile_size, overlap,
+                                  halo, min_size, multiple, torchscript_ok, net)
+            except ValueError as exc:  # pydantic's ValidationError: say which field, briefly
+                first = str(exc).splitlines()[1:3]
+                raise GlandsegError(f"model {name!r} cannot be described as a bioimage.io "
+                                    f"model: {' '.join(x.strip() for x in first)}") from None
             with atomic_path(dest, ".zip") as out:
                 Path(out).unlink()
                 save_bioimageio_package(descr, output_path=Path(out))
@@ -547,6 +551,12 @@ def import_bioimageio(package, name: str | None = None, overwrite: bool = False)
         raise GlandsegError(
             f"{p}: has {have} weights only; napari-glandseg imports pytorch_state_dict weights "
             f"with {_NEEDS}")
+    axes = [(a.type, str(a.id)) for a in descr.inputs[0].axes]
+    if [t for t, _ in axes if t not in ("batch", "channel")] != ["space", "space"] or \
+            {i for t, i in axes if t == "space"} != {"y", "x"} or \
+            [t for t, _ in axes][:2] != ["batch", "channel"]:
+        raise GlandsegError(f"{p}: input axes {[i for _, i in axes]}; napari-glandseg models "
+                            "take 2D images with axes batch, channel, y, x")
     card = _card_from(descr, wd, p)
     if name is not None:
         card.name = name
@@ -773,16 +783,4 @@ def _read_state(wd, p: Path) -> dict:
     return state
 
 
-def is_package(path) -> bool:
-    """A ``.zip`` holding a bioimage.io description (``rdf.yaml`` or ``*bioimageio.yaml``)."""
-    p = Path(path)
-    if p.suffix.lower() != ".zip" or not p.is_file():
-        return False
-    try:
-        with zipfile.ZipFile(p) as z:
-            return any(n == "rdf.yaml" or n.endswith("bioimageio.yaml") for n in z.namelist())
-    except zipfile.BadZipFile:
-        return False
-
-
-__all__ = ["export_bioimageio", "import_bioimageio", "is_package"]
+__all__ = ["export_bioimageio", "import_bioimageio"]
