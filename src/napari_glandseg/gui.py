@@ -35,6 +35,20 @@ def open_viewer(sample: str | None = "glas", files=(), show: bool = True, viewer
         segment.tile.setValue(256)
     from qtpy.QtCore import QTimer
 
+    _full_tab_titles(viewer)
     # raise the tab once the window is shown (raising a hidden tab does nothing)
     QTimer.singleShot(0, docks["Segment" if model is not None else "Load"].raise_)
     return viewer
+
+
+def _full_tab_titles(viewer) -> None:
+    """Tabified docks show whole titles ("Post-process", not "Pos..."): the tab bars Qt
+    makes for them elide by default; scroll buttons appear instead when space runs out."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QTabBar
+
+    window = viewer.window._qt_window
+    for bar in window.findChildren(QTabBar):
+        bar.setElideMode(Qt.TextElideMode.ElideNone)
+        bar.setUsesScrollButtons(True)
+        bar.setExpanding(False)

@@ -480,7 +480,9 @@ class FinetuneWidget(QWidget):
     def _refresh_layers(self, event=None) -> None:
         from napari.layers import Image, Labels, Shapes
 
-        fill_layer_box(self.roi_box, self.viewer, Shapes, extra=("",))
+        fill_layer_box(self.roi_box, self.viewer, Shapes, extra=("",),
+                       exclude=[la.name for la in self.viewer.layers
+                                if la.name.startswith("compare ")])
         self.pairs_list.blockSignals(True)
         self.pairs_list.clear()
         images = [la for la in self.viewer.layers if isinstance(la, Image)

@@ -11,8 +11,8 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QMessageBox,
-    QPlainTextEdit,
     QPushButton,
+    QTextBrowser,
     QVBoxLayout,
     QWidget,
 )
@@ -49,9 +49,9 @@ class ModelWidget(QWidget):
         self._paths: list[Path] = []
 
         self.model_box = QComboBox()
-        self.card_view = QPlainTextEdit()
-        self.card_view.setReadOnly(True)
-        self.card_view.setMinimumHeight(140)
+        self.card_view = QTextBrowser()  # the card as formatted text, not key=value lines
+        self.card_view.setOpenExternalLinks(True)
+        self.card_view.setMinimumHeight(220)
         self.load_file_btn = QPushButton("Load from file…")
         self.import_btn = QPushButton("Import into store…")
         self.export_btn = QPushButton("Export…")
@@ -114,8 +114,7 @@ class ModelWidget(QWidget):
             notify("error", str(exc))
             return False
         self.selection.set(model=model)
-        self.card_view.setPlainText(model.card.summary()
-                                    + (f"\nfile: {model.path}" if model.path else ""))
+        self.card_view.setHtml(card_html(model.card, model.path))
         return True
 
     def set_device(self, choice: str) -> bool:
@@ -185,8 +184,7 @@ class ModelWidget(QWidget):
         self.model_box.blockSignals(True)
         self.model_box.setCurrentIndex(self.model_box.findData(model.name))
         self.model_box.blockSignals(False)
-        self.card_view.setPlainText(model.card.summary()
-                                    + (f"\nfile: {model.path}" if model.path else ""))
+        self.card_view.setHtml(card_html(model.card, model.path))
 
     def _index_changed(self, index: int) -> None:
         if 0 <= index < len(self._paths):
@@ -225,3 +223,58 @@ class ModelWidget(QWidget):
             self, "Delete model", f"Delete {name!r} from your model store? This cannot be undone.")
         if answer == QMessageBox.StandardButton.Yes:
             self.delete(name)
+
+
+def card_html(card, path=None) -> str:
+    """A model card as readable HTML: what it finds, what it expects, how good it is."""
+    from html import escape
+
+    from ..models import Architecture
+
+    def row(k, v):
+        return f"<tr><td style='color:#999;padding-right:8px'>{escape(k)}</td><td>{v}</td></tr>"
+
+    swatches = " ".join(
+        f"<span style='color:{c}'>&#9632;</span>&nbsp;{escape(n)}"
+        for n, c in zip(card.class_names, card.class_colours, strict=False))
+    scale = f"{card.pixel_size_um:g} um/px" if card.pixel_size_um else "any scale"
+    rows = [row("finds", swatches),
+            row("input", f"{card.in_channels} channel(s), {scale}, "
+                f"{escape(card.normalization)} normalisation"),
+            row("network", f"{escape(Architecture(card.architecture).label)}, "
+                f"version {escape(card.version)}")]
+    if card.boundary_class:
+        rows.append(row("objects", "split along the predicted boundary class"))
+    if card.postprocess:
+        rows.append(row("post-processing", escape(", ".join(
+            f"{k} {v}" for k, v in card.postprocess.items()))))
+    if card.stain_normalization:
+        ref = card.stain_normalization.get("reference") or "the training images"
+        rows.append(row("stain normalisation", f"Macenko, onto {escape(str(ref))}"))
+    html = [f"<h3 style='margin:0'>{escape(card.name)}</h3>"]
+    if card.description:
+        html.append(f"<p>{escape(card.description)}</p>")
+    html.append("<table>" + "".join(rows) + "</table>")
+    scores = _flat_metrics(card.metrics)
+    if scores:
+        html.append("<p style='margin-bottom:2px'><b>Validation</b></p><table>"
+                    + "".join(row(k, v) for k, v in scores) + "</table>")
+    if card.training_data:
+        html.append(f"<p><b>Trained on</b> {escape(card.training_data)}</p>")
+    if card.licence or card.data_licence:
+        html.append(f"<p><b>Licence</b> {escape(card.licence or '?')}; data: "
+                    f"{escape(card.data_licence or '?')}</p>")
+    if path:
+        html.append(f"<p style='color:#999'>file: {escape(str(path))}</p>")
+    return "".join(html)
+
+
+def _flat_metrics(metrics: dict, prefix: str = "") -> list[tuple[str, str]]:
+    out = []
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out += _flat_metrics(v, f"{prefix}{k} ")
+        else:
+            out.append((f"{prefix}{k}".replace("_", " "),
+                        f"{v:.3f}" if isinstance(v, float) else str(v)))
+    return out

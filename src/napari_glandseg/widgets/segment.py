@@ -378,7 +378,9 @@ class SegmentWidget(QWidget):
         from napari.layers import Image, Shapes
 
         fill_layer_box(self.image_box, self.viewer, Image)
-        fill_layer_box(self.shapes_box, self.viewer, Shapes)
+        fill_layer_box(self.shapes_box, self.viewer, Shapes,
+                       exclude=[la.name for la in self.viewer.layers
+                                if la.name.startswith("compare ")])
 
     def _show_model(self, *_) -> None:
         m = self.selection.model
