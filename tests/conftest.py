@@ -11,6 +11,15 @@ def _user_model_store(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("GLANDSEG_MODELS_DIR", str(tmp_path_factory.mktemp("models")))
 
 
+@pytest.fixture(autouse=True)
+def _private_tempdir(tmp_path_factory, monkeypatch):
+    """Temporary files (large results' zarr stores, ...) go under pytest's own folder, which
+    pytest prunes, never straight into the system's /tmp."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("tmp")))
+
+
 @pytest.fixture
 def data_dir() -> Path:
     return DATA

@@ -59,7 +59,7 @@ def test_build_model_names_bad_values():
         build_model("vgg16", 3, 1)
     with pytest.raises(GlandsegError, match="BaseCNN takes no argument 'depth'"):
         build_model("base_cnn", 3, 1, depth=4)
-    with pytest.raises(GlandsegError, match="num_classes must be a positive integer, got 0"):
+    with pytest.raises(GlandsegError, match="num_classes must be an integer in 1..256, got 0"):
         ModelCard(name="x", architecture="unet", in_channels=3, num_classes=0)
     with pytest.raises(GlandsegError, match="class_names has 2 names but .* needs 3"):
         ModelCard(name="x", architecture="unet", in_channels=3, num_classes=3,

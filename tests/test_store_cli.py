@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -98,3 +100,73 @@ def test_cli_import_pt_with_card(tmp_path, capsys):
                      str(tmp_path / "card.json")]) == 0
     stored = load_model("from-pt")
     assert np.allclose(stored.net.head.weight.detach().numpy(), net.head.weight.detach().numpy())
+
+
+def _tampered(tiny_file, name, **changes):
+    """A copy of the tiny model in the store whose card says ``changes`` (written straight
+    into the safetensors metadata, as a hand-edited file would)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    path, _ = tiny_file
+    card = json.loads(load_model(path).card.to_json())
+    card.update(changes, name=name)
+    save_file(load_file(str(path)), str(user_dir() / f"{name}.safetensors"),
+              metadata={"glandseg_card": json.dumps(card)})
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"pixel_size_um": "abc"}, "pixel_size_um must be a number"),
+    ({"arch_kwargs": {"widths": [100000, 8]}}, r"'widths' holds 100000"),
+    ({"in_channels": 3.5}, "in_channels must be an integer"),
+    ({"postprocess": {"min_size": "big"}}, "min_size must be a non-negative integer"),
+    ({"postprocess": {"colour": 1}}, "unexpected keyword argument 'colour'"),
+    ({"class_names": "glands"}, "class_names must be a list"),
+])
+def test_a_tampered_card_is_listed_as_broken_and_hides_nothing(tiny_file, capsys, changes,
+                                                               reason):
+    # defect 5: one tampered card broke `glandseg models` and `segment --model glands-he`
+    import_model(tiny_file[0])
+    _tampered(tiny_file, "tampered", **changes)
+    assert [m.name for m in list_models() if m.source == "user"] == ["tiny"]
+    broken = [m for m in list_models(include_broken=True) if m.broken]
+    assert [m.name for m in broken] == ["tampered"]
+    assert re.search(reason, broken[0].error)
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "glands-he" in out and "tiny" in out and re.search(rf"tampered .*BROKEN.*{reason}",
+                                                              out)
+    assert load_model("glands-he").card.name == "glands-he"
+    assert cli.main(["models", "show", "tampered"]) == 2
+    err = capsys.readouterr().err
+    assert "is broken" in err and err.count("\n") == 1
+
+
+def test_a_card_asking_for_a_huge_network_is_refused_before_building(monkeypatch):
+    # defect 5: arch_kwargs within the per-number bound can still multiply into GBs
+    import napari_glandseg.models.registry as registry
+
+    devices = []
+    real = registry.build_model
+
+    def recording(*args, **kwargs):
+        devices.append(torch.empty(0).device.type)  # where new tensors would live
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "build_model", recording)
+    card = ModelCard(name="huge", architecture="unet", in_channels=3, num_classes=1,
+                     arch_kwargs={"features": [4096] * 6})
+    with pytest.raises(GlandsegError, match="asks for 3,1[0-9,]+ parameters"):
+        registry.build_from_card(card)
+    assert devices == ["meta"]  # only the probe, which allocates nothing
+
+
+def test_model_names_must_stay_inside_the_store():
+    # item 4: the one name check, exported for training and the Fine-tune widget
+    from napari_glandseg.models import check_model_name
+
+    for bad in ("../../escaped-model", "a/b", "", ".hidden", "x" * 65, "..", "name.", 3):
+        with pytest.raises(GlandsegError, match="is not allowed"):
+            check_model_name(bad)
+    assert check_model_name("glands-he_v2.1") == "glands-he_v2.1"

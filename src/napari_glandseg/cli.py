@@ -1,6 +1,9 @@
 """The ``glandseg`` command line.
 
-Bad arguments and bad input exit with code 2 and one line on stderr, never a traceback.
+Bad arguments and bad input (including unreadable or unwritable files) exit with code 2 and
+one line on stderr; an unexpected error gives one line too and exit code 1 (the traceback only
+with ``GLANDSEG_DEBUG=1``). ``segment`` goes on past a file it cannot segment and lists the
+failures at the end (exit code 1).
 
 Examples::
 
@@ -17,14 +20,14 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-
-import numpy as np
 
 from .errors import GlandsegError
 from .progress import run_to_end
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,7 +39,7 @@ def _models(args) -> int:
     from . import models
 
     if args.action in (None, "list"):
-        entries = models.list_models()
+        entries = models.list_models(include_broken=True)
         if not entries:
             print(f"no models yet; import one with: glandseg models import FILE\n"
                   f"(user folder: {models.user_dir()})")
@@ -44,6 +47,9 @@ def _models(args) -> int:
         width = max(len(e.name) for e in entries)
         for e in entries:
             c = e.card
+            if c is None:  # listed, with the reason, and never hiding the others
+                print(f"{e.name:<{width}}  {e.source:<7}  BROKEN        {e.error}")
+                continue
             arch = models.Architecture(c.architecture).label
             print(f"{e.name:<{width}}  {e.source:<7}  {arch:<12}  "
                   f"{'/'.join(c.class_names)}  {c.description}")
@@ -182,94 +188,88 @@ def _segment(args) -> int:
         return _segment_blockwise(args)
     from pathlib import Path
 
-    from .inference import SegmentParams, iter_segment
-    from .io import iter_image_files, read_image, write_labels
+    from .inference import SegmentParams
+    from .io import iter_image_files
     from .models import load_model
-    from .postprocessing import PostprocessParams, object_table, postprocess, write_csv
+    from .pipeline import FileParams, iter_segment_files, postprocess_for
 
-    params = SegmentParams(tile_size=args.tile, overlap=args.overlap, batch_size=args.batch,
-                           tta=args.tta, threshold=args.threshold, device=args.device,
-                           return_probabilities=args.probabilities)
     model = load_model(args.model)
-    split = args.split or model.card.postprocess.get("split", "none")
-    post = PostprocessParams(**{**model.card.postprocess, "split": split,
-                                **({"min_size": args.min_size} if args.min_size is not None
-                                   else {})})
+    params = FileParams(
+        out_dir=Path(args.out),
+        segment=SegmentParams(tile_size=args.tile, overlap=args.overlap, batch_size=args.batch,
+                              tta=args.tta, threshold=args.threshold, device=args.device,
+                              return_probabilities=args.probabilities),
+        postprocess=postprocess_for(model.card, split=args.split, min_size=args.min_size),
+        pixel_size_um=args.pixel_size, probabilities=args.probabilities,
+        objects_csv=args.objects_csv, overwrite=args.overwrite)
     files = iter_image_files(args.inputs)
     if not files:
         raise GlandsegError("no input images found")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    failures, skipped = [], 0
-    for i, f in enumerate(files, 1):
-        dest = out / f"{f.stem}_labels.tif"
-        if dest.exists() and not args.overwrite:
-            skipped += 1
-            print(f"skip {f.name}: {dest.name} exists (use --overwrite)", file=sys.stderr)
-            continue
-        try:
-            img = read_image(f, as_labels=False)
-            res = run_to_end(
-                iter_segment(img.data, model, pixel_size_um=img.pixel_size_um, params=params),
-                _Bar(f"[{i}/{len(files)}] {f.name}", args.quiet))
-            labels = np.asarray(res.labels)
-            if res.store_path:  # a large input's zarr store: the TIFF below replaces it
-                import shutil
+    bars: dict = {}
 
-                shutil.rmtree(res.store_path, ignore_errors=True)
-            if post.split.value != "none" or args.objects_csv:
-                labels = postprocess(labels, post)
-            write_labels(dest, labels, overwrite=args.overwrite, pixel_size_um=res.pixel_size_um)
-            if args.probabilities and res.probabilities is not None:
-                import tifffile
+    def progress(p):
+        m = p.metrics or {}
+        key = m.get("file")
+        if key not in bars:
+            bars.clear()
+            bars[key] = _Bar(f"[{key}/{m.get('files')}] {m.get('name')}", args.quiet)
+        bars[key](p)
 
-                tifffile.imwrite(out / f"{f.stem}_probabilities.tif",
-                                 np.asarray(res.probabilities, np.float32), compression="zlib")
-            if args.objects_csv:
-                image = img.data if not img.multiscale else None
-                write_csv(object_table(labels, image, res.pixel_size_um),
-                          out / f"{f.stem}_objects.csv", overwrite=True)
-            if not args.quiet:
-                print(f"{f.name} -> {dest} ({res.seconds:.1f} s, {res.device})", file=sys.stderr)
-        except (GlandsegError, OSError) as exc:
-            failures.append((f, str(exc)))
-            print(f"FAILED {f.name}: {exc}", file=sys.stderr)
-    done = len(files) - len(failures) - skipped
-    print(f"{done} segmented, {skipped} skipped, {len(failures)} failed")
-    for f, why in failures:
-        print(f"  failed: {f}: {why}")
-    return 1 if failures else 0
+    def on_file(event, f, detail):
+        if event == "skip":
+            print(f"skip {f.name}: {detail.name} exists (use --overwrite)", file=sys.stderr)
+        elif event == "fail":
+            print(f"FAILED {detail}", file=sys.stderr)
+        elif not args.quiet:
+            print(f"{f.name} -> {detail.outputs['labels']} ({detail.segment.seconds:.1f} s, "
+                  f"{detail.segment.device})", file=sys.stderr)
+
+    report = run_to_end(iter_segment_files(files, model, params, on_file), progress)
+    print(f"{len(report.done)} segmented, {len(report.skipped)} skipped, "
+          f"{len(report.failed)} failed")
+    for _, why in report.failed:
+        print(f"  failed: {why}")
+    return 1 if report.failed else 0
 
 
 def _evaluate(args) -> int:
     import json
-    from pathlib import Path
 
-    from .io import iter_image_files, pair_by_stem, read_image
-    from .metrics import evaluate_dataset
+    from ._files import atomic_path
+    from .io import match_stems, read_image
+    from .metrics import KEYS, iter_evaluate_dataset
     from .postprocessing import write_csv
 
-    pairs = pair_by_stem(args.pred, args.truth)
-    n_truth = len(iter_image_files([args.truth]))
-    if n_truth > len(pairs):
-        print(f"warning: {n_truth - len(pairs)} ground-truth files have no prediction",
-              file=sys.stderr)
-    items = [(k, read_image(p, as_labels=True).data, read_image(t, as_labels=True).data)
-             for k, (p, t) in pairs.items()]
-    rows, summary = evaluate_dataset(items, classes=args.classes,
-                                     hausdorff=not args.no_hausdorff)
+    pairing = match_stems(args.pred, args.truth)
+    for what, files in (("ground truth without a prediction", pairing.truth_only),
+                        ("prediction without ground truth", pairing.pred_only)):
+        if files:
+            print(f"warning: {len(files)} {what}: {', '.join(f.name for f in files)}",
+                  file=sys.stderr)
+
+    def reader(path):
+        return lambda: read_image(path, as_labels=True).data
+
+    items = [(k, reader(p), reader(t)) for k, (p, t) in pairing.pairs.items()]
+    rows, summary = run_to_end(
+        iter_evaluate_dataset(items, classes=args.classes, hausdorff=not args.no_hausdorff),
+        _Bar("evaluating", args.quiet))
+    summary["unpaired"] = {"no_prediction": [f.name for f in pairing.truth_only],
+                           "no_truth": [f.name for f in pairing.pred_only]}
     if args.csv:
         import pandas as pd
 
         write_csv(pd.DataFrame(rows), args.csv, overwrite=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2, default=float))
-    from .metrics import KEYS
-
+        with atomic_path(args.json, ".json") as tmp, open(tmp, "w") as fh:
+            json.dump(summary, fh, indent=2, default=float)
     print(f"{summary['n_images']} images")
     for k in KEYS:
         print(f"  {k:<17} {summary[k]:.4f}  (sd {summary[k + '_std']:.4f})")
     print(f"  worst by Dice: {', '.join(summary['worst'])}")
+    if pairing.truth_only or pairing.pred_only:
+        print(f"  not evaluated: {len(pairing.truth_only)} without a prediction, "
+              f"{len(pairing.pred_only)} without ground truth")
     return 0
 
 
@@ -281,7 +281,10 @@ def _load_config(path) -> dict:
     if p.suffix.lower() == ".toml":
         import tomllib
 
-        return tomllib.loads(text)
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise GlandsegError(f"{p}: not valid TOML ({exc})") from None
     import json
 
     try:
@@ -473,7 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, default=0.5, help="binary threshold")
     s.add_argument("--split", choices=["none", "distance", "peaks", "boundary"],
                    help="separate touching objects (default: the model card's)")
-    s.add_argument("--min-size", type=int, help="remove objects smaller than this (px)")
+    s.add_argument("--min-size", type=int, help="remove objects smaller than this (px); "
+                                                "default: the model card's")
+    s.add_argument("--pixel-size", type=float, metavar="UM",
+                   help="um/px of inputs whose file does not say it (PNG, JPEG); sets the "
+                        "rescaling to the model's scale")
     s.add_argument("--probabilities", action="store_true", help="also write probabilities")
     s.add_argument("--objects-csv", action="store_true", help="also write a per-object CSV")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -508,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="write the summary here")
     e.add_argument("--classes", type=int, help="number of classes for class maps (> 2)")
     e.add_argument("--no-hausdorff", action="store_true", help="skip the slowest metric")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_evaluate)
 
     t = sub.add_parser(
@@ -612,12 +620,22 @@ def main(argv=None) -> int:
         return EXIT_BAD_INPUT
     try:
         return args.func(args)
-    except (GlandsegError, FileNotFoundError) as exc:
+    except GlandsegError as exc:
         print(f"glandseg: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # a missing file, an unwritable folder, a full disk
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"glandseg: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("glandseg: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug still gets one line, not a traceback
+        if os.environ.get("GLANDSEG_DEBUG"):
+            raise
+        print(f"glandseg: internal error: {type(exc).__name__}: {exc} (rerun with "
+              "GLANDSEG_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,6 +28,7 @@ import numpy as np
 
 from ._files import atomic_path
 from .errors import GlandsegError, ImageReadError
+from .labels import dtype_for_max, labels_dtype
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".svs")
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs")
@@ -130,14 +131,22 @@ def mask_to_labels(array: np.ndarray) -> np.ndarray:
     """Turn a mask as stored on disk into label values napari and the metrics expect.
 
     - ``bool`` and ``{0, 255}`` masks become ``{0, 1}``;
-    - an 8-bit class mask coded with grey levels spread up to 255, such as ``{0, 128, 255}``
-      in the white-blood-cell set (at most 8 levels), becomes ``0..n-1`` in level order;
+    - a class mask coded with evenly spread grey levels up to the type's maximum (255 or
+      65535), such as ``{0, 128, 255}`` in the white-blood-cell set, becomes class numbers
+      ``0..K-1`` by level (``K`` <= 8): 0 always stays background, so a mask without
+      background (``{128, 255}`` -> ``{1, 2}``) or an all-foreground one (``{255}`` ->
+      ``{1}``) keeps its classes;
+    - other at most 8 levels ending at the maximum become ``1..n`` in level order (0 stays 0);
     - anything else (binary 0/1, instance labels) is kept as it is.
 
     >>> mask_to_labels(np.array([[0, 128], [255, 255]], dtype=np.uint8)).tolist()
     [[0, 1], [2, 2]]
     >>> mask_to_labels(np.array([[0, 255]], dtype=np.uint8)).tolist()
     [[0, 1]]
+    >>> mask_to_labels(np.array([[128, 255]], dtype=np.uint8)).tolist()
+    [[1, 2]]
+    >>> mask_to_labels(np.full((1, 2), 255, dtype=np.uint8)).tolist()
+    [[1, 1]]
     >>> mask_to_labels(np.array([[0, 1, 7]], dtype=np.uint8)).tolist()  # instance ids: kept
     [[0, 1, 7]]
     """
@@ -151,13 +160,28 @@ def mask_to_labels(array: np.ndarray) -> np.ndarray:
                 "save masks as single-channel integer images"
             )
         array = array[..., 0]
-    if array.dtype == np.uint8:
+    if array.dtype in (np.uint8, np.uint16):
+        top = int(np.iinfo(array.dtype).max)
         values = np.unique(array)
-        if len(values) <= 8 and values[-1] == 255:
-            lut = np.zeros(256, dtype=np.uint8)
-            lut[values] = np.arange(len(values), dtype=np.uint8)
-            return lut[array]
+        if len(values) <= 8 and values[-1] == top:
+            return _grey_levels_to_classes(array, values, top)
     return array
+
+
+def _grey_levels_to_classes(array: np.ndarray, values: np.ndarray, top: int) -> np.ndarray:
+    """Class numbers for grey levels ending at ``top`` (see :func:`mask_to_labels`)."""
+    classes = None
+    for k in range(1, 8):  # the coarsest even grid k levels above 0 that all values sit on
+        c = np.round(values.astype(np.float64) * k / top)
+        if np.all(np.abs(c * top / k - values) <= 1):
+            classes = c.astype(np.uint8)
+            break
+    if classes is None:  # uneven levels: their order, 0 kept as background
+        classes = np.arange(len(values), dtype=np.uint8) + (values[0] != 0)
+    out = np.zeros(array.shape, np.uint8)
+    for v, c in zip(values, classes, strict=True):
+        out[array == v] = c
+    return out
 
 
 def read_image(path: str | os.PathLike, as_labels: bool | None = None) -> ImageData:
@@ -278,6 +302,7 @@ def _read_tiff(p: Path) -> ImageData:
             meta["glandseg_kind"] = "labels"
         if tif.is_svs:
             meta["aperio"] = _aperio_fields(tif.pages[0].description)
+        _check_tiff_page(p, tif.pages[0])
         if not lazy:
             data = series.asarray()
             return ImageData(data=data, kind="image", path=p, pixel_size_um=pixel_size,
@@ -289,6 +314,37 @@ def _read_tiff(p: Path) -> ImageData:
             )
     levels = open_tiff_levels(p)
     return ImageData(data=levels, kind="image", path=p, pixel_size_um=pixel_size, metadata=meta)
+
+
+#: A TIFF strip or tile larger than this (decoded) is refused: reading any pixel of it would
+#: need that much memory at once.
+MAX_CHUNK_BYTES = 2**31
+
+
+def _check_tiff_page(p: Path, page) -> None:
+    """Refuse a TIFF whose header cannot be true (more pixels than an uncompressed file
+    holds) or whose strips/tiles are too large to decode, before any pixel is read."""
+    try:
+        size = p.stat().st_size
+        counts = [int(c) for c in page.databytecounts]
+        itemsize = np.dtype(page.dtype).itemsize if page.dtype is not None else 1
+    except (AttributeError, TypeError, ValueError):
+        return  # not a plain page (e.g. JPEG-in-TIFF oddities): the decoder will tell
+    declared = int(np.prod(page.shape)) * itemsize
+    if int(page.compression) == 1 and declared > size:
+        raise ImageReadError(
+            f"{p}: the header declares {' x '.join(map(str, page.shape))} pixels "
+            f"({declared / 2**30:.1f} GiB uncompressed) but the file holds {size} bytes: "
+            "truncated or corrupt")
+    if page.is_tiled:
+        chunk = page.tilelength * page.tilewidth * page.samplesperpixel * itemsize
+    else:
+        chunk = min(page.rowsperstrip, page.imagelength) * page.imagewidth * \
+            page.samplesperpixel * itemsize
+    if chunk > MAX_CHUNK_BYTES or any(c > size for c in counts):
+        raise ImageReadError(
+            f"{p}: a strip or tile of {chunk / 2**30:.1f} GiB cannot be read piece by piece "
+            "(or its byte counts exceed the file); save the image as a tiled TIFF")
 
 
 def open_tiff_levels(path: str | os.PathLike) -> list:
@@ -470,8 +526,19 @@ def _stem_key(path: Path) -> str:
     return stem
 
 
-def pair_by_stem(pred_dir, truth_dir) -> dict[str, tuple[Path, Path]]:
-    """Pair two folders' image files by stem (``a_labels.tif`` pairs with ``a.png``).
+@dataclass
+class StemPairing:
+    """Two folders' files matched by stem: the pairs, and the files of each side that have
+    no partner (so they can be reported, never silently left out)."""
+
+    pairs: dict[str, tuple[Path, Path]]
+    pred_only: list[Path]
+    truth_only: list[Path]
+
+
+def match_stems(pred_dir, truth_dir) -> StemPairing:
+    """Pair two folders' image files by stem (``a_labels.tif`` pairs with ``a.png``) and list
+    the files left without a partner on either side.
 
     Raises
     ------
@@ -486,23 +553,18 @@ def pair_by_stem(pred_dir, truth_dir) -> dict[str, tuple[Path, Path]]:
     keys = sorted(set(found[0]) & set(found[1]), key=lambda k: _natural_key(Path(k)))
     if not keys:
         raise GlandsegError(f"no file in {pred_dir} shares a file stem with one in {truth_dir}")
-    return {k: (found[0][k], found[1][k]) for k in keys}
+    only = [sorted((f for k, f in side.items() if k not in set(keys)), key=_natural_key)
+            for side in found]
+    return StemPairing({k: (found[0][k], found[1][k]) for k in keys}, only[0], only[1])
+
+
+def pair_by_stem(pred_dir, truth_dir) -> dict[str, tuple[Path, Path]]:
+    """The pairs of :func:`match_stems` (files without a partner are left out)."""
+    return match_stems(pred_dir, truth_dir).pairs
 
 
 # --------------------------------------------------------------------------------------------
 # writing
-
-
-def labels_dtype(labels: np.ndarray) -> np.dtype:
-    """The smallest unsigned type that holds ``labels`` (uint8, uint16 or uint32)."""
-    labels = np.asarray(labels)
-    if labels.size and labels.min() < 0:
-        raise GlandsegError(f"labels must be non-negative, found minimum {labels.min()}")
-    top = int(labels.max()) if labels.size else 0
-    for dt in (np.uint8, np.uint16, np.uint32):
-        if top <= np.iinfo(dt).max:
-            return np.dtype(dt)
-    raise GlandsegError(f"label value {top} does not fit in uint32")
 
 
 def write_labels(
@@ -510,6 +572,7 @@ def write_labels(
     labels,
     overwrite: bool = True,
     pixel_size_um: float | None = None,
+    max_label: int | None = None,
 ) -> Path:
     """Write a label image to a compressed TIFF or PNG, atomically.
 
@@ -526,6 +589,9 @@ def write_labels(
         When False an existing file raises :class:`GlandsegError` instead of being replaced.
     pixel_size_um : float, optional
         Stored in the TIFF resolution tags.
+    max_label : int, optional
+        For a lazy (zarr or dask) 2D array: its largest value, which picks the type. Such an
+        array is written to TIFF tile by tile, never loaded whole.
     """
     p = Path(path)
     suffix = p.suffix.lower()
@@ -533,6 +599,16 @@ def write_labels(
         raise GlandsegError(f"{p}: labels are written as .tif, .tiff or .png, not {suffix!r}")
     if p.exists() and not overwrite:
         raise GlandsegError(f"{p}: exists; pass overwrite=True to replace it")
+    if _is_lazy(labels) and suffix != ".png":
+        dtype = np.dtype(labels.dtype)
+        if not np.issubdtype(dtype, np.integer):
+            raise GlandsegError(f"labels must be integers, got dtype {dtype}")
+        if max_label is None:
+            max_label = max((int(np.asarray(t).max()) for t in _tiles(labels)), default=0)
+        with atomic_path(p, suffix) as tmp:
+            _write_tiff(tmp, labels, dtype_for_max(max_label), pixel_size_um,
+                        metadata={"glandseg": "labels"})
+        return p
     arr = np.asarray(labels)
     if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
         raise GlandsegError(f"labels must be integers, got dtype {arr.dtype}")
@@ -558,6 +634,55 @@ def write_labels(
             tifffile.imwrite(tmp, arr, compression="zlib", metadata={"glandseg": "labels"},
                              **kwargs)
     return p
+
+
+def write_probabilities(path: str | os.PathLike, probabilities, overwrite: bool = True,
+                        pixel_size_um: float | None = None) -> Path:
+    """Write a ``(C, Y, X)`` probability map as a float32 compressed TIFF, atomically; a
+    lazy (zarr or dask) array is written tile by tile."""
+    p = Path(path)
+    if p.suffix.lower() not in (".tif", ".tiff"):
+        raise GlandsegError(f"{p}: probabilities are written as .tif or .tiff")
+    if p.exists() and not overwrite:
+        raise GlandsegError(f"{p}: exists; pass overwrite=True to replace it")
+    with atomic_path(p, p.suffix) as tmp:
+        _write_tiff(tmp, probabilities, np.dtype(np.float32), pixel_size_um,
+                    photometric="minisblack")
+    return p
+
+
+#: Side of the tiles a lazy array is written in.
+WRITE_TILE = 512
+
+
+def _is_lazy(arr) -> bool:
+    return not isinstance(arr, np.ndarray) and hasattr(arr, "shape") and hasattr(arr, "dtype")
+
+
+def _tiles(arr, tile: int = WRITE_TILE, dtype=None):
+    """The ``tile`` x ``tile`` tiles of a 2D or (C, Y, X) array in TIFF order (each plane,
+    rows of tiles), read one at a time."""
+    planes = [arr] if len(arr.shape) == 2 else [arr[c] for c in range(arr.shape[0])]
+    h, w = arr.shape[-2:]
+    for plane in planes:
+        for y in range(0, h, tile):
+            for x in range(0, w, tile):
+                t = np.asarray(plane[y: y + tile, x: x + tile])
+                yield t if dtype is None else t.astype(dtype, copy=False)
+
+
+def _write_tiff(tmp, arr, dtype, pixel_size_um, **kwargs) -> None:
+    import tifffile
+
+    if pixel_size_um:
+        kwargs.update(resolution=(1e4 / pixel_size_um, 1e4 / pixel_size_um),
+                      resolutionunit="CENTIMETER")
+    if _is_lazy(arr):
+        tifffile.imwrite(tmp, _tiles(arr, dtype=dtype), shape=tuple(arr.shape), dtype=dtype,
+                         tile=(WRITE_TILE, WRITE_TILE), compression="zlib", **kwargs)
+    else:
+        tifffile.imwrite(tmp, np.asarray(arr).astype(dtype, copy=False), compression="zlib",
+                         **kwargs)
 
 
 def iter_image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:

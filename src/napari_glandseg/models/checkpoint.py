@@ -8,7 +8,6 @@ file ``<name>.card.json`` beside it); anything else is refused.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +87,8 @@ def read_card(path) -> ModelCard:
         return ModelCard.from_json(meta[CARD_KEY])
     except GlandsegError as exc:
         raise CheckpointError(f"{p}: bad model card: {exc}") from None
+    except (TypeError, ValueError) as exc:  # a value of a type no check foresaw
+        raise CheckpointError(f"{p}: bad model card: {type(exc).__name__}: {exc}") from None
 
 
 def load_checkpoint(path, card: ModelCard | dict | None = None) -> Model:
@@ -177,8 +178,3 @@ def _load_pickle_state(p: Path) -> dict:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{p}: not a state dict (a mapping of names to tensors)")
     return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def card_to_file(card: ModelCard, path) -> None:
-    """Write a card as pretty JSON (the sidecar form for .pt files)."""
-    Path(path).write_text(json.dumps(json.loads(card.to_json()), indent=2))

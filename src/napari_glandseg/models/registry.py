@@ -52,5 +52,27 @@ def build_model(
     return cls(in_channels, num_classes, **arch_kwargs)
 
 
+#: Most parameters a card may ask for (the largest bundled architecture at default size has
+#: about 26 million).
+MAX_PARAMETERS = 200_000_000
+
+
 def build_from_card(card: ModelCard) -> nn.Module:
+    """Build the card's network, after counting its parameters on PyTorch's "meta" device
+    (no memory): a card asking for an absurd size is refused before anything is allocated."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            probe = build_model(card.architecture, card.in_channels, card.num_classes,
+                                **card.arch_kwargs)
+    except GlandsegError:
+        raise
+    except Exception as exc:  # an architecture rejecting its arguments (e.g. too few widths)
+        raise GlandsegError(f"card of {card.name!r}: cannot build {card.architecture} with "
+                            f"{card.arch_kwargs}: {type(exc).__name__}: {exc}") from None
+    n = sum(p.numel() for p in probe.parameters())
+    if n > MAX_PARAMETERS:
+        raise GlandsegError(f"card of {card.name!r} asks for {n:,} parameters "
+                            f"({n * 4 / 2**30:.0f} GiB); at most {MAX_PARAMETERS:,} are allowed")
     return build_model(card.architecture, card.in_channels, card.num_classes, **card.arch_kwargs)

@@ -42,10 +42,18 @@ _cache: dict[tuple, Model] = {}
 
 @dataclass
 class ModelEntry:
+    """One model file of the store. A broken file (unreadable, or a card that does not
+    validate) has ``card`` None and says why in ``error``."""
+
     name: str
     path: Path
     source: str  # "bundled" or "user"
-    card: ModelCard
+    card: ModelCard | None
+    error: str = ""
+
+    @property
+    def broken(self) -> bool:
+        return self.card is None
 
 
 def user_dir() -> Path:
@@ -70,21 +78,35 @@ def _entries(folder: Path, source: str) -> list[ModelEntry]:
     for f in sorted(folder.glob("*.safetensors")):
         try:
             out.append(ModelEntry(f.stem, f, source, read_card(f)))
-        except CheckpointError:
-            continue  # a broken file in the folder must not hide the others
+        except Exception as exc:  # noqa: BLE001 - any broken file is listed as broken
+            out.append(ModelEntry(f.stem, f, source, None, _reason(f, exc)))
     return out
 
 
-def list_models() -> list[ModelEntry]:
-    """Bundled models first, then the user's, each with its card."""
-    return _entries(BUNDLED_DIR, "bundled") + _entries(user_dir(), "user")
+def _reason(path: Path, exc: Exception) -> str:
+    text = str(exc) if isinstance(exc, GlandsegError) else f"{type(exc).__name__}: {exc}"
+    return text.removeprefix(f"{path}: ")
+
+
+def list_models(include_broken: bool = False) -> list[ModelEntry]:
+    """Bundled models first, then the user's, each with its card.
+
+    A broken file never hides the others: it is left out, or with ``include_broken``
+    listed with ``card`` None and the reason in ``error``.
+    """
+    entries = _entries(BUNDLED_DIR, "bundled") + _entries(user_dir(), "user")
+    return entries if include_broken else [e for e in entries if not e.broken]
 
 
 def find_model(name: str) -> ModelEntry:
-    for entry in list_models():
+    """The store's entry called ``name``; a broken one raises and says why."""
+    entries = list_models(include_broken=True)
+    for entry in entries:
         if entry.name == name:
+            if entry.broken:
+                raise CheckpointError(f"model {name!r} ({entry.path}) is broken: {entry.error}")
             return entry
-    names = ", ".join(e.name for e in list_models()) or "none"
+    names = ", ".join(e.name for e in entries if not e.broken) or "none"
     raise GlandsegError(f"no model named {name!r} in the store (available: {names})")
 
 
@@ -101,7 +123,9 @@ def load_model(name_or_path, device=None, card: ModelCard | dict | None = None) 
         The card for a ``.pt``/``.pth`` state dict.
     """
     p = Path(name_or_path)
-    if p.suffix.lower() in (".safetensors", ".pt", ".pth") or p.is_file():
+    # a checkpoint suffix or a folder in it makes it a path; a bare name is always the
+    # store's (a file called "glands-he" in the working folder must not hide the model)
+    if p.suffix.lower() in (".safetensors", ".pt", ".pth") or len(p.parts) > 1:
         path = p
     else:
         path = find_model(str(name_or_path)).path
@@ -120,13 +144,27 @@ def load_model(name_or_path, device=None, card: ModelCard | dict | None = None) 
     return model
 
 
-def _check_name(name: str) -> str:
-    if not _NAME_RE.match(name):
+def check_model_name(name) -> str:
+    """``name`` if it can name a model in the store (a file name that stays inside it), else
+    a GlandsegError that says what is allowed. Training, the Fine-tune widget and import all
+    call this before writing anything.
+
+    >>> check_model_name("glands-mine")
+    'glands-mine'
+    >>> check_model_name("../../escaped-model")
+    Traceback (most recent call last):
+    ...
+    napari_glandseg.errors.GlandsegError: model name '../../escaped-model' is not allowed: ...
+    """
+    if not isinstance(name, str) or not _NAME_RE.match(name) or name.endswith("."):
         raise GlandsegError(
             f"model name {name!r} is not allowed: use letters, digits, '.', '_' or '-' "
-            "(at most 64 characters)"
+            "(at most 64 characters, starting with a letter or digit)"
         )
     return name
+
+
+_check_name = check_model_name  # the old private name
 
 
 def import_model(path, name: str | None = None, card: ModelCard | dict | None = None,
@@ -136,7 +174,7 @@ def import_model(path, name: str | None = None, card: ModelCard | dict | None = 
     The file is loaded first, so a broken or unsafe file never enters the store.
     """
     model = load_checkpoint(path, card=card)
-    name = _check_name(name or model.card.name or Path(path).stem)
+    name = check_model_name(name or model.card.name or Path(path).stem)
     if any(e.name == name for e in _entries(BUNDLED_DIR, "bundled")):
         raise GlandsegError(f"{name!r} is a bundled model; import under another name")
     model.card.name = name
