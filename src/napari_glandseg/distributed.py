@@ -270,6 +270,9 @@ def iter_segment_cohort(
             client.close()
             if cluster is not None:
                 cluster.close()
+    order = {name: i for i, name in enumerate(names)}
+    result.done.sort(key=lambda r: order.get(r.name, 0))  # input order, not finishing order
+    result.failed.sort(key=lambda f: order.get(_name_of(f[0], 0), 0))
     result.seconds = time.time() - t0
     return result
 

@@ -359,11 +359,52 @@ def open_source(source):
 
 @lru_cache(maxsize=8)
 def _open_path(path: str):
+    if Path(path).is_dir() and path.rstrip("/").endswith(".zarr"):
+        return _open_zarr(path)
     from .io import read_image
 
     img = read_image(path, as_labels=False)
     levels = img.data if img.multiscale else [img.data]
     return levels, img.pixel_size_um
+
+
+def _open_zarr(path: str):
+    """A zarr array, a group of levels ``0, 1, ...``, or an OME-Zarr image (NGFF
+    multiscales; channel axis moved last, singleton t/z dropped) as lazy levels + um/px."""
+    import dask.array as da
+    import zarr
+
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as exc:  # zarr raises several types for a folder that is not a store
+        raise GlandsegError(f"{path}: not a zarr store ({type(exc).__name__}: {exc})") from None
+    if isinstance(node, zarr.Array):
+        return [da.from_zarr(node)], None
+    attrs = dict(node.attrs)
+    ms = (attrs.get("ome") or attrs).get("multiscales")
+    px = None
+    if ms:
+        axes = [a["name"] if isinstance(a, dict) else a for a in ms[0].get("axes", [])]
+        levels = [da.from_zarr(node[d["path"]]) for d in ms[0]["datasets"]]
+        if axes and len(axes) == levels[0].ndim:
+            for name in ("t", "z"):
+                if name in axes and levels[0].shape[axes.index(name)] == 1:
+                    i = axes.index(name)
+                    levels = [lv[(slice(None),) * i + (0,)] for lv in levels]
+                    axes.pop(i)
+            if "c" in axes and axes.index("c") != len(axes) - 1:
+                levels = [da.moveaxis(lv, axes.index("c"), -1) for lv in levels]
+            unit = next((a.get("unit") for a in ms[0]["axes"] if isinstance(a, dict)
+                         and a.get("name") == "x"), None)
+            scale = ms[0]["datasets"][0]["coordinateTransformations"][0].get("scale")
+            if unit == "micrometer" and scale:
+                px = float(scale[-1])
+    else:
+        keys = sorted((k for k in node.array_keys() if k.isdigit()), key=int)
+        if not keys:
+            raise GlandsegError(f"{path}: a zarr group without image levels")
+        levels = [da.from_zarr(node[k]) for k in keys]
+    return levels, px
 
 
 def plan_slide(source, out, predictor, params: SlideParams | None = None,

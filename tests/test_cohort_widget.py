@@ -1,0 +1,53 @@
+"""The Slides widget: a folder of slides segmented in the background, results opened."""
+
+import numpy as np
+
+
+def _slides(folder):
+    import imageio.v3 as iio
+
+    folder.mkdir()
+    for i in range(2):
+        img = np.full((200, 260, 3), 238, np.uint8)
+        img[40:160, 30 + 40 * i: 150 + 40 * i] = (150, 60, 130)
+        iio.imwrite(folder / f"slide{i}.png", img)
+    (folder / "broken.png").write_bytes(b"not an image")
+
+
+def test_slides_widget_runs_a_folder_in_the_background(make_napari_viewer, qtbot, tmp_path,
+                                                       fg_model_factory, notes):
+    name = fg_model_factory("fg")
+    _slides(tmp_path / "slides")
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("napari-glandseg", "Slides")
+    w.folder.setText(str(tmp_path / "slides"))
+    w.out.setText(str(tmp_path / "out"))
+    w.model_box.setCurrentText(name)
+    w.workers.setValue(1)
+    w.block.setValue(128)
+    w.overlap.setValue(32)
+    seen = []
+    worker = w.run()
+    worker.yielded.connect(seen.append)
+    assert not w.run_btn.isEnabled()  # one run at a time
+    with qtbot.waitSignal(worker.finished, timeout=60000):
+        pass
+    assert w.run_btn.isEnabled() and w.result is not None
+    assert sorted(r.name for r in w.result.done) == ["slide0", "slide1"]
+    assert [p.endswith("broken.png") for p, _ in w.result.failed] == [True]
+    assert seen and seen[-1].done == seen[-1].total
+    assert any(level == "warning" and "1 failed" in m for level, m in notes)
+    layers = w.open_results()
+    assert [la.name for la in layers] == ["slide0 [labels]", "slide1 [labels]"]
+    assert layers[1].multiscale and int(np.asarray(layers[1].data[0])[100, 150]) == 1
+    # blocks of glass only (x >= 256) are not run through the network: they stay empty
+    assert int(np.asarray(layers[1].data[0])[100, 258]) == 0
+    assert int(np.asarray(layers[0].data[0])[100, 258]) == 0
+
+
+def test_slides_widget_names_a_bad_folder(make_napari_viewer, notes, tmp_path):
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("napari-glandseg", "Slides")
+    w.folder.setText(str(tmp_path / "missing"))
+    assert w.run() is None
+    assert notes[-1][0] == "error" and "missing" in notes[-1][1]
