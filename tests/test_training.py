@@ -91,8 +91,8 @@ def test_stop_keeps_the_best_checkpoint(glas):
 def test_nan_loss_stops_with_a_clear_message_and_keeps_checkpoint(glas, monkeypatch):
     real = tr.make_loss
 
-    def poisoned(loss, k, partial=False):
-        fn, calls = real(loss, k, partial), []
+    def poisoned(loss, k, **kw):
+        fn, calls = real(loss, k, **kw), []
 
         def compute(logits, y):
             calls.append(1)
@@ -402,3 +402,28 @@ def test_mask_folders_in_order_of_preference(tmp_path):
     imsave(tmp_path / "instances" / "a.png", inst, check_contrast=False)
     pairs = pairs_from_folder(tmp_path, mask_folder=["instances", "masks"])
     assert [(p.name, int(p.mask.max())) for p in pairs] == [("a", 2), ("b", 1)]
+
+
+def test_gaps_between_close_objects_weigh_more(glas):
+    inst = np.zeros((20, 40), np.uint16)
+    inst[5:15, 3:16], inst[5:15, 20:35] = 1, 2  # 4 px of background between them
+    t = make_target(inst, tr.Target.BOUNDARY, 3, gap_width=3)
+    assert (t[5:15, 16:20] == tr.GAP).all()  # the gap between the two
+    assert t[2, 8] == 0 and t[10, 38] == 0  # next to one object only: plain background
+    assert t[10, 8] == 1 and t[10, 15] == 2  # objects unchanged
+    # a gap pixel predicted as interior costs more with the weight on
+    logits = torch.tensor([0.0, 3.0, 0.0]).view(1, 3, 1, 1).repeat(1, 1, 1, 2)
+    target = torch.tensor([[[tr.GAP, 0]]])
+    plain = float(tr.partial_boundary_loss(logits, target, dice=False))
+    weighted = float(tr.partial_boundary_loss(logits, target, dice=False, gap_weight=10))
+    assert plain == pytest.approx(float(torch.nn.functional.cross_entropy(
+        logits, torch.zeros((1, 1, 2), dtype=torch.long))))
+    assert weighted == pytest.approx(plain)  # both pixels equally wrong: same mean ...
+    target = torch.tensor([[[tr.GAP, 1]]])  # ... one right, one wrong: the gap dominates
+    assert float(tr.partial_boundary_loss(logits, target, dice=False, gap_weight=10)) > \
+        1.5 * float(tr.partial_boundary_loss(logits, target, dice=False))
+    res = train(glas, glas, TrainParams(name="gaps", target="boundary", gap_weight=10,
+                                        epochs=1, steps_per_epoch=2, **SMALL))
+    assert res.model.card.training["gap_weight"] == 10
+    with pytest.raises(GlandsegError, match="gap_weight needs target='boundary'"):
+        TrainParams(gap_weight=5)

@@ -112,6 +112,10 @@ class Selection(str, Enum):
 #: Label of a foreground pixel whose class (interior or boundary) is not known: the pixels
 #: of a binary mask in a dataset that otherwise has instance labels.
 UNKNOWN_FG = 3
+#: Label of a background pixel in a narrow gap between two objects (within ``gap_width`` of
+#: both): background to the network, weighted ``gap_weight`` times more in the loss, as in
+#: U-Net's separation weight map (Ronneberger et al., MICCAI 2015).
+GAP = 4
 
 
 @dataclass
@@ -181,6 +185,13 @@ class TrainParams:
         Fixed validation patches (seeded) per epoch (loss and patch Dice for the curve).
     patience : int
         Stop after this many epochs without a better selection score (0: never).
+    gap_weight : float
+        Instance-aware alternative to the plain boundary target: background pixels in narrow
+        gaps between objects (:data:`GAP`) weigh ``1 + gap_weight`` in the loss, so touching
+        objects are kept apart (U-Net's weight map; 0: off; boundary targets only).
+    gap_width : int
+        Pixels (at the working scale) from each of two objects within which a background
+        pixel is a gap.
     zoom : float
         Random zoom in [1/zoom, zoom] (scale augmentation).
     colour_jitter : float
@@ -203,6 +214,8 @@ class TrainParams:
     pixel_size_um: float | None = None
     data_pixel_size_um: float | None = None
     select: Selection = Selection.AUTO
+    gap_weight: float = 0.0
+    gap_width: int = 3
     freeze_encoder: bool = False
     loss: Loss = Loss.DICE_CE
     patch_size: int = 256
@@ -243,6 +256,13 @@ class TrainParams:
             v = getattr(self, k)
             if v is not None and not (isinstance(v, int | float) and 0 < v < 1000):
                 raise GlandsegError(f"{k} must be a positive number (um/px), got {v!r}")
+        if not (isinstance(self.gap_weight, int | float) and 0 <= self.gap_weight <= 100):
+            raise GlandsegError(f"gap_weight must be in [0, 100], got {self.gap_weight!r}")
+        if not (isinstance(self.gap_width, int) and 1 <= self.gap_width <= 50):
+            raise GlandsegError(f"gap_width must be an integer in [1, 50], got "
+                                f"{self.gap_width!r}")
+        if self.gap_weight and self.target is not Target.BOUNDARY and not self.base_model:
+            raise GlandsegError("gap_weight needs target='boundary' (objects to keep apart)")
         if not (isinstance(self.zoom, int | float) and 1 <= self.zoom <= 4):
             raise GlandsegError(f"zoom must be in [1, 4], got {self.zoom!r}")
         for k in ("colour_jitter", "blur", "stain_jitter"):
@@ -429,7 +449,7 @@ def is_instance_mask(mask: np.ndarray) -> bool:
 
 
 def make_target(mask: np.ndarray, target: Target, num_classes: int,
-                partial: bool = False) -> np.ndarray:
+                partial: bool = False, gap_width: int = 0) -> np.ndarray:
     """The per-pixel training target: 0/1 for binary, 0..K-1 for classes, and
     0 background / 1 interior / 2 boundary (2-px inner boundary of each instance).
 
@@ -438,6 +458,9 @@ def make_target(mask: np.ndarray, target: Target, num_classes: int,
     each connected component as boundary; the rest of the foreground is
     :data:`UNKNOWN_FG` (interior, or a boundary between touching objects nobody drew), which
     the loss treats as "foreground, either class".
+
+    With ``gap_width`` > 0, background pixels within ``gap_width`` of two different objects
+    are :data:`GAP` (background that the loss weighs more).
 
     >>> m = np.zeros((8, 8), np.uint8); m[1:7, 1:7] = 1
     >>> t = make_target(m, Target.BOUNDARY, 3, partial=True)
@@ -457,6 +480,8 @@ def make_target(mask: np.ndarray, target: Target, num_classes: int,
         if partial:
             out[out > 0] = UNKNOWN_FG
         out[edge] = 2
+        if gap_width > 0 and not partial:
+            out[_gaps(inst, gap_width)] = GAP
         return out
     if num_classes == 1:
         return (mask > 0).astype(np.uint8)
@@ -464,6 +489,19 @@ def make_target(mask: np.ndarray, target: Target, num_classes: int,
         raise GlandsegError(f"mask has label {int(mask.max())} but the model has "
                             f"{num_classes} classes")
     return mask.astype(np.uint8)
+
+
+def _gaps(inst: np.ndarray, width: int) -> np.ndarray:
+    """Background pixels with two different objects within ``width`` pixels (a square
+    window): the largest and the smallest object id around them differ."""
+    from scipy.ndimage import maximum_filter, minimum_filter
+
+    size = 2 * width + 1
+    big = np.iinfo(np.int64).max
+    ids = inst.astype(np.int64)
+    hi = maximum_filter(ids, size)
+    lo = minimum_filter(np.where(ids > 0, ids, big), size)
+    return (ids == 0) & (hi > 0) & (lo < big) & (hi != lo)
 
 
 def resample_pairs(pairs: list[TrainingPair], pixel_size_um: float | None,
@@ -648,24 +686,25 @@ def _stain_jitter(x, sigma, rng):
 # losses and encoder freezing
 
 
-def make_loss(loss: Loss, num_classes: int, partial: bool = False):
+def make_loss(loss: Loss, num_classes: int, partial: bool = False, gap_weight: float = 0.0):
     """The loss module for logits (N, K, H, W) and integer targets (N, H, W).
 
     ``partial``: targets of a background / interior / boundary model may hold
-    :data:`UNKNOWN_FG` (foreground of unknown class); only ``dice_ce`` and ``bce`` support it
-    (:func:`partial_boundary_loss`).
+    :data:`UNKNOWN_FG` (foreground of unknown class); ``gap_weight``: they may hold
+    :data:`GAP`. Only ``dice_ce`` and ``bce`` support these (:func:`partial_boundary_loss`).
     """
     from monai.losses import DiceCELoss, DiceLoss, FocalLoss
 
-    if partial:
+    if partial or gap_weight:
         if num_classes != 3 or loss not in (Loss.DICE_CE, Loss.BCE):
+            what = "mixed instance and binary masks" if partial else "gap_weight"
             raise GlandsegError(
-                f"mixed instance and binary masks train a background/interior/boundary model "
-                f"with loss 'dice_ce' or 'bce', not {loss.value!r} with {num_classes} classes")
+                f"{what} trains a background/interior/boundary model with loss 'dice_ce' or "
+                f"'bce', not {loss.value!r} with {num_classes} classes")
         with_dice = loss is Loss.DICE_CE
 
         def compute_partial(logits, target):
-            return partial_boundary_loss(logits, target, dice=with_dice)
+            return partial_boundary_loss(logits, target, dice=with_dice, gap_weight=gap_weight)
 
         return compute_partial
     binary = num_classes == 1
@@ -694,21 +733,25 @@ def make_loss(loss: Loss, num_classes: int, partial: bool = False):
     return compute
 
 
-def partial_boundary_loss(logits, target, dice: bool = True, eps: float = 1e-5):
+def partial_boundary_loss(logits, target, dice: bool = True, gap_weight: float = 0.0,
+                          eps: float = 1e-5):
     """Cross-entropy (+ soft Dice) for background / interior / boundary logits whose targets
-    may be :data:`UNKNOWN_FG`.
+    may be :data:`UNKNOWN_FG` or :data:`GAP`.
 
     Known pixels take the usual cross-entropy; an unknown foreground pixel takes
     ``-log(p_interior + p_boundary)``, so it teaches "foreground" without claiming which
-    class. Dice: foreground (interior + boundary) on every pixel, and interior and boundary
-    each on the known pixels.
+    class. A gap pixel is background weighing ``1 + gap_weight``. Dice: foreground (interior
+    + boundary) on every pixel, and interior and boundary each on the known pixels.
     """
     logp = torch.log_softmax(logits.float(), 1)
+    gap = target == GAP
+    target = torch.where(gap, torch.zeros_like(target), target)
     known = target != UNKNOWN_FG
     y = torch.where(known, target, torch.zeros_like(target)).long()
     nll = -logp.gather(1, y[:, None])[:, 0]
     fg_nll = -torch.logsumexp(logp[:, 1:3], 1)
-    ce = torch.where(known, nll, fg_nll).mean()
+    w = 1.0 + gap_weight * gap.float()
+    ce = (torch.where(known, nll, fg_nll) * w).sum() / w.sum()
     if not dice:
         return ce
     p = logp.exp()
@@ -875,17 +918,19 @@ def _setup(train_pairs, val_pairs, params: TrainParams) -> _Run:
     mixed = target_kind is Target.BOUNDARY and \
         any(is_instance_mask(p.mask) for p in work_train) and \
         not all(is_instance_mask(p.mask) for p in work_train + work_val)
+    gap_width = params.gap_width if params.gap_weight and target_kind is Target.BOUNDARY else 0
     tr_targets = [make_target(p.mask, target_kind, card.num_classes,
-                              partial=mixed and not is_instance_mask(p.mask))
-                  for p in work_train]
+                              partial=mixed and not is_instance_mask(p.mask),
+                              gap_width=gap_width) for p in work_train]
     va_targets = [make_target(p.mask, target_kind, card.num_classes,
-                              partial=mixed and not is_instance_mask(p.mask))
-                  for p in work_val]
+                              partial=mixed and not is_instance_mask(p.mask),
+                              gap_width=gap_width) for p in work_val]
     sampler = PatchSampler(work_train, tr_targets, params, card.normalization, rng)
     val_sampler = PatchSampler(work_val, va_targets, params, card.normalization,
                                np.random.default_rng(params.seed + 1))
     val_set = [val_sampler.sample(augment=False) for _ in range(params.val_patches)]
-    loss_fn = make_loss(params.loss, card.num_classes, partial=mixed)
+    loss_fn = make_loss(params.loss, card.num_classes, partial=mixed,
+                        gap_weight=params.gap_weight if gap_width else 0.0)
     trainable = [p for p in net.parameters() if p.requires_grad]
     opt_cls = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls(trainable, lr=params.lr, weight_decay=params.weight_decay)
@@ -1077,6 +1122,7 @@ def _validate(net, val_set, loss_fn, device, num_classes) -> dict:
         y = torch.from_numpy(np.stack([c[1] for c in chunk]).astype(np.int64)).to(device)
         logits = net(x)
         losses.append(float(loss_fn(logits, y)))
+        y = torch.where(y == GAP, torch.zeros_like(y), y)  # a gap is background
         pred = (logits[:, 0] > 0).long() if num_classes == 1 else logits.argmax(1)
         known = y != UNKNOWN_FG
         for c in classes:
