@@ -178,11 +178,14 @@ def test_segment_widget_runs_in_background_and_adds_labels(make_napari_viewer, q
         [b.desc for b in progress._all_instances
          if "GlandSeg" in str(b.desc) and id(b) not in before]))
     assert not w.run_btn.isEnabled() and w.cancel_btn.isEnabled()
+    w.tile.setValue(128)  # changed mid-run: the layer must record what the run used
+    w.show_probs.setChecked(False)
     with qtbot.waitSignal(worker.finished, timeout=60000):
         pass
     layer = viewer.layers["glas_testA_5_crop [allfg]"]
     assert layer.data.shape == (256, 256) and layer.data.min() == 1
     assert layer.metadata["model"] == "allfg" and layer.metadata["params"]["tile_size"] == 64
+    assert "pixel_size_um" in layer.metadata
     assert "glas_testA_5_crop [allfg] probability" in viewer.layers
     assert seen and seen[-1].done == seen[-1].total
     assert bars and bars[0] == ["GlandSeg: segmenting"]  # napari's activity progress bar

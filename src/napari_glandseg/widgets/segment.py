@@ -299,7 +299,8 @@ class SegmentWidget(QWidget):
         meta = {"model": card.name, "source_image": image.name,
                 "image_path": image.metadata.get("source_path"),
                 "pixel_size_um": res.pixel_size_um,
-                "params": {k: getattr(v, "value", v) for k, v in vars(self.params()).items()},
+                # the settings the run used (controls may have changed since it started)
+                "params": res.metadata()["params"],
                 "class_names": card.class_names, "seconds": res.seconds, "device": res.device,
                 "postprocess_defaults": dict(card.postprocess),
                 "store_path": res.store_path}
@@ -328,7 +329,7 @@ class SegmentWidget(QWidget):
             track_edits(layer)
             self.last_layers.insert(0, layer)
         name = f"{image.name} [{card.name}]"
-        if res.probabilities is not None and self.show_probs.isChecked():
+        if res.probabilities is not None and res.params.return_probabilities:
             probs = res.probabilities
             if res.store_path is None:
                 probs = np.asarray(probs, dtype=np.float32)
