@@ -273,6 +273,18 @@ def test_export_refuses_bad_destination(package, tmp_path):
         export_bioimageio("nope", tmp_path / "nope.zip")
 
 
+def test_export_generator_reports_progress_and_cancels_cleanly(tmp_path):
+    from napari_glandseg.bioimageio import iter_export_bioimageio
+
+    _tiny(tmp_path)
+    out = tmp_path / "out" / "c.zip"
+    gen = iter_export_bioimageio("tiny", out, tile_size=TILE, torchscript=False)
+    steps = [next(gen), next(gen), next(gen)]
+    assert [p.done for p in steps] == [0, 1, 2] and steps[-1].total == 4
+    gen.close()  # what the widget's worker.quit() does
+    assert not out.exists() and not list(out.parent.glob("*"))
+
+
 def test_cli_export_and_import(tmp_path, capsys):
     _tiny(tmp_path, num_classes=1, class_names=["background", "gland"])
     out = tmp_path / "pkg.zip"
@@ -289,12 +301,16 @@ def test_cli_export_and_import(tmp_path, capsys):
     assert "not a bioimage.io package" in capsys.readouterr().err
 
 
-def test_model_widget_exports_and_imports_packages(make_napari_viewer, tmp_path, notes):
+def test_model_widget_exports_and_imports_packages(make_napari_viewer, qtbot, tmp_path,
+                                                   notes):
     _tiny(tmp_path, num_classes=1, class_names=["background", "gland"])
     viewer = make_napari_viewer()
     _, w = viewer.window.add_plugin_dock_widget("napari-glandseg", "Model")
     out = tmp_path / "w.zip"
-    assert w.export("tiny", out)  # the .zip chooses the bioimage.io format
+    assert w.export("tiny", out)  # the .zip chooses the bioimage.io format, in a worker
+    with qtbot.waitSignal(w.export_worker.finished, timeout=60_000):
+        pass
+    assert notes[-1] == ("info", f"exported tiny to {out}")
     assert _rdf(out)["weights"]["pytorch_state_dict"]["architecture"]["callable"] == "BaseCNN"
     assert w.import_file(out, name="from-zip")
     assert w.model_box.currentData() == "from-zip"

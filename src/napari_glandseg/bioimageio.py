@@ -41,6 +41,8 @@ import math
 import re
 import shutil
 import tempfile
+import time
+from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,7 @@ from .models import (
     load_checkpoint,
     nets,
 )
+from .progress import Progress, run_to_end
 
 CONFIG_KEY = "napari_glandseg"
 INSTALL_HINT = "pip install 'napari-glandseg[bioimageio]'"
@@ -138,6 +141,29 @@ def export_bioimageio(
     Path
         ``dest``.
     """
+    return run_to_end(iter_export_bioimageio(
+        name, dest, sample=sample, authors=authors, tile_size=tile_size, overlap=overlap,
+        torchscript=torchscript, overwrite=overwrite))
+
+
+def iter_export_bioimageio(
+    name: str,
+    dest,
+    *,
+    sample=None,
+    authors: list[str] | None = None,
+    tile_size: int | None = None,
+    overlap: float | None = None,
+    torchscript: bool = True,
+    overwrite: bool = False,
+) -> Generator[Progress, None, Path]:
+    """The generator form of :func:`export_bioimageio`: yields :class:`Progress` between its
+    four steps (closing it stops the export and leaves no file behind), returns ``dest``."""
+    t0 = time.perf_counter()
+
+    def step(done, message):
+        return Progress(done, 4, message, time.perf_counter() - t0)
+
     v = _spec()
     from bioimageio.spec import ValidationContext, save_bioimageio_package
     from bioimageio.spec.utils import save_array
@@ -155,6 +181,7 @@ def export_bioimageio(
     SegmentParams(tile_size=tile_size, overlap=overlap)  # validates both
 
     entry = find_model(name)
+    yield step(0, f"reading {name}")
     model = load_checkpoint(entry.path)  # a fresh CPU copy, not the cached one
     card, net = model.card, model.net.eval()
     multiple = int(getattr(net, "multiple", 1))
@@ -164,6 +191,7 @@ def export_bioimageio(
     raw = _test_image(sample, card, entry.name)
     raw = _fit_size(raw, min_size, multiple)
     x, probs = _predict(net, raw, card)
+    yield step(1, "test output computed")
 
     with tempfile.TemporaryDirectory(prefix="glandseg-bioimageio-") as tmp:
         root = Path(tmp)
@@ -171,6 +199,7 @@ def export_bioimageio(
         save_array(root / "test_output.npy", probs[None].astype(np.float32))
         torchscript_ok = torchscript and _write_torchscript(net, x, multiple,
                                                             root / "weights.torchscript.pt")
+        yield step(2, "TorchScript " + ("written" if torchscript_ok else "skipped"))
         (root / "README.md").write_text(_documentation(card, entry, tile_size, overlap, halo,
                                                        torchscript_ok))
         # relative file names in the description are resolved against ``root``
@@ -188,6 +217,7 @@ def export_bioimageio(
             with atomic_path(dest, ".zip") as out:
                 Path(out).unlink()
                 save_bioimageio_package(descr, output_path=Path(out))
+    yield step(4, f"wrote {dest.name}")
     return dest
 
 
@@ -783,4 +813,4 @@ def _read_state(wd, p: Path) -> dict:
     return state
 
 
-__all__ = ["export_bioimageio", "import_bioimageio"]
+__all__ = ["export_bioimageio", "import_bioimageio", "iter_export_bioimageio"]

@@ -148,14 +148,18 @@ class ModelWidget(QWidget):
 
     def export(self, name: str, path) -> bool:
         """Copy a stored model to ``path`` (the save dialog has asked about replacing); a
-        ``.zip`` path gets a bioimage.io model package."""
+        ``.zip`` path gets a bioimage.io model package, written by ``self.export_worker``."""
         try:
-            if Path(path).suffix.lower() == ".zip":
-                from ..bioimageio import export_bioimageio
+            if Path(path).suffix.lower() == ".zip":  # a bioimage.io package: seconds of work
+                from ..bioimageio import iter_export_bioimageio
+                from ._worker import start
 
-                dest = export_bioimageio(name, path, overwrite=True)
-            else:
-                dest = export_model(name, path, overwrite=True)
+                self.export_worker = start(
+                    iter_export_bioimageio, name, path, overwrite=True,
+                    what="bioimage.io export", progress_desc=f"exporting {name}",
+                    on_return=lambda d: notify("info", f"exported {name} to {d}"))
+                return True
+            dest = export_model(name, path, overwrite=True)
         except (GlandsegError, OSError) as exc:
             notify("error", str(exc))
             return False
