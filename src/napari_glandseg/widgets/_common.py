@@ -49,13 +49,15 @@ def fill_layer_box(box, viewer, kind, extra=(), exclude=()) -> None:
     box.blockSignals(False)
 
 
-def map_colormap(name: str):
-    """napari's colormap ``name`` with opacity rising from 0 at low values to 1 at high, so a
-    probability or uncertainty map over H&E tints the tissue instead of washing it out."""
+def map_colormap(colour: str):
+    """One saturated ``colour`` whose opacity rises from 0 at low values to 1 at high, so a
+    probability or uncertainty map over H&E tints the tissue (which stays visible through
+    the layer's opacity) instead of washing it out to white as a bright colormap does."""
     import numpy as np
-    from napari.utils.colormaps import Colormap, ensure_colormap
+    from napari.utils.colormaps import Colormap
+    from napari.utils.colormaps.standardize_color import transform_color
 
-    x = np.linspace(0.0, 1.0, 33)
-    rgba = np.asarray(ensure_colormap(name).map(x), np.float32)
-    rgba[:, 3] = np.clip(x * 1.25, 0, 1)
-    return Colormap(colors=rgba, controls=x, name=f"{name} (clear when low)")
+    x = np.linspace(0.0, 1.0, 17)
+    rgba = np.repeat(transform_color(colour), len(x), axis=0).astype(np.float32)
+    rgba[:, 3] = x
+    return Colormap(colors=rgba, controls=x, name=f"{colour} (clear when low)")

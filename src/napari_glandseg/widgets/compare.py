@@ -275,8 +275,10 @@ class CompareWidget(QWidget):
         camera = scene.camera if scene is not None else self.viewer.camera
         camera.center = tuple(corners.mean(0))
         extent = np.ptp(corners, axis=0).max()
-        canvas = np.asarray(getattr(self.viewer, "_canvas_size", (600, 600)), float)
-        camera.zoom = float(canvas.min() / max(extent * 3, 1e-6))  # the object fills a third
+        canvas = getattr(self.viewer, "canvas", None)  # napari >= 0.9 has viewer.canvas
+        size = np.asarray(canvas.size if canvas is not None else self.viewer._canvas_size,
+                          float)
+        camera.zoom = float(size.min() / max(extent * 1.6, 1e-6))  # the object fills ~2/3
         if HIGHLIGHT in self.viewer.layers:
             self.viewer.layers[HIGHLIGHT].data = [corners]
             self.viewer.layers.move(self.viewer.layers.index(HIGHLIGHT),
@@ -331,8 +333,10 @@ class CompareWidget(QWidget):
         self.rows, self.summary = result
         self.worker = None
         table = [[r["name"], *[float(r[k]) for k in KEYS]] for r in self.rows]
-        table.append(["mean", *[self.summary[k] for k in KEYS]])
+        # say which aggregate each row is: the pooled values are not means of the rows above
+        table.append(["mean of images", *[self.summary["image_mean"][k] for k in KEYS]])
         table.append(["sd", *[self.summary[f"{k}_std"] for k in KEYS]])
+        table.append(["pooled", *[self.summary["pooled"].get(k, "") for k in KEYS]])
         _fill(self.dataset_table, table)
         self.best_worst.setText(f"best by Dice: {', '.join(self.summary['best'])}\n"
                                 f"worst by Dice: {', '.join(self.summary['worst'])}\n"

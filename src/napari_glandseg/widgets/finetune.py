@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -433,7 +435,8 @@ class FinetuneWidget(QWidget):
     def _set_running(self, running: bool) -> None:
         self.start_btn.setEnabled(not running)
         if not running and self.name_edit.text().strip() in {m.name for m in list_models()}:
-            self.name_edit.setText(_free_name(self.name_edit.text().strip()))
+            self._auto_name = _free_name(self.name_edit.text().strip())
+            self.name_edit.setText(self._auto_name)
         self.stop_btn.setEnabled(running)
         if not running:
             self.worker = None
@@ -465,7 +468,8 @@ class FinetuneWidget(QWidget):
         self.arch_box.setEnabled(base == NEW)
         name = self.name_edit.text().strip()
         if not name or getattr(self, "_auto_name", None) == name:  # not typed by the user
-            self._auto_name = _free_name(f"{'my-model' if base == NEW else base}-tuned")
+            root = "my-model" if base == NEW else re.sub(r"-tuned(-\d+)*$", "", base)
+            self._auto_name = _free_name(f"{root}-tuned")
             self.name_edit.setText(self._auto_name)
 
     def _watch_edits(self, event=None, layer=None) -> None:
@@ -524,14 +528,16 @@ class FinetuneWidget(QWidget):
 
 
 def _free_name(name: str) -> str:
-    """``name``, or ``name-2``, ``name-3``... whichever is not in the model store."""
+    """``name``, or ``name-2``, ``name-3``... whichever is not in the model store
+    (``glands-tuned-2`` taken gives ``glands-tuned-3``, not ``glands-tuned-2-2``)."""
     taken = {m.name for m in list_models()}
     if name not in taken:
         return name
-    i = 2
-    while f"{name}-{i}" in taken:
+    m = re.fullmatch(r"(.*)-(\d+)", name)
+    root, i = (m.group(1), int(m.group(2)) + 1) if m else (name, 2)
+    while f"{root}-{i}" in taken:
         i += 1
-    return f"{name}-{i}"
+    return f"{root}-{i}"
 
 
 def _spatial_shape(layer) -> tuple:

@@ -69,6 +69,10 @@ def segment_job(data, model, pixel_size_um, region, params, polygons=None, post=
         for poly in polygons:
             inside |= polygon2mask((h, w), (poly - np.asarray(res.offset)) / res.downsample)
         res.labels = np.where(inside, res.labels, 0).astype(res.labels.dtype)
+        if res.probabilities is not None:  # maps too: nothing is claimed outside the ROI
+            res.probabilities = np.where(inside, res.probabilities, 0).astype(np.float32)
+        if res.uncertainty is not None:
+            res.uncertainty = np.where(inside, res.uncertainty, 0).astype(np.float32)
     if post is None or res.store_path is not None:
         return res, None, None
     yield Progress(res.info["tiles"], res.info["tiles"], "splitting into objects…")
@@ -341,7 +345,7 @@ class SegmentWidget(QWidget):
                 fg = probs[0] if probs.shape[0] == 1 else 1.0 - probs[0]
             self.last_layers.append(self.viewer.add_image(
                 fg, name=unique_name(self.viewer, f"{name} probability"),
-                colormap=map_colormap("magma"), blending="translucent", opacity=0.7,
+                colormap=map_colormap("#00c8ff"), blending="translucent", opacity=0.6,
                 scale=scale, translate=translate, contrast_limits=(0, 1),
                 metadata={**meta, "glandseg_role": "probability"}))
         if res.uncertainty is not None:
@@ -353,7 +357,7 @@ class SegmentWidget(QWidget):
             top = float(np.nanmax(unc)) if res.store_path is None else 0.25
             self.last_layers.append(self.viewer.add_image(
                 unc, name=unique_name(self.viewer, f"{name} uncertainty"),
-                colormap=map_colormap("viridis"), blending="translucent", opacity=0.7,
+                colormap=map_colormap("#ffe600"), blending="translucent", opacity=0.6,
                 scale=scale, translate=translate, visible=False,
                 contrast_limits=(0, max(top, 1e-3)),
                 metadata={**meta, "glandseg_role": "uncertainty"}))
