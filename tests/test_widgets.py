@@ -366,7 +366,17 @@ def test_compare_widget_dataset_mode(make_napari_viewer, qtbot, tmp_path, data_d
     with qtbot.waitSignal(worker.finished, timeout=60000):
         pass
     assert [r["name"] for r in w.rows] == ["testA_5_crop", "train_1_crop"]
-    assert w.dataset_table.rowCount() == 4  # two images, mean, sd
+    assert w.dataset_table.rowCount() == 5  # two images, mean of images, sd, pooled
+    from napari_glandseg.metrics import KEYS
+
+    rows = {w.dataset_table.item(r, 0).text(): r for r in range(5)}
+    dice = KEYS.index("dice") + 1
+    per_image = [float(w.dataset_table.item(r, dice).text()) for r in (0, 1)]
+    mean_row = float(w.dataset_table.item(rows["mean of images"], dice).text())
+    assert mean_row == pytest.approx(np.mean(per_image), abs=1e-4)  # a mean, not pooled
+    assert float(w.dataset_table.item(rows["pooled"], dice).text()) == pytest.approx(
+        w.summary["pooled"]["dice"], abs=1e-4)
+    assert w.dataset_table.item(rows["pooled"], KEYS.index("aji") + 1).text() == ""
     assert "worst by Dice: train_1_crop" in w.best_worst.text()
     w.dataset_table.cellClicked.emit(1, 0)
     assert "train_1_crop [prediction]" in viewer.layers

@@ -465,6 +465,12 @@ def iter_evaluate_dataset(items, classes: int | None = None, hausdorff: bool = T
 
 
 def summarise(rows: list[dict], pooled=None) -> dict:
+    """Aggregate per-image rows as :data:`AGGREGATION` says (the top-level keys).
+
+    Both aggregations are also given whole, for tables that must say which is which:
+    ``image_mean`` (every key, mean of per-image values) and ``pooled`` (pixel metrics over
+    all pixels and the object F1 over all objects: the keys that can be pooled).
+    """
     if not rows:
         raise GlandsegError("no images to evaluate")
     summary: dict = {"n_images": len(rows)}
@@ -472,11 +478,14 @@ def summarise(rows: list[dict], pooled=None) -> dict:
         vals = np.array([r[k] for r in rows], float)
         summary[k] = float(np.mean(vals))
         summary[f"{k}_std"] = float(np.std(vals))
+    summary["image_mean"] = {k: summary[k] for k in KEYS}
     summary["dice_image_mean"] = summary["dice"]
+    summary["pooled"] = {}
     if pooled is not None:
-        summary.update(_binary_counts_to_metrics(*[int(v) for v in pooled]))
+        summary["pooled"].update(_binary_counts_to_metrics(*[int(v) for v in pooled]))
     tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
-    summary["object_f1"] = _ratio(2 * tp, 2 * tp + fp + fn)
+    summary["pooled"]["object_f1"] = _ratio(2 * tp, 2 * tp + fp + fn)
+    summary.update(summary["pooled"])
     by_dice = sorted(rows, key=lambda r: r["dice"])
     summary["worst"] = [r["name"] for r in by_dice[:3]]
     summary["best"] = [r["name"] for r in by_dice[::-1][:3]]
