@@ -123,7 +123,7 @@ def test_package_validates_offline_and_describes_the_model(package, offline):
     # the test output is the model's softmax on the ImageNet-normalised test input
     x = _npy(path, "test_input.npy")
     expected = _npy(path, "test_output.npy")
-    assert x.shape == (1, 3, 256, 256) and x.max() > 1  # 0..255 values, the bundled sample
+    assert x.shape == (1, 3, 64, 64) and x.max() > 1  # a tile of the bundled sample, 0..255
     norm = (x[0].transpose(1, 2, 0) / 255 - IMAGENET_MEAN) / IMAGENET_STD
     with torch.no_grad():
         probs = torch.softmax(net(torch.from_numpy(norm.transpose(2, 0, 1)[None].astype(
@@ -271,6 +271,9 @@ def test_export_refuses_bad_destination(package, tmp_path):
         export_bioimageio("tiny", path)
     with pytest.raises(GlandsegError, match="no model named"):
         export_bioimageio("nope", tmp_path / "nope.zip")
+    with pytest.raises(GlandsegError, match="uint16; .* give an 8-bit sample"):
+        export_bioimageio("tiny", tmp_path / "t.zip", sample=np.ones((40, 40, 3), np.uint16))
+    assert not (tmp_path / "t.zip").exists()
 
 
 def test_export_generator_reports_progress_and_cancels_cleanly(tmp_path):

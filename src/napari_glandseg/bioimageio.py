@@ -189,7 +189,7 @@ def iter_export_bioimageio(
     min_size = multiple * math.ceil((2 * halo + multiple) / multiple)
 
     raw = _test_image(sample, card, entry.name)
-    raw = _fit_size(raw, min_size, multiple)
+    raw = _fit_size(raw, min_size, multiple, tile_size)  # test tensors of at most a tile
     x, probs = _predict(net, raw, card)
     yield step(1, "test output computed")
 
@@ -250,20 +250,27 @@ def _test_image(sample, card: ModelCard, name: str) -> np.ndarray:
         else:
             raise GlandsegError(f"test image has {arr.shape[-1]} channel(s); model "
                                 f"{card.name!r} takes {card.in_channels}")
+    fixed = card.normalization in (Normalization.IMAGENET.value, Normalization.UNIT.value)
+    if fixed and arr.dtype != np.uint8:
+        # the package's pre-processing divides by 255, as ours does for 8-bit images only
+        raise GlandsegError(f"test image is {arr.dtype}; model {card.name!r} normalises "
+                            f"'{card.normalization}', which the package describes for 8-bit "
+                            "images: give an 8-bit sample")
     return arr
 
 
-def _fit_size(arr: np.ndarray, min_size: int, step: int) -> np.ndarray:
-    """Crop (from the centre) or mirror-pad each spatial axis to a size ``min + n * step``."""
+def _fit_size(arr: np.ndarray, min_size: int, step: int, max_size: int) -> np.ndarray:
+    """Crop (from the centre) or mirror-pad each spatial axis to a size ``min + n * step``
+    of at most ``max(min_size, max_size)``."""
     for axis in (0, 1):
-        n = arr.shape[axis]
+        n = min(arr.shape[axis], max(min_size, max_size))
         size = min_size if n <= min_size else min_size + (n - min_size) // step * step
         if n < size:
             pad = [(0, 0)] * 3
             pad[axis] = (0, size - n)
             arr = np.pad(arr, pad, mode="symmetric")
         else:
-            start = (n - size) // 2
+            start = (arr.shape[axis] - size) // 2
             arr = np.take(arr, range(start, start + size), axis=axis)
     return np.ascontiguousarray(arr)
 
