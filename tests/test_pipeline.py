@@ -269,3 +269,12 @@ def test_mask_on_disk_conventions_round_trip(tmp_path):
     wbc[:4] = 255
     iio.imwrite(tmp_path / "wbc_mask.png", wbc)
     assert sorted(np.unique(read_image(tmp_path / "wbc_mask.png").data)) == [1, 2]
+
+
+def test_the_documented_api_is_exported():
+    import napari_glandseg
+
+    for name in ("iter_train", "iter_evaluate_dataset", "TrainingPair", "PostprocessParams",
+                 "segment_file", "iter_segment_file", "FileParams", "check_model_name"):
+        assert name in napari_glandseg.__all__
+        assert getattr(napari_glandseg, name).__name__ == name
