@@ -195,3 +195,57 @@ def test_iter_image_files(tmp_path, data_dir):
     assert iter_image_files([str(data_dir / "wbc" / "*.png")])[0].name == "dataset1_001.png"
     with pytest.raises(GlandsegError, match="nothing-here"):
         iter_image_files([tmp_path / "nothing-here*.png"])
+
+
+@pytest.mark.parametrize("values, expected", [
+    ([255], [1]),  # all foreground, saved as 0/255
+    ([1], [1]),  # all foreground, saved as 0/1
+    ([128, 255], [1, 2]),  # a WBC class mask without background
+    ([0, 128, 255], [0, 1, 2]),
+    ([0, 85, 170, 255], [0, 1, 2, 3]),
+    ([0, 100, 255], [0, 1, 2]),  # uneven levels: their order, 0 stays background
+    ([0, 3, 9], [0, 3, 9]),  # instance ids are kept
+])
+def test_mask_levels_keep_background_as_zero(tmp_path, values, expected):
+    # defect 3: an all-255 mask read as all background; {128, 255} became {0, 1}
+    mask = np.repeat(np.array(values, np.uint8), 4)[None].repeat(3, 0)
+    iio.imwrite(tmp_path / "m_mask.png", mask)
+    back = read_image(tmp_path / "m_mask.png")
+    assert back.kind == "labels"
+    assert sorted(np.unique(back.data).tolist()) == expected
+    np.testing.assert_array_equal(back.data[0, ::4], expected)
+
+
+def test_sixteen_bit_binary_mask(tmp_path):
+    mask = np.zeros((4, 6), np.uint16)
+    mask[1:3, 2:5] = 65535
+    tifffile.imwrite(tmp_path / "m_mask.tif", mask)
+    np.testing.assert_array_equal(read_image(tmp_path / "m_mask.tif").data, mask // 65535)
+
+
+def test_an_all_foreground_mask_pairs_with_its_image(tmp_path, data_dir):
+    iio.imwrite(tmp_path / "full_mask.png", np.full((256, 256), 255, np.uint8))
+    _, mask = read_pair(Pair(data_dir / "glas/train_1_crop.png", tmp_path / "full_mask.png"))
+    assert mask.data.min() == mask.data.max() == 1
+
+
+def test_a_tiff_header_that_cannot_be_true_is_refused_before_reading(tmp_path):
+    path = tmp_path / "huge.tif"
+    tifffile.imwrite(path, np.zeros((16, 16, 3), np.uint8), photometric="rgb")
+    with tifffile.TiffFile(path, mode="r+") as tif:
+        for tag in ("ImageWidth", "ImageLength", "RowsPerStrip"):
+            tif.pages[0].tags[tag].overwrite(100000)
+    with pytest.raises(ImageReadError, match=r"huge.tif: the header declares 100000 x 100000"):
+        read_image(path)
+
+
+def test_lazy_labels_are_written_tile_by_tile(tmp_path):
+    import zarr
+
+    labels = zarr.create_array(store={}, shape=(700, 900), chunks=(256, 256), dtype="uint32")
+    labels[100:650, 50:800] = 70000
+    labels[0, 0] = 3
+    write_labels(tmp_path / "big.tif", labels, pixel_size_um=0.5)
+    back = read_image(tmp_path / "big.tif", as_labels=True)
+    assert back.data.dtype == np.uint32 and back.pixel_size_um == pytest.approx(0.5)
+    np.testing.assert_array_equal(back.data, labels[:])
