@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import stat
+from dataclasses import replace
 
 import imageio.v3 as iio
 import numpy as np
@@ -278,3 +279,86 @@ def test_the_documented_api_is_exported():
                  "segment_file", "iter_segment_file", "FileParams", "check_model_name"):
         assert name in napari_glandseg.__all__
         assert getattr(napari_glandseg, name).__name__ == name
+
+
+def _blobs(shape=(300, 340), n=40, seed=0):
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(shape, np.uint8)
+    for _ in range(n):
+        r = int(rng.integers(3, 10))
+        mask[disk(tuple(rng.integers(r, np.array(shape) - r)), r, shape=shape)] = 1
+    mask[150:153, 150:153] = 1  # a tiny object min_size removes
+    return mask
+
+
+def _partition(labels):
+    return sorted(tuple(np.flatnonzero(labels == i)) for i in np.unique(labels) if i)
+
+
+def test_window_by_window_post_processing_matches_the_whole_image():
+    from napari_glandseg.postprocessing import (
+        PostprocessParams,
+        iter_postprocess_windows,
+        postprocess,
+    )
+    from napari_glandseg.progress import run_to_end
+
+    mask = _blobs()
+    params = PostprocessParams(split="none", min_size=20)
+    whole = postprocess(mask, params)
+    dst = np.zeros(mask.shape, np.uint32)
+    n, table = run_to_end(iter_postprocess_windows(mask, dst, params, window=64, halo=32))
+    assert n == whole.max() == len(table)
+    assert _partition(dst) == _partition(whole)
+    assert sorted(table["area"]) == sorted(np.bincount(whole.ravel())[1:])
+
+
+def test_a_slide_sized_result_gives_the_same_files_as_an_image(tmp_path, monkeypatch):
+    # the large-result path (zarr store, windows, tiled TIFF) against the in-memory one
+    import torch
+
+    import napari_glandseg.inference as inf
+    from napari_glandseg.models import Model, ModelCard
+
+    class Copy(torch.nn.Module):  # foreground where the (unit-normalised) input is bright
+        def forward(self, x):
+            return 20 * (x[:, :1] - 0.5)
+
+    image = _blobs() * 255
+    tifffile.imwrite(tmp_path / "blobs.tif", image)
+    card = ModelCard(name="copy", architecture="unet", in_channels=1, num_classes=1,
+                     normalization="unit", postprocess={"split": "none", "min_size": 20})
+    params = FileParams(segment=SegmentParams(tile_size=64, window_size=128),
+                        objects_csv=True, probabilities=True, window=96, halo=32)
+    small = segment_file(tmp_path / "blobs.tif", Model(Copy(), card),
+                         replace(params, out_dir=tmp_path / "small"))
+    monkeypatch.setattr(inf, "LARGE_PIXELS", 1000)
+    large = segment_file(tmp_path / "blobs.tif", Model(Copy(), card),
+                         replace(params, out_dir=tmp_path / "large"))
+    assert small.segment.store_path is None and large.segment.store_path is not None
+    assert not os.path.exists(large.segment.store_path) and large.labels is None
+    a = read_image(tmp_path / "small/blobs_labels.tif", as_labels=True).data
+    b = read_image(tmp_path / "large/blobs_labels.tif", as_labels=True).data
+    assert _partition(a) == _partition(b) and a.max() > 30
+    ta, tb = (pd.read_csv(tmp_path / f"{d}/blobs_objects.csv") for d in ("small", "large"))
+    cols = ["area", "centroid_y", "centroid_x", "mean_intensity"]
+    pd.testing.assert_frame_equal(ta.sort_values(cols)[cols].reset_index(drop=True),
+                                  tb.sort_values(cols)[cols].reset_index(drop=True))
+    pa, pb = (tifffile.imread(tmp_path / f"{d}/blobs_probabilities.tif") for d in
+              ("small", "large"))
+    np.testing.assert_allclose(pa, pb, atol=1e-3)  # the store keeps float16
+
+
+def test_an_output_that_cannot_be_written_fails_that_file_only(tmp_path, png, fg_model,
+                                                              capsys):
+    shutil.copy(png, png.parent / "b.png")
+    out = tmp_path / "out"
+    (out / "a_probabilities.tif").mkdir(parents=True)  # in the way of a's probabilities
+    assert _seg(png.parent, "--model", fg_model, "--out", out, "--probabilities") == 1
+    text = capsys.readouterr()
+    assert "1 segmented, 0 skipped, 1 failed" in text.out and "a_probabilities.tif" in text.out
+    assert "Traceback" not in text.err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a_probabilities.tif", "b_labels.tif", "b_probabilities.tif"]  # no a_labels: not done
