@@ -200,6 +200,10 @@ def test_rerun_resumes_skipping_finished_blocks(tmp_path):
     with pytest.raises(RuntimeError):
         segment_slide(mask, tmp_path, predictor=Counting(), params=params, post=post)
     assert len(list((tmp_path / "image.glandseg-work").glob("stats_*.npz"))) == 4
+    # other settings would mix two runs' blocks: refused, named
+    with pytest.raises(GlandsegError, match="other settings.*overlap"):
+        segment_slide(mask, tmp_path, predictor=Counting(), post=post,
+                      params=SlideParams(block_size=128, overlap=48, tissue=False))
     res = segment_slide(mask, tmp_path, predictor=Counting(), params=params, post=post)
     assert Counting.calls == 5 + 9 - 4 and res.blocks_run == 5
     stitched = np.asarray(read_labels(res.store)[0][0])

@@ -458,8 +458,29 @@ def plan_slide(source, out, predictor, params: SlideParams | None = None,
     for iy, ix in plan.blocks():
         if tm is None or tm.any_in(tuple(v * ds for v in plan.core(iy, ix))):
             plan.todo.append((iy, ix))
-    plan.work.mkdir(parents=True, exist_ok=True)
+    _check_resume(plan)
     return plan
+
+
+def _check_resume(plan: SlidePlan) -> None:
+    """Record the settings in the work folder; a rerun with other settings must not mix its
+    blocks with the old ones."""
+    key = {"shape": list(plan.shape), "level": plan.level,
+           "block_size": plan.params.block_size, "overlap": plan.params.overlap,
+           "post": {k: str(v) for k, v in asdict(plan.post).items()},
+           "predictor": repr(plan.predictor) if isinstance(plan.predictor, ModelPredictor)
+           else type(plan.predictor).__name__}
+    f = plan.work / "settings.json"
+    if f.exists():
+        old = json.loads(f.read_text())
+        if old != key:
+            changed = sorted(k for k in key if old.get(k) != key[k])
+            raise GlandsegError(f"{plan.work}: an unfinished run with other settings "
+                                f"({', '.join(changed)}); pass overwrite to start again")
+        return
+    plan.work.mkdir(parents=True, exist_ok=True)
+    with atomic_path(f, ".json") as tmp:
+        Path(tmp).write_text(json.dumps(key))
 
 
 # --------------------------------------------------------------------------------------------
