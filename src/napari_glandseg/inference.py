@@ -285,6 +285,11 @@ def iter_segment(
         # at least one model pixel, however small the image and the scale
         mh, mw = max(1, round((ry1 - ry0) * scale)), max(1, round((rx1 - rx0) * scale))
         tiles = _grid(mh, mw, params.tile_size, params.overlap)
+        aligned = None
+        if region is not None and len(windows) == 1:
+            aligned = _aligned_plan(data.shape[:2], (ly0, lx0, ly1, lx1), scale, params)
+        if aligned is not None:
+            (ry0, rx0, ry1, rx1), (mh, mw), tiles = aligned
         plans.append(((wy, wx, wh, ww), (ry0, rx0, ry1, rx1), (mh, mw), tiles))
     total = sum(len(p[3]) for p in plans)
     state = {"batch": params.batch_size, "done": 0, "t0": time.perf_counter()}
@@ -417,6 +422,37 @@ def _allocate(h, w, n, large, params):
         probs = root.create_array("probabilities", shape=(n, h, w), chunks=(1, chunk, chunk),
                                   dtype="float16", fill_value=0)
     return labels, probs, path
+
+
+def _aligned_plan(hw, box, scale, params):
+    """For a region of an image that the whole-image run reads as one window: that run's
+    tiles which touch the region, the extent they read (relative to the region's corner)
+    and the model-pixel size of that extent. The region then gets the same tiles, context
+    and blending as the whole-image run, hence the same labels (up to sub-pixel
+    resampling when the image is rescaled). None when the whole run would use several
+    windows."""
+    h, w = hw
+    if max(h, w) > params.window_size:
+        return None
+    y0, x0, y1, x1 = box
+    mh_all, mw_all = max(1, round(h * scale)), max(1, round(w * scale))
+    tiles = [t for t in _grid(mh_all, mw_all, params.tile_size, params.overlap)
+             if t[0] < y1 * scale and t[0] + t[2] > y0 * scale
+             and t[1] < x1 * scale and t[1] + t[3] > x0 * scale]
+    my0, mx0 = min(t[0] for t in tiles), min(t[1] for t in tiles)
+    my1, mx1 = max(t[0] + t[2] for t in tiles), max(t[1] + t[3] for t in tiles)
+    if scale == 1.0:
+        ey0, ex0, ey1, ex1 = my0, mx0, my1, mx1
+    else:
+        ey0, ex0 = math.floor(my0 / scale), math.floor(mx0 / scale)
+        ey1, ex1 = min(h, math.ceil(my1 / scale)), min(w, math.ceil(mx1 / scale))
+    ey0, ex0 = min(ey0, y0), min(ex0, x0)
+    ey1, ex1 = max(ey1, y1), max(ex1, x1)
+    mh, mw = max(1, round((ey1 - ey0) * scale)), max(1, round((ex1 - ex0) * scale))
+    oy, ox = round(ey0 * scale), round(ex0 * scale)
+    local = [(min(max(0, ty - oy), max(0, mh - th)), min(max(0, tx - ox), max(0, mw - tw)),
+              min(th, mh), min(tw, mw)) for ty, tx, th, tw in tiles]
+    return (ey0 - y0, ex0 - x0, ey1 - y0, ex1 - x0), (mh, mw), local
 
 
 def _zarr_uncertainty(path, h, w, window_size):
