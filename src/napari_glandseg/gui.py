@@ -25,6 +25,8 @@ def open_viewer(sample: str | None = "glas", files=(), show: bool = True, viewer
         viewer.open(f, plugin=PLUGIN)
     docks = {name: viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True)[0]
              for name in WIDGETS}
+    for name, dock in docks.items():  # tabs say "Segment", not "Segment (napari-glandseg)"
+        dock.setWindowTitle(name)
     model_widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Model")[1]
     if sample in SAMPLES:
         model_widget.select(SAMPLES[sample])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -475,8 +475,8 @@ class FinetuneWidget(QWidget):
     def _watch_edits(self, event=None, layer=None) -> None:
         """An edited Labels layer is offered (ticked) as a training pair at once."""
         layer = layer if layer is not None else event.value
-        if hasattr(layer.events, "paint"):
-            layer.events.paint.connect(lambda _e=None: self._refresh_layers())
+        if hasattr(layer.events, "paint"):  # after track_edits has marked it
+            layer.events.paint.connect(lambda _e=None: QTimer.singleShot(0, self._refresh_layers))
 
     def _item_changed(self, item) -> None:
         self._checks[item.text()] = item.checkState() == Qt.CheckState.Checked
@@ -518,8 +518,8 @@ class FinetuneWidget(QWidget):
         if not name or name not in self.viewer.layers or not len(self.viewer.layers[name].data):
             return None
         shapes = self.viewer.layers[name]
-        pts = np.concatenate([[layer.world_to_data(shapes.data_to_world(v))[-2:] for v in s]
-                              for s in shapes.data])
+        pts = np.round(np.concatenate([[layer.world_to_data(shapes.data_to_world(v))[-2:]
+                                        for v in s] for s in shapes.data]), 6)
         lo = np.maximum(np.floor(pts.min(0)).astype(int), 0)
         hi = np.minimum(np.ceil(pts.max(0)).astype(int) + 1, np.shape(layer.data)[-2:])
         if np.any(hi - lo < 16):

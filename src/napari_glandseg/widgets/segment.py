@@ -274,7 +274,7 @@ class SegmentWidget(QWidget):
             verts = np.array([image.world_to_data(layer.data_to_world(v))
                               for v in layer.data[i]])
             polys.append(verts[:, -2:])
-        pts = np.concatenate(polys)
+        pts = np.round(np.concatenate(polys), 6)  # um -> px round trips leave 1e-13 errors
         y0, x0 = np.floor(pts.min(0)).astype(int)
         y1, x1 = np.ceil(pts.max(0)).astype(int) + 1
         return (y0, x0, y1, x1), polys

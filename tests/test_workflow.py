@@ -1,0 +1,258 @@
+"""The pathologist's workflow end to end, driven through the docked widgets as a user would.
+
+Two flows (issue 13): the sample (model -> segment into objects -> edit -> compare -> save
+corrections -> fine-tune from the selected model -> segment with the new model) and a slide
+(open the SVS -> segment a polygon ROI -> post-process -> fine-tune inside the ROI -> save ->
+File > Open). Each step asserts on the layers and values a user would see.
+"""
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+
+from napari_glandseg.gui import PLUGIN, open_viewer
+from napari_glandseg.models import list_models
+
+
+def _wait(qtbot, worker, timeout=120000):
+    assert worker is not None, "the widget refused to start"
+    with qtbot.waitSignal(worker.finished, timeout=timeout):
+        pass
+
+
+def _widgets(viewer):
+    return {n: viewer.window.add_plugin_dock_widget(PLUGIN, n)[1]
+            for n in ("Load", "Model", "Segment", "Post-process", "Compare", "Fine-tune")}
+
+
+def _pairs(ft):
+    return {ft.pairs_list.item(i).text(): ft.pairs_list.item(i).checkState() ==
+            Qt.CheckState.Checked for i in range(ft.pairs_list.count())}
+
+
+def _tick_only(ft, suffix):
+    for i in range(ft.pairs_list.count()):
+        item = ft.pairs_list.item(i)
+        item.setCheckState(Qt.CheckState.Checked if item.text().endswith(suffix)
+                           else Qt.CheckState.Unchecked)
+
+
+def test_sample_workflow(make_napari_viewer, qtbot, tmp_path, notes):
+    viewer = open_viewer(sample="glas", viewer=make_napari_viewer())
+    w = _widgets(viewer)
+    image, truth = viewer.layers["glas_testA_5_crop"], viewer.layers["glas_testA_5_crop [truth]"]
+    # the sample opens with its model, and Fine-tune starts from that model
+    assert w["Model"].selection.model.name == "glands-he"
+    assert w["Fine-tune"].base_box.currentText() == "glands-he"
+    assert w["Fine-tune"].name_edit.text() == "glands-he-tuned"
+    card = w["Model"].card_view.toHtml()
+    assert "glands-he" in card and "<table" in card  # formatted, not key=value lines
+
+    # Segment gives glands as objects (one label per gland), not a one-colour class map
+    seg = w["Segment"]
+    _wait(qtbot, seg.run())
+    (objects,) = seg.last_layers
+    assert objects.name == "glas_testA_5_crop [glands-he objects]"
+    assert objects.metadata["glandseg_role"] == "objects"
+    assert objects.metadata["source_image"] == image.name
+    assert len(np.unique(objects.data)) - 1 >= 2 and len(objects.features) >= 2
+    assert "[glands-he]" not in " ".join(la.name for la in viewer.layers)  # no class map
+    assert "objects" in seg.status.text()
+
+    # the other widgets default to the new objects, never to the truth
+    assert w["Post-process"].labels_box.currentText() == objects.name
+    assert w["Compare"].pred_box.currentText() == objects.name
+    assert w["Compare"].truth_box.currentText() == truth.name
+
+    # a hand correction: the objects layer becomes an edited, unsaved training pair
+    new_id = int(objects.data.max()) + 1
+    objects.paint((20, 20), new_id)
+    assert objects.metadata["edited"] and objects.metadata["unsaved"]
+    qtbot.waitUntil(lambda: _pairs(w["Fine-tune"]).get(f"{image.name} ⇐ {objects.name}"))
+
+    m = w["Compare"].compute()
+    assert m is not None and 0 < m["object_f1"] <= 1 and m["n_pred"] == new_id
+    assert {"merged", "split"} <= set(m)
+
+    # Save corrections: the sample has no folder of its own, so into a chosen one
+    written = w["Load"].save_corrections(folder=tmp_path / "corrections")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == [
+        "corrections/images/glas_testA_5_crop.png", "corrections/masks/glas_testA_5_crop.tif"]
+    from napari_glandseg.io import find_pairs, read_pair
+
+    (pair,) = find_pairs(tmp_path / "corrections")  # the layout Load and train read
+    _, saved = read_pair(pair)
+    np.testing.assert_array_equal(saved.data, objects.data)
+    assert not w["Load"].unsaved()
+
+    # Fine-tune from the selected model on the corrected objects only
+    ft = w["Fine-tune"]
+    _tick_only(ft, objects.name)
+    ft.epochs.setValue(1)
+    ft.steps.setValue(1)
+    ft.patch.setValue(64)
+    ft.batch.setValue(2)
+    assert ft.params().base_model == "glands-he"
+    _wait(qtbot, ft.start())
+    result, before, after = ft.result
+    assert before and after  # scored before and after on the held-out strip
+    assert "glands-he-tuned" in {m.name for m in list_models()}
+    b, a = np.mean([r["dice"] for r in before]), np.mean([r["dice"] for r in after])
+    selected = w["Model"].selection.model.name
+    if a > b:
+        assert selected == "glands-he-tuned" and "now the selected model" in ft.status.text()
+    else:  # a worse model is kept in the store but not selected, unless the user says so
+        assert selected == "glands-he" and ft.use_new_btn.isVisibleTo(ft)
+        ft.use_new_btn.click()
+        assert w["Model"].selection.model.name == "glands-he-tuned"
+    # the next run is never given the name of a model that exists
+    assert ft.name_edit.text() == "glands-he-tuned-2"
+    ft.name_edit.setText("glands-he-tuned")
+    assert ft.start() is None and "never replaced" in notes[-1][1]
+    assert ft.name_edit.text() == "glands-he-tuned-2"
+    # empty labels are refused with a message, not trained on
+    viewer.add_labels(np.zeros((256, 256), np.uint8), name="empty",
+                      metadata={"source_image": image.name, "glandseg_role": "truth"})
+    _tick_only(ft, "empty")
+    assert ft.start() is None and "'empty' are empty" in notes[-1][1]
+
+    # Segment again, with the new model
+    _wait(qtbot, seg.run())
+    assert seg.last_layers[0].name == "glas_testA_5_crop [glands-he-tuned objects]"
+    assert [n for n in notes if n[0] == "error"] == [
+        n for n in notes if n[0] == "error" and ("never replaced" in n[1] or "empty" in n[1])]
+
+
+def test_slide_workflow(make_napari_viewer, qtbot, tmp_path, data_dir, notes, monkeypatch):
+    viewer = make_napari_viewer()
+    w = _widgets(viewer)
+    w["Model"].select("glands-he")
+    (slide,) = w["Load"].open_files([data_dir / "wsi/cmu_small_region.svs"])
+    px = slide.scale[-1]
+    assert slide.multiscale and px == pytest.approx(0.499)
+    # a triangle (level-0 pixels 2600..2800 x 1500..1700), drawn in world (um) coordinates
+    tri = np.array([[2600, 1500], [2600, 1700], [2800, 1500]], float)
+    viewer.add_shapes([tri * px], shape_type="polygon", name="roi")
+
+    seg = w["Segment"]
+    seg.image_box.setCurrentText(slide.name)
+    seg.region_box.setCurrentText("shapes ROI")
+    seg.shapes_box.setCurrentText("roi")
+    seg.tile.setValue(256)
+    seg.tta.setChecked(True)
+    seg.keep_classes.setChecked(True)
+    stores = set(Path(tempfile.gettempdir()).glob("glandseg-*.zarr"))
+    _wait(qtbot, seg.run())
+    objects, classes, uncertainty = seg.last_layers
+    assert objects.metadata["glandseg_role"] == "objects" and not objects.multiscale
+    assert uncertainty.name.endswith("uncertainty") and uncertainty.data.shape == (201, 201)
+    assert classes.data.shape == (201, 201)
+    assert tuple(classes.translate) == pytest.approx((2600 * px, 1500 * px))
+    assert classes.metadata["pixel_size_um"] == pytest.approx(px)  # features in um, TIFF res
+    # masked to the polygon, not its bounding box: nothing below the diagonal
+    yy, xx = np.mgrid[:201, :201]
+    assert not classes.data[yy + xx > 201].any() and not uncertainty.data[yy + xx > 201].any()
+    assert set(Path(tempfile.gettempdir()).glob("glandseg-*.zarr")) == stores  # none left
+
+    # Post-process (in the background) picks the newest prediction, never truth
+    pp = w["Post-process"]
+    pp.labels_box.setCurrentText(classes.name)
+    _wait(qtbot, pp.apply())
+    post = pp.last_layer
+    assert "area_um2" in post.features and tuple(post.translate) == tuple(classes.translate)
+
+    # an edit, then fine-tune inside the ROI of the slide (the image under the labels)
+    post.paint((60, 40), int(post.data.max()) + 1)
+    post.brush_size = 30
+    post.paint((40, 60), int(post.data.max()))
+    ft = w["Fine-tune"]
+    qtbot.waitUntil(lambda: _pairs(ft).get(f"{slide.name} ⇐ {post.name}"))  # by source image
+    _tick_only(ft, post.name)
+    ft.roi_box.setCurrentText("roi")
+    ft.base_box.setCurrentText("glands-he")
+    ft.epochs.setValue(1)
+    ft.steps.setValue(1)
+    ft.patch.setValue(64)
+    ft.batch.setValue(2)
+    (pair,) = ft.pairs()
+    assert pair.image.shape == (201, 201, 3) and pair.mask.shape == (201, 201)
+    np.testing.assert_array_equal(pair.image, np.asarray(slide.data[0][2600:2801, 1500:1701]))
+    _wait(qtbot, ft.start())
+    (val,) = [la for la in viewer.layers if "[val: Dice" in la.name]
+    # the validation strip (the bottom rows of the ROI) lies where it was scored
+    assert val.translate[-1] == pytest.approx(classes.translate[-1])
+    assert val.translate[-2] == pytest.approx((2801 - val.data.shape[0]) * px)
+
+    # Save with the plugin's writer and reopen with File > Open: Labels at the slide's um/px
+    path = tmp_path / "roi_objects.tif"
+    post.save(str(path), plugin=PLUGIN)
+    (back,) = viewer.open(str(path), plugin=PLUGIN)
+    assert type(back).__name__ == "Labels" and back.scale[-1] == pytest.approx(px)
+    np.testing.assert_array_equal(back.data, post.data)
+    assert [n for n in notes if n[0] == "error"] == []
+
+
+def test_slide_result_stores_go_with_their_layer(make_napari_viewer, qtbot, data_dir,
+                                                 monkeypatch):
+    import napari_glandseg.widgets.segment as segment
+
+    monkeypatch.setattr(segment, "LARGE_PIXELS", 0)  # keep even a small result lazy
+    viewer = make_napari_viewer()
+    w = _widgets(viewer)
+    w["Model"].select("glands-he")
+    w["Load"].open_files([data_dir / "wsi/cmu_small_region.svs"])
+    viewer.add_shapes([np.array([[0, 0], [0, 100], [100, 100], [100, 0]])], name="roi")
+    seg = w["Segment"]
+    seg.region_box.setCurrentText("shapes ROI")
+    seg.objects.setChecked(False)
+    _wait(qtbot, seg.run())
+    (layer,) = seg.last_layers
+    store = Path(layer.metadata["store_path"])
+    assert store.is_dir()
+    viewer.layers.remove(layer)
+    assert not store.exists()
+
+
+def test_cancel_with_tta_stops_within_one_pass(make_napari_viewer, qtbot, data_dir, notes,
+                                               monkeypatch):
+    import napari_glandseg.inference as inf
+
+    passes = []
+    real = inf._run
+    monkeypatch.setattr(inf, "_run", lambda *a: (passes.append(1), real(*a))[1])
+    viewer = make_napari_viewer()
+    w = _widgets(viewer)
+    w["Model"].select("glands-he")
+    w["Load"].open_files([data_dir / "wsi/cmu_small_region.svs"])
+    viewer.add_shapes([np.array([[0, 0], [0, 300], [300, 300], [300, 0]]) * 0.499], name="roi")
+    seg = w["Segment"]
+    seg.region_box.setCurrentText("shapes ROI")
+    seg.tile.setValue(128)
+    seg.tta.setChecked(True)
+    n_layers = len(viewer.layers)
+    worker = seg.run()
+    at_cancel = []
+    worker.yielded.connect(lambda p: at_cancel or (at_cancel.append(len(passes)), seg.cancel()))
+    _wait(qtbot, worker)
+    assert len(passes) - at_cancel[0] <= 1  # one network pass, not the 8 of a TTA batch
+    assert len(viewer.layers) == n_layers
+    assert seg.status.text() == "Cancelled: nothing was added"  # no stale "tile 4/30"
+
+
+def test_region_run_matches_the_whole_image_run(data_dir):
+    """The halo: a 256x256 region reads its surroundings, so it gets the whole run's labels."""
+    from napari_glandseg.inference import segment
+    from napari_glandseg.io import read_image
+    from napari_glandseg.models import load_model
+
+    img = read_image(data_dir / "wsi/cmu_small_region.svs")
+    crop = np.asarray(img.data[0][2300:2900, 1300:1900])
+    model = load_model("glands-he")
+    kw = {"pixel_size_um": img.pixel_size_um, "tile_size": 256, "return_probabilities": False}
+    whole = np.asarray(segment(crop, model, **kw).labels)
+    part = np.asarray(segment(crop, model, region=(200, 200, 456, 456), **kw).labels)
+    assert (whole[200:456, 200:456] > 0).any()  # something to compare
+    assert (part != whole[200:456, 200:456]).mean() < 0.01
