@@ -6,6 +6,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from qtpy.QtCore import Qt
 
 from napari_glandseg.models import ModelCard, build_model, import_model, save_checkpoint
 from napari_glandseg.widgets.compare import OVERLAY_LEGEND, STATUS_VALUE
@@ -283,6 +284,9 @@ def test_postprocess_widget_preview_apply_and_csv(make_napari_viewer, qtbot, tmp
     viewer.layers.selection.active = layer
     assert w.export_csv(tmp_path / "objects.csv")
     assert (tmp_path / "objects.csv").read_text().startswith("label,area")
+    # a hand-painted object gets into the table (re-measured after the edit)
+    layer.paint((5, 5), 3)
+    qtbot.waitUntil(lambda: len(layer.features) == 3, timeout=5000)
 
 
 def test_compare_widget_metrics_overlay_and_objects(make_napari_viewer, notes):
@@ -378,10 +382,56 @@ def test_compare_widget_dataset_mode(make_napari_viewer, qtbot, tmp_path, data_d
         w.summary["pooled"]["dice"], abs=1e-4)
     assert w.dataset_table.item(rows["pooled"], KEYS.index("aji") + 1).text() == ""
     assert "worst by Dice: train_1_crop" in w.best_worst.text()
+    w.image_dir.setText(str(data_dir / "glas"))  # the images, to show under the labels
+    assert w.image_dir.browse_btn.text() == w.pred_dir.browse_btn.text() == "Browse…"
     w.dataset_table.cellClicked.emit(1, 0)
-    assert "train_1_crop [prediction]" in viewer.layers
+    assert [la.name for la in viewer.layers] == [
+        "train_1_crop", "train_1_crop [truth]", "train_1_crop [prediction]"]
     assert w.evaluate_folders(tmp_path / "nope", truth) is None
     assert "not a folder" in notes[-1][1]
+
+
+def test_load_auto_mask_folder_prefers_instance_labels(make_napari_viewer, dataset):
+    (dataset / "instances").mkdir()
+    for f in (dataset / "masks").iterdir():  # binary masks in masks/, instances beside
+        shutil.copy(f, dataset / "instances" / f.name)
+        iio.imwrite(f, (iio.imread(f) > 0).astype(np.uint8) * 255)
+    viewer = make_napari_viewer()
+    w = _dock(viewer, "Load")
+    w.open_dataset(dataset)
+    assert viewer.layers["testA_5_crop [truth]"].data.max() == 8  # instances, not 0/1
+
+
+def test_finetune_pairs_follow_the_user_and_the_source_image(make_napari_viewer):
+    viewer, _, w = _finetune_setup(make_napari_viewer)
+    item = w.pairs_list.item(0)
+    item.setCheckState(Qt.CheckState.Unchecked)  # the user does not want the truth
+    image = viewer.layers["glas_testA_5_crop"]
+    # a prediction and its maps, all of the image's size; the maps are no training image
+    viewer.add_image(np.zeros((256, 256), np.float32), name="pred uncertainty",
+                     metadata={"glandseg_role": "uncertainty"})
+    viewer.add_labels(np.ones((256, 256), np.uint8), name="pred",
+                      metadata={"glandseg_role": "objects", "source_image": image.name})
+    pairs = {w.pairs_list.item(i).text(): w.pairs_list.item(i).checkState()
+             for i in range(w.pairs_list.count())}
+    assert pairs == {"glas_testA_5_crop ⇐ glas_testA_5_crop [truth]": Qt.CheckState.Unchecked,
+                     "glas_testA_5_crop ⇐ pred": Qt.CheckState.Unchecked}
+
+
+def test_job_failure_is_one_line_and_resets_the_status(make_napari_viewer, qtbot, notes,
+                                                       all_foreground_model, monkeypatch):
+    import napari_glandseg.inference as inf
+
+    def broken(*a):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(inf, "_forward", broken)
+    viewer, w = _segment_setup(make_napari_viewer, all_foreground_model)
+    with qtbot.waitSignal(w.run().finished, timeout=60000):
+        pass
+    assert notes == [("error", "segmentation failed: RuntimeError: device lost")]
+    assert w.status.text() == "Failed: segmentation failed: RuntimeError: device lost"
+    assert w.run_btn.isEnabled()
 
 
 def _finetune_setup(make_napari_viewer):
@@ -482,7 +532,7 @@ def test_gui_opens_each_sample_with_its_bundled_model(sample, model, image, make
     assert w.image_box.currentText() == image
     with qtbot.waitSignal(w.run().finished, timeout=60000):
         pass
-    labels = viewer.layers[f"{image} [{model}]"].data
+    labels = viewer.layers[f"{image} [{model} objects]"].data  # objects, straight away
     truth = viewer.layers[f"{image} [truth]"].data
     assert ((labels > 0) == (truth > 0)).mean() > 0.85  # a real segmentation
     assert [n for n in notes if n[0] == "error"] == []

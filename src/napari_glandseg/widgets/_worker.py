@@ -16,6 +16,21 @@ from ..errors import GlandsegError
 from ._common import notify
 
 
+class JobError(Exception):
+    """A RuntimeError raised by a job, carried out of the worker under another type."""
+
+
+def _guarded(gen_func, *args, **kwargs):
+    """Run ``gen_func``; a RuntimeError becomes a JobError. superqt takes a RuntimeError
+    for a deleted Qt object and then emits neither ``errored`` nor ``finished``, which
+    would leave the widget 'running' for ever (torch raises RuntimeError for many faults).
+    """
+    try:
+        return (yield from gen_func(*args, **kwargs))
+    except RuntimeError as exc:
+        raise JobError(f"{type(exc).__name__}: {exc}") from exc
+
+
 def start(gen_func: Callable, *args, on_yield=None, on_return=None, on_done=None,
           on_error=None, on_abort=None, what: str = "job", progress_desc: str | None = None,
           **kwargs):
@@ -33,7 +48,8 @@ def start(gen_func: Callable, *args, on_yield=None, on_return=None, on_done=None
     ``yielded`` (a script waiting on it, a test's ``qtbot.waitSignal``) without racing a
     job that would otherwise end before the connection is made.
     """
-    worker = create_worker(gen_func, *args, _start_thread=False, _ignore_errors=True, **kwargs)
+    worker = create_worker(_guarded, gen_func, *args, _start_thread=False,
+                           _ignore_errors=True, **kwargs)
     relay = getattr(worker, "_relay_error", None)
     if relay is not None:  # napari may relay errors to its exception hook: we notify instead
         try:
@@ -46,8 +62,8 @@ def start(gen_func: Callable, *args, on_yield=None, on_return=None, on_done=None
         worker.yielded.connect(on_yield)
 
     def _failed(exc):
-        message = str(exc) if isinstance(exc, GlandsegError) else \
-            f"{what} failed: {type(exc).__name__}: {exc}"
+        message = (str(exc) if isinstance(exc, GlandsegError) else f"{what} failed: {exc}"
+                   if isinstance(exc, JobError) else f"{what} failed: {type(exc).__name__}: {exc}")
         notify("error", message)
         if on_error:
             on_error(message)

@@ -178,6 +178,8 @@ class PostprocessWidget(QWidget):
                       "postprocess": {k: getattr(v, "value", v)
                                       for k, v in vars(params).items()}})
         track_edits(new)
+        self._timer.stop()
+        self.preview.setChecked(False)  # the result is there: the preview would hide it
         self._remove_preview()
         self.last_layer = new
         self.status.setText(f"{len(table)} objects in {name!r}")
