@@ -261,6 +261,16 @@ def test_foreign_monai_unet_with_other_settings_is_refused(package, tmp_path):
     with pytest.raises(GlandsegError, match="evil.nets.Net is not one napari-glandseg builds"):
         import_bioimageio(_rewrite(path, tmp_path / "n.zip", edit=other_library))
 
+    def other_weights(r):  # a buildable U-Net, but the weights are the Base CNN's
+        monai_defaults(r)
+        r["weights"]["pytorch_state_dict"]["architecture"]["kwargs"].update(
+            norm="batch", act="relu")
+
+    with pytest.raises(GlandsegError, match=r"w.zip:weights.pt: weights do not match "
+                                            r"architecture 'unet'.*missing"):
+        import_bioimageio(_rewrite(path, tmp_path / "w.zip", edit=other_weights))
+    assert not [m for m in list_models() if m.source == "user"]
+
 
 def test_export_refuses_bad_destination(package, tmp_path):
     path, _ = package

@@ -588,12 +588,12 @@ def import_bioimageio(package, name: str | None = None, overwrite: bool = False)
         raise GlandsegError(
             f"{p}: has {have} weights only; napari-glandseg imports pytorch_state_dict weights "
             f"with {_NEEDS}")
-    axes = [(a.type, str(a.id)) for a in descr.inputs[0].axes]
-    if [t for t, _ in axes if t not in ("batch", "channel")] != ["space", "space"] or \
-            {i for t, i in axes if t == "space"} != {"y", "x"} or \
-            [t for t, _ in axes][:2] != ["batch", "channel"]:
-        raise GlandsegError(f"{p}: input axes {[i for _, i in axes]}; napari-glandseg models "
-                            "take 2D images with axes batch, channel, y, x")
+    for kind, tensor in (("input", descr.inputs[0]), ("output", descr.outputs[0])):
+        axes = [(a.type, str(a.id)) for a in tensor.axes]
+        if axes != [("batch", "batch"), ("channel", "channel"), ("space", "y"),
+                    ("space", "x")]:
+            raise GlandsegError(f"{p}: {kind} axes {', '.join(i for _, i in axes)}; "
+                                "napari-glandseg models have axes batch, channel, y, x")
     card = _card_from(descr, wd, p)
     if name is not None:
         card.name = name
@@ -605,7 +605,10 @@ def import_bioimageio(package, name: str | None = None, overwrite: bool = False)
         pt = Path(tmp) / "weights.pt"
         torch.save(state, pt)
         # the store's import loads it into the network the card builds (shapes checked)
-        return import_model(pt, name=card.name, card=card, overwrite=overwrite)
+        try:
+            return import_model(pt, name=card.name, card=card, overwrite=overwrite)
+        except CheckpointError as exc:
+            raise GlandsegError(str(exc).replace(str(pt), f"{p}:{wd.source}")) from None
 
 
 _NEEDS = ("an architecture it can build: a package exported by napari-glandseg, or "
