@@ -119,6 +119,10 @@ def test_package_validates_offline_and_describes_the_model(package, offline):
     arch = rdf["weights"]["pytorch_state_dict"]["architecture"]
     assert arch["callable"] == "BaseCNN" and arch["kwargs"]["widths"] == [4, 8]
     assert rdf["weights"]["torchscript"]["parent"] == "pytorch_state_dict"
+    from imageio.v3 import imread
+
+    cover = imread(io.BytesIO(zipfile.ZipFile(path).read(rdf["covers"][0]["source"])))
+    assert cover.shape == (64, 128, 3)  # input | input with the predicted classes
 
     # the test output is the model's softmax on the ImageNet-normalised test input
     x = _npy(path, "test_input.npy")

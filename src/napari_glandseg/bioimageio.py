@@ -200,6 +200,7 @@ def iter_export_bioimageio(
         torchscript_ok = torchscript and _write_torchscript(net, x, multiple,
                                                             root / "weights.torchscript.pt")
         yield step(2, "TorchScript " + ("written" if torchscript_ok else "skipped"))
+        _cover(raw, probs, card, root / "cover.png")
         (root / "README.md").write_text(_documentation(card, entry, tile_size, overlap, halo,
                                                        torchscript_ok))
         # relative file names in the description are resolved against ``root``
@@ -333,6 +334,23 @@ def _plain(obj):
     return obj
 
 
+def _cover(raw: np.ndarray, probs: np.ndarray, card: ModelCard, path: Path) -> None:
+    """A 2:1 cover: the test input beside it overlaid with the predicted classes in the
+    card's colours (bioimageio.spec's default cover generator does not handle our tensors)."""
+    from imageio.v3 import imwrite
+
+    img = raw.astype(np.float32)
+    lo, hi = np.percentile(img, [0.5, 99.5])
+    img = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
+    img = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img[..., :3]
+    labels = (probs[0] > 0.5).astype(int) if card.binary else probs.argmax(0)
+    colours = np.array([[int(c[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+                        for c in card.class_colours], np.float32)
+    overlay = np.where(labels[..., None] > 0, 0.45 * img + 0.55 * colours[labels], img)
+    cover = np.concatenate([img, overlay], axis=1)
+    imwrite(path, (cover * 255).round().astype(np.uint8))
+
+
 def _write_torchscript(net, x: torch.Tensor, step: int, path: Path) -> str | None:
     """TorchScript of ``net``: ``torch.jit.script`` when it scripts, else ``torch.jit.trace``
     (our SegNet's pad/crop does not script). Kept only if it reproduces the eager network on
@@ -444,6 +462,7 @@ def _describe(v, card, root, arch, licence, authors, tile_size, overlap, halo, m
         cite=cite,
         license=licence,
         documentation=v.FileDescr(source=Path("README.md")),
+        covers=[v.FileDescr(source=Path("cover.png"))],
         tags=tags,
         version=card.version if re.fullmatch(r"\d+(\.\d+)*", card.version) else None,
         inputs=inputs,
