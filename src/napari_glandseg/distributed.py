@@ -148,10 +148,34 @@ def open_client(cohort: CohortParams):
         except OSError as exc:
             raise GlandsegError(f"cannot reach the dask scheduler at {cohort.scheduler}: "
                                 f"{exc}") from None
-    cluster = LocalCluster(n_workers=cohort.workers, threads_per_worker=cohort.threads_per_worker,
-                           processes=cohort.processes, memory_limit=cohort.memory_limit,
-                           dashboard_address=None)
+    import dask
+
+    with dask.config.set(worker_environment(cohort.workers)):
+        cluster = LocalCluster(n_workers=cohort.workers,
+                               threads_per_worker=cohort.threads_per_worker,
+                               processes=cohort.processes, memory_limit=cohort.memory_limit,
+                               dashboard_address=None)
     return Client(cluster), cluster
+
+
+def worker_environment(workers: int, cores: int | None = None) -> dict:
+    """dask config for worker processes that run torch: glibc's own malloc trimming, and
+    ``cores / workers`` threads each.
+
+    dask's default ``MALLOC_TRIM_THRESHOLD_`` of 64 KiB (good for pandas workloads) returns
+    memory to the system after every large free: torch's CPU convolutions ran 2.3x slower
+    with it here (benchmarks/bench_slides.py), as did its default of one OpenMP thread per
+    worker when a worker has more cores.
+    """
+    import os
+
+    import dask
+
+    threads = str(max(1, (cores or os.cpu_count() or 1) // max(1, workers)))
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    env.update({"MALLOC_TRIM_THRESHOLD_": str(2**30), "OMP_NUM_THREADS": threads,
+                "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads})
+    return {"distributed.nanny.pre-spawn-environ": env}
 
 
 def iter_segment_cohort(
@@ -309,4 +333,4 @@ def segment_cohort(slides, out, model: str | None = None, **kwargs) -> CohortRes
 
 
 __all__ = ["CohortParams", "CohortResult", "iter_segment_cohort", "open_client",
-           "segment_cohort"]
+           "segment_cohort", "worker_environment"]
