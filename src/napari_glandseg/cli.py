@@ -86,7 +86,7 @@ def _models(args) -> int:
             if not dest:
                 raise GlandsegError("usage: glandseg models export NAME OUT.zip --bioimageio")
             print(export_bioimageio(args.name, dest, sample=args.sample, tile_size=args.tile,
-                                    overwrite=args.overwrite))
+                                    authors=args.author, overwrite=args.overwrite))
             return 0
         if not dest:
             raise GlandsegError("export needs --to PATH")
@@ -455,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(default: the bundled sample)")
     m.add_argument("--tile", type=int, help="bioimage.io export: tile size the package "
                                             "advertises (default 512; halo = tile/8)")
+    m.add_argument("--author", action="append", help="bioimage.io export: an author's name "
+                                                     "(repeat for several)")
     m.set_defaults(func=_models)
 
     s = sub.add_parser(
