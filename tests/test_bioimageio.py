@@ -305,8 +305,10 @@ def test_export_generator_reports_progress_and_cancels_cleanly(tmp_path):
 def test_cli_export_and_import(tmp_path, capsys):
     _tiny(tmp_path, num_classes=1, class_names=["background", "gland"])
     out = tmp_path / "pkg.zip"
-    assert cli.main(["models", "export", "tiny", str(out), "--bioimageio", "--tile", "64"]) == 0
+    assert cli.main(["models", "export", "tiny", str(out), "--bioimageio", "--tile", "64",
+                     "--author", "A. Pathologist", "--author", "B. Engineer"]) == 0
     assert _rdf(out)["outputs"][0]["axes"][2]["halo"] == 8
+    assert [a["name"] for a in _rdf(out)["authors"]] == ["A. Pathologist", "B. Engineer"]
     assert cli.main(["models", "export", "tiny", str(out), "--bioimageio"]) == 2
     assert "exists" in capsys.readouterr().err
     assert cli.main(["models", "import", str(out), "--as", "again"]) == 0
