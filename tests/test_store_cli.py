@@ -170,3 +170,18 @@ def test_model_names_must_stay_inside_the_store():
         with pytest.raises(GlandsegError, match="is not allowed"):
             check_model_name(bad)
     assert check_model_name("glands-he_v2.1") == "glands-he_v2.1"
+
+
+def test_exported_and_imported_models_respect_the_umask(tmp_path, tiny_file):
+    # defect 10: exported models (like every output) were 0600 whatever the umask
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        entry = import_model(tiny_file[0], name="perm")
+        out = export_model("perm", tmp_path / "perm-copy.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    assert stat.S_IMODE(entry.path.stat().st_mode) == 0o644
