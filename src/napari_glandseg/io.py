@@ -276,11 +276,10 @@ def _read_plain(p: Path) -> np.ndarray:
 
 def _composite_rgba(arr: np.ndarray) -> np.ndarray:
     """RGBA -> RGB over a white background (unstained glass is white in H&E)."""
+    from .preprocess import dtype_top
+
     rgb, alpha = arr[..., :3], arr[..., 3:4]
-    if np.issubdtype(arr.dtype, np.integer):
-        top = np.iinfo(arr.dtype).max
-    else:
-        top = 1.0
+    top = dtype_top(arr.dtype)
     if np.all(alpha == top):
         return np.ascontiguousarray(rgb)
     a = alpha.astype(np.float32) / top

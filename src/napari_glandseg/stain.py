@@ -108,8 +108,9 @@ def _as_uint8_scale(rgb: np.ndarray) -> tuple[np.ndarray, float]:
     if rgb.ndim < 2 or rgb.shape[-1] not in (3, 4):
         raise GlandsegError(f"stain normalisation needs an RGB image (..., 3), got shape "
                             f"{rgb.shape}")
-    top = float(np.iinfo(rgb.dtype).max) if np.issubdtype(rgb.dtype, np.integer) else 1.0
-    return rgb[..., :3], 255.0 / top
+    from .preprocess import dtype_top
+
+    return rgb[..., :3], 255.0 / dtype_top(rgb.dtype)
 
 
 def tissue_sample(rgb, max_pixels: int = 2**20) -> np.ndarray:
