@@ -91,8 +91,13 @@ def test_review_queue_zooms_marks_and_keeps_state_in_features(widget, notes):
     q = w.rank()
     assert len(q) == 4
     assert int(q.table["label"].iloc[0]) == 4  # the faint speck is the most suspicious
+    scene = getattr(viewer, "scene", None)  # napari >= 0.9 keeps the camera there
+    camera = scene.camera if scene is not None else viewer.camera
+    zoom = camera.zoom
     row = w.next()
     assert row["label"] == 4 and layer.selected_label == 4
+    assert np.allclose(camera.center[-2:], (14, 102), atol=1)  # centred on the speck
+    assert camera.zoom > zoom  # and zoomed in on it
     box = viewer.layers["review: current object"].data[0]
     assert box[:, 0].min() <= 12 and box[:, 0].max() >= 15
     w.accept()

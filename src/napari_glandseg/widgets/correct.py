@@ -393,11 +393,14 @@ class CorrectWidget(QWidget):
         corners = np.array([[y0 - pad, x0 - pad], [y1 + pad, x1 + pad]], float)
         world = np.array([layer.data_to_world(c)[-2:] for c in corners])
         camera = _camera(self.viewer)
-        camera.center = tuple(world.mean(0))
+        # what is on screen now (corner_pixels, clipped to the layer) sets the new zoom
+        seen = np.asarray(layer.corner_pixels, float)[:, -2:]
+        seen = np.array([layer.data_to_world(c)[-2:] for c in seen])
         size = np.abs(world[1] - world[0]).max()
-        canvas = np.asarray(getattr(self.viewer, "_canvas_size", (600, 600)), float)
-        if size > 0:
-            camera.zoom = float(min(canvas[:2]) / size)
+        shown = np.abs(seen[1] - seen[0]).min()
+        camera.center = tuple(world.mean(0))
+        if size > 0 and shown > 0:
+            camera.zoom = float(camera.zoom * shown / size)
         layer.selected_label = int(row["label"])
         box = np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float) - 0.5
         box = np.array([layer.data_to_world(c)[-2:] for c in box])
