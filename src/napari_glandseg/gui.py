@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 PLUGIN = "napari-glandseg"
-WIDGETS = ("Load", "Model", "Segment", "Post-process", "Compare", "Fine-tune")
+WIDGETS = ("Load", "Model", "Segment", "Post-process", "Correct", "Compare", "Fine-tune")
 #: The bundled sample data and the bundled model made for each.
 SAMPLES = {"glas": "glands-he", "monuseg": "nuclei-he", "em": "membranes-em", "wbc": "wbc"}
 
