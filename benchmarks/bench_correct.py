@@ -130,7 +130,8 @@ def annotate(pred, truth, probs, brush: int, target: float = 0.95, rounds: int =
     strokes (for the same fixes, and for the fallbacks the tools could not do)."""
     lab = pred.astype(np.int32).copy()
     count = {"actions": 0, "clicks": 0, "brush_equiv": 0, "fallback_strokes": 0,
-             "merge": 0, "split": 0, "delete": 0, "add": 0, "paint": 0}
+             "merge": 0, "split": 0, "delete": 0, "add": 0, "paint": 0, "bad_add": 0,
+             "bad_split": 0}
     start = object_f1(lab, truth)
 
     def use(edit: C.Edit, clicks: int, kind: str):
@@ -178,6 +179,7 @@ def annotate(pred, truth, probs, brush: int, target: float = 0.95, rounds: int =
             for k in edit.kept:
                 best = max(ts, key=lambda t, k=k: np.count_nonzero((lab == k) & (truth == t)))
                 if iou(lab == k, truth == best) < 0.5:
+                    count["bad_split"] += 1
                     paint(best, [k])
         inter, p_area, t_area = overlaps(lab, truth)
         # pieces: several predictions mostly inside one true object -> merge them
@@ -221,6 +223,7 @@ def annotate(pred, truth, probs, brush: int, target: float = 0.95, rounds: int =
                 continue
             use(edit, 1, "add")
             if iou(lab == edit.kept[0], t_mask) < 0.5:
+                count["bad_add"] += 1
                 paint(int(t), [edit.kept[0]])
         # matched but badly shaped (IoU < 0.5 with the true object it covers): paint
         inter, p_area, t_area = overlaps(lab, truth)
@@ -271,7 +274,9 @@ def ranking(items, weights=None, rng=None, top: float = 0.2) -> tuple[float, flo
         for order, wrong, k in rand:
             f += len(wrong & set(rng.permutation(order)[:k].tolist()))
         shuffled.append(f)
-    return found / max(total, 1), float(np.mean(shuffled)) / max(total, 1), total, queue_top
+    best = sum(min(k, len(wrong)) for _, wrong, k in rand)  # every wrong object first
+    return (found / max(total, 1), float(np.mean(shuffled)) / max(total, 1), total, queue_top,
+            best / max(total, 1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,7 +406,8 @@ def main() -> None:
               f"{np.mean(totals['end_f1']):.3f}; {reached}/{n} images reach 0.95")
         print(f"  tool uses {s['actions']:.0f} ({s['clicks']:.0f} clicks: "
               f"{s['split']:.0f} splits, {s['merge']:.0f} merges, {s['delete']:.0f} deletes, "
-              f"{s['add']:.0f} adds) + {s['paint']:.0f} objects painted by brush "
+              f"{s['add']:.0f} adds; {s['bad_split']:.0f} split pieces and {s['bad_add']:.0f} "
+              f"added objects with IoU < 0.5) + {s['paint']:.0f} objects painted by brush "
               f"({s['fallback_strokes']:.0f} strokes)")
         work = s["clicks"] + s["fallback_strokes"]
         print(f"  the same fixes by brush ({args.brush}-px): {s['brush_equiv']:.0f} strokes; "
@@ -409,10 +415,10 @@ def main() -> None:
               f"fewer; per image {work / n:.1f} vs {s['brush_equiv'] / n:.1f}")
         for label, w in (("all signals", None),
                          ("without uncertainty", C.ReviewWeights(uncertainty=0))):
-            share, rand, wrong, top = ranking(items, w, rng)
+            share, rand, wrong, top, best = ranking(items, w, rng)
             print(f"  ranking ({label}): {100 * share:.0f}% of the {wrong} wrong objects in "
                   f"the first 20% of the queue ({top} objects) vs {100 * rand:.0f}% in random "
-                  f"order: {share / max(rand, 1e-9):.1f}x")
+                  f"order: {share / max(rand, 1e-9):.1f}x (a perfect queue: {100 * best:.0f}%)")
 
 
 if __name__ == "__main__":
