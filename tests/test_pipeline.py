@@ -362,3 +362,35 @@ def test_an_output_that_cannot_be_written_fails_that_file_only(tmp_path, png, fg
     assert "Traceback" not in text.err
     assert sorted(p.name for p in out.iterdir()) == [
         "a_probabilities.tif", "b_labels.tif", "b_probabilities.tif"]  # no a_labels: not done
+
+
+def test_a_large_class_map_keeps_its_classes(tmp_path, monkeypatch):
+    import torch
+
+    import napari_glandseg.inference as inf
+    from napari_glandseg.models import Model, ModelCard
+
+    class Classes(torch.nn.Module):  # class 1 where the input is bright, 2 where mid-grey
+        def forward(self, x):
+            g = x[:, :1]
+            return torch.cat([torch.zeros_like(g), 40 * (g - 0.75), 40 * (0.25 - (g - 0.5).abs())
+                              - 5], 1)
+
+    image = np.zeros((200, 260), np.uint8)
+    image[20:60, 20:90] = 255
+    image[100:160, 150:240] = 128
+    image[30:33, 200:203] = 128  # too small: removed
+    card = ModelCard(name="cls", architecture="unet", in_channels=1, num_classes=3,
+                     normalization="unit", postprocess={"min_size": 20})
+    params = FileParams(segment=SegmentParams(tile_size=64, window_size=128),
+                        objects_csv=True, window=96, halo=48)
+    small = segment_file(image, Model(Classes(), card), replace(params, out_dir=tmp_path / "s"))
+    monkeypatch.setattr(inf, "LARGE_PIXELS", 1000)
+    segment_file(image, Model(Classes(), card), replace(params, out_dir=tmp_path / "l"))
+    a = read_image(tmp_path / "s/image_labels.tif", as_labels=True).data
+    b = read_image(tmp_path / "l/image_labels.tif", as_labels=True).data
+    np.testing.assert_array_equal(a, b)
+    assert (a[20:60, 20:90] == 1).all() and (a[100:160, 150:240] == 2).all()
+    assert a.sum() == 40 * 70 + 2 * 60 * 90  # the 3x3 speck is gone
+    tb = pd.read_csv(tmp_path / "l/image_objects.csv").sort_values("area")
+    assert tb["class"].tolist() == [1, 2] and small.table["class"].tolist() == [1, 2]

@@ -319,7 +319,7 @@ def _post_windows(result: FileResult, class_map: bool, params: FileParams):
     n, table = yield from iter_postprocess_windows(
         src, dst, post, window=params.window, halo=params.halo, class_map=class_map,
         image=result.image if params.objects_csv else None,
-        pixel_size_um=result.pixel_size_um)
+        pixel_size_um=result.pixel_size_um, table=params.objects_csv)
     result.n_objects = n
     if class_map:
         # the labels file keeps the classes: write them back from the cleaned objects

@@ -210,7 +210,7 @@ def clean_class_map(labels, params: PostprocessParams | None = None, **kwargs) -
 
 def iter_postprocess_windows(src, dst, params: PostprocessParams, window: int = 2048,
                              halo: int = 256, class_map: bool = False, image=None,
-                             pixel_size_um: float | None = None):
+                             pixel_size_um: float | None = None, table: bool = True):
     """Post-process a label array too large for memory, window by window; a generator that
     yields a Progress per window and returns ``(n_objects, table)``.
 
@@ -233,9 +233,10 @@ def iter_postprocess_windows(src, dst, params: PostprocessParams, window: int = 
     Returns
     -------
     n_objects : int
-    table : pandas.DataFrame
+    table : pandas.DataFrame or None
         :func:`object_table`'s columns, centroids in the full array's coordinates (plus a
-        ``class`` column with ``class_map``).
+        ``class`` column with ``class_map``); None when ``table`` is False (and no
+        ``class_map``, which needs it).
     """
     import pandas as pd
     from skimage.measure import label as cc_label
@@ -267,6 +268,7 @@ def iter_postprocess_windows(src, dst, params: PostprocessParams, window: int = 
                 free = (out == 0) & (mine > 0)
                 out[free] = mine[free]
                 dst[y0:y1, x0:x1] = out
+            if len(own) and (table or class_map):
                 region = None if image is None else np.asarray(image[y0:y1, x0:x1])
                 t = object_table(mine, region, pixel_size_um)
                 t["centroid_y"] += y0
@@ -278,9 +280,13 @@ def iter_postprocess_windows(src, dst, params: PostprocessParams, window: int = 
                 tables.append(t)
             n += len(own)
         yield Progress(done, len(boxes), f"post-processing window {done}/{len(boxes)}")
-    table = pd.concat(tables, ignore_index=True) if tables else object_table(
+    if not (table or class_map):
+        return n, None
+    out_table = pd.concat(tables, ignore_index=True) if tables else object_table(
         np.zeros((1, 1), np.uint8), None, pixel_size_um)
-    return n, table
+    if class_map and "class" not in out_table:
+        out_table["class"] = np.zeros(len(out_table), int)
+    return n, out_table
 
 
 OBJECT_COLUMNS = ("label", "area", "perimeter", "eccentricity", "solidity", "centroid_y",
