@@ -394,3 +394,18 @@ def test_a_large_class_map_keeps_its_classes(tmp_path, monkeypatch):
     assert a.sum() == 40 * 70 + 2 * 60 * 90  # the 3x3 speck is gone
     tb = pd.read_csv(tmp_path / "l/image_objects.csv").sort_values("area")
     assert tb["class"].tolist() == [1, 2] and small.table["class"].tolist() == [1, 2]
+
+
+def test_batch_blocking_twin_reports_each_file(tmp_path, png, fg_model):
+    from napari_glandseg.pipeline import segment_files
+
+    (png.parent / "bad.png").write_bytes(b"no")
+    seen = []
+    report = segment_files([png, png.parent / "bad.png"], load_model(fg_model),
+                           FileParams(out_dir=tmp_path / "o",
+                                      segment=SegmentParams(tile_size=128)),
+                           on_file=lambda event, f, detail: seen.append((event, f.name)))
+    assert report.done == [png] and [f for f, _ in report.failed] == [png.parent / "bad.png"]
+    assert seen == [("done", "a.png"), ("fail", "bad.png")]
+    report = segment_files([png], load_model(fg_model), FileParams(out_dir=tmp_path / "o"))
+    assert report.skipped == [png]

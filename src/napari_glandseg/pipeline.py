@@ -382,6 +382,12 @@ class BatchReport:
     failed: list = field(default_factory=list)  # (path, reason)
 
 
+def segment_files(files: Iterable, model, params: FileParams,
+                  on_file: Callable | None = None) -> BatchReport:
+    """Blocking twin of :func:`iter_segment_files`."""
+    return run_to_end(iter_segment_files(files, model, params, on_file))
+
+
 def iter_segment_files(files: Iterable, model, params: FileParams,
                        on_file: Callable | None = None):
     """Segment many files with :func:`iter_segment_file`; a bad file is recorded and the
@@ -431,4 +437,4 @@ def iter_segment_files(files: Iterable, model, params: FileParams,
 
 __all__ = ["BatchReport", "FileParams", "FileResult", "OUTPUT_SUFFIXES", "Writer",
            "iter_segment_file", "iter_segment_files", "outputs_for", "postprocess_for",
-           "segment_file"]
+           "segment_file", "segment_files"]
