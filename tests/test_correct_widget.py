@@ -84,6 +84,8 @@ def test_bad_clicks_are_notifications_and_keys_choose_tools(widget, notes):
     (bound,) = [v for k, v in keymap.items() if "Shift" in k and k.endswith("M")]
     bound(layer)
     assert w.tool == "merge"
+    layer.mode = "paint"  # napari's own tools put ours down
+    assert w.tool is None and not w.tool_buttons["merge"].isChecked()
 
 
 def test_review_queue_zooms_marks_and_keeps_state_in_features(widget, notes):

@@ -40,7 +40,7 @@ TOOLS = {
 }
 #: Keys for the rest (bound on the chosen Labels layer).
 KEYS = {"relabel": "Shift-R", "next": "Shift-N", "previous": "Shift-B",
-        "accept": "Shift-K", "corrected": "Shift-C", "off": "Escape"}
+        "accept": "Shift-K", "corrected": "Shift-C"}
 REVIEW_BOX = "review: current object"
 
 
@@ -209,6 +209,7 @@ class CorrectWidget(QWidget):
                 old.mouse_drag_callbacks.remove(self._on_mouse)
             for key in [*(k for _, k, _ in TOOLS.values()), *KEYS.values()]:
                 old.bind_key(key, None, overwrite=True)
+            old.events.mode.disconnect(self._mode_changed)
         self._bound = layer
         self.queue = None
         self.clicks = []
@@ -216,11 +217,11 @@ class CorrectWidget(QWidget):
             return
         track_edits(layer)
         layer.mouse_drag_callbacks.append(self._on_mouse)
+        layer.events.mode.connect(self._mode_changed)
         for name, (_, key, _) in TOOLS.items():
             layer.bind_key(key, lambda _la, name=name: self.set_tool(name), overwrite=True)
         actions = {"relabel": self.relabel, "next": self.next, "previous": self.previous,
-                   "accept": self.accept, "corrected": lambda: self.mark("corrected"),
-                   "off": lambda: self.set_tool(None)}
+                   "accept": self.accept, "corrected": lambda: self.mark("corrected")}
         for name, key in KEYS.items():
             layer.bind_key(key, lambda _la, f=actions[name]: f(), overwrite=True)
         self._load_review(layer)
@@ -239,6 +240,12 @@ class CorrectWidget(QWidget):
         if name is not None and layer is not None:
             layer.mode = "pan_zoom"
         self.status.setText(TOOLS[name][2] if name else "")
+
+    def _mode_changed(self, event=None) -> None:
+        """Picking napari's paint, fill, erase... (any mode but pan/zoom) puts the tool down."""
+        layer = self._bound
+        if self.tool is not None and layer is not None and str(layer.mode) != "pan_zoom":
+            self.set_tool(None)
 
     def _on_mouse(self, layer, event):
         """A click (press and release without moving) runs the tool; a drag pans."""
