@@ -427,3 +427,15 @@ def test_gaps_between_close_objects_weigh_more(glas):
     assert res.model.card.training["gap_weight"] == 10
     with pytest.raises(GlandsegError, match="gap_weight needs target='boundary'"):
         TrainParams(gap_weight=5)
+
+
+def test_validation_report_scores_what_training_selected_on(glas):
+    post = {"split": "distance", "h": 2.0, "min_size": 20}
+    res = train(glas, glas, TrainParams(name="rep", target="boundary", epochs=1,
+                                        steps_per_epoch=2, postprocess=post, **SMALL))
+    rows = tr.validation_report(res.model, glas)
+    assert {"object_f1", "object_dice", "aji", "pq", "score"} <= set(rows[0])
+    for r in rows:
+        assert r["score"] == pytest.approx((r["object_f1"] + r["object_dice"]) / 2)
+    res.model.card.metrics["selected_on"] = "val_aji"
+    assert tr.selection_score(rows[0], res.model.card) == rows[0]["aji"]

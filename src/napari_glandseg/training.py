@@ -423,23 +423,47 @@ def holdout_split(pairs: list[TrainingPair], val_fraction: float = 0.2):
 
 
 def validation_report(model: Model, pairs: list[TrainingPair], tile_size: int = 256):
-    """Segment each validation image in full and score it: rows of name, Dice, IoU,
-    accuracy, and the predicted labels (foreground for binary/boundary models)."""
-    from .inference import segment
-    from .metrics import pixel_metrics
+    """Segment each validation image in full and score it as training selects checkpoints.
 
+    Rows of name, Dice, IoU, accuracy, the predicted labels (foreground for binary/boundary
+    models), and for models with post-processing the objects' ``object_f1``,
+    ``object_dice``, ``aji`` and ``pq`` (after the card's post-processing); ``score`` is
+    the measure the model's checkpoint was selected on (:func:`selection_score`), so a
+    before/after comparison judges what training optimised.
+    """
+    from .inference import segment
+    from .metrics import evaluate, pixel_metrics
+    from .postprocessing import PostprocessParams, postprocess
+
+    card = model.card
+    classes = card.num_classes if card.num_classes > 1 and not card.boundary_class else None
+    post = PostprocessParams(**card.postprocess) if card.postprocess and not classes else None
     rows = []
     for p in pairs:
-        res = segment(p.image, model, tile_size=tile_size, return_probabilities=False)
+        res = segment(p.image, model, pixel_size_um=p.pixel_size_um, tile_size=tile_size,
+                      return_probabilities=False)
         pred = np.asarray(res.labels)
-        truth = p.mask
-        classes = None
-        if model.card.num_classes > 1 and not model.card.boundary_class:
-            classes = model.card.num_classes
-        m = pixel_metrics(pred, truth, classes)
-        rows.append({"name": p.name, "dice": m["dice"], "iou": m["iou"],
-                     "accuracy": m["accuracy"], "labels": pred})
+        m = pixel_metrics(pred, p.mask, classes)
+        row = {"name": p.name, "dice": m["dice"], "iou": m["iou"], "accuracy": m["accuracy"],
+               "labels": pred}
+        if post is not None:
+            e = evaluate(postprocess(pred, post), p.mask, hausdorff=False)
+            row.update({k: e[k] for k in ("object_f1", "object_dice", "aji", "pq")})
+        row["score"] = selection_score(row, card)
+        rows.append(row)
     return rows
+
+
+def selection_score(row: dict, card: ModelCard) -> float:
+    """One image's (or a summary's) score by the measure ``card`` was selected on: objects
+    (mean of object F1 and object Dice), object F1, object Dice, AJI or PQ; pixel Dice for
+    models without post-processing or cards that do not say."""
+    key = str(card.metrics.get("selected_on", "")).removeprefix("val_")
+    if key == "objects" and "object_f1" in row:
+        return (row["object_f1"] + row["object_dice"]) / 2
+    if key in ("object_f1", "object_dice", "aji", "pq") and key in row:
+        return row[key]
+    return row["dice"]
 
 
 def is_instance_mask(mask: np.ndarray) -> bool:
