@@ -2,8 +2,9 @@
 
     xvfb-run -a python examples/screenshots.py --out docs/images [--model NAME]
 
-Opens napari with the plugin on the GlaS sample, segments it with ``--model`` (default: the
-first model in the store, if any) and saves PNGs.
+Opens napari with the plugin on the GlaS sample, segments it into objects with ``--model``
+(default: the first model in the store, if any), compares them with the truth and saves
+PNGs.
 """
 
 from __future__ import annotations
@@ -28,31 +29,38 @@ def main(argv=None):
     viewer = open_viewer(sample="glas", show=True)
     viewer.window._qt_window.resize(1400, 900)
     widgets = {n: viewer.window.add_plugin_dock_widget(PLUGIN, n)[1] for n in WIDGETS}
+    docks = {n: viewer.window.add_plugin_dock_widget(PLUGIN, n)[0] for n in WIDGETS}
+
+    def wait(worker):
+        if worker is not None:
+            loop = QEventLoop()
+            worker.finished.connect(loop.quit)
+            loop.exec()
+
     name = args.model or next((m.name for m in list_models()), None)
+    objects = None
     if name and widgets["Model"].select(name):
         seg = widgets["Segment"]
         seg.image_box.setCurrentText("glas_testA_5_crop")
         seg.tile.setValue(256)
-        loop = QEventLoop()
-        worker = seg.run()
-        worker.finished.connect(loop.quit)
-        loop.exec()
-        post = widgets["Post-process"]
-        post.labels_box.setCurrentText(seg.last_layers[0].name)
-        objects = post.apply()
-        compare = widgets["Compare"]
-        compare.pred_box.setCurrentText(objects.name)
-        compare.truth_box.setCurrentText("glas_testA_5_crop [truth]")
+        seg.show_probs.setChecked(True)
+        wait(seg.run())  # objects straight away (the card's post-processing)
+        objects = seg.last_layers[0]
+        compare = widgets["Compare"]  # defaults: the new objects against the truth
         compare.compute()
+        compare.go_to_object(0)
+        viewer.reset_view()
         for layer in viewer.layers:
             layer.visible = layer.name in ("glas_testA_5_crop", objects.name)
-    viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+        viewer.layers.selection.active = objects
+    docks["Segment"].raise_()
     for _ in range(5):
         QApplication.processEvents()
     viewer.window.screenshot(str(args.out / "napari-glandseg.png"), canvas_only=False)
     for n, w in widgets.items():
-        viewer.window.add_plugin_dock_widget(PLUGIN, n)
-        QApplication.processEvents()
+        docks[n].raise_()
+        for _ in range(3):
+            QApplication.processEvents()
         w.grab().save(str(args.out / f"widget-{n.lower()}.png"))
     print("wrote", sorted(p.name for p in args.out.glob("*.png")))
     viewer.close()

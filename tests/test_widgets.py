@@ -532,7 +532,10 @@ def test_gui_opens_each_sample_with_its_bundled_model(sample, model, image, make
     assert w.image_box.currentText() == image
     with qtbot.waitSignal(w.run().finished, timeout=60000):
         pass
-    labels = viewer.layers[f"{image} [{model} objects]"].data  # objects, straight away
+    layer = w.last_layers[0]  # objects straight away; a class model's cleaned class map
+    assert layer.name == f"{image} [{model}{' objects' if sample == 'em' else ''}]"
+    assert len(layer.features) >= 1  # measured
+    labels = layer.data
     truth = viewer.layers[f"{image} [truth]"].data
     assert ((labels > 0) == (truth > 0)).mean() > 0.85  # a real segmentation
     assert [n for n in notes if n[0] == "error"] == []

@@ -55,7 +55,9 @@ class LoadWidget(QWidget):
         self.open_folder_btn = QPushButton("Open dataset folder…")
         self.mask_folder = QComboBox()
         self.mask_folder.addItems([AUTO, *MASK_FOLDERS])
-        self.mask_folder.setToolTip("Which folder holds the masks in an images/ + masks/ layout")
+        self.mask_folder.setToolTip("Which folder holds the masks in an images/ + masks/ layout; "
+                                    "auto: instances/ (one label per object) when there is "
+                                    "one, else masks/, labels/, ...")
         self.as_masks = QCheckBox("Open chosen files as masks")
         self.pair_list = QListWidget()
         self.prev_btn = QPushButton("◀ Previous")

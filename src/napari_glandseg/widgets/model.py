@@ -248,7 +248,7 @@ def card_html(card, path=None) -> str:
             row("network", f"{escape(Architecture(card.architecture).label)}, "
                 f"version {escape(card.version)}")]
     if card.boundary_class:
-        rows.append(row("objects", "split along the predicted boundary class"))
+        rows.append(row("boundary", "a class of its own between touching objects"))
     if card.postprocess:
         rows.append(row("post-processing", escape(", ".join(
             f"{k} {v}" for k, v in card.postprocess.items()))))

@@ -22,9 +22,8 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import GlandsegError
-from ..inference import LARGE_PIXELS, Blend, SegmentParams, iter_segment
+from ..inference import LARGE_PIXELS, Blend, SegmentParams
 from ..io import lazy_pyramid
-from ..progress import Progress
 from . import _worker
 from ._common import fill_layer_box, map_colormap, notify, track_edits, unique_name
 from ._state import selection_for
@@ -41,21 +40,29 @@ def _remove_store(path: str) -> None:
 atexit.register(lambda: [_remove_store(p) for p in list(_STORES)])
 
 
-def segment_job(data, model, pixel_size_um, region, params, polygons=None, post=None,
-                image=None):
-    """Segment, mask to the polygons, and (with ``post``) turn the class map into objects.
+def segment_job(data, model, pixel_size_um, region, params, polygons=None, post=True):
+    """The core's per-file pipeline on a layer's pixels, then masked to the polygons.
 
-    Runs in the worker thread. A result small enough for memory (a region of a slide) is
-    read out of its zarr store, which is then removed. Returns ``(SegmentResult, objects,
-    features)``; ``objects`` is None without ``post`` or when the result is too large.
+    Runs in the worker thread. With ``post`` (and a card that has post-processing) the
+    result is the card's objects, measured (a class model's: its cleaned class map). A result
+    small enough for memory (a region of a slide) is read out of its zarr store, which is
+    then removed. Returns ``(SegmentResult, labels, features)``: ``labels`` is None without
+    post-processing (the class map is ``SegmentResult.labels``).
     """
-    from ..postprocessing import object_table, postprocess
+    from ..pipeline import FileParams, iter_segment_file
+    from ..postprocessing import object_table
 
-    res = yield from iter_segment(data, model, pixel_size_um=pixel_size_um, region=region,
-                                  params=params)
+    post = post and bool(model.card.postprocess)
+    result = yield from iter_segment_file(
+        data, model, FileParams(segment=params, postprocess="card" if post else None,
+                                objects_csv=post),
+        region=region, pixel_size_um=pixel_size_um)
+    res = result.segment
+    labels, table = (result.labels, result.table) if post else (None, None)
     h, w = res.labels.shape
     if res.store_path is not None and h * w <= LARGE_PIXELS:
         res.labels = np.asarray(res.labels)
+        labels = None if labels is None else np.asarray(labels)
         if res.probabilities is not None:
             res.probabilities = np.asarray(res.probabilities, np.float32)
         if res.uncertainty is not None:
@@ -73,15 +80,17 @@ def segment_job(data, model, pixel_size_um, region, params, polygons=None, post=
             res.probabilities = np.where(inside, res.probabilities, 0).astype(np.float32)
         if res.uncertainty is not None:
             res.uncertainty = np.where(inside, res.uncertainty, 0).astype(np.float32)
-    if post is None or res.store_path is not None:
-        return res, None, None
-    yield Progress(res.info["tiles"], res.info["tiles"], "splitting into objects…")
-    objects = postprocess(res.labels, post)
-    intensity = None
-    if image is not None and res.downsample == 1:
-        y0, x0 = res.offset
-        intensity = np.asarray(image[y0:y0 + h, x0:x0 + w])
-    return res, objects, object_table(objects, intensity, res.pixel_size_um)
+        if labels is not None:
+            labels = np.where(inside, labels, 0).astype(labels.dtype)
+            if "class" in table:  # a class map's objects: keep those still inside
+                from skimage.measure import label as cc_label
+
+                kept = np.unique(cc_label(labels > 0, connectivity=2))
+                table = table[table["label"].isin(kept[kept > 0])].reset_index(drop=True)
+            else:  # objects cut by the polygon are measured again
+                image = None if result.image is None else np.asarray(result.image)
+                table = object_table(labels, image, res.pixel_size_um)
+    return res, labels, table
 
 
 class Region(str, Enum):
@@ -186,15 +195,6 @@ class SegmentWidget(QWidget):
             return_probabilities=self.show_probs.isChecked(),
         )
 
-    def postprocess_params(self):
-        """The card's post-processing when "Objects" is on and the card has one, else None."""
-        from ..postprocessing import PostprocessParams
-
-        model = self.selection.model
-        if not self.objects.isChecked() or model is None or not model.card.postprocess:
-            return None
-        return PostprocessParams(**model.card.postprocess)
-
     def run(self):
         """Start segmenting; returns the worker (None when the input is not usable)."""
         if self.worker is not None:
@@ -203,7 +203,6 @@ class SegmentWidget(QWidget):
         try:
             image, model, region, polygon = self._inputs()
             params = self.params()
-            post = self.postprocess_params()
         except GlandsegError as exc:
             notify("error", str(exc))
             return None
@@ -215,8 +214,8 @@ class SegmentWidget(QWidget):
         self.progress.setValue(0)
         self.status.setText(f"Running {model.name} on {image.name}…")
         self.worker = _worker.start(
-            segment_job, data, model, pixel_size, region, params, polygon, post,
-            None if image.multiscale else image.data,
+            segment_job, data, model, pixel_size, region, params, polygon,
+            self.objects.isChecked(),
             on_yield=self._on_progress,
             on_return=lambda out: self._on_result(out, image, model),
             on_done=lambda: self._set_running(False), what="segmentation",
@@ -289,17 +288,19 @@ class SegmentWidget(QWidget):
     def _on_result(self, out, image, model) -> None:
         from napari.utils.colormaps import DirectLabelColormap
 
-        res, objects, features = out
-        labels = res.labels
-        multiscale = False
-        if res.store_path is not None:  # a large result stays lazy, in its zarr store
+        res, post, features = out
+        card = model.card
+
+        def shown(arr):  # a large result stays lazy, in its zarr store
+            if res.store_path is None:
+                return arr, False
+            levels = lazy_pyramid([arr])
+            return (levels, True) if len(levels) > 1 else (levels[0], False)
+
+        if res.store_path is not None:
             _STORES.add(res.store_path)
-            labels = lazy_pyramid([labels])
-            multiscale = len(labels) > 1
-            labels = labels if multiscale else labels[0]
         scale = np.asarray(image.scale[-2:]) * res.downsample
         translate = np.asarray(image.translate[-2:]) + np.asarray(res.offset) * image.scale[-2:]
-        card = model.card
         meta = {"model": card.name, "source_image": image.name,
                 "image_path": image.metadata.get("source_path"),
                 "pixel_size_um": res.pixel_size_um,
@@ -308,26 +309,27 @@ class SegmentWidget(QWidget):
                 "class_names": card.class_names, "seconds": res.seconds, "device": res.device,
                 "postprocess_defaults": dict(card.postprocess),
                 "store_path": res.store_path}
+        colours = {None: "transparent", 0: "transparent"}
+        colours.update({i: c for i, c in enumerate(card.class_colours) if i})
+        class_model = features is not None and "class" in features
         self.last_layers = []
-        if objects is None and self.objects.isChecked() and card.postprocess and \
-                res.store_path is not None:
-            notify("info", "the result is too large to split into objects here: use "
-                   "Post-process on a region, or `glandseg segment`")
-        if objects is None or self.keep_classes.isChecked():
-            colours = {None: "transparent", 0: "transparent"}
-            colours.update({i: c for i, c in enumerate(card.class_colours) if i})
+        if post is None or class_model or self.keep_classes.isChecked():
+            # the class map: as predicted, or (a class model) cleaned, with its objects' table
+            data, multiscale = shown(post if class_model else res.labels)
             layer = self.viewer.add_labels(
-                labels, name=unique_name(self.viewer, f"{image.name} [{card.name}]"),
-                scale=scale, translate=translate,
+                data, name=unique_name(self.viewer, f"{image.name} [{card.name}]"),
+                scale=scale, translate=translate, multiscale=multiscale, opacity=0.5,
+                features=features if class_model else None,
                 metadata={**meta, "glandseg_role": "prediction"},
-                colormap=DirectLabelColormap(color_dict=colours), opacity=0.5,
-                multiscale=multiscale)
+                colormap=DirectLabelColormap(color_dict=colours))
             track_edits(layer)
             self.last_layers.append(layer)
-        if objects is not None:
+        if post is not None and not class_model:
+            data, multiscale = shown(post)
             layer = self.viewer.add_labels(
-                objects, name=unique_name(self.viewer, f"{image.name} [{card.name} objects]"),
-                scale=scale, translate=translate, features=features, opacity=0.5,
+                data, name=unique_name(self.viewer, f"{image.name} [{card.name} objects]"),
+                scale=scale, translate=translate, multiscale=multiscale, opacity=0.5,
+                features=features,
                 metadata={**meta, "glandseg_role": "objects",
                           "postprocess": dict(card.postprocess)})
             track_edits(layer)
