@@ -185,6 +185,9 @@ def _segment_blockwise(args) -> int:
 
 def _segment(args) -> int:
     if args.ome_zarr or args.workers is not None or args.scheduler:
+        if args.geojson:
+            raise GlandsegError("--geojson is for per-file runs; with --ome-zarr, export the "
+                                "objects of a region from the Correct widget")
         return _segment_blockwise(args)
     from pathlib import Path
 
@@ -202,6 +205,10 @@ def _segment(args) -> int:
         postprocess=postprocess_for(model.card, split=args.split, min_size=args.min_size),
         pixel_size_um=args.pixel_size, probabilities=args.probabilities,
         objects_csv=args.objects_csv, overwrite=args.overwrite)
+    if args.geojson:
+        from .geojson import pipeline_writer
+
+        params.writers.append(pipeline_writer(model.card))
     files = iter_image_files(args.inputs)
     if not files:
         raise GlandsegError("no input images found")
@@ -485,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "rescaling to the model's scale")
     s.add_argument("--probabilities", action="store_true", help="also write probabilities")
     s.add_argument("--objects-csv", action="store_true", help="also write a per-object CSV")
+    s.add_argument("--geojson", action="store_true",
+                   help="also write the objects as QuPath GeoJSON (<stem>_objects.geojson)")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--ome-zarr", action="store_true",
