@@ -89,7 +89,10 @@ def test_bad_clicks_are_notifications_and_keys_choose_tools(widget, notes):
 
 
 def test_review_queue_zooms_marks_and_keeps_state_in_features(widget, notes):
+    import pandas as pd
+
     viewer, w, layer = widget
+    layer.features = pd.DataFrame({"label": [1, 2, 3, 4], "area": [900, 900, 2400, 16]})
     q = w.rank()
     assert len(q) == 4
     assert int(q.table["label"].iloc[0]) == 4  # the faint speck is the most suspicious
@@ -107,6 +110,7 @@ def test_review_queue_zooms_marks_and_keeps_state_in_features(widget, notes):
     assert w.review_label.text().startswith("1 of 4 reviewed")
     f = layer.features.set_index("index")
     assert f.loc[4, "review"] == "accepted" and f.loc[4, "review_rank"] == 0
+    assert f.loc[4, "area"] == 16 and f.loc[4, "label"] == 4  # the object table stays
     # an edit through the tools marks its objects corrected
     w.set_tool("fill")
     w.click((20, 20))

@@ -444,10 +444,13 @@ class CorrectWidget(QWidget):
                 "review_rank": -1, "review_score": np.nan})], ignore_index=True)
         old = layer.features
         if old is not None and len(old) and ("label" in old or "index" in old):
-            key = "index" if "index" in old else "label"
             keep = old.drop(columns=[c for c in ("review", "review_rank", "review_score")
-                                     if c in old]).rename(columns={key: "index"})
+                                     if c in old])
+            if "index" not in keep:  # napari maps rows to labels by an "index" column
+                keep = keep.assign(index=keep["label"].to_numpy())
             table = keep.merge(table, on="index", how="outer")
+            if "label" in table:  # rows of objects made by edits get their label too
+                table["label"] = table["label"].fillna(table["index"]).astype(int)
         layer.features = table
         layer.metadata["review"] = {"summary": q.summary()}
         self._update_review_label()
