@@ -128,6 +128,7 @@ def test_sample_workflow(make_napari_viewer, qtbot, tmp_path, notes):
 
 def test_slide_workflow(make_napari_viewer, qtbot, tmp_path, data_dir, notes, monkeypatch):
     viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((8, 8)), name="another image")
     w = _widgets(viewer)
     w["Model"].select("glands-he")
     (slide,) = w["Load"].open_files([data_dir / "wsi/cmu_small_region.svs"])
@@ -144,9 +145,10 @@ def test_slide_workflow(make_napari_viewer, qtbot, tmp_path, data_dir, notes, mo
     seg.tile.setValue(256)
     seg.tta.setChecked(True)
     seg.keep_classes.setChecked(True)
+    seg.show_probs.setChecked(True)
     stores = set(Path(tempfile.gettempdir()).glob("glandseg-*.zarr"))
     _wait(qtbot, seg.run())
-    objects, classes, uncertainty = seg.last_layers
+    objects, classes, probability, uncertainty = seg.last_layers
     assert objects.metadata["glandseg_role"] == "objects" and not objects.multiscale
     assert uncertainty.name.endswith("uncertainty") and uncertainty.data.shape == (201, 201)
     assert classes.data.shape == (201, 201)
@@ -154,12 +156,15 @@ def test_slide_workflow(make_napari_viewer, qtbot, tmp_path, data_dir, notes, mo
     assert classes.metadata["pixel_size_um"] == pytest.approx(px)  # features in um, TIFF res
     # masked to the polygon, not its bounding box: nothing below the diagonal
     yy, xx = np.mgrid[:201, :201]
-    assert not classes.data[yy + xx > 201].any() and not uncertainty.data[yy + xx > 201].any()
+    outside = yy + xx > 201
+    assert not classes.data[outside].any() and not objects.data[outside].any()
+    assert not probability.data[outside].any() and not uncertainty.data[outside].any()
     assert set(Path(tempfile.gettempdir()).glob("glandseg-*.zarr")) == stores  # none left
 
     # Post-process (in the background) picks the newest prediction, never truth
     pp = w["Post-process"]
     pp.labels_box.setCurrentText(classes.name)
+    assert pp.image_box.currentText() == slide.name  # measured on the image it came from
     _wait(qtbot, pp.apply())
     post = pp.last_layer
     assert "area_um2" in post.features and tuple(post.translate) == tuple(classes.translate)

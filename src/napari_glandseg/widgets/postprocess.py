@@ -117,6 +117,7 @@ class PostprocessWidget(QWidget):
         self.split_box.currentTextChanged.connect(self._schedule)
         self.fill_holes.toggled.connect(self._schedule)
         self.labels_box.currentTextChanged.connect(self._adopt_defaults)
+        self.labels_box.currentTextChanged.connect(self._adopt_image)
         self.labels_box.currentTextChanged.connect(self._schedule)
         self.preview.toggled.connect(self._preview_toggled)
         self.apply_btn.clicked.connect(self.apply)
@@ -328,10 +329,16 @@ class PostprocessWidget(QWidget):
         if self.labels_box.currentText() != before:
             self._adopt_defaults(self.labels_box.currentText())
         fill_layer_box(self.image_box, self.viewer, Image, extra=("",))
-        if not self.image_box.currentText():
+        if self.labels_box.currentText() != before or not self.image_box.currentText():
+            # the intensity image is the one the labels were made from
             source = self._layer_meta(self.labels_box.currentText()).get("source_image")
             if source and self.image_box.findText(source) >= 0:
                 self.image_box.setCurrentText(source)
+
+    def _adopt_image(self, name: str) -> None:
+        source = self._layer_meta(name).get("source_image")
+        if source and self.image_box.findText(source) >= 0:
+            self.image_box.setCurrentText(source)
 
     def _layer_meta(self, name) -> dict:
         return self.viewer.layers[name].metadata if name and name in self.viewer.layers else {}

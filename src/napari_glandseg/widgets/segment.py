@@ -77,7 +77,10 @@ def segment_job(data, model, pixel_size_um, region, params, polygons=None, post=
             inside |= polygon2mask((h, w), (poly - np.asarray(res.offset)) / res.downsample)
         res.labels = np.where(inside, res.labels, 0).astype(res.labels.dtype)
         if res.probabilities is not None:  # maps too: nothing is claimed outside the ROI
-            res.probabilities = np.where(inside, res.probabilities, 0).astype(np.float32)
+            probs = np.where(inside, res.probabilities, 0).astype(np.float32)
+            if probs.shape[0] > 1:
+                probs[0][~inside] = 1.0  # background, for a softmax model
+            res.probabilities = probs
         if res.uncertainty is not None:
             res.uncertainty = np.where(inside, res.uncertainty, 0).astype(np.float32)
         if labels is not None:
