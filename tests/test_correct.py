@@ -73,6 +73,15 @@ def test_split_line_across_the_neck():
         C.split_line(lab, [(0, 0), (0, 5)])
 
 
+def test_split_line_along_a_diagonal():
+    """An 8-connected diagonal line still parts the object (pieces are 4-connected)."""
+    lab = np.zeros((30, 30), np.int32)
+    lab[5:25, 5:25] = 1
+    out = C.split_line(lab, [(2, 2), (27, 27)]).apply(lab.copy())
+    assert out[20, 8] != out[8, 20] and {out[20, 8], out[8, 20]} == {1, 2}
+    assert (out[lab == 1] > 0).all()
+
+
 def test_split_seeds_follows_the_neck_and_the_probability_valley():
     lab = _dumbbell()
     out = C.split_seeds(lab, [(20, 12), (20, 66)]).apply(lab.copy())
@@ -116,6 +125,28 @@ def test_add_object_grows_a_missed_object_from_probabilities_even_a_faint_one():
     flat = np.ones((120, 120), np.float32)
     edit = C.add_object(lab, (60, 60), probabilities=flat, radius=10)
     assert edit.n_changed <= 21 * 21
+
+
+def test_add_object_does_not_leak_into_a_plateau():
+    """A region that runs to the window's edge is grown again at a higher level."""
+    yy, xx = np.mgrid[:200, :200]
+    disk = (yy - 100) ** 2 + (xx - 100) ** 2 < 15 ** 2
+    prob = np.full((200, 200), 0.02, np.float32)
+    prob[40:200, 40:200] = 0.5  # a half-sure plateau reaching beyond the window
+    prob[disk] = 0.9
+    lab = np.zeros((200, 200), np.int32)
+    lab[0:10, 0:10] = 1
+    out = C.add_object(lab, (100, 100), probabilities=prob, radius=60).apply(lab.copy())
+    assert _iou(out == 2, disk) > 0.9
+
+
+def test_split_seeds_shares_a_convex_object():
+    """A disk has one basin: the two seeds share it instead of one taking nearly all."""
+    yy, xx = np.mgrid[:60, :60]
+    lab = ((yy - 30) ** 2 + (xx - 30) ** 2 < 25 ** 2).astype(np.int32)
+    out = C.split_seeds(lab, [(30, 12), (30, 40)]).apply(lab.copy())
+    sizes = np.bincount(out.ravel())[1:]
+    assert len(sizes) == 2 and sizes.min() > 0.3 * sizes.sum()
 
 
 def test_add_object_from_the_image_alone():
