@@ -171,3 +171,29 @@ def test_mouse_clicks_use_the_tool_and_drags_pan(widget, notes):
     mouse_release_callbacks(layer, event("mouse_release", (26, 202)))
     assert not (layer.data == 4).any()
     assert notes == []
+
+
+def test_a_large_layer_is_ranked_and_exported_where_it_is_on_screen(widget, tmp_path, qtbot,
+                                                                    monkeypatch, notes):
+    import napari_glandseg.widgets.correct as wc
+
+    viewer, w, layer = widget
+    viewer.window.show()  # corner_pixels follow the camera when the canvas draws
+    monkeypatch.setattr(wc, "REGION_PIXELS", 100)  # as if the layer were a slide
+    scene = getattr(viewer, "scene", None)
+    camera = scene.camera if scene is not None else viewer.camera
+    camera.center = (25, 25)
+    camera.zoom = camera.zoom * 6
+    qtbot.waitUntil(lambda: np.asarray(layer.corner_pixels)[1, -1] < 139, timeout=5000)
+    (y0, x0), (y1, x1) = np.asarray(layer.corner_pixels)[:, -2:]
+    assert y1 - y0 < 99 or x1 - x0 < 139  # only part of the layer is on screen
+    region = wc._view_region(layer)
+    assert region[0] == y0 and region[1] == x0
+    table = w.rank().table
+    assert set(table["label"]) == set(np.unique(layer.data[y0:y1 + 1, x0:x1 + 1])) - {0}
+    assert w.export_geojson(tmp_path / "view.geojson")
+    fc = json.loads((tmp_path / "view.geojson").read_text(encoding="utf-8"))
+    for f in fc["features"]:
+        xy = np.asarray(f["geometry"]["coordinates"][0])
+        assert xy[:, 0].min() >= x0 - 0.01 and xy[:, 0].max() <= x1 + 1.01
+        assert xy[:, 1].min() >= y0 - 0.01 and xy[:, 1].max() <= y1 + 1.01

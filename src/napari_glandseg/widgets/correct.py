@@ -344,10 +344,7 @@ class CorrectWidget(QWidget):
         if layer is None:
             return None
         data = layer.data[0] if layer.multiscale else layer.data
-        region = None
-        if data.shape[-2] * data.shape[-1] > 4096 * 4096:
-            (y0, x0), (y1, x1) = np.asarray(layer.corner_pixels)[:, -2:]
-            region = (int(y0), int(x0), int(y1) + 1, int(x1) + 1)
+        region = _view_region(layer)
         try:
             table = core.rank_objects(data, self._plane(self.prob_box, "probability"),
                                       self._plane(self.unc_box, "uncertainty"), region=region)
@@ -480,11 +477,18 @@ class CorrectWidget(QWidget):
         if layer is None:
             return False
         meta = layer.metadata
-        data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+        data = layer.data[0] if layer.multiscale else layer.data
+        full = tuple(data.shape[-2:])
         offset, downsample = self._geometry(layer)
+        region = _view_region(layer) or (0, 0, *full)  # a slide: the objects on screen
+        y0, x0, y1, x1 = region
+        data = np.asarray(data[y0:y1, x0:x1])
+        offset = (offset[0] + y0 * downsample, offset[1] + x0 * downsample)
         names = meta.get("class_names") or []
         try:
-            classes, names, colours = _classification(self.viewer, layer, data, names)
+            classes, names, colours = _classification(self.viewer, layer, full, names)
+            if classes is not None:
+                classes = np.asarray(classes[y0:y1, x0:x1])
             table = layer.features if layer.features is not None and \
                 ("index" in layer.features or "label" in layer.features) else None
             px = meta.get("pixel_size_um")
@@ -565,7 +569,25 @@ def _review_status(layer) -> dict:
             if isinstance(s, str) and s}
 
 
-def _classification(viewer, layer, data, names):
+#: Layers with more pixels than this (slides) are ranked and exported where they are on screen.
+REGION_PIXELS = 4096 * 4096
+
+
+def _view_region(layer):
+    """The level-0 box on screen when the layer is larger than REGION_PIXELS, else None."""
+    data = layer.data[0] if layer.multiscale else layer.data
+    if data.shape[-2] * data.shape[-1] <= REGION_PIXELS:
+        return None
+    (y0, x0), (y1, x1) = np.asarray(layer.corner_pixels, float)[:, -2:]
+    f = np.ones(2)
+    if layer.multiscale:
+        f = np.asarray(layer.downsample_factors[layer.data_level], float)[-2:]
+    h, w = data.shape[-2:]
+    return (int(y0 * f[0]), int(x0 * f[1]), min(int((y1 + 1) * f[0]), h),
+            min(int((x1 + 1) * f[1]), w))
+
+
+def _classification(viewer, layer, shape, names):
     """Class map, names and colours for the export: a semantic model's prediction layer of
     the same image gives each object its class; otherwise one class named after the model."""
     meta = layer.metadata
@@ -575,8 +597,8 @@ def _classification(viewer, layer, data, names):
             m = la.metadata
             if m.get("glandseg_role") == "prediction" and m.get("model") == meta.get("model") \
                     and m.get("source_image") == meta.get("source_image") and \
-                    tuple(la.data.shape[-2:]) == data.shape:
+                    tuple(la.data.shape[-2:]) == tuple(shape) and not la.multiscale:
                 colours = meta.get("class_colours") or None
-                return np.asarray(la.data), names, colours
+                return la.data, names, colours
     name = meta.get("model") or (names[1] if len(names) > 1 else "Object")
     return None, ["background", name], None
