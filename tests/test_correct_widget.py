@@ -197,3 +197,26 @@ def test_a_large_layer_is_ranked_and_exported_where_it_is_on_screen(widget, tmp_
         xy = np.asarray(f["geometry"]["coordinates"][0])
         assert xy[:, 0].min() >= x0 - 0.01 and xy[:, 0].max() <= x1 + 1.01
         assert xy[:, 1].min() >= y0 - 0.01 and xy[:, 1].max() <= y1 + 1.01
+
+
+def test_class_model_objects_are_ranked_and_exported_with_their_class(make_napari_viewer,
+                                                                      tmp_path, notes):
+    viewer = make_napari_viewer()
+    objects = _objects()
+    classes = np.where(objects > 0, 1, 0).astype(np.uint8)
+    classes[objects == 3] = 2
+    meta = {"source_image": "cells", "model": "wbc",
+            "class_names": ["background", "cytoplasm", "nucleus"]}
+    viewer.add_labels(classes, name="cells [wbc]",
+                      metadata={**meta, "glandseg_role": "prediction"})
+    viewer.add_labels(objects, name="cells [wbc objects]",
+                      metadata={**meta, "glandseg_role": "objects"})
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Correct")
+    w.labels_box.setCurrentText("cells [wbc objects]")
+    table = w.rank().table.set_index("label")
+    assert table.loc[3, "class"] == 2 and table.loc[1, "class"] == 1
+    assert w.export_geojson(tmp_path / "cells.geojson")
+    fc = json.loads((tmp_path / "cells.geojson").read_text(encoding="utf-8"))
+    names = {f["properties"]["measurements"]["Label"]: f["properties"]["classification"]["name"]
+             for f in fc["features"]}
+    assert names == {1: "cytoplasm", 2: "cytoplasm", 3: "nucleus", 4: "cytoplasm"}

@@ -345,9 +345,12 @@ class CorrectWidget(QWidget):
             return None
         data = layer.data[0] if layer.multiscale else layer.data
         region = _view_region(layer)
-        try:
+        names = layer.metadata.get("class_names") or []
+        classes = _classification(self.viewer, layer, data.shape[-2:], names)[0]
+        try:  # a class model's objects are judged against others of their class
             table = core.rank_objects(data, self._plane(self.prob_box, "probability"),
-                                      self._plane(self.unc_box, "uncertainty"), region=region)
+                                      self._plane(self.unc_box, "uncertainty"),
+                                      classes=classes, region=region)
         except GlandsegError as exc:
             notify("error", str(exc))
             return None
