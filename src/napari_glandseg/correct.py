@@ -383,7 +383,9 @@ def relabel(labels) -> Edit:
         raise GlandsegError(f"labels have negative ids (minimum {labels.min()})")
     present = np.flatnonzero(np.bincount(labels.ravel()))
     present = present[present > 0]
-    after = renumber(labels, present).astype(labels.dtype, copy=False)
+    # the owner's mapping as a lookup table over the ids, then one gather over the image
+    lut = renumber(np.arange(int(labels.max(initial=0)) + 1), present).astype(labels.dtype)
+    after = lut[labels]
     kept = list(range(1, len(present) + 1))
     gone = sorted(set(present.tolist()) - set(kept))
     return Edit("relabel", (0, 0, *labels.shape), np.array(labels, copy=True), after,
