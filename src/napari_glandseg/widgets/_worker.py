@@ -93,17 +93,28 @@ def start(gen_func: Callable, *args, on_yield=None, on_return=None, on_done=None
 def _attach_progress_bar(worker, desc: str) -> None:
     from napari.utils import progress
 
-    bar = {}
+    state = {"pbar": None, "busy": False, "ended": False}
 
     def update(p):
-        if "pbar" not in bar:
-            bar["pbar"] = progress(total=p.total, desc=desc)
-        bar["pbar"].n = p.done
-        bar["pbar"].refresh()
+        # Making or refreshing a napari bar can process pending events, so this handler
+        # may be re-entered with the next record: skip it rather than make a second bar
+        # (which nothing would close). After the end, late records make no new bar.
+        if state["busy"] or state["ended"]:
+            return
+        state["busy"] = True
+        try:
+            if state["pbar"] is None:
+                state["pbar"] = progress(total=p.total, desc=desc)
+            state["pbar"].n = p.done
+            state["pbar"].refresh()
+        finally:
+            state["busy"] = False
 
     def close():
-        if "pbar" in bar:
-            bar.pop("pbar").close()
+        state["ended"] = True
+        if state["pbar"] is not None:
+            state.pop("pbar").close()
+            state["pbar"] = None
 
     worker.yielded.connect(update)
     worker.finished.connect(close)
