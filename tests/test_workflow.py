@@ -219,6 +219,12 @@ def test_slide_result_stores_go_with_their_layer(make_napari_viewer, qtbot, data
     assert store.is_dir()
     viewer.layers.remove(layer)
     assert not store.exists()
+    # and when the widget goes with its window, the layer still open
+    _wait(qtbot, seg.run())
+    store = Path(seg.last_layers[0].metadata["store_path"])
+    assert store.is_dir()
+    seg.destroyed.emit()  # what deleting the widget with its window does
+    assert not store.exists()
 
 
 def test_cancel_with_tta_stops_within_one_pass(make_napari_viewer, qtbot, data_dir, notes,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import shutil
 from enum import Enum
+from functools import partial
 
 import numpy as np
 from qtpy.QtWidgets import (
@@ -38,6 +39,12 @@ def _remove_store(path: str) -> None:
 
 
 atexit.register(lambda: [_remove_store(p) for p in list(_STORES)])
+
+
+def _remove_stores(paths: set, *_) -> None:
+    for path in list(paths):
+        _remove_store(path)
+    paths.clear()
 
 
 def segment_job(data, model, pixel_size_um, region, params, polygons=None, post=True):
@@ -184,6 +191,9 @@ class SegmentWidget(QWidget):
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self.viewer.layers.events.changed.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._forget_store)
+        # the stores this widget made go when it does (the window closing deletes it)
+        self._stores: set[str] = set()
+        self.destroyed.connect(partial(_remove_stores, self._stores))
         self.selection.changed.connect(self._show_model)
         self._refresh_layers()
         self._show_model()
@@ -302,6 +312,7 @@ class SegmentWidget(QWidget):
 
         if res.store_path is not None:
             _STORES.add(res.store_path)
+            self._stores.add(res.store_path)
         scale = np.asarray(image.scale[-2:]) * res.downsample
         translate = np.asarray(image.translate[-2:]) + np.asarray(res.offset) * image.scale[-2:]
         meta = {"model": card.name, "source_image": image.name,
