@@ -439,3 +439,15 @@ def test_validation_report_scores_what_training_selected_on(glas):
         assert r["score"] == pytest.approx((r["object_f1"] + r["object_dice"]) / 2)
     res.model.card.metrics["selected_on"] = "val_aji"
     assert tr.selection_score(rows[0], res.model.card) == rows[0]["aji"]
+
+
+def test_settings_of_the_wrong_type_are_named(tmp_path, glas):
+    with pytest.raises(GlandsegError, match="lr must be float, got 'fast'"):
+        TrainParams(lr="fast")
+    with pytest.raises(GlandsegError, match="epochs must be int, got 2.5"):
+        TrainParams(epochs=2.5)
+    from napari_glandseg.cli import main
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text('{"lr": "fast"}')
+    assert main(["train", "--config", str(cfg), "--data", str(tmp_path)]) == 2

@@ -43,7 +43,6 @@ import torch
 
 from ._files import atomic_path
 from .errors import GlandsegError, as_enum
-from .inference import _cpu_has_bf16, _norm_stats, _normalise
 from .io import find_pairs, read_pair
 from .models import (
     Architecture,
@@ -56,6 +55,7 @@ from .models import (
     save_checkpoint,
     user_dir,
 )
+from .preprocess import cpu_has_bf16, norm_stats, normalise
 from .progress import Progress, run_to_end
 from .stain import StainNorm, check_card_entry
 
@@ -249,9 +249,10 @@ class TrainParams:
         self.loss = as_enum(Loss, self.loss, "loss")
         self.target = as_enum(Target, self.target, "target")
         self.select = as_enum(Selection, self.select, "select")
-        from .models.store import _check_name
+        from .models import check_model_name
 
-        _check_name(self.name)
+        _check_types(self)
+        check_model_name(self.name)
         for k in ("pixel_size_um", "data_pixel_size_um"):
             v = getattr(self, k)
             if v is not None and not (isinstance(v, int | float) and 0 < v < 1000):
@@ -287,6 +288,28 @@ class TrainParams:
         if not 0 <= self.foreground_fraction <= 1:
             raise GlandsegError(f"foreground_fraction must be in [0, 1], got "
                                 f"{self.foreground_fraction!r}")
+
+
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
+          "dict": (dict,), "list": (list,)}
+
+
+def _check_types(params) -> None:
+    """Each setting has its declared type (a config's ``"lr": "fast"`` is named, not a
+    traceback)."""
+    from dataclasses import fields as _fields
+
+    for f in _fields(params):
+        v = getattr(params, f.name)
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        if v is None and "None" in kinds or isinstance(v, Enum):
+            continue
+        allowed = tuple(t for k in kinds for t in _TYPES.get(k, ()))
+        if not allowed:
+            continue
+        if isinstance(v, bool) and bool not in allowed or not isinstance(v, allowed):
+            want = " or ".join(k for k in kinds if k in _TYPES or k == "None")
+            raise GlandsegError(f"{f.name} must be {want}, got {v!r}")
 
 
 @dataclass
@@ -566,7 +589,7 @@ class PatchSampler:
         areas = np.array([t.size for t in targets], float)
         self.weights = areas / areas.sum()
         # whole-image statistics, as inference uses (None for fixed normalisations)
-        self.stats = [_norm_stats(p.image, (0, 0, *p.image.shape[:2]), normalization)
+        self.stats = [norm_stats(p.image, (0, 0, *p.image.shape[:2]), normalization)
                       for p in pairs]
 
     def sample(self, augment: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -584,7 +607,7 @@ class PatchSampler:
         tgt = _crop_pad(target, cy, cx, big)
         if augment:
             img, tgt = _augment(img, tgt, size, self.p, self.rng)
-        x = _normalise(img, self.norm, self.stats[i])
+        x = normalise(img, self.norm, self.stats[i])
         return x, tgt
 
 
@@ -961,7 +984,7 @@ def _setup(train_pairs, val_pairs, params: TrainParams) -> _Run:
     amp = None
     if params.mixed_precision and device.type == "cuda":
         amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    elif params.mixed_precision and device.type == "cpu" and _cpu_has_bf16():
+    elif params.mixed_precision and device.type == "cpu" and cpu_has_bf16():
         amp = torch.bfloat16  # 2.9x faster steps with channels-last on this project's CPU
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     net.to(memory_format=torch.channels_last)

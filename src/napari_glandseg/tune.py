@@ -183,10 +183,9 @@ def save_tuned(model, result: TuneResult, name: str, data: str = ""):
     """Write ``model`` with the tuned post-processing into the store as ``name`` (a copy:
     the original model is never changed; an existing ``name`` is refused). Returns the
     path."""
-    from .models import list_models, save_checkpoint, user_dir
-    from .models.store import _check_name
+    from .models import check_model_name, list_models, save_checkpoint, user_dir
 
-    _check_name(name)
+    check_model_name(name)
     if any(m.name == name for m in list_models()):
         raise GlandsegError(f"a model named {name!r} exists; choose another name")
     card = copy.deepcopy(model.card)
