@@ -88,7 +88,7 @@ def test_bad_clicks_are_notifications_and_keys_choose_tools(widget, notes):
     assert w.tool is None and not w.tool_buttons["merge"].isChecked()
 
 
-def test_review_queue_zooms_marks_and_keeps_state_in_features(widget, notes):
+def test_review_queue_zooms_marks_and_keeps_state_in_features(widget, tmp_path, notes):
     import pandas as pd
 
     viewer, w, layer = widget
@@ -116,6 +116,13 @@ def test_review_queue_zooms_marks_and_keeps_state_in_features(widget, notes):
     w.click((20, 20))
     assert layer.features.set_index("index").loc[1, "review"] == "corrected"
     assert w.queue.summary() == "2 of 4 reviewed"
+    # the marks travel in the GeoJSON and come back with it: the review goes on
+    path = tmp_path / "reviewed.geojson"
+    assert w.export_geojson(path)
+    back = w.import_geojson(path)
+    w.labels_box.setCurrentText(back.name)
+    assert w.rank().summary() == "2 of 4 reviewed"
+    assert w.queue.status == {4: "accepted", 1: "corrected"}
 
 
 def test_geojson_export_and_import(widget, tmp_path, notes):

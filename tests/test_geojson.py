@@ -60,7 +60,8 @@ def test_classes_colours_and_measurements_in_um():
     classes[2:4, 15:25] = 2  # a minority of 2 inside object 2
     import pandas as pd
 
-    table = pd.DataFrame({"label": [1, 2], "score": [0.25, 0.75], "y0": [2, 2]})
+    table = pd.DataFrame({"label": [1, 2], "score": [0.25, 0.75], "y0": [2, 2],
+                          "review": ["accepted", ""]})
     fc = labels_to_geojson(lab, classes=classes, class_names=["bg", "cytoplasm", "nucleus"],
                            class_colours=["#000000", "#ff3b30", "#34c759"],
                            pixel_size_um=0.5, object_type="detection", table=table)
@@ -72,6 +73,8 @@ def test_classes_colours_and_measurements_in_um():
     assert abs(m["Area µm^2"] - 100 * 0.25) < 0.2  # 100 pixels of 0.25 um^2, corners cut
     assert abs(m["Perimeter µm"] - 40 * 0.5) < 1.5
     assert m["score"] == 0.25 and "y0" not in m
+    assert props[1]["review"] == "accepted" and "review" not in props[2]
+    assert geojson_to_labels(fc, lab.shape).review == {1: "accepted"}
     assert "Area px^2" in labels_to_geojson(lab)["features"][0]["properties"]["measurements"]
     with pytest.raises(GlandsegError, match="object type"):
         labels_to_geojson(lab, object_type="cell")

@@ -186,6 +186,7 @@ def labels_to_geojson(labels, classes=None, class_names=None, class_colours=None
                                 f"{labels.shape}")
         cls_of = _object_classes(labels, slices, classes)
     extra = _extra_measurements(table)
+    review = _review_marks(table)
     unit, factor = ("µm", pixel_size_um) if pixel_size_um else ("px", 1.0)
     features = []
     for i, sl in enumerate(slices, 1):
@@ -216,15 +217,27 @@ def labels_to_geojson(labels, classes=None, class_names=None, class_colours=None
                 f"Area {unit}^2": float(geom.area * factor**2),
                 f"Perimeter {unit}": float(geom.length * factor)}
         meas.update(extra.get(i, {}))
+        props = {"objectType": object_type,
+                 "classification": {"name": name, "color": _rgb(colour)},
+                 "measurements": meas}
+        if i in review:  # the review queue's mark travels with the object
+            props["review"] = review[i]
         features.append({
             "type": "Feature",
             "id": str(uuid.uuid5(_NAMESPACE, f"{i}:{geom.bounds}")),
             "geometry": mapping(geom),
-            "properties": {"objectType": object_type,
-                           "classification": {"name": name, "color": _rgb(colour)},
-                           "measurements": meas},
+            "properties": props,
         })
     return {"type": "FeatureCollection", "features": features}
+
+
+def _review_marks(table) -> dict[int, str]:
+    """``{label: "accepted" | "corrected"}`` from a features table's ``review`` column."""
+    if table is None or not len(table) or "review" not in table:
+        return {}
+    key = "label" if "label" in table else "index"
+    return {int(i): str(r) for i, r in zip(table[key], table["review"], strict=True)
+            if isinstance(r, str) and r}
 
 
 def _extra_measurements(table) -> dict[int, dict]:
@@ -277,12 +290,15 @@ class ImportedObjects:
         Classification name -> [r, g, b].
     skipped : int
         Features without a polygon (points, lines) or wholly outside the labels.
+    review : dict
+        Object id -> review mark (``accepted``, ``corrected``) written by our export.
     """
 
     labels: np.ndarray
     class_of: dict = field(default_factory=dict)
     colours: dict = field(default_factory=dict)
     skipped: int = 0
+    review: dict = field(default_factory=dict)
 
     def class_map(self, class_names) -> np.ndarray:
         """A class-index map for training truth: each object's pixels take the index of its
@@ -395,6 +411,8 @@ def geojson_to_labels(source, shape, offset=(0, 0), downsample: float = 1.0,
         cls = props.get("classification") or {}
         name = cls.get("name", "") if isinstance(cls, dict) else str(cls)
         out.class_of[i] = name
+        if isinstance(props.get("review"), str) and props["review"]:
+            out.review[i] = props["review"]
         if name and "color" in cls and name not in out.colours:
             out.colours[name] = _rgb(cls["color"]) if not isinstance(cls["color"], int) \
                 else _int_rgb(cls["color"])

@@ -529,7 +529,8 @@ class CorrectWidget(QWidget):
         import pandas as pd
 
         ids = sorted(out.class_of)
-        features = pd.DataFrame({"index": ids, "class": [out.class_of[i] for i in ids]})
+        features = pd.DataFrame({"index": ids, "class": [out.class_of[i] for i in ids],
+                                 "review": [out.review.get(i, "") for i in ids]})
         src = like.metadata.get("source_image") or like.name
         layer = self.viewer.add_labels(
             out.labels, name=unique_name(self.viewer, f"{Path(path).stem} [GeoJSON]"),
