@@ -543,3 +543,53 @@ def test_gui_opens_each_sample_with_its_bundled_model(sample, model, image, make
     truth = viewer.layers[f"{image} [truth]"].data
     assert ((labels > 0) == (truth > 0)).mean() > 0.85  # a real segmentation
     assert [n for n in notes if n[0] == "error"] == []
+
+
+def test_postprocess_tunes_on_validation_images_and_saves_a_copy(make_napari_viewer, qtbot,
+                                                                 tmp_path, notes):
+    from skimage.io import imsave
+
+    from napari_glandseg.models import Model, build_from_card, load_model
+    from napari_glandseg.widgets._state import selection_for
+
+    class Scores(torch.nn.Module):  # logits = the image's channels: predictions by hand
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return x * 20 * self.w
+
+    yy, xx = np.mgrid[:64, :80]
+    a = (yy - 32) ** 2 + (xx - 26) ** 2 <= 100
+    truth = (a * 1 + (((yy - 32) ** 2 + (xx - 46) ** 2 <= 144) & ~a) * 2).astype(np.uint16)
+    image = np.zeros((*truth.shape, 3), np.uint8)
+    image[..., 0], image[..., 1] = 255 * (truth == 0), 255 * (truth > 0)  # merged interior
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    for n in ("a", "b"):
+        imsave(tmp_path / "images" / f"{n}.png", image, check_contrast=False)
+        imsave(tmp_path / "masks" / f"{n}.png", truth, check_contrast=False)
+    card = ModelCard(name="scores", architecture="base_cnn", in_channels=3, num_classes=3,
+                     boundary_class=True, normalization="unit", arch_kwargs={"widths": [4, 8]},
+                     class_names=["background", "interior", "boundary"],
+                     postprocess={"split": "none", "min_size": 50},
+                     metrics={"selected_on": "val_object_f1"})
+    viewer = make_napari_viewer()
+    w = _dock(viewer, "Post-process")
+    assert w.tune_folder(tmp_path) is None  # no model chosen yet: one clear message
+    assert "choose a model" in notes[-1][1]
+    selection_for(viewer).set(Model(Scores(), card))
+    with qtbot.waitSignal(w.tune_folder(tmp_path).finished, timeout=60000):
+        pass
+    # the card's "no split" merges the two disks; the best setting splits them
+    assert w.split_box.currentText() in ("distance", "peaks"), (w.status.text(), notes)
+    assert "Best object f1 on 1 validation image(s): 1.000" in w.status.text()
+    res, _, folder = w.tune_result
+    real = Model(build_from_card(card), card)  # a saveable network for the copy
+    w.tune_result = (res, real, folder)
+    w.save_tuned()
+    assert load_model("scores-tuned").card.postprocess == res.best
+    w.tune_result = (res, real, folder)
+    w.save_tuned()  # never over the first copy
+    assert load_model("scores-tuned-2").card.postprocess == res.best

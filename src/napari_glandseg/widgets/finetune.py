@@ -51,7 +51,8 @@ def finetune_job(train_pairs, val_pairs, params, before_model=None):
 
 
 class LossPlot(QWidget):
-    """Training loss per step, validation loss and Dice per epoch (matplotlib)."""
+    """Training loss per step; validation loss and the selection score (object scores on
+    the whole validation images for models with post-processing) per epoch (matplotlib)."""
 
     def __init__(self):
         super().__init__()
@@ -78,7 +79,7 @@ class LossPlot(QWidget):
     def add_epoch(self, step, m):
         self.epoch_steps.append(step)
         self.val_loss.append(m["val_loss"])
-        self.val_dice.append(m["val_dice"])
+        self.val_dice.append(m.get("score", m["val_dice"]))
         self.redraw()
 
     def redraw(self):
@@ -91,10 +92,11 @@ class LossPlot(QWidget):
             ax.plot(self.steps, self.losses, color="#8e8e93", lw=0.8, label="train loss")
         if self.val_loss:
             ax.plot(self.epoch_steps, self.val_loss, "o-", color="#ff3b30", label="val loss")
-            ax2.plot(self.epoch_steps, self.val_dice, "s-", color="#007aff", label="val Dice")
+            ax2.plot(self.epoch_steps, self.val_dice, "s-", color="#007aff",
+                     label="val score (selects)")
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
-        ax2.set_ylabel("Dice")
+        ax2.set_ylabel("validation score")
         ax2.set_ylim(0, 1)
         handles = ax.get_legend_handles_labels()
         h2 = ax2.get_legend_handles_labels()
@@ -364,10 +366,15 @@ class FinetuneWidget(QWidget):
                  + (f" ({result.selected_on})" if result.selected_on else "")]
         better = True
         if before and after:
-            b = float(np.mean([r["dice"] for r in before]))
-            a = float(np.mean([r["dice"] for r in after]))
+            from ..training import selection_score
+
+            # both judged by what the new model was selected on (objects, not pixels)
+            card = result.model.card
+            b = float(np.mean([selection_score(r, card) for r in before]))
+            a = float(np.mean([selection_score(r, card) for r in after]))
             better = a > b
-            lines.append(f"Validation Dice on full images: before {b:.3f} -> after {a:.3f}")
+            what = (result.selected_on or "val_dice").removeprefix("val_").replace("_", " ")
+            lines.append(f"Validation {what} on full images: before {b:.3f} -> after {a:.3f}")
         if after:
             self._show_validation(after)
         if better:

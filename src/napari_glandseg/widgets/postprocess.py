@@ -80,6 +80,15 @@ class PostprocessWidget(QWidget):
         self.preview = QCheckBox("Live preview")
         self.apply_btn = QPushButton("Apply")
         self.csv_btn = QPushButton("Export objects CSV…")
+        self.tune_btn = QPushButton("Tune on validation images…")
+        self.tune_btn.setToolTip(
+            "Choose a dataset folder (images + masks): the selected model segments its "
+            "validation images (split.csv val rows, or the last 20%) and every split setting "
+            "is scored on their objects; the best goes into the controls")
+        self.save_tuned_btn = QPushButton("Save as model copy")
+        self.save_tuned_btn.setVisible(False)
+        self.tune_result = None
+        self.tune_worker = None
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
@@ -99,6 +108,10 @@ class PostprocessWidget(QWidget):
         row.addWidget(self.apply_btn)
         row.addWidget(self.csv_btn)
         layout.addLayout(row)
+        row2 = QHBoxLayout()
+        row2.addWidget(self.tune_btn)
+        row2.addWidget(self.save_tuned_btn)
+        layout.addLayout(row2)
         layout.addWidget(self.status)
 
         # Coalesce slider drags: recompute the preview 150 ms after the last change.
@@ -122,6 +135,8 @@ class PostprocessWidget(QWidget):
         self.preview.toggled.connect(self._preview_toggled)
         self.apply_btn.clicked.connect(self.apply)
         self.csv_btn.clicked.connect(self._choose_csv)
+        self.tune_btn.clicked.connect(self._choose_tune_folder)
+        self.save_tuned_btn.clicked.connect(self.save_tuned)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.inserted.connect(self._watch)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
@@ -287,12 +302,108 @@ class PostprocessWidget(QWidget):
             p = PostprocessParams(**defaults)
         except (GlandsegError, TypeError):
             return
+        self.set_params(p)
+
+    def set_params(self, p: PostprocessParams) -> None:
+        """Put settings into the controls."""
         self.split_box.setCurrentText(p.split.value)
         self.min_size.setValue(p.min_size)
         self.fill_holes.setChecked(p.fill_holes)
         self.max_hole.setValue(p.max_hole_size)
         self.h.setValue(p.h)
         self.min_distance.setValue(p.min_distance)
+
+    # ---------------------------------------------------------------- tuning on validation images
+    def tune_folder(self, folder):
+        """Tune the selected model's post-processing on the validation pairs of a dataset
+        folder in the background (:func:`napari_glandseg.tune.iter_tune`); the best setting
+        goes into the controls. Returns the worker (None on bad input)."""
+        from pathlib import Path
+
+        from ..training import split_pairs
+        from ..tune import iter_tune
+        from ._state import selection_for
+
+        model = selection_for(self.viewer).model
+        if model is None:
+            notify("error", "choose a model in the Model tab first: tuning segments the "
+                            "validation images with it")
+            return None
+        if self.tune_worker is not None:
+            notify("warning", "tuning is already running")
+            return None
+        folder = Path(folder)
+        try:
+            csv = folder / "split.csv"
+            _, val = split_pairs(folder, csv if csv.exists() else None)
+            val = [p if p.pixel_size_um else type(p)(p.image, p.mask, p.name,
+                                                     model.card.data_pixel_size_um)
+                   for p in val]
+        except GlandsegError as exc:
+            notify("error", str(exc))
+            return None
+        self.tune_btn.setEnabled(False)
+        self.save_tuned_btn.setVisible(False)
+        self.status.setText(f"Tuning {model.name!r} on {len(val)} validation image(s)…")
+        self.tune_worker = _worker.start(
+            iter_tune, model, val,
+            on_yield=lambda p: self.status.setText(f"Tuning: {p.message}"),
+            on_return=lambda res: self._tuned(res, model, folder),
+            on_error=lambda msg: self.status.setText(f"Tuning failed: {msg}"),
+            on_abort=lambda: self.status.setText("Tuning cancelled"),
+            on_done=self._tune_done, what="tuning", progress_desc="GlandSeg: tuning")
+        return self.tune_worker
+
+    def _tune_done(self) -> None:
+        self.tune_worker = None
+        self.tune_btn.setEnabled(True)
+
+    def _tuned(self, res, model, folder) -> None:
+        self.tune_result = (res, model, folder)
+        self.set_params(PostprocessParams(**res.best))
+        rows = []
+        for r in res.table[:3]:
+            setting = ", ".join(f"{k}={v}" for k, v in r.items()
+                                if k not in ("object_f1", "object_dice", "aji", "pq",
+                                             "objects"))
+            rows.append(f"  {r[res.metric]:.3f}  {setting}")
+        self.status.setText(
+            f"Best {res.metric.replace('_', ' ')} on {res.n_images} validation image(s): "
+            f"{res.score:.3f} (the card's setting: {res.current_score:.3f}); now in the "
+            "controls. Top settings:\n" + "\n".join(rows))
+        self.save_tuned_btn.setVisible(True)
+
+    def save_tuned(self, name: str | None = None):
+        """Save the tuned setting into a copy of the model (``<model>-tuned``, never over an
+        existing one) and return its path."""
+        if self.tune_result is None:
+            notify("warning", "tune first")
+            return None
+        from ..models import list_models
+        from ..tune import save_tuned
+
+        res, model, folder = self.tune_result
+        taken = {m.name for m in list_models()}
+        if name is None:
+            name, k = f"{model.name}-tuned", 2
+            while name in taken:
+                name, k = f"{model.name}-tuned-{k}", k + 1
+        try:
+            path = save_tuned(model, res, name, f"{res.n_images} validation image(s) of "
+                                                f"{folder}")
+        except GlandsegError as exc:
+            notify("error", str(exc))
+            return None
+        notify("info", f"saved {name!r} with the tuned post-processing; choose it in Model")
+        self.save_tuned_btn.setVisible(False)
+        return path
+
+    def _choose_tune_folder(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        folder = QFileDialog.getExistingDirectory(self, "Dataset folder with validation pairs")
+        if folder:
+            self.tune_folder(folder)
 
     def _schedule(self, *_):
         if self.preview.isChecked():
