@@ -227,3 +227,25 @@ def test_class_model_objects_are_ranked_and_exported_with_their_class(make_napar
     names = {f["properties"]["measurements"]["Label"]: f["properties"]["classification"]["name"]
              for f in fc["features"]}
     assert names == {1: "cytoplasm", 2: "cytoplasm", 3: "nucleus", 4: "cytoplasm"}
+
+
+def test_defaults_to_the_newest_result_never_to_the_truth(make_napari_viewer):
+    """The sample opens with only its [truth] layer: once Segment adds objects, Correct must
+    edit those, not the ground truth that was the only choice when the widget was made."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((100, 140, 3), np.uint8), name="img")
+    viewer.add_labels(_objects(), name="img [truth]",
+                      metadata={"glandseg_role": "truth", "source_image": "img"})
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Correct")
+    assert w.labels_box.currentText() == "img [truth]"  # nothing else to correct yet
+    viewer.add_labels(_objects(), name="img [glands-he objects]",
+                      metadata={"glandseg_role": "objects", "source_image": "img"})
+    assert w.labels_box.currentText() == "img [glands-he objects]"
+    assert w.image_box.currentText() == "img"
+    viewer.add_labels(np.zeros((100, 140), np.uint8), name="compare x",
+                      metadata={"glandseg_role": "objects"})  # an overlay, not a result
+    assert w.labels_box.currentText() == "img [glands-he objects]"
+    assert w.labels_box.findText("compare x") < 0
+    w.set_tool("delete")
+    w.click((20, 20))
+    assert (viewer.layers["img [truth]"].data == _objects()).all()  # the truth is untouched

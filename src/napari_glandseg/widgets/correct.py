@@ -176,9 +176,24 @@ class CorrectWidget(QWidget):
     def _refresh_layers(self, event=None) -> None:
         from napari.layers import Image, Labels
 
-        fill_layer_box(self.labels_box, self.viewer, Labels)
+        skip = tuple(la.name for la in self.viewer.layers if la.name.startswith("compare ")
+                     or la.metadata.get("glandseg_role") == "validation")
+        fill_layer_box(self.labels_box, self.viewer, Labels, exclude=skip)
         for box in (self.image_box, self.prob_box, self.unc_box):
             fill_layer_box(box, self.viewer, Image, extra=("",))
+        # as in Post-process and Compare: a fresh result (objects first) replaces a choice
+        # that was ground truth or nothing, so the first click never edits the truth
+        current = self.labels_box.currentText()
+        role = self.viewer.layers[current].metadata.get("glandseg_role") \
+            if current in self.viewer.layers else None
+        results = {r: [la.name for la in self.viewer.layers if la.name not in skip
+                       and la.metadata.get("glandseg_role") == r]
+                   for r in ("objects", "prediction")}
+        inserted = getattr(event, "value", None)
+        fresh = getattr(inserted, "metadata", {}).get("glandseg_role") == "objects"
+        pick = (results["objects"] or results["prediction"] or [None])[-1]
+        if pick and (fresh or role in (None, "truth")):
+            self.labels_box.setCurrentText(pick)
         self._labels_changed(self.labels_box.currentText())
 
     def _labels_changed(self, name: str) -> None:
