@@ -249,3 +249,19 @@ def test_defaults_to_the_newest_result_never_to_the_truth(make_napari_viewer):
     w.set_tool("delete")
     w.click((20, 20))
     assert (viewer.layers["img [truth]"].data == _objects()).all()  # the truth is untouched
+
+
+def test_the_review_box_is_not_offered_as_a_region(widget):
+    """Next draws a yellow box around the object under review: Segment's Shapes ROI and
+    Fine-tune's "Only inside shapes" must not offer (and pick) it as a region."""
+    viewer, w, layer = widget
+    seg = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")[1]
+    ft = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")[1]
+    viewer.add_shapes([np.array([[0, 0], [0, 50], [50, 50]], float)], shape_type="polygon",
+                      name="my roi")
+    w.rank()
+    w.next()
+    assert "review: current object" in viewer.layers
+    for box in (seg.shapes_box, ft.roi_box):
+        names = [box.itemText(i) for i in range(box.count())]
+        assert "review: current object" not in names and "my roi" in names

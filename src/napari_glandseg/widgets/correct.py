@@ -430,7 +430,8 @@ class CorrectWidget(QWidget):
             self.viewer.layers[REVIEW_BOX].data = [box]
         else:
             self.viewer.add_shapes([box], shape_type="rectangle", edge_color="yellow",
-                                   face_color="transparent", edge_width=2, name=REVIEW_BOX)
+                                   face_color="transparent", edge_width=2, name=REVIEW_BOX,
+                                   metadata={"glandseg_role": "highlight"})  # not a ROI
             self.viewer.layers.selection.active = layer
 
     def _update_review_label(self) -> None:

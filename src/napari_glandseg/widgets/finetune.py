@@ -493,7 +493,8 @@ class FinetuneWidget(QWidget):
 
         fill_layer_box(self.roi_box, self.viewer, Shapes, extra=("",),
                        exclude=[la.name for la in self.viewer.layers
-                                if la.name.startswith("compare ")])
+                                if la.name.startswith("compare ")
+                                or la.metadata.get("glandseg_role") == "highlight"])
         self.pairs_list.blockSignals(True)
         self.pairs_list.clear()
         images = [la for la in self.viewer.layers if isinstance(la, Image)

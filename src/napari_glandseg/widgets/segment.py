@@ -401,7 +401,8 @@ class SegmentWidget(QWidget):
         fill_layer_box(self.image_box, self.viewer, Image)
         fill_layer_box(self.shapes_box, self.viewer, Shapes,
                        exclude=[la.name for la in self.viewer.layers
-                                if la.name.startswith("compare ")])
+                                if la.name.startswith("compare ")
+                                or la.metadata.get("glandseg_role") == "highlight"])
 
     def _show_model(self, *_) -> None:
         m = self.selection.model
