@@ -117,6 +117,18 @@ def test_load_svs_multiscale(make_napari_viewer, data_dir):
     assert layer.scale[-1] == pytest.approx(0.499)
 
 
+def test_model_card_names_each_score_once(make_napari_viewer):
+    """The bundled glands-he card holds val.dice (full images) and val_dice (the training
+    run's): the card showed two rows "val dice" with different values."""
+    viewer = make_napari_viewer()
+    w = _dock(viewer, "Model")
+    w.select("glands-he")
+    rows = [line.split("\t")[0].strip() for line in w.card_view.toPlainText().splitlines()]
+    scores = [r for r in rows if r.startswith(("val ", "test "))]
+    assert "val dice" in scores and "val dice (during training)" in scores
+    assert len(scores) == len(set(scores))
+
+
 def test_model_widget_lists_store_and_shares_selection(make_napari_viewer, tmp_path, notes):
     card = ModelCard(name="tiny-glands", architecture="unet", in_channels=3, num_classes=1,
                      arch_kwargs={"features": [4, 4, 8, 8, 16, 4]},

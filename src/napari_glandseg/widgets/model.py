@@ -274,11 +274,17 @@ def card_html(card, path=None) -> str:
 
 
 def _flat_metrics(metrics: dict, prefix: str = "") -> list[tuple[str, str]]:
+    nested = [(f"{prefix}{k} ", v) for k, v in metrics.items() if isinstance(v, dict)]
+    nested_names = {name for p, v in nested for name, _ in _flat_metrics(v, p)}
     out = []
     for k, v in metrics.items():
         if isinstance(v, dict):
             out += _flat_metrics(v, f"{prefix}{k} ")
-        else:
-            out.append((f"{prefix}{k}".replace("_", " "),
-                        f"{v:.3f}" if isinstance(v, float) else str(v)))
+            continue
+        name = f"{prefix}{k}".replace("_", " ")
+        # a card has both {"val": {"dice": ...}} (scored on full images) and "val_dice" (the
+        # training run's own validation): not two rows named "val dice" with other values
+        if name in nested_names:
+            name += " (during training)"
+        out.append((name, f"{v:.3f}" if isinstance(v, float) else str(v)))
     return out
