@@ -39,6 +39,13 @@ def test_slides_widget_runs_a_folder_in_the_background(make_napari_viewer, qtbot
     assert any(level == "warning" and "1 failed" in m for level, m in notes)
     layers = w.open_results()
     assert [la.name for la in layers] == ["slide0 [labels]", "slide1 [labels]"]
+    # each slide is opened under its labels (not labels over black), once
+    names = [la.name for la in viewer.layers]
+    assert names == ["slide0", "slide0 [labels]", "slide1", "slide1 [labels]"]
+    assert layers[1].metadata["source_image"] == "slide1"
+    assert viewer.layers["slide1"].data.shape == (200, 260, 3)
+    w.open_results()
+    assert sum(name == "slide1" for name in (la.name for la in viewer.layers)) == 1
     assert layers[1].multiscale and int(np.asarray(layers[1].data[0])[100, 150]) == 1
     # blocks of glass only (x >= 256) are not run through the network: they stay empty
     assert int(np.asarray(layers[1].data[0])[100, 258]) == 0

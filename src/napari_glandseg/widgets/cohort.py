@@ -136,6 +136,7 @@ class CohortWidget(QWidget):
 
         try:
             files = self._slides()
+            self._sources = {Path(f).stem: f for f in files}  # to open each under its labels
             params = SlideParams(block_size=self.block.value(), overlap=self.overlap.value(),
                                  tissue=self.tissue.isChecked())
         except GlandsegError as exc:
@@ -187,5 +188,27 @@ class CohortWidget(QWidget):
         layers = []
         for name in names:
             data, kwargs, _ = labels_layer_data(out / f"{name}.ome.zarr")
+            image = self._open_source(name)  # labels over their tissue, not over black
+            if image is not None:
+                kwargs["metadata"]["source_image"] = image.name
             layers.append(self.viewer.add_labels(data, **kwargs))
+        if layers:
+            self.viewer.reset_view()  # the view may be on another image
         return layers
+
+    def _open_source(self, name: str):
+        """The slide ``name`` was segmented from, as an image layer (opened if need be)."""
+        from napari.layers import Image
+
+        path = getattr(self, "_sources", {}).get(name)
+        if path is None:
+            return None
+        for la in self.viewer.layers:
+            if isinstance(la, Image) and la.metadata.get("source_path") == str(path):
+                return la
+        try:
+            opened = self.viewer.open(path, plugin="napari-glandseg")
+        except Exception as exc:  # noqa: BLE001 - the labels still open without it
+            notify("warning", f"{Path(path).name}: could not open the slide ({exc})")
+            return None
+        return next((la for la in opened if isinstance(la, Image)), None)
