@@ -93,3 +93,20 @@ def test_object_table_and_csv(tmp_path):
     assert pd.read_csv(path)["label"].tolist() == [1, 4]
     with pytest.raises(GlandsegError, match="exists"):
         write_csv(t, path)
+
+
+def test_objects_that_touch_stay_apart_when_post_processed_again():
+    # two touching glands already separated (a Segment result), one small fragment
+    objs = np.zeros((40, 60), np.int32)
+    objs[5:35, 5:30] = 4
+    objs[5:35, 30:55] = 9
+    objs[0:2, 0:2] = 7
+    for split in ("none", "distance"):
+        merged = postprocess(objs, split=split, min_size=10)
+        kept = postprocess(objs, split=split, min_size=10, objects=True)
+        assert merged.max() == 1 or split == "distance"  # the union is one blob
+        assert kept.max() == 2  # the two stay two, the fragment goes
+        assert (kept[5:35, 5:30] == kept[10, 10]).all()
+        assert (kept[5:35, 30:55] == kept[10, 40]).all()
+        assert kept[10, 10] != kept[10, 40]
+        assert ((kept > 0) == (objs > 0) & (objs != 7)).all()  # no pixel lost at the contact

@@ -605,3 +605,16 @@ def test_postprocess_tunes_on_validation_images_and_saves_a_copy(make_napari_vie
     w.tune_result = (res, real, folder)
     w.save_tuned()  # never over the first copy
     assert load_model("scores-tuned-2").card.postprocess == res.best
+
+
+def test_postprocess_keeps_segment_objects_apart(make_napari_viewer, qtbot):
+    objs = np.zeros((40, 60), np.int32)
+    objs[5:35, 5:30], objs[5:35, 30:55] = 1, 2  # two touching objects, as Segment gives
+    viewer = make_napari_viewer()
+    w = _dock(viewer, "Post-process")
+    viewer.add_labels(objs, name="img [m objects]", metadata={"glandseg_role": "objects"})
+    w.labels_box.setCurrentText("img [m objects]")
+    w.split_box.setCurrentText("none")
+    with qtbot.waitSignal(w.apply().finished, timeout=30000):
+        pass
+    assert w.last_layer.data.max() == 2  # not merged into one

@@ -107,16 +107,21 @@ def _fill_holes(mask: np.ndarray, max_size: int) -> np.ndarray:
         return morphology.remove_small_holes(mask, area_threshold=max_size + 1)
 
 
-def postprocess(labels, params: PostprocessParams | None = None, **kwargs) -> np.ndarray:
+def postprocess(labels, params: PostprocessParams | None = None, *, objects: bool = False,
+                **kwargs) -> np.ndarray:
     """Turn a prediction into instance labels.
 
     Parameters
     ----------
     labels : array-like, (Y, X)
-        A binary mask, instance labels (their union is used), or a background / interior /
-        boundary class map (0/1/2) for ``split="boundary"``.
+        A binary mask, instance labels, or a background / interior / boundary class map
+        (0/1/2) for ``split="boundary"``.
     params : PostprocessParams, optional
         Or its fields as keywords.
+    objects : bool
+        ``labels`` already holds separate objects (a Segment result, corrected labels):
+        where two of them touch they stay apart, and the split can only divide an object
+        further. Otherwise the union of the labels is split afresh.
 
     Returns
     -------
@@ -138,6 +143,10 @@ def postprocess(labels, params: PostprocessParams | None = None, **kwargs) -> np
     fg = arr > 0
     if params.fill_holes:
         fg = _fill_holes(fg, params.max_hole_size)
+    whole = None
+    if objects:  # cut the lines where two objects meet; they are given back at the end
+        whole = fg
+        fg = fg & ~_contacts(arr)
     fg = _remove_small_objects(fg, params.min_size)
     if params.split is Split.NONE:
         out = label(fg, connectivity=2)
@@ -173,7 +182,20 @@ def postprocess(labels, params: PostprocessParams | None = None, **kwargs) -> np
         small = sizes < params.min_size
         small[0] = False
         out[small[out]] = 0
+    if whole is not None:
+        from skimage.segmentation import expand_labels
+
+        out = np.where(whole, expand_labels(out, 2), 0)
     return relabel_sequential(out.astype(np.int32))[0]
+
+
+def _contacts(labels: np.ndarray) -> np.ndarray:
+    """Pixels of an object with a pixel of another object among their 8 neighbours."""
+    big = np.iinfo(np.int64).max
+    ids = labels.astype(np.int64)
+    hi = ndi.maximum_filter(ids, 3)
+    lo = ndi.minimum_filter(np.where(ids > 0, ids, big), 3)
+    return (ids > 0) & ((hi != ids) | (lo != ids))
 
 
 def clean_class_map(labels, params: PostprocessParams | None = None, **kwargs) -> np.ndarray:

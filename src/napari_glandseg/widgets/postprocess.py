@@ -31,10 +31,11 @@ PREVIEW_MAX_PIXELS = 2048 * 2048
 _NOT_INHERITED = ("edited", "unsaved", "saved_path", "store_path")
 
 
-def postprocess_job(data, params, intensity, pixel_size_um):
-    """Post-process and measure in the worker thread; returns ``(objects, table)``."""
+def postprocess_job(data, params, intensity, pixel_size_um, objects=False):
+    """Post-process and measure in the worker thread; returns ``(objects, table)``.
+    ``objects``: the input holds separate objects, which stay apart."""
     yield Progress(0, 2, "splitting into objects…")
-    out = postprocess(np.asarray(data), params)
+    out = postprocess(np.asarray(data), params, objects=objects)
     yield Progress(1, 2, f"measuring {int(out.max())} objects…")
     table = object_table(out, intensity, pixel_size_um)
     yield Progress(2, 2, "done")
@@ -171,6 +172,7 @@ class PostprocessWidget(QWidget):
         self.status.setText(f"Post-processing {layer.name!r}…")
         self.worker = _worker.start(
             postprocess_job, data, params, intensity, layer.metadata.get("pixel_size_um"),
+            self._holds_objects(layer, data),
             on_yield=lambda p: self.status.setText(p.message),
             on_return=lambda out: self._applied(out, layer, params),
             on_error=lambda msg: self.status.setText(f"Failed: {msg}"),
@@ -246,7 +248,8 @@ class PostprocessWidget(QWidget):
             y0, x0 = int(y0), int(x0)
             data, offset = data[y0:int(y1) + 1, x0:int(x1) + 1], np.array([y0, x0])
         try:
-            out = postprocess(np.asarray(data), self.params())
+            data = np.asarray(data)
+            out = postprocess(data, self.params(), objects=self._holds_objects(layer, data))
         except GlandsegError as exc:
             self.status.setText(str(exc))
             return
@@ -453,6 +456,16 @@ class PostprocessWidget(QWidget):
 
     def _layer_meta(self, name) -> dict:
         return self.viewer.layers[name].metadata if name and name in self.viewer.layers else {}
+
+    def _holds_objects(self, layer, data) -> bool:
+        """Whether a layer already holds separate objects (which must stay apart) rather
+        than a class map or mask to split afresh."""
+        role = layer.metadata.get("glandseg_role")
+        if role == "prediction":
+            return False
+        if role in ("objects", "truth"):
+            return True
+        return bool(np.asarray(data).max() > 2) if np.asarray(data).size else False
 
     def _role(self, name):
         return self._layer_meta(name).get("glandseg_role")
