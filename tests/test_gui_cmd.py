@@ -17,3 +17,16 @@ def test_glandseg_gui_screenshot(tmp_path):
     img = iio.imread(out)
     assert img.shape[0] > 600 and img.shape[1] > 1000
     assert img[..., :3].std() > 20  # a real picture, not a blank window
+
+
+def test_gui_without_a_display_says_so_in_one_line(monkeypatch, capsys):
+    import sys
+
+    from napari_glandseg.cli import main
+
+    for var in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert main(["gui", "--sample", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "no display" in err and "xvfb-run" in err and "Traceback" not in err

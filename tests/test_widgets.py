@@ -476,7 +476,7 @@ def test_finetune_widget_trains_end_to_end(make_napari_viewer, qtbot, notes):
     result, before, after = w.result
     assert len(result.history) == 2 and before == [] and len(after) == 1
     assert len(w.plot.val_dice) == 2 and len(w.plot.losses) == 6
-    (val,) = [la for la in viewer.layers if "[val: Dice" in la.name]  # one, not two
+    (val,) = [la for la in viewer.layers if "[val: " in la.name]  # one, not two
     assert tuple(val.translate) == (256 - val.data.shape[0], 0)  # on the strip it scored
     assert model_w.selection.model.name == "ft-test"  # the new model is selected
     assert model_w.model_box.currentData() == "ft-test"

@@ -62,6 +62,7 @@ def _sample(stem: str, what: str, truth: str = "instances") -> list[tuple]:
     lab = truth.to_layer_data(name=f"{stem} [truth]")
     lab[1]["metadata"]["credit"] = credit
     lab[1]["metadata"]["glandseg_role"] = "truth"
+    lab[1]["metadata"]["source_image"] = img[1].get("name", stem)  # for Save corrections
     return [img, lab]
 
 

@@ -400,7 +400,15 @@ def _tune(args) -> int:
 
 
 def _gui(args) -> int:  # pragma: no cover - opens a window; exercised by tests/test_gui_cmd.py
+    import os
+
     from .gui import open_viewer
+
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
+                                                 or os.environ.get("WAYLAND_DISPLAY")
+                                                 or os.environ.get("QT_QPA_PLATFORM")):
+        raise GlandsegError("no display to open a window on: run it under xvfb-run -a, or "
+                            "use --screenshot PNG under xvfb-run (make screenshot)")
 
     viewer = open_viewer(sample=args.sample, files=args.files)
     if args.screenshot:

@@ -376,7 +376,8 @@ class FinetuneWidget(QWidget):
             what = (result.selected_on or "val_dice").removeprefix("val_").replace("_", " ")
             lines.append(f"Validation {what} on full images: before {b:.3f} -> after {a:.3f}")
         if after:
-            self._show_validation(after)
+            what = (result.selected_on or "val_dice").removeprefix("val_")
+            self._show_validation(after, what.replace("image_dice", "Dice"))
         if better:
             self._select(result.model)
             lines.append(f"{result.model.name!r} is now the selected model")
@@ -395,9 +396,10 @@ class FinetuneWidget(QWidget):
             self.use_new_btn.setVisible(False)
             self.status.setText(self.status.text() + f"\nselected {model.name!r} as asked")
 
-    def _show_validation(self, rows) -> None:
-        """The best and worst validation predictions, where their images lie."""
-        ranked = sorted(rows, key=lambda r: r["dice"])
+    def _show_validation(self, rows, what: str = "score") -> None:
+        """The best and worst validation predictions (by the selection score), where their
+        images lie."""
+        ranked = sorted(rows, key=lambda r: r["score"])  # what training selected on
         picks = [("val worst", ranked[0]), ("val best", ranked[-1])] if len(ranked) > 1 \
             else [("val", ranked[0])]
         for tag, row in picks:
@@ -416,7 +418,7 @@ class FinetuneWidget(QWidget):
                           + np.array([y0 + dy, x0]) * scale}
             self.viewer.add_labels(
                 row["labels"], opacity=0.6, metadata={"glandseg_role": "validation"},
-                name=unique_name(self.viewer, f"{base} [{tag}: Dice {row['dice']:.2f}]"),
+                name=unique_name(self.viewer, f"{base} [{tag}: {what} {row['score']:.2f}]"),
                 **kwargs)
 
     def _roi_rows(self, layer, name) -> int:
