@@ -76,6 +76,8 @@ def main(argv=None):
     ap.add_argument("--val-fraction", type=float, default=0.2,
                     help="no split.csv: the last fraction (name order) validates")
     ap.add_argument("--bundle", type=Path, help="write the model with metrics here (fp16)")
+    ap.add_argument("--bundle-name", help="the bundled model's name in its card (e.g. the "
+                                          "store name glands-he-r2 ships as glands-he)")
     args = ap.parse_args(argv)
 
     from napari_glandseg.inference import segment
@@ -110,6 +112,8 @@ def main(argv=None):
     if args.bundle:
         card = model.card
         card.metrics = {**card.metrics, **metrics}
+        if args.bundle_name:
+            card.name = args.bundle_name
         save_checkpoint(args.bundle, model.net, card, half=True, overwrite=True)
         print(f"wrote {args.bundle} ({args.bundle.stat().st_size / 1e6:.1f} MB)")
 
