@@ -70,18 +70,18 @@ def candidate_grid(current: dict, boundary: bool) -> list[PostprocessParams]:
     """Settings to try around the card's ``current`` ones: connected components, the
     distance watershed over a range of ``h``, distance peaks over a range of minimum
     distances, and (for background / interior / boundary models) the boundary-class split,
-    each with minimum sizes from a quarter to twice the current one and hole filling on or
-    off."""
+    each with minimum sizes from a quarter to four times the current one and hole filling
+    on or off."""
     cur = PostprocessParams(**current) if current else PostprocessParams()
     base = max(cur.min_size, 10)
-    sizes = sorted({0, base // 4, base // 2, base, base * 2})
+    sizes = sorted({0, base // 4, base // 2, base, base * 2, base * 4})
     holes = [(True, cur.max_hole_size), (False, 0)]
     out = []
     for min_size in sizes:
         for fill, hole in holes:
             common = dict(min_size=int(min_size), fill_holes=fill, max_hole_size=int(hole))
             out.append(PostprocessParams(split=Split.NONE, **common))
-            for h in (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0):
+            for h in (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0):
                 out.append(PostprocessParams(split=Split.DISTANCE, h=h, **common))
             for d in (3, 5, 7, 10, 15, 20, 30):
                 out.append(PostprocessParams(split=Split.PEAKS, min_distance=d, **common))
