@@ -41,7 +41,7 @@ def main(argv=None):
     objects = None
     if name and widgets["Model"].select(name):
         seg = widgets["Segment"]
-        seg.image_box.setCurrentText("glas_testA_5_crop")
+        seg.image_box.setCurrentText("glas_testA_5")
         seg.tile.setValue(256)
         seg.show_probs.setChecked(True)
         wait(seg.run())  # objects straight away (the card's post-processing)
@@ -51,7 +51,7 @@ def main(argv=None):
         compare.go_to_object(0)
         viewer.reset_view()
         for layer in viewer.layers:
-            layer.visible = layer.name in ("glas_testA_5_crop", objects.name)
+            layer.visible = layer.name in ("glas_testA_5", objects.name)
         viewer.layers.selection.active = objects
     docks["Segment"].raise_()
     for _ in range(5):

@@ -32,7 +32,7 @@ def main(argv=None) -> dict:
     viewer = napari.Viewer(show=args.show)
     dock = viewer.window.add_plugin_dock_widget
     viewer.open_sample("napari-glandseg", "glas")
-    image, truth = "glas_testA_5_crop", "glas_testA_5_crop [truth]"
+    image, truth = "glas_testA_5", "glas_testA_5 [truth]"
 
     model_w = dock("napari-glandseg", "Model")[1]
     if not model_w.select(args.model):

@@ -172,7 +172,7 @@ def _segment_setup(make_napari_viewer, model_name):
     viewer.open_sample(PLUGIN, "glas")
     _dock(viewer, "Model").select(model_name)
     w = _dock(viewer, "Segment")
-    w.image_box.setCurrentText("glas_testA_5_crop")
+    w.image_box.setCurrentText("glas_testA_5")
     w.tile.setValue(64)
     return viewer, w
 
@@ -193,11 +193,11 @@ def test_segment_widget_runs_in_background_and_adds_labels(make_napari_viewer, q
     w.show_probs.setChecked(False)
     with qtbot.waitSignal(worker.finished, timeout=60000):
         pass
-    layer = viewer.layers["glas_testA_5_crop [allfg]"]
-    assert layer.data.shape == (256, 256) and layer.data.min() == 1
+    layer = viewer.layers["glas_testA_5 [allfg]"]
+    assert layer.data.shape == (522, 775) and layer.data.min() == 1
     assert layer.metadata["model"] == "allfg" and layer.metadata["params"]["tile_size"] == 64
     assert "pixel_size_um" in layer.metadata
-    assert "glas_testA_5_crop [allfg] probability" in viewer.layers
+    assert "glas_testA_5 [allfg] probability" in viewer.layers
     assert seen and seen[-1].done == seen[-1].total
     # one bar in napari's activity dock, never two
     assert bars and all(b == ["GlandSeg: segmenting"] for b in bars)
@@ -206,7 +206,7 @@ def test_segment_widget_runs_in_background_and_adds_labels(make_napari_viewer, q
     # a second run never overwrites the first layer
     with qtbot.waitSignal(w.run().finished, timeout=60000):
         pass
-    assert "glas_testA_5_crop [allfg] (2)" in viewer.layers
+    assert "glas_testA_5 [allfg] (2)" in viewer.layers
     assert [n for n in notes if n[0] == "error"] == []
 
 
@@ -251,10 +251,10 @@ def test_segment_roi_and_field_of_view(make_napari_viewer, qtbot, all_foreground
     _camera(viewer).center = (128, 128)
     _camera(viewer).zoom = 8
     w.region_box.setCurrentText("current field of view")
-    image = viewer.layers["glas_testA_5_crop"]
+    image = viewer.layers["glas_testA_5"]
     image.refresh()
     region = w._view_region(image)
-    assert 0 <= region[0] and region[2] <= 257
+    assert 0 <= region[0] and region[2] <= 523 and region[3] <= 776  # inside the image
 
 
 def test_segment_errors_are_notifications(make_napari_viewer, notes, all_foreground_model):
@@ -308,16 +308,18 @@ def test_postprocess_widget_preview_apply_and_csv(make_napari_viewer, qtbot, tmp
 def test_compare_widget_metrics_overlay_and_objects(make_napari_viewer, notes):
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "glas")
-    truth = viewer.layers["glas_testA_5_crop [truth]"].data
+    truth = viewer.layers["glas_testA_5 [truth]"].data
     pred = truth.copy()
     missing = int(pred.max())
     pred[pred == missing] = 0
     viewer.add_labels(pred, name="pred")
     w = _dock(viewer, "Compare")
     w.pred_box.setCurrentText("pred")
-    assert w.truth_box.currentText() == "glas_testA_5_crop [truth]"  # picked by its role
+    assert w.truth_box.currentText() == "glas_testA_5 [truth]"  # picked by its role
     m = w.compute()
-    assert m["object_f1"] == pytest.approx(2 * 7 / (2 * 7 + 1)) and m["precision"] == 1.0
+    n = len(np.unique(truth)) - 1  # one of n glands missed: F1 2(n-1) / (2(n-1) + 1)
+    assert m["object_f1"] == pytest.approx(2 * (n - 1) / (2 * (n - 1) + 1))
+    assert m["precision"] == 1.0
     assert w.metric_table.rowCount() >= 11
     overlay = viewer.layers[f"compare pred ({OVERLAY_LEGEND})"].data
     assert set(np.unique(overlay[truth == missing])) == {3}  # the missed gland is FN
@@ -422,7 +424,7 @@ def test_finetune_pairs_follow_the_user_and_the_source_image(make_napari_viewer)
     viewer, _, w = _finetune_setup(make_napari_viewer)
     item = w.pairs_list.item(0)
     item.setCheckState(Qt.CheckState.Unchecked)  # the user does not want the truth
-    image = viewer.layers["glas_testA_5_crop"]
+    image = viewer.layers["glas_testA_5"]
     # a prediction and its maps, all of the image's size; the maps are no training image
     viewer.add_image(np.zeros((256, 256), np.float32), name="pred uncertainty",
                      metadata={"glandseg_role": "uncertainty"})
@@ -430,8 +432,8 @@ def test_finetune_pairs_follow_the_user_and_the_source_image(make_napari_viewer)
                       metadata={"glandseg_role": "objects", "source_image": image.name})
     pairs = {w.pairs_list.item(i).text(): w.pairs_list.item(i).checkState()
              for i in range(w.pairs_list.count())}
-    assert pairs == {"glas_testA_5_crop ⇐ glas_testA_5_crop [truth]": Qt.CheckState.Unchecked,
-                     "glas_testA_5_crop ⇐ pred": Qt.CheckState.Unchecked}
+    assert pairs == {"glas_testA_5 ⇐ glas_testA_5 [truth]": Qt.CheckState.Unchecked,
+                     "glas_testA_5 ⇐ pred": Qt.CheckState.Unchecked}
 
 
 def test_job_failure_is_one_line_and_resets_the_status(make_napari_viewer, qtbot, notes,
@@ -456,7 +458,7 @@ def _finetune_setup(make_napari_viewer):
     model_w = _dock(viewer, "Model")
     w = _dock(viewer, "Fine-tune")
     assert w.pairs_list.count() == 1  # the sample image and its truth, paired and checked
-    assert w.pairs_list.item(0).text() == "glas_testA_5_crop ⇐ glas_testA_5_crop [truth]"
+    assert w.pairs_list.item(0).text() == "glas_testA_5 ⇐ glas_testA_5 [truth]"
     w.name_edit.setText("ft-test")
     w.base_box.setCurrentText("(train from scratch)")
     w.arch_box.setCurrentIndex(w.arch_box.findData("base_cnn"))
@@ -477,7 +479,7 @@ def test_finetune_widget_trains_end_to_end(make_napari_viewer, qtbot, notes):
     assert len(result.history) == 2 and before == [] and len(after) == 1
     assert len(w.plot.val_dice) == 2 and len(w.plot.losses) == 6
     (val,) = [la for la in viewer.layers if "[val: " in la.name]  # one, not two
-    assert tuple(val.translate) == (256 - val.data.shape[0], 0)  # on the strip it scored
+    assert tuple(val.translate) == (522 - val.data.shape[0], 0)  # on the strip it scored
     assert model_w.selection.model.name == "ft-test"  # the new model is selected
     assert model_w.model_box.currentData() == "ft-test"
     assert "Best epoch" in w.status.text() and "now the selected model" in w.status.text()

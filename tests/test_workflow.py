@@ -43,7 +43,7 @@ def _tick_only(ft, suffix):
 def test_sample_workflow(make_napari_viewer, qtbot, tmp_path, notes):
     viewer = open_viewer(sample="glas", viewer=make_napari_viewer())
     w = _widgets(viewer)
-    image, truth = viewer.layers["glas_testA_5_crop"], viewer.layers["glas_testA_5_crop [truth]"]
+    image, truth = viewer.layers["glas_testA_5"], viewer.layers["glas_testA_5 [truth]"]
     # the sample opens with its model, and Fine-tune starts from that model
     assert w["Model"].selection.model.name == "glands-he"
     assert w["Fine-tune"].base_box.currentText() == "glands-he"
@@ -55,7 +55,7 @@ def test_sample_workflow(make_napari_viewer, qtbot, tmp_path, notes):
     seg = w["Segment"]
     _wait(qtbot, seg.run())
     (objects,) = seg.last_layers
-    assert objects.name == "glas_testA_5_crop [glands-he objects]"
+    assert objects.name == "glas_testA_5 [glands-he objects]"
     assert objects.metadata["glandseg_role"] == "objects"
     assert objects.metadata["source_image"] == image.name
     assert len(np.unique(objects.data)) - 1 >= 2 and len(objects.features) >= 2
@@ -80,7 +80,7 @@ def test_sample_workflow(make_napari_viewer, qtbot, tmp_path, notes):
     # Save corrections: the sample has no folder of its own, so into a chosen one
     written = w["Load"].save_corrections(folder=tmp_path / "corrections")
     assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == [
-        "corrections/images/glas_testA_5_crop.png", "corrections/masks/glas_testA_5_crop.tif"]
+        "corrections/images/glas_testA_5.png", "corrections/masks/glas_testA_5.tif"]
     from napari_glandseg.io import find_pairs, read_pair
 
     (pair,) = find_pairs(tmp_path / "corrections")  # the layout Load and train read
@@ -100,7 +100,11 @@ def test_sample_workflow(make_napari_viewer, qtbot, tmp_path, notes):
     result, before, after = ft.result
     assert before and after  # scored before and after on the held-out strip
     assert "glands-he-tuned" in {m.name for m in list_models()}
-    b, a = np.mean([r["dice"] for r in before]), np.mean([r["dice"] for r in after])
+    from napari_glandseg.training import selection_score
+
+    card = result.model.card  # both judged by what the new model was selected on
+    b = np.mean([selection_score(r, card) for r in before])
+    a = np.mean([selection_score(r, card) for r in after])
     selected = w["Model"].selection.model.name
     if a > b:
         assert selected == "glands-he-tuned" and "now the selected model" in ft.status.text()
@@ -121,7 +125,7 @@ def test_sample_workflow(make_napari_viewer, qtbot, tmp_path, notes):
 
     # Segment again, with the new model
     _wait(qtbot, seg.run())
-    assert seg.last_layers[0].name == "glas_testA_5_crop [glands-he-tuned objects]"
+    assert seg.last_layers[0].name == "glas_testA_5 [glands-he-tuned objects]"
     assert [n for n in notes if n[0] == "error"] == [
         n for n in notes if n[0] == "error" and ("never replaced" in n[1] or "empty" in n[1])]
 

@@ -55,7 +55,9 @@ def write_labels_layer(path: str, data, meta: dict) -> list[str]:
 
 
 def _sample(stem: str, what: str, truth: str = "instances") -> list[tuple]:
-    image, truth = read_pair(Pair(SAMPLE_DIR / f"{stem}.png", SAMPLE_DIR / f"{stem}_{truth}.png"))
+    path = next(SAMPLE_DIR / f"{stem}{ext}" for ext in (".png", ".jpg")
+                if (SAMPLE_DIR / f"{stem}{ext}").exists())
+    image, truth = read_pair(Pair(path, SAMPLE_DIR / f"{stem}_{truth}.png"))
     credit = f"{what}; see napari_glandseg/sample_data/CREDITS.md (research use only)"
     img = image.to_layer_data()
     img[1]["metadata"]["credit"] = credit
@@ -67,8 +69,8 @@ def _sample(stem: str, what: str, truth: str = "instances") -> list[tuple]:
 
 
 def sample_glas() -> list[tuple]:
-    """A 256x256 GlaS colon H&E crop (testA_5) and its gland instance labels."""
-    return _sample("glas_testA_5_crop", "GlaS, Sirinukunwattana et al. 2017")
+    """A whole GlaS colon H&E image (testA_5, 775x522, 20x) and its gland instance labels."""
+    return _sample("glas_testA_5", "GlaS, Sirinukunwattana et al. 2017")
 
 
 def sample_monuseg() -> list[tuple]:
