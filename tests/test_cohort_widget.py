@@ -58,3 +58,28 @@ def test_slides_widget_names_a_bad_folder(make_napari_viewer, notes, tmp_path):
     w.folder.setText(str(tmp_path / "missing"))
     assert w.run() is None
     assert notes[-1][0] == "error" and "missing" in notes[-1][1]
+
+
+def test_slides_widget_runs_the_bundled_svs_with_tissue_detection(make_napari_viewer, qtbot,
+                                                                  tmp_path, fg_model_factory,
+                                                                  notes):
+    """The defaults (tissue on) on a real SVS: the tissue mask is read inside a worker."""
+    import shutil
+    from pathlib import Path
+
+    svs = Path(__file__).parent / "data" / "wsi" / "cmu_small_region.svs"
+    (tmp_path / "slides").mkdir()
+    shutil.copy(svs, tmp_path / "slides" / svs.name)
+    name = fg_model_factory("fg-coarse", pixel_size_um=4.0)  # 8x fewer pixels: quick
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("napari-glandseg", "Slides")
+    w.folder.setText(str(tmp_path / "slides"))
+    w.out.setText(str(tmp_path / "out"))
+    w.model_box.setCurrentText(name)
+    w.workers.setValue(1)
+    assert w.tissue.isChecked()
+    worker = w.run()
+    with qtbot.waitSignal(worker.finished, timeout=120000):
+        pass
+    assert w.result is not None and not w.result.failed, w.result.failed
+    assert [r.name for r in w.result.done] == ["cmu_small_region"]

@@ -450,7 +450,12 @@ def plan_slide(source, out, predictor, params: SlideParams | None = None,
     tm = None
     if params.tissue and colour:
         t0 = time.perf_counter()
-        tm = tissue_mask(levels, params.tissue_side)
+        import dask
+
+        # read in this thread: inside a dask.distributed task (the Slides widget, --workers)
+        # the lazy pyramid cannot be sent through the scheduler
+        with dask.config.set(scheduler="synchronous"):
+            tm = tissue_mask(levels, params.tissue_side)
         plan.tissue_fraction = tm.fraction
         plan.info["tissue_seconds"] = time.perf_counter() - t0
     elif params.tissue:
