@@ -1,8 +1,8 @@
 """The bundled models: complete cards, and real segmentations of the bundled samples.
 
-The samples are crops of images each model never trained on (GlaS testA_5, ISBI slice 29
+The samples are images or crops each model never trained on (GlaS testA_5, ISBI slice 29
 and WBC image 005 are in their validation or test splits), except the MoNuSeg crop, whose
-image is one of the 8 training images. The floors sit a little under what each model
+image is one of its training images. The floors sit a little under what each model
 scores today, so a broken model, loader or pre-processing fails them.
 """
 
@@ -37,7 +37,7 @@ def test_bundled_card_says_data_licence_scale_and_metrics(name):
 
 
 @pytest.mark.parametrize("name,sample,floor", [
-    ("glands-he", "sample_glas", 0.78),  # 0.812 today
+    ("glands-he", "sample_glas", 0.72),  # 0.760 today on the whole testA_5 (22 glands)
     ("nuclei-he", "sample_monuseg", 0.82),  # 0.852
     ("membranes-em", "sample_em", 0.91),  # 0.937
 ])
