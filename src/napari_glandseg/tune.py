@@ -21,26 +21,18 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict, dataclass, field
-from enum import Enum
 
 import numpy as np
 
 from .errors import GlandsegError, as_enum
 from .postprocessing import PostprocessParams, Split, postprocess
 from .progress import Progress, run_to_end
+from .training import Selection
 
-
-class TuneMetric(str, Enum):
-    """What tuning maximises: ``objects`` (mean of object F1 and object Dice, glands),
-    ``object_f1``, ``object_dice``, ``aji`` or ``pq`` (nuclei); ``auto`` takes the score the
-    model's checkpoint was selected on, else ``objects``."""
-
-    AUTO = "auto"
-    OBJECTS = "objects"
-    OBJECT_F1 = "object_f1"
-    OBJECT_DICE = "object_dice"
-    AJI = "aji"
-    PQ = "pq"
+#: What tuning maximises: the scores training selects checkpoints on
+#: (:class:`~napari_glandseg.training.Selection`) but ``pixel_dice``, which has no objects;
+#: ``auto`` takes the score the model's checkpoint was selected on, else ``objects``.
+TuneMetric = Selection
 
 
 @dataclass
@@ -124,6 +116,9 @@ def iter_tune(model, pairs, metric: TuneMetric | str = TuneMetric.AUTO, grid=Non
     from .metrics import Overlap, aji, as_instances, object_dice, object_f1, panoptic_quality
 
     metric = as_enum(TuneMetric, metric, "metric")
+    if metric is Selection.PIXEL_DICE:
+        raise GlandsegError("tuning scores objects: choose objects, object_f1, object_dice, "
+                            "aji or pq, not pixel_dice")
     card = model.card
     if card.num_classes > 1 and not card.boundary_class:
         raise GlandsegError(f"{card.name}: a class-map model has no object split to tune")
