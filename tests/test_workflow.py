@@ -210,6 +210,7 @@ def test_slide_workflow(make_napari_viewer, qtbot, tmp_path, data_dir, notes, mo
     (back,) = viewer.open(str(path), plugin=PLUGIN)
     assert type(back).__name__ == "Labels" and back.scale[-1] == pytest.approx(px * d, rel=1e-2)
     np.testing.assert_array_equal(back.data, post.data)
+    assert tuple(back.translate) == pytest.approx(tuple(post.translate))  # where it was
     assert [n for n in notes if n[0] == "error"] == []
 
 

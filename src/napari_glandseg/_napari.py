@@ -42,7 +42,8 @@ def write_labels_layer(path: str, data, meta: dict) -> list[str]:
     """npe2 single-layer writer for Labels to .tif/.tiff/.png (atomic).
 
     A TIFF keeps the layer's um/px (its ``pixel_size_um``, else a square layer scale other
-    than 1) and is marked as labels, so File > Open gives back a Labels layer at that scale.
+    than 1) and its position (``translate``, a region of a slide) and is marked as labels,
+    so File > Open gives back a Labels layer at that scale and place.
     """
     pixel_size = (meta.get("metadata") or {}).get("pixel_size_um")
     scale = meta.get("scale")
@@ -51,7 +52,8 @@ def write_labels_layer(path: str, data, meta: dict) -> list[str]:
         pixel_size = float(scale[-1])
     if isinstance(data, list):  # a multiscale layer: its full resolution
         data = data[0]
-    return [str(write_labels(path, data, pixel_size_um=pixel_size))]
+    return [str(write_labels(path, data, pixel_size_um=pixel_size,
+                             translate=meta.get("translate")))]
 
 
 def _sample(stem: str, what: str, truth: str = "instances") -> list[tuple]:

@@ -91,6 +91,9 @@ class ImageData:
             ndim = len(self.shape) - (1 if self.rgb else 0)
             kwargs["scale"] = (1.0,) * (ndim - 2) + (self.pixel_size_um, self.pixel_size_um)
             kwargs["metadata"]["pixel_size_um"] = self.pixel_size_um
+        if self.metadata.get("translate"):  # a region, written where it lay
+            ndim = len(self.shape) - (1 if self.rgb else 0)
+            kwargs["translate"] = (0.0,) * (ndim - 2) + tuple(self.metadata["translate"])
         if self.multiscale:
             kwargs["multiscale"] = True
         if self.kind == "image":
@@ -299,6 +302,8 @@ def _read_tiff(p: Path) -> ImageData:
         shaped = tif.shaped_metadata
         if shaped and shaped[0].get("glandseg") == "labels":  # written by write_labels
             meta["glandseg_kind"] = "labels"
+            if isinstance(shaped[0].get("translate"), list | tuple):
+                meta["translate"] = [float(t) for t in shaped[0]["translate"]][-2:]
         if tif.is_svs:
             meta["aperio"] = _aperio_fields(tif.pages[0].description)
         _check_tiff_page(p, tif.pages[0])
@@ -572,6 +577,7 @@ def write_labels(
     overwrite: bool = True,
     pixel_size_um: float | None = None,
     max_label: int | None = None,
+    translate=None,
 ) -> Path:
     """Write a label image to a compressed TIFF or PNG, atomically.
 
@@ -591,7 +597,13 @@ def write_labels(
     max_label : int, optional
         For a lazy (zarr or dask) 2D array: its largest value, which picks the type. Such an
         array is written to TIFF tile by tile, never loaded whole.
+    translate : (y, x), optional
+        Where the labels lie in world units (a region of a slide, in um): kept in a TIFF's
+        metadata, so the file reopens where it was.
     """
+    mark = {"glandseg": "labels"}
+    if translate is not None and np.any(np.asarray(translate, float)[-2:] != 0):
+        mark["translate"] = [float(t) for t in np.asarray(translate, float)[-2:]]
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix not in (".tif", ".tiff", ".png"):
@@ -605,8 +617,7 @@ def write_labels(
         if max_label is None:
             max_label = max((int(np.asarray(t).max()) for t in _tiles(labels)), default=0)
         with atomic_path(p, suffix) as tmp:
-            _write_tiff(tmp, labels, dtype_for_max(max_label), pixel_size_um,
-                        metadata={"glandseg": "labels"})
+            _write_tiff(tmp, labels, dtype_for_max(max_label), pixel_size_um, metadata=mark)
         return p
     arr = np.asarray(labels)
     if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
@@ -630,8 +641,7 @@ def write_labels(
                 kwargs = {"resolution": (1e4 / pixel_size_um, 1e4 / pixel_size_um),
                           "resolutionunit": "CENTIMETER"}
             # the description marks the file as labels, so it reopens as labels
-            tifffile.imwrite(tmp, arr, compression="zlib", metadata={"glandseg": "labels"},
-                             **kwargs)
+            tifffile.imwrite(tmp, arr, compression="zlib", metadata=mark, **kwargs)
     return p
 
 
