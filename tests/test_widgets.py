@@ -620,3 +620,22 @@ def test_postprocess_keeps_segment_objects_apart(make_napari_viewer, qtbot):
     with qtbot.waitSignal(w.apply().finished, timeout=30000):
         pass
     assert w.last_layer.data.max() == 2  # not merged into one
+
+
+def test_finetune_ticks_the_correction_not_also_the_truth(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "glas")
+    ft = _dock(viewer, "Fine-tune")
+    truth = viewer.layers["glas_testA_5 [truth]"]
+    fixed = viewer.add_labels(truth.data.copy(), name="glas_testA_5 [m objects]",
+                              metadata={"glandseg_role": "objects",
+                                        "source_image": "glas_testA_5", "edited": True})
+    ft._refresh_layers()
+
+    def state():
+        return {ft.pairs_list.item(i).text(): ft.pairs_list.item(i).checkState()
+                for i in range(ft.pairs_list.count())}
+
+    s = state()
+    assert s[f"glas_testA_5 ⇐ {fixed.name}"] == Qt.CheckState.Checked
+    assert s["glas_testA_5 ⇐ glas_testA_5 [truth]"] == Qt.CheckState.Unchecked

@@ -501,19 +501,27 @@ class FinetuneWidget(QWidget):
         self.pairs_list.clear()
         images = [la for la in self.viewer.layers if isinstance(la, Image)
                   and la.metadata.get("glandseg_role") not in ("probability", "uncertainty")]
+        found = []
         for labels in self.viewer.layers:
             if not isinstance(labels, Labels) or labels.name.startswith(
                     ("compare ", "postprocess")) or \
                     labels.metadata.get("glandseg_role") == "validation":
                 continue
             image = _paired_image(labels, images)
-            if image is None:
-                continue
+            if image is not None:
+                found.append((image, labels))
+        # an image whose prediction was corrected trains on the correction: its untouched
+        # truth is not ticked as well (two targets for one image)
+        corrected = {im.name for im, la in found if la.metadata.get("edited")
+                     and la.metadata.get("glandseg_role") != "truth"}
+        for image, labels in found:
             text = f"{image.name} ⇐ {labels.name}"
             item = QListWidgetItem(text)
             item.setData(Qt.ItemDataRole.UserRole, (image.name, labels.name))
             meta = labels.metadata
-            default = meta.get("glandseg_role") == "truth" or bool(meta.get("edited"))
+            default = (meta.get("glandseg_role") == "truth" and (
+                image.name not in corrected or bool(meta.get("edited")))) or \
+                bool(meta.get("edited"))
             checked = self._checks.get(text, default)
             if meta.get("edited") and not self._checks.get(f"{text} edited", False):
                 checked = True  # a fresh edit is offered again, once
