@@ -364,7 +364,7 @@ def _tune(args) -> int:
     from pathlib import Path
 
     from .models import load_model
-    from .training import TrainingPair, split_pairs
+    from .training import split_pairs, with_pixel_size
     from .tune import iter_tune, save_tuned
 
     data = Path(args.data)
@@ -376,8 +376,7 @@ def _tune(args) -> int:
     _, val = split_pairs(data, split_csv, mask_folder, args.val_fraction, args.val_every)
     model = load_model(args.model, device=args.device)
     px = args.data_pixel_size or model.card.data_pixel_size_um
-    val = [p if p.pixel_size_um or not px else TrainingPair(p.image, p.mask, p.name, px)
-           for p in val]
+    val = with_pixel_size(val, px)
     name = args.name or f"{model.name}-tuned"
     print(f"tuning {model.name!r} on {len(val)} validation images from {data}",
           file=sys.stderr)

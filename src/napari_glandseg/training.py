@@ -551,6 +551,15 @@ def _gaps(inst: np.ndarray, width: int) -> np.ndarray:
     return (ids == 0) & (hi > 0) & (lo < big) & (hi != lo)
 
 
+def with_pixel_size(pairs: list[TrainingPair], default_um: float | None) -> list[TrainingPair]:
+    """The pairs, those whose file did not say their scale taking ``default_um`` (the
+    data's scale, e.g. a card's ``data_pixel_size_um``)."""
+    if not default_um:
+        return list(pairs)
+    return [p if p.pixel_size_um else TrainingPair(p.image, p.mask, p.name, default_um)
+            for p in pairs]
+
+
 def resample_pairs(pairs: list[TrainingPair], pixel_size_um: float | None,
                    default_pixel_size_um: float | None = None) -> list[TrainingPair]:
     """The pairs at working scale ``pixel_size_um``: images anti-aliased, masks (instance
@@ -952,8 +961,7 @@ def _setup(train_pairs, val_pairs, params: TrainParams) -> _Run:
         val_pairs = stain_normalised(val_pairs, card.stain_normalization)
     # pairs whose file does not say their scale are at the card's data scale
     default_px = params.data_pixel_size_um or card.data_pixel_size_um
-    val_pairs = [p if p.pixel_size_um or not default_px else
-                 TrainingPair(p.image, p.mask, p.name, default_px) for p in val_pairs]
+    val_pairs = with_pixel_size(val_pairs, default_px)
     work_train = resample_pairs(train_pairs, card.pixel_size_um, default_px)
     work_val = resample_pairs(val_pairs, card.pixel_size_um, default_px)
     device = resolve_device(params.device)

@@ -323,7 +323,7 @@ class PostprocessWidget(QWidget):
         goes into the controls. Returns the worker (None on bad input)."""
         from pathlib import Path
 
-        from ..training import split_pairs
+        from ..training import split_pairs, with_pixel_size
         from ..tune import iter_tune
         from ._state import selection_for
 
@@ -339,9 +339,7 @@ class PostprocessWidget(QWidget):
         try:
             csv = folder / "split.csv"
             _, val = split_pairs(folder, csv if csv.exists() else None)
-            val = [p if p.pixel_size_um else type(p)(p.image, p.mask, p.name,
-                                                     model.card.data_pixel_size_um)
-                   for p in val]
+            val = with_pixel_size(val, model.card.data_pixel_size_um)
         except GlandsegError as exc:
             notify("error", str(exc))
             return None
