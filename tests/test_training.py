@@ -408,7 +408,8 @@ def test_gaps_between_close_objects_weigh_more(glas):
     inst = np.zeros((20, 40), np.uint16)
     inst[5:15, 3:16], inst[5:15, 20:35] = 1, 2  # 4 px of background between them
     t = make_target(inst, tr.Target.BOUNDARY, 3, gap_width=3)
-    assert (t[5:15, 16:20] == tr.GAP).all()  # the gap between the two
+    assert (t[5:15, 17:19] == tr.GAP).all()  # within 3 px of both: the gap between them
+    assert (t[5:15, 16] == 0).all() and (t[5:15, 19] == 0).all()  # 4 px from the other one
     assert t[2, 8] == 0 and t[10, 38] == 0  # next to one object only: plain background
     assert t[10, 8] == 1 and t[10, 15] == 2  # objects unchanged
     # a gap pixel predicted as interior costs more with the weight on

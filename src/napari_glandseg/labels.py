@@ -56,4 +56,25 @@ def labels_dtype(labels) -> np.dtype:
     return dtype_for_max(int(labels.max()) if labels.size else 0)
 
 
-__all__ = ["as_instances", "dtype_for_max", "labels_dtype", "relabel"]
+def mixed_neighbourhood(labels: np.ndarray, size: int) -> np.ndarray:
+    """Pixels whose ``size`` x ``size`` window holds two or more different object ids
+    (background ignored): where objects touch, or nearly touch.
+
+    >>> m = np.array([[1, 1, 0, 0, 2, 2]])
+    >>> mixed_neighbourhood(m, 3).astype(int).tolist()
+    [[0, 0, 0, 0, 0, 0]]
+    >>> mixed_neighbourhood(m, 5).astype(int).tolist()
+    [[0, 0, 1, 1, 0, 0]]
+    """
+    from scipy import ndimage as ndi
+
+    ids = np.asarray(labels).astype(np.int64)
+    # background reads as one more than any id (scipy's filters pass through float64, so
+    # int64's maximum would not survive as a sentinel)
+    big = int(ids.max(initial=0)) + 1
+    hi = ndi.maximum_filter(ids, size)
+    lo = ndi.minimum_filter(np.where(ids > 0, ids, big), size)
+    return (lo < big) & (hi != lo)
+
+
+__all__ = ["as_instances", "dtype_for_max", "labels_dtype", "mixed_neighbourhood", "relabel"]

@@ -191,11 +191,9 @@ def postprocess(labels, params: PostprocessParams | None = None, *, objects: boo
 
 def _contacts(labels: np.ndarray) -> np.ndarray:
     """Pixels of an object with a pixel of another object among their 8 neighbours."""
-    big = np.iinfo(np.int64).max
-    ids = labels.astype(np.int64)
-    hi = ndi.maximum_filter(ids, 3)
-    lo = ndi.minimum_filter(np.where(ids > 0, ids, big), 3)
-    return (ids > 0) & ((hi != ids) | (lo != ids))
+    from .labels import mixed_neighbourhood
+
+    return (labels > 0) & mixed_neighbourhood(labels, 3)
 
 
 def clean_class_map(labels, params: PostprocessParams | None = None, **kwargs) -> np.ndarray:

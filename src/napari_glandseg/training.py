@@ -540,15 +540,10 @@ def make_target(mask: np.ndarray, target: Target, num_classes: int,
 
 def _gaps(inst: np.ndarray, width: int) -> np.ndarray:
     """Background pixels with two different objects within ``width`` pixels (a square
-    window): the largest and the smallest object id around them differ."""
-    from scipy.ndimage import maximum_filter, minimum_filter
+    window)."""
+    from .labels import mixed_neighbourhood
 
-    size = 2 * width + 1
-    big = np.iinfo(np.int64).max
-    ids = inst.astype(np.int64)
-    hi = maximum_filter(ids, size)
-    lo = minimum_filter(np.where(ids > 0, ids, big), size)
-    return (ids == 0) & (hi > 0) & (lo < big) & (hi != lo)
+    return (inst == 0) & mixed_neighbourhood(inst, 2 * width + 1)
 
 
 def with_pixel_size(pairs: list[TrainingPair], default_um: float | None) -> list[TrainingPair]:
