@@ -274,3 +274,24 @@ def test_all_foreground_masks():
     half[:, 15:] = 0
     m = evaluate(half, full)
     assert m["dice"] == pytest.approx(2 / 3) and m["pq"] == 0.0 and m["tp"] == 0
+
+
+def test_object_summary_pools_f1_over_objects_and_averages_the_rest():
+    # image a: 3 glands found exactly; image b: 1 gland of 1 found but 3 false objects.
+    # Pooled F1 = 2*4 / (2*4 + 3 + 0) = 8/11; the mean of per-image F1s would be (1 + 0.4)/2.
+    a = np.zeros((40, 40), np.int32)
+    a[2:10, 2:10], a[15:25, 15:25], a[30:38, 30:38] = 1, 2, 3
+    b_true = np.zeros((40, 40), np.int32)
+    b_true[5:20, 5:20] = 1
+    b_pred = b_true.copy()
+    b_pred[25:28, 25:28], b_pred[30:33, 2:5], b_pred[35:38, 35:38] = 2, 3, 4
+    from napari_glandseg.metrics import evaluate_dataset, summarise_objects
+
+    rows, summary = evaluate_dataset([("a", a, a), ("b", b_pred, b_true)], hausdorff=False)
+    s = summarise_objects(rows)
+    assert s["object_f1"] == pytest.approx(8 / 11) == summary["object_f1"]
+    for k in ("object_dice", "aji", "pq"):
+        assert s[k] == pytest.approx(np.mean([r[k] for r in rows])) == summary[k]
+    assert s["objects"] == pytest.approx((s["object_f1"] + s["object_dice"]) / 2)
+    with pytest.raises(GlandsegError, match="no images"):
+        summarise_objects([])

@@ -452,3 +452,24 @@ def test_settings_of_the_wrong_type_are_named(tmp_path, glas):
     cfg = tmp_path / "cfg.json"
     cfg.write_text('{"lr": "fast"}')
     assert main(["train", "--config", str(cfg), "--data", str(tmp_path)]) == 2
+
+
+def test_validation_scores_are_the_evaluation_of_the_post_processed_objects(glas):
+    # selection (validate_images) and the Fine-tune table (validation_report) read the same
+    # rows, and their object scores are what `glandseg evaluate` gives the same objects
+    from napari_glandseg.metrics import evaluate_dataset
+    from napari_glandseg.postprocessing import PostprocessParams, postprocess
+
+    post = {"split": "distance", "h": 2.0, "min_size": 20}
+    res = train(glas, glas, TrainParams(name="val-rows", target="boundary", epochs=1,
+                                        steps_per_epoch=2, postprocess=post, **SMALL))
+    rows = tr.validation_report(res.model, glas, tile_size=512)
+    items = [(r["name"], postprocess(r["labels"], PostprocessParams(**post)), p.mask)
+             for r, p in zip(rows, glas)]
+    _, ev = evaluate_dataset(items, hausdorff=False)
+    val = tr.validate_images(res.model, glas)
+    for k in ("object_f1", "object_dice", "aji", "pq"):
+        assert val[f"val_{k}"] == pytest.approx(ev[k])
+    fg = [(r["name"], (r["labels"] > 0).astype(np.uint8), (p.mask > 0).astype(np.uint8))
+          for r, p in zip(rows, glas)]
+    assert val["val_image_dice"] == pytest.approx(evaluate_dataset(fg, hausdorff=False)[1]["dice"])

@@ -355,6 +355,37 @@ def average_precision(ov: Overlap, thresholds=IOU_THRESHOLDS) -> dict:
 # everything at once
 
 
+def object_scores(ov: Overlap) -> dict:
+    """The object scores checkpoints and post-processing are chosen on, for one image:
+    ``object_f1`` (with its counts ``tp, fp, fn``), ``object_dice``, ``aji`` and ``pq``
+    (with ``dq, sq``). :func:`summarise_objects` aggregates them over images."""
+    out = dict(object_f1(ov))
+    out["object_dice"] = object_dice(ov)
+    out["aji"] = aji(ov)
+    out.update(panoptic_quality(ov))
+    return out
+
+
+def summarise_objects(rows) -> dict:
+    """Object scores of many images as :data:`AGGREGATION` says: ``object_f1`` pooled over
+    all objects (TP/FP/FN summed, as GlaS), ``object_dice``, ``aji`` and ``pq`` averaged
+    per image; ``objects`` is the mean of object F1 and object Dice (what glands are
+    selected on). ``rows``: dicts from :func:`object_scores` or :func:`evaluate`."""
+    rows = list(rows)
+    if not rows:
+        raise GlandsegError("no images to evaluate")
+    out = {"object_f1": _pooled_object_f1(rows)}
+    for k in ("object_dice", "aji", "pq"):
+        out[k] = float(np.mean([r[k] for r in rows]))
+    out["objects"] = (out["object_f1"] + out["object_dice"]) / 2
+    return out
+
+
+def _pooled_object_f1(rows) -> float:
+    tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
+    return _ratio(2 * tp, 2 * tp + fp + fn)
+
+
 def evaluate(pred, truth, classes: int | None = None, hausdorff: bool = True) -> dict:
     """Every metric for one image.
 
@@ -383,11 +414,8 @@ def evaluate(pred, truth, classes: int | None = None, hausdorff: bool = True) ->
     else:
         p_inst, t_inst = as_instances(pred), as_instances(truth)
     ov = Overlap.of(p_inst, t_inst)
-    out.update(object_f1(ov))
-    out["object_dice"] = object_dice(ov)
+    out.update(object_scores(ov))
     out["object_hausdorff"] = object_hausdorff(p_inst, t_inst, ov) if hausdorff else float("nan")
-    out["aji"] = aji(ov)
-    out.update(panoptic_quality(ov))
     out["map"] = average_precision(ov)["map"]
     out["n_pred"], out["n_true"] = len(ov.pred_ids), len(ov.true_ids)
     return out
@@ -483,8 +511,7 @@ def summarise(rows: list[dict], pooled=None) -> dict:
     summary["pooled"] = {}
     if pooled is not None:
         summary["pooled"].update(_binary_counts_to_metrics(*[int(v) for v in pooled]))
-    tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
-    summary["pooled"]["object_f1"] = _ratio(2 * tp, 2 * tp + fp + fn)
+    summary["pooled"]["object_f1"] = _pooled_object_f1(rows)
     summary.update(summary["pooled"])
     by_dice = sorted(rows, key=lambda r: r["dice"])
     summary["worst"] = [r["name"] for r in by_dice[:3]]

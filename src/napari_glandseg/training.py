@@ -445,36 +445,56 @@ def holdout_split(pairs: list[TrainingPair], val_fraction: float = 0.2):
                           p.pixel_size_um)])
 
 
-def validation_report(model: Model, pairs: list[TrainingPair], tile_size: int = 256):
-    """Segment each validation image in full and score it as training selects checkpoints.
+def iter_validation_rows(model: Model, pairs: list[TrainingPair], tile_size: int = 512,
+                         postprocess_params=None, stain_normalization: bool = True):
+    """Segment each validation image in full, as inference does (at its own pixel size),
+    and score it; yields one row per pair. The one owner of "how a model scores on
+    validation images": training's checkpoint selection (:func:`validate_images`) and
+    Fine-tune's before/after table (:func:`validation_report`) both read these rows.
 
-    Rows of name, Dice, IoU, accuracy, the predicted labels (foreground for binary/boundary
-    models), and for models with post-processing the objects' ``object_f1``,
-    ``object_dice``, ``aji`` and ``pq`` (after the card's post-processing); ``score`` is
-    the measure the model's checkpoint was selected on (:func:`selection_score`), so a
-    before/after comparison judges what training optimised.
+    A row holds ``name``, the network's ``labels`` (foreground for binary / boundary
+    models), their pixel ``dice``, ``iou``, ``accuracy`` and pixel counts ``pixels``
+    (tp, fp, fn; foreground classes pooled for class maps), and for models with
+    post-processing (the card's, or ``postprocess_params``) the objects'
+    :func:`~napari_glandseg.metrics.object_scores`; ``score`` is the measure the checkpoint
+    is selected on (:func:`selection_score`). ``stain_normalization=False`` for pairs that
+    training has already mapped onto the card's stains.
     """
     from .inference import segment
-    from .metrics import evaluate, pixel_metrics
+    from .metrics import Overlap, as_instances, object_scores, pixel_metrics
     from .postprocessing import PostprocessParams, postprocess
 
     card = model.card
     classes = card.num_classes if card.num_classes > 1 and not card.boundary_class else None
-    post = PostprocessParams(**card.postprocess) if card.postprocess and not classes else None
-    rows = []
+    post = postprocess_params or card.postprocess
+    post = PostprocessParams(**post) if isinstance(post, dict) else post
+    post = None if classes else post
     for p in pairs:
         res = segment(p.image, model, pixel_size_um=p.pixel_size_um, tile_size=tile_size,
-                      return_probabilities=False)
+                      return_probabilities=False, stain_normalization=stain_normalization,
+                      device=str(model.device))
         pred = np.asarray(res.labels)
         m = pixel_metrics(pred, p.mask, classes)
+        if classes:
+            same = (pred > 0) & (pred == p.mask)
+            pf, tf = pred > 0, p.mask > 0
+            counts = (int(same.sum()), int((pf & ~same).sum()), int((tf & ~same).sum()))
+        else:
+            pf, tf = pred > 0, p.mask > 0
+            counts = (int((pf & tf).sum()), int((pf & ~tf).sum()), int((~pf & tf).sum()))
         row = {"name": p.name, "dice": m["dice"], "iou": m["iou"], "accuracy": m["accuracy"],
-               "labels": pred}
+               "pixels": counts, "labels": pred}
         if post is not None:
-            e = evaluate(postprocess(pred, post), p.mask, hausdorff=False)
-            row.update({k: e[k] for k in ("object_f1", "object_dice", "aji", "pq")})
+            row.update(object_scores(Overlap.of(as_instances(postprocess(pred, post)),
+                                                as_instances(p.mask))))
         row["score"] = selection_score(row, card)
-        rows.append(row)
-    return rows
+        yield row
+
+
+def validation_report(model: Model, pairs: list[TrainingPair], tile_size: int = 256):
+    """Rows of :func:`iter_validation_rows` for each validation image, scored as training
+    selects checkpoints (so a before/after comparison judges what training optimised)."""
+    return list(iter_validation_rows(model, pairs, tile_size))
 
 
 def selection_score(row: dict, card: ModelCard) -> float:
@@ -1190,48 +1210,27 @@ def _validate(net, val_set, loss_fn, device, num_classes) -> dict:
 
 def validate_images(model: Model, pairs: list[TrainingPair], tile_size: int = 512,
                     postprocess_params=None) -> dict:
-    """Whole-image validation scores: each pair segmented as inference does (at its own
-    pixel size), post-processed with the card's settings (or ``postprocess_params``) and
-    scored against its mask.
+    """Whole-image validation scores of :func:`iter_validation_rows` (pairs already
+    stain-normalised by training), aggregated over the images.
 
     Returns ``val_image_dice`` (foreground Dice pooled over the images; foreground classes
     pooled for class maps), and for models with post-processing ``val_object_f1``,
-    ``val_object_dice``, ``val_objects`` (their mean), ``val_aji`` and ``val_pq``.
+    ``val_object_dice``, ``val_objects`` (their mean), ``val_aji`` and ``val_pq``
+    (:func:`~napari_glandseg.metrics.summarise_objects`).
     """
-    from .inference import segment
-    from .metrics import evaluate_dataset
-    from .postprocessing import PostprocessParams, postprocess
+    from .metrics import summarise_objects
 
-    card = model.card
-    post = postprocess_params or card.postprocess
-    objects = bool(post) and not (card.num_classes > 1 and not card.boundary_class)
-    post = PostprocessParams(**post) if isinstance(post, dict) else post
-    tp = fp = fn = 0
-    items = []
-    for p in pairs:
-        res = segment(p.image, model, pixel_size_um=p.pixel_size_um, tile_size=tile_size,
-                      return_probabilities=False, stain_normalization=False,
-                      device=str(model.device))
-        labels = np.asarray(res.labels)
-        truth = p.mask
-        if card.num_classes > 1 and not card.boundary_class:
-            same = (labels > 0) & (labels == truth)
-            tp += int(same.sum())
-            fp += int(((labels > 0) & ~same).sum())
-            fn += int(((truth > 0) & ~same).sum())
-        else:
-            pf, tf = labels > 0, truth > 0
-            tp += int((pf & tf).sum())
-            fp += int((pf & ~tf).sum())
-            fn += int((~pf & tf).sum())
-        if objects:
-            items.append((p.name, postprocess(labels, post), truth))
+    rows = []
+    for row in iter_validation_rows(model, pairs, tile_size, postprocess_params,
+                                    stain_normalization=False):
+        row.pop("labels")
+        rows.append(row)
+    tp, fp, fn = (sum(r["pixels"][i] for r in rows) for i in range(3))
     out = {"val_image_dice": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0}
-    if objects:
-        _, s = evaluate_dataset(items, hausdorff=False)
-        out.update(val_object_f1=float(s["object_f1"]), val_object_dice=float(s["object_dice"]),
-                   val_aji=float(s["aji"]), val_pq=float(s["pq"]))
-        out["val_objects"] = (out["val_object_f1"] + out["val_object_dice"]) / 2
+    if rows and "object_f1" in rows[0]:
+        s = summarise_objects(rows)
+        out.update({f"val_{k}": float(s[k]) for k in
+                    ("object_f1", "object_dice", "objects", "aji", "pq")})
     return out
 
 

@@ -113,7 +113,7 @@ def iter_tune(model, pairs, metric: TuneMetric | str = TuneMetric.AUTO, grid=Non
         Default :func:`candidate_grid` around the card's settings.
     """
     from .inference import segment
-    from .metrics import Overlap, aji, as_instances, object_dice, object_f1, panoptic_quality
+    from .metrics import Overlap, as_instances, object_scores, summarise_objects
 
     metric = as_enum(TuneMetric, metric, "metric")
     if metric is Selection.PIXEL_DICE:
@@ -139,20 +139,9 @@ def iter_tune(model, pairs, metric: TuneMetric | str = TuneMetric.AUTO, grid=Non
                        time.perf_counter() - t0)
     rows = []
     for j, params in enumerate(grid):
-        tp = fp = fn = 0
-        dices, ajis, pqs = [], [], []
-        for labels, truth in predictions:
-            ov = Overlap.of(postprocess(labels, params), truth)
-            f = object_f1(ov)
-            tp, fp, fn = tp + f["tp"], fp + f["fp"], fn + f["fn"]
-            dices.append(object_dice(ov))
-            ajis.append(aji(ov))
-            pqs.append(panoptic_quality(ov)["pq"])
-        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
-        row = {**_entry(params), "object_f1": f1, "object_dice": float(np.mean(dices)),
-               "aji": float(np.mean(ajis)), "pq": float(np.mean(pqs))}
-        row["objects"] = (row["object_f1"] + row["object_dice"]) / 2
-        rows.append(row)
+        s = summarise_objects(object_scores(Overlap.of(postprocess(labels, params), truth))
+                              for labels, truth in predictions)
+        rows.append({**_entry(params), **s})
         yield Progress(len(pairs) + j + 1, total, f"setting {j + 1}/{len(grid)}",
                        time.perf_counter() - t0)
     key = metric.value
