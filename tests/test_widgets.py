@@ -115,6 +115,16 @@ def test_load_svs_multiscale(make_napari_viewer, data_dir):
     (layer,) = w.open_files([data_dir / "wsi/cmu_small_region.svs"])
     assert layer.multiscale and layer.rgb and layer.data[0].shape == (2967, 2220, 3)
     assert layer.scale[-1] == pytest.approx(0.499)
+    # the slide's micrometres get a scale bar in um, kept when pixel-unit layers (the
+    # user's shapes, predictions) join; once hidden by the user it stays hidden
+    assert viewer.scale_bar.visible
+    assert [str(u) for u in viewer.layers.extent.units] == ["micrometer"] * 2
+    viewer.add_shapes(scale=layer.scale)
+    viewer.add_labels(np.zeros((10, 10), np.uint8), scale=layer.scale)
+    assert [str(u) for u in viewer.layers.extent.units] == ["micrometer"] * 2
+    viewer.scale_bar.visible = False
+    w.open_files([data_dir / "wsi/cmu_small_region.svs"])
+    assert not viewer.scale_bar.visible
 
 
 def test_model_card_names_each_score_once(make_napari_viewer):

@@ -91,6 +91,7 @@ class ImageData:
             ndim = len(self.shape) - (1 if self.rgb else 0)
             kwargs["scale"] = (1.0,) * (ndim - 2) + (self.pixel_size_um, self.pixel_size_um)
             kwargs["metadata"]["pixel_size_um"] = self.pixel_size_um
+            kwargs["units"] = ("pixel",) * (ndim - 2) + ("um", "um")
         if self.metadata.get("translate"):  # a region, written where it lay
             ndim = len(self.shape) - (1 if self.rgb else 0)
             kwargs["translate"] = (0.0,) * (ndim - 2) + tuple(self.metadata["translate"])

@@ -61,3 +61,31 @@ def map_colormap(colour: str):
     rgba = np.repeat(transform_color(colour), len(x), axis=0).astype(np.float32)
     rgba[:, 3] = x
     return Colormap(colors=rgba, controls=x, name=f"{colour} (clear when low)")
+
+
+def speak_micrometres(viewer) -> None:
+    """Give every layer of ``viewer``, now and when added, micrometre units in its two
+    spatial axes where it has none (napari's default, "pixel").
+
+    napari draws a scale bar in a unit only when all layers agree on it; a slide opens in
+    micrometres, while predictions, objects, overlays and the user's own Shapes/Labels
+    layers are made with pixel units. Units do not move a layer (its scale does), so this
+    only lets the scale bar say um. Connected once per viewer.
+    """
+    import pint
+
+    if getattr(viewer, "_glandseg_um", False):
+        return
+    viewer._glandseg_um = True
+    um = pint.get_application_registry().Unit("micrometer")
+
+    def adopt(layer) -> None:
+        units = tuple(getattr(layer, "units", ()) or ())
+        if len(units) < 2 or any(str(u) not in ("pixel", "micrometer") for u in units[-2:]):
+            return
+        if any(str(u) == "pixel" for u in units[-2:]):
+            layer.units = (*units[:-2], um, um)
+
+    for layer in list(viewer.layers):
+        adopt(layer)
+    viewer.layers.events.inserted.connect(lambda event: adopt(event.value))

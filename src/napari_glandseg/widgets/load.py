@@ -27,7 +27,7 @@ from ..io import (
     read_pair,
     write_labels,
 )
-from ._common import notify, track_edits
+from ._common import notify, speak_micrometres, track_edits
 
 TRUTH_SUFFIX = " [truth]"
 AUTO = "auto"
@@ -240,7 +240,18 @@ class LoadWidget(QWidget):
             track_edits(layer)
         else:
             layer = self.viewer.add_image(data, **kwargs)
+            if "scale" in kwargs:
+                self._show_scale_bar()
         return layer
+
+    def _show_scale_bar(self) -> None:
+        """A scale bar in micrometres the first time an image of known pixel size opens (a
+        pathologist judges size on a slide by it); hidden again by the user, it stays so."""
+        if getattr(self, "_scale_bar_shown", False):
+            return
+        self._scale_bar_shown = True
+        speak_micrometres(self.viewer)
+        self.viewer.scale_bar.visible = True
 
     def _clear_shown(self) -> None:
         """Take the pair on show off screen, with the layers made from it (predictions,
