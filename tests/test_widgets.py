@@ -217,6 +217,10 @@ def test_segment_widget_runs_in_background_and_adds_labels(make_napari_viewer, q
     with qtbot.waitSignal(w.run().finished, timeout=60000):
         pass
     assert "glas_testA_5 [allfg] (2)" in viewer.layers
+    # ... and shows the new result alone: the first run's layers are hidden, not removed
+    assert viewer.layers["glas_testA_5 [allfg] (2)"].visible and not layer.visible
+    assert "earlier result layer(s) hidden" in w.status.text()
+    assert viewer.layers["glas_testA_5"].visible  # the image itself stays
     assert [n for n in notes if n[0] == "error"] == []
 
 

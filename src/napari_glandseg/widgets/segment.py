@@ -326,6 +326,7 @@ class SegmentWidget(QWidget):
         colours = {None: "transparent", 0: "transparent"}
         colours.update({i: c for i, c in enumerate(card.class_colours) if i})
         class_model = features is not None and "class" in features
+        earlier = self._hide_earlier_results(image)
         self.last_layers = []
         if post is None or class_model or self.keep_classes.isChecked():
             # the class map: as predicted, or (a class model) cleaned, with its objects' table
@@ -379,7 +380,21 @@ class SegmentWidget(QWidget):
                 metadata={**meta, "glandseg_role": "uncertainty"}))
         what = (f"{len(features)} objects" if features is not None
                 else f"{res.info['tiles']} tiles")
-        self.status.setText(f"Done in {res.seconds:.1f} s on {res.device}: {what}")
+        hidden = f"; {earlier} earlier result layer(s) hidden" if earlier else ""
+        self.status.setText(f"Done in {res.seconds:.1f} s on {res.device}: {what}{hidden}")
+
+    def _hide_earlier_results(self, image) -> int:
+        """Hide (never remove) the results of earlier runs on ``image``, so the new ones are
+        not seen through a stack of half-transparent layers; returns how many."""
+        roles = ("prediction", "objects", "probability", "uncertainty")
+        n = 0
+        for layer in self.viewer.layers:
+            meta = layer.metadata
+            if (layer.visible and meta.get("source_image") == image.name
+                    and meta.get("glandseg_role") in roles):
+                layer.visible = False
+                n += 1
+        return n
 
     def _forget_store(self, event) -> None:
         """Remove a large result's temporary zarr store with the last layer showing it."""
