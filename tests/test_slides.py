@@ -295,3 +295,29 @@ def test_napari_opens_the_labels_over_the_slide(tmp_path, make_napari_viewer):
     yx = layer.world_to_data((1200 * slide.pixel_size_um, 900 * slide.pixel_size_um))
     assert np.allclose(yx, (1200, 900))
     assert int(layer.data[0][1200, 900]) == 1 and int(layer.data[0][900, 900]) == 0
+
+
+def test_blocks_share_the_whole_slides_normalisation(tmp_path, fg_model_factory, monkeypatch):
+    """A model with an image-level normalisation: a pale block and a dark block are
+    normalised with the statistics of the whole slide, not each with its own (which would
+    stretch the pale block's few grey levels to full contrast and change objects at seams)."""
+    import napari_glandseg.inference as inf
+    from napari_glandseg.inference import SegmentParams
+    from napari_glandseg.preprocess import norm_stats
+
+    name = fg_model_factory("pct", normalization="percentile")
+    rng = np.random.default_rng(0)
+    image = np.empty((256, 512, 3), np.uint8)
+    image[:, :256] = rng.integers(30, 60, (256, 256, 3))    # dark half
+    image[:, 256:] = rng.integers(180, 230, (256, 256, 3))  # pale half
+    seen = []
+    real = inf._normalise
+    monkeypatch.setattr(inf, "_normalise", lambda raw, mode, stats: (
+        seen.append(tuple(np.round(np.concatenate(stats), 3))), real(raw, mode, stats))[1])
+    segment_slide(image, tmp_path, name, params=SlideParams(block_size=128, overlap=16,
+                                                            tissue=False),
+                  seg=SegmentParams(tile_size=64, device="cpu", precision="fp32"),
+                  post={"split": "none", "min_size": 1})
+    whole = norm_stats(image, (0, 0, 256, 512), "percentile")
+    assert len(seen) >= 8 and len(set(seen)) == 1
+    np.testing.assert_allclose(seen[0], np.concatenate(whole), atol=1.0)

@@ -199,10 +199,11 @@ class SegmentResult:
 
 
 def segment(image, model: Model, pixel_size_um: float | None = None, region=None,
-            params: SegmentParams | None = None, **kwargs) -> SegmentResult:
+            params: SegmentParams | None = None, stats: ImageStats | None = None,
+            **kwargs) -> SegmentResult:
     """Segment ``image`` with ``model`` (blocking). See :func:`iter_segment`."""
     return run_to_end(iter_segment(image, model, pixel_size_um=pixel_size_um, region=region,
-                                   params=params, **kwargs))
+                                   params=params, stats=stats, **kwargs))
 
 
 def iter_segment(
@@ -211,6 +212,7 @@ def iter_segment(
     pixel_size_um: float | None = None,
     region: tuple[int, int, int, int] | None = None,
     params: SegmentParams | None = None,
+    stats: ImageStats | None = None,
     **kwargs,
 ) -> Generator[Progress, None, SegmentResult]:
     """Segment an image tile by tile, yielding :class:`Progress` after each batch.
@@ -229,6 +231,10 @@ def iter_segment(
         Full-resolution bounding box to segment; the result's ``offset`` is ``(y0, x0)``.
     params : SegmentParams, optional
         Or pass its fields as keywords.
+    stats : ImageStats, optional
+        The whole image's stains and normalisation statistics (:func:`image_stats`), for a
+        region that is one part of a larger image (a slide's block); default: estimated
+        from the region itself.
 
     Returns
     -------
@@ -261,8 +267,10 @@ def iter_segment(
     model.to(device)
     precision = _precision(params.precision, device)
     channels_last = True if params.channels_last is None else params.channels_last
-    stain, stain_note = _stain_mapping(data, (ly0, lx0, ly1, lx1), card, params)
-    stats = _norm_stats(data, (ly0, lx0, ly1, lx1), card.normalization, stain)
+    if stats is None:
+        stats = _estimate_stats(data, (ly0, lx0, ly1, lx1), card, params)
+    stain, stain_note = stats.mapping(card, params), stats.stain_note
+    stats = stats.norm
 
     out_h, out_w = ly1 - ly0, lx1 - lx0
     large = not isinstance(data, np.ndarray) or out_h * out_w > LARGE_PIXELS
@@ -484,32 +492,65 @@ def _grid(h: int, w: int, size: int, overlap: float) -> list[tuple[int, int, int
 # normalisation and resampling
 
 
-def _stain_mapping(data, box, card, params):
-    """The per-tile stain normalisation of this image (or None) and a note for ``info``.
+@dataclass(frozen=True)
+class ImageStats:
+    """What an image is normalised with, estimated once for the whole of it: the source H&E
+    stains of the card's stain normalisation (``stains``; None: none, or too little tissue,
+    ``stain_note`` says which) and the per-channel statistics of an image-level
+    normalisation (``norm``; None for the fixed ones). Every tile of a :func:`segment` run
+    uses one estimate; a slide's blocks share one from :func:`image_stats`, so blocks
+    match at their seams. Small and picklable (dask workers receive it)."""
 
-    The source stains are estimated once for the whole region, so every tile is mapped with
-    the same estimate. An image with too little stained tissue to estimate them is
-    segmented without stain normalisation, with a warning.
-    """
-    if not (card.stain_normalization and params.stain_normalization):
-        return None, "none"
-    import warnings
+    stains: object = None
+    norm: tuple | None = None
+    stain_note: str = "none"
 
-    from .stain import MacenkoStains, apply_macenko, fit_macenko
+    def mapping(self, card, params):
+        """The per-tile stain mapping (raw RGB -> RGB on the card's reference), or None."""
+        if self.stains is None or not (card.stain_normalization and params.stain_normalization):
+            return None
+        from .stain import MacenkoStains, apply_macenko
 
-    y0, x0, y1, x1 = box
-    reference = MacenkoStains.from_card(card.stain_normalization)
-    try:
-        source = fit_macenko(data[y0:y1, x0:x1])
-    except GlandsegError as exc:
-        note = f"skipped: {exc}"
-        warnings.warn(f"stain normalisation {note}", stacklevel=3)
-        return None, note
+        source, reference = self.stains, MacenkoStains.from_card(card.stain_normalization)
+        return lambda raw: apply_macenko(raw, source, reference)
 
-    def mapping(raw):
-        return apply_macenko(raw, source, reference)
 
-    return mapping, "macenko"
+def _estimate_stats(data, box, card, params) -> ImageStats:
+    """:class:`ImageStats` of ``data[box]``: the stains from the region, then the
+    normalisation statistics of the stain-normalised region (from a subsample). An image with
+    too little stained tissue to estimate stains is segmented without stain normalisation,
+    with a warning."""
+    stains, note = None, "none"
+    if card.stain_normalization and params.stain_normalization:
+        import warnings
+
+        from .stain import fit_macenko
+
+        y0, x0, y1, x1 = box
+        try:
+            stains, note = fit_macenko(data[y0:y1, x0:x1]), "macenko"
+        except GlandsegError as exc:
+            note = f"skipped: {exc}"
+            warnings.warn(f"stain normalisation {note}", stacklevel=4)
+    mapping = ImageStats(stains, None, note).mapping(card, params)
+    return ImageStats(stains, _norm_stats(data, box, card.normalization, mapping), note)
+
+
+def image_stats(image, model: Model, params: SegmentParams | None = None,
+                max_pixels: int = 2**22) -> ImageStats:
+    """Stains and normalisation statistics of a whole (multiscale) image, from its coarsest
+    pyramid level that still has ``max_pixels`` pixels (the whole level when none has): a
+    few MB read once, instead of per block from every block's own pixels (which would
+    normalise a pale block and a dark block differently, so objects change at the seams).
+    Pass the result to :func:`segment` as ``stats`` for each region."""
+    params = params or SegmentParams()
+    levels = list(image) if isinstance(image, list | tuple) else [image]
+    pick = 0
+    for i, lv in enumerate(levels):
+        if lv.shape[0] * lv.shape[1] >= max_pixels:
+            pick = i
+    data = levels[pick]
+    return _estimate_stats(data, (0, 0, data.shape[0], data.shape[1]), model.card, params)
 
 
 def _resize(x: np.ndarray, hw) -> np.ndarray:

@@ -252,7 +252,20 @@ class ModelPredictor:
         level, ds = _pick_level(levels, pixel_size_um, self.card.pixel_size_um)
         return level, ds, (pixel_size_um * ds if pixel_size_um else None)
 
-    def __call__(self, levels, box, pixel_size_um=None, downsample=1.0):
+    def image_stats(self, levels):
+        """The whole slide's stains and normalisation statistics, read once from a coarse
+        level (:func:`~napari_glandseg.inference.image_stats`); None when the card uses
+        neither stain normalisation nor an image-level normalisation."""
+        from .inference import SegmentParams, image_stats
+        from .preprocess import IMAGE_LEVEL
+
+        card, seg = self.card, self.seg or SegmentParams()
+        if not ((card.stain_normalization and seg.stain_normalization)
+                or getattr(card.normalization, "value", card.normalization) in IMAGE_LEVEL):
+            return None
+        return image_stats(levels, _cached_model(self.model), seg)
+
+    def __call__(self, levels, box, pixel_size_um=None, downsample=1.0, stats=None):
         from dataclasses import replace
 
         from .inference import SegmentParams, segment
@@ -261,7 +274,7 @@ class ModelPredictor:
         y0, x0, y1, x1 = box
         region = tuple(round(v * downsample) for v in box)
         res = segment(levels, _cached_model(self.model), pixel_size_um=pixel_size_um,
-                      region=region, params=seg)
+                      region=region, params=seg, stats=stats)
         classes = _fit(np.asarray(res.labels), (y1 - y0, x1 - x0))
         probs = np.asarray(res.probabilities, np.float32)
         fg = probs[0] if probs.shape[0] == 1 else 1.0 - probs[0]
@@ -307,6 +320,9 @@ class SlidePlan:
     tissue_fraction: float | None = None
     geojson: bool = True
     info: dict = field(default_factory=dict)
+    #: the whole slide's stains / normalisation statistics (ModelPredictor.image_stats),
+    #: shared by every block so that blocks are normalised alike
+    image_stats: object = None
 
     @property
     def geojson_path(self) -> Path:
@@ -463,6 +479,11 @@ def plan_slide(source, out, predictor, params: SlideParams | None = None,
     for iy, ix in plan.blocks():
         if tm is None or tm.any_in(tuple(v * ds for v in plan.core(iy, ix))):
             plan.todo.append((iy, ix))
+    if isinstance(predictor, ModelPredictor) and plan.todo:
+        import dask
+
+        with dask.config.set(scheduler="synchronous"):  # as the tissue mask above
+            plan.image_stats = predictor.image_stats(levels)
     _check_resume(plan)
     return plan
 
@@ -508,7 +529,8 @@ def run_block(plan: SlidePlan, iy: int, ix: int) -> bool:
     # default would send every small read through the scheduler (measured 4x slower)
     with dask.config.set(scheduler="synchronous"):
         if isinstance(pred, ModelPredictor):
-            classes, prob = pred(levels, box, plan.image_pixel_size_um, plan.downsample)
+            classes, prob = pred(levels, box, plan.image_pixel_size_um, plan.downsample,
+                                 plan.image_stats)
         else:
             classes, prob = pred(levels, box)
     labels = postprocess(classes, plan.post) if classes.any() else np.zeros(classes.shape,
