@@ -465,11 +465,11 @@ def test_validation_scores_are_the_evaluation_of_the_post_processed_objects(glas
                                         steps_per_epoch=2, postprocess=post, **SMALL))
     rows = tr.validation_report(res.model, glas, tile_size=512)
     items = [(r["name"], postprocess(r["labels"], PostprocessParams(**post)), p.mask)
-             for r, p in zip(rows, glas)]
+             for r, p in zip(rows, glas, strict=True)]
     _, ev = evaluate_dataset(items, hausdorff=False)
     val = tr.validate_images(res.model, glas)
     for k in ("object_f1", "object_dice", "aji", "pq"):
         assert val[f"val_{k}"] == pytest.approx(ev[k])
     fg = [(r["name"], (r["labels"] > 0).astype(np.uint8), (p.mask > 0).astype(np.uint8))
-          for r, p in zip(rows, glas)]
+          for r, p in zip(rows, glas, strict=True)]
     assert val["val_image_dice"] == pytest.approx(evaluate_dataset(fg, hausdorff=False)[1]["dice"])
