@@ -291,3 +291,17 @@ def test_result_records_its_settings_and_pixel_size(smooth_image):
     meta = res.metadata()
     assert meta["params"]["tile_size"] == 96 and meta["params"]["threshold"] == 0.3
     assert meta["pixel_size_um"] == 0.5 and meta["model"] == "t"
+
+
+def test_image_stats_come_from_the_coarsest_level_that_is_still_large(fg_model_factory):
+    from napari_glandseg.inference import image_stats
+    from napari_glandseg.models import load_model
+
+    model = load_model(fg_model_factory("pct-levels", normalization="percentile"))
+    levels = [np.full((2048, 2048, 3), 100, np.uint8), np.full((1024, 1024, 3), 50, np.uint8),
+              np.full((512, 512, 3), 200, np.uint8)]
+    lo, _ = image_stats(levels, model, max_pixels=2**20).norm
+    np.testing.assert_allclose(lo, 50)  # level 1: the last one with 2**20 pixels
+    lo, _ = image_stats(levels[2:], model, max_pixels=2**20).norm
+    np.testing.assert_allclose(lo, 200)  # none that large: the whole (only) level
+    assert image_stats(levels[2:], load_model(fg_model_factory("fixed"))).norm is None
