@@ -56,5 +56,7 @@ def test_wbc_finds_cytoplasm_and_nucleus_of_its_sample():
     assert model.card.class_names == ["background", "cytoplasm", "nucleus"]
     labels = np.asarray(segment(image, model, tile_size=128).labels)
     per_class = pixel_metrics(labels, truth, classes=3)["per_class"]
-    # 0.846 and 0.794 today: image 005 is below the validation average (0.921 / 0.956)
-    assert per_class[1]["dice"] > 0.82 and per_class[2]["dice"] > 0.76
+    # 0.828 and 0.754 today: image 005 is below the validation average (0.914 / 0.941);
+    # the colour-robust model gave up 0.02-0.04 here (0.846 / 0.794 before) for a hue shift
+    # of another lab's stain (cell Dice 0.75 -> 0.97 on the shifted val images)
+    assert per_class[1]["dice"] > 0.80 and per_class[2]["dice"] > 0.72

@@ -1,0 +1,84 @@
+"""How much another lab's smears change a white-blood-cell model: the WBC val images, shifted.
+
+    python benchmarks/bench_wbc_shift.py --data ../shared/data/wbc/dataset1 [--model wbc]
+        [--model FILE.safetensors ...]
+
+No second WBC dataset is available here, so another lab is simulated on the 60 validation
+images (ids divisible by 5, never trained on): ``restain`` (the fixed H&E-space change of
+``bench_finetune.py``: haematoxylin x1.6, eosin x0.5), ``zoom`` (cells 1.6x larger, as at a
+higher magnification), ``both``, and ``hue`` (hue turned by 0.08 of the colour circle and
+saturation x0.7: a stain of another colour). Each model segments each version as Segment
+does (card defaults); printed: cell Dice (cytoplasm + nucleus vs background) and the Dice of
+each class, pooled over the images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+warnings.filterwarnings("ignore")
+sys.path.insert(0, str(Path(__file__).parent))
+
+SHIFTS = ("original", "restain", "zoom", "both", "hue")
+
+
+def shifted(image: np.ndarray, mask: np.ndarray, shift: str):
+    """``(image, mask)`` as another lab might show them (see the module docstring)."""
+    from skimage.color import hsv2rgb, rgb2hsv
+    from skimage.transform import rescale
+
+    from bench_finetune import restain
+
+    if shift in ("zoom", "both"):
+        image = rescale(image, 1.6, channel_axis=-1, preserve_range=True,
+                        anti_aliasing=True).round().astype(np.uint8)
+        mask = rescale(mask, 1.6, order=0, preserve_range=True,
+                       anti_aliasing=False).astype(mask.dtype)
+    if shift in ("restain", "both"):
+        image = restain(image)
+    if shift == "hue":
+        hsv = rgb2hsv(image)
+        hsv[..., 0] = (hsv[..., 0] + 0.08) % 1.0
+        hsv[..., 1] *= 0.7
+        image = (hsv2rgb(hsv) * 255).round().astype(np.uint8)
+    return image, mask
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/wbc/dataset1"))
+    ap.add_argument("--model", action="append", help="store name or file (default: wbc)")
+    args = ap.parse_args(argv)
+
+    from napari_glandseg.inference import segment
+    from napari_glandseg.metrics import evaluate_dataset
+    from napari_glandseg.models import load_model
+    from napari_glandseg.training import pairs_from_folder, split_names
+
+    pairs = pairs_from_folder(args.data)
+    split = split_names([p.name for p in pairs], val_every=5)
+    val = [p for p in pairs if split[p.name] == "val"]
+    print(f"{len(val)} WBC validation images\n")
+    print("| model | val images | cell Dice | cytoplasm Dice | nucleus Dice |")
+    print("|---|---|---:|---:|---:|")
+    for name in args.model or ["wbc"]:
+        model = load_model(name, device="cpu")
+        for shift in SHIFTS:
+            items = []
+            for p in val:
+                image, mask = shifted(p.image, p.mask, shift)
+                labels = np.asarray(segment(image, model, return_probabilities=False).labels)
+                items.append((p.name, labels, mask))
+            _, s = evaluate_dataset(items, classes=3, hausdorff=False)
+            print(f"| {Path(name).stem} | {shift} | {s['dice']:.3f} | "
+                  f"{s['per_class'][1]['dice']:.3f} | {s['per_class'][2]['dice']:.3f} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
