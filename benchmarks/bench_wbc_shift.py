@@ -29,10 +29,9 @@ SHIFTS = ("original", "restain", "zoom", "both", "hue")
 
 def shifted(image: np.ndarray, mask: np.ndarray, shift: str):
     """``(image, mask)`` as another lab might show them (see the module docstring)."""
+    from bench_finetune import restain
     from skimage.color import hsv2rgb, rgb2hsv
     from skimage.transform import rescale
-
-    from bench_finetune import restain
 
     if shift in ("zoom", "both"):
         image = rescale(image, 1.6, channel_axis=-1, preserve_range=True,
