@@ -473,3 +473,12 @@ def test_validation_scores_are_the_evaluation_of_the_post_processed_objects(glas
     fg = [(r["name"], (r["labels"] > 0).astype(np.uint8), (p.mask > 0).astype(np.uint8))
           for r, p in zip(rows, glas, strict=True)]
     assert val["val_image_dice"] == pytest.approx(evaluate_dataset(fg, hausdorff=False)[1]["dice"])
+
+
+def test_a_model_without_post_processing_is_scored_on_pixels_only(glas):
+    res = train(glas, glas, TrainParams(name="nopost", epochs=1, steps_per_epoch=1, **SMALL))
+    res.model.card.postprocess = {}
+    val = tr.validate_images(res.model, glas)
+    assert set(val) == {"val_image_dice"}
+    row = tr.validation_report(res.model, glas[:1])[0]
+    assert "object_f1" not in row and row["score"] == row["dice"]

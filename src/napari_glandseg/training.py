@@ -466,22 +466,17 @@ def iter_validation_rows(model: Model, pairs: list[TrainingPair], tile_size: int
 
     card = model.card
     classes = card.num_classes if card.num_classes > 1 and not card.boundary_class else None
-    post = postprocess_params or card.postprocess
+    post = (postprocess_params or card.postprocess or None) if not classes else None
     post = PostprocessParams(**post) if isinstance(post, dict) else post
-    post = None if classes else post
     for p in pairs:
         res = segment(p.image, model, pixel_size_um=p.pixel_size_um, tile_size=tile_size,
                       return_probabilities=False, stain_normalization=stain_normalization,
                       device=str(model.device))
         pred = np.asarray(res.labels)
         m = pixel_metrics(pred, p.mask, classes)
-        if classes:
-            same = (pred > 0) & (pred == p.mask)
-            pf, tf = pred > 0, p.mask > 0
-            counts = (int(same.sum()), int((pf & ~same).sum()), int((tf & ~same).sum()))
-        else:
-            pf, tf = pred > 0, p.mask > 0
-            counts = (int((pf & tf).sum()), int((pf & ~tf).sum()), int((~pf & tf).sum()))
+        pf, tf = pred > 0, p.mask > 0
+        hit = pf & (pred == p.mask) if classes else pf & tf  # class maps: the right class
+        counts = (int(hit.sum()), int((pf & ~hit).sum()), int((tf & ~hit).sum()))
         row = {"name": p.name, "dice": m["dice"], "iou": m["iou"], "accuracy": m["accuracy"],
                "pixels": counts, "labels": pred}
         if post is not None:
