@@ -106,3 +106,16 @@ def test_cli_tune_prints_the_table_and_saves_a_copy(tmp_path, fg_model_factory, 
     assert "tuned_objects" in tuned.metrics and "1 validation image(s)" in tuned.metrics["tuned_on"]
     assert load_model(name).card.postprocess == {"split": "none"}  # the original is untouched
     assert main(["tune", "--model", name, "--data", str(tmp_path / "nope")]) == 2
+
+
+def test_near_ties_go_to_the_setting_with_the_better_objects():
+    from napari_glandseg.tune import choose
+
+    # AJI cannot tell these apart on a few images; the minimum size that removes specks
+    # has far better object F1 and PQ, so it is chosen
+    specks = {"min_size": 0, "object_f1": 0.63, "object_dice": 0.74, "aji": 0.569, "pq": 0.45}
+    clean = {"min_size": 80, "object_f1": 0.73, "object_dice": 0.74, "aji": 0.568, "pq": 0.51}
+    worse = {"min_size": 9, "object_f1": 0.90, "object_dice": 0.90, "aji": 0.50, "pq": 0.90}
+    assert choose([specks, worse, clean], "aji")[0] is clean
+    assert choose([specks, worse, clean], "aji", tie=0.0)[0] is specks  # no tie: the best AJI
+    assert [r["min_size"] for r in choose([specks, worse, clean], "aji")] == [80, 0, 9]

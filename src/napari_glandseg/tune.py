@@ -95,8 +95,29 @@ def _entry(p: PostprocessParams) -> dict:
     return {k: v for k, v in d.items() if k in keep}
 
 
+#: Settings within this much of the best score by the chosen metric count as tied (a few
+#: validation images cannot tell them apart); the tie goes to the best mean of all four
+#: object scores, so a minimum size that keeps AJI and removes specks is preferred.
+TIE = 0.002
+
+#: The object scores a near-tie is broken on.
+ALL_OBJECT_SCORES = ("object_f1", "object_dice", "aji", "pq")
+
+
+def choose(rows: list[dict], key: str, tie: float = TIE) -> list[dict]:
+    """Rows ordered best first by ``key``, the chosen one first: of those within ``tie``
+    of the best ``key``, the one with the highest mean of :data:`ALL_OBJECT_SCORES`."""
+    rows = sorted(rows, key=lambda r: -r[key])
+    if not rows:
+        return rows
+    near = [r for r in rows if r[key] >= rows[0][key] - tie]
+    best = max(near, key=lambda r: (float(np.mean([r[k] for k in ALL_OBJECT_SCORES])),
+                                    r[key]))
+    return [best, *[r for r in rows if r is not best]]
+
+
 def iter_tune(model, pairs, metric: TuneMetric | str = TuneMetric.AUTO, grid=None,
-              tile_size: int = 512):
+              tile_size: int = 512, tie: float = TIE):
     """Search post-processing on validation ``pairs``, yielding Progress; returns a
     :class:`TuneResult`.
 
@@ -111,6 +132,8 @@ def iter_tune(model, pairs, metric: TuneMetric | str = TuneMetric.AUTO, grid=Non
     metric : TuneMetric
     grid : list of PostprocessParams, optional
         Default :func:`candidate_grid` around the card's settings.
+    tie : float
+        Scores within ``tie`` of the best are a tie, broken by :func:`choose`.
     """
     from .inference import segment
     from .metrics import Overlap, as_instances, object_scores, summarise_objects
@@ -147,9 +170,8 @@ def iter_tune(model, pairs, metric: TuneMetric | str = TuneMetric.AUTO, grid=Non
     key = metric.value
     current = _entry(PostprocessParams(**card.postprocess)) if card.postprocess else None
     current_score = next((r[key] for r in rows if current and _same(r, current)), float("nan"))
-    rows.sort(key=lambda r: -r[key])
-    best = {k: v for k, v in rows[0].items() if k not in ("object_f1", "object_dice", "aji",
-                                                          "pq", "objects")}
+    rows = choose(rows, key, tie)
+    best = {k: v for k, v in rows[0].items() if k not in (*ALL_OBJECT_SCORES, "objects")}
     return TuneResult(key, best, rows[0][key], current_score, rows, len(pairs))
 
 
@@ -158,9 +180,9 @@ def _same(row: dict, entry: dict) -> bool:
 
 
 def tune(model, pairs, metric: TuneMetric | str = TuneMetric.AUTO, grid=None,
-         tile_size: int = 512) -> TuneResult:
+         tile_size: int = 512, tie: float = TIE) -> TuneResult:
     """Blocking twin of :func:`iter_tune`."""
-    return run_to_end(iter_tune(model, pairs, metric, grid, tile_size))
+    return run_to_end(iter_tune(model, pairs, metric, grid, tile_size, tie))
 
 
 def save_tuned(model, result: TuneResult, name: str, data: str = ""):
