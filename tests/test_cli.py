@@ -105,6 +105,10 @@ def test_train_from_config_then_resume(tmp_path, data_dir, capsys):
     cfg.write_text(json.dumps({"name": "x", "learning_rate": 1}))
     assert cli.main(["train", "--config", str(cfg), "--data", str(data)]) == 2
     assert "unknown training settings: learning_rate" in capsys.readouterr().err
+    # --gap-weight reaches the settings (and is checked there)
+    assert cli.main(["train", "--data", str(data), "--name", "gw", "--target", "mask",
+                     "--gap-weight", "5"]) == 2
+    assert "gap_weight needs target='boundary'" in capsys.readouterr().err
 
 
 def test_segment_a_slide_leaves_no_temporary_store(tmp_path, data_dir, fg_model, monkeypatch):

@@ -537,10 +537,14 @@ def test_finetune_advanced_settings_reach_the_parameters(make_napari_viewer):
     viewer, _, w = _finetune_setup(make_napari_viewer)
     w.stain_box.setCurrentText("macenko")
     w.loss_box.setCurrentText("bce_focal_dice")
-    assert w.params().stain_normalization.value == "none"  # Advanced closed: defaults
+    w.target_box.setCurrentText("boundary")
+    w.gap.setValue(5.0)
+    p = w.params()
+    assert p.stain_normalization.value == "none" and p.gap_weight == 0  # Advanced closed
     w.advanced.setChecked(True)
     p = w.params()
     assert p.stain_normalization.value == "macenko" and p.loss.value == "bce_focal_dice"
+    assert p.gap_weight == 5.0 and p.target.value == "boundary"
 
 
 def test_postprocess_adopts_the_model_cards_defaults(make_napari_viewer):

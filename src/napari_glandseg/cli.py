@@ -306,7 +306,8 @@ _TRAIN_FLAGS = {"name": "name", "arch": "architecture", "base": "base_model",
                 "num_classes": "num_classes", "device": "device", "seed": "seed",
                 "patience": "patience", "stain_norm": "stain_normalization",
                 "stain_reference": "stain_reference", "select": "select",
-                "pixel_size": "pixel_size_um", "data_pixel_size": "data_pixel_size_um"}
+                "pixel_size": "pixel_size_um", "data_pixel_size": "data_pixel_size_um",
+                "gap_weight": "gap_weight"}
 _DATA_KEYS = ("data", "split_csv", "mask_folder", "val_fraction", "val_every")
 
 
@@ -561,6 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, help="learning rate")
     t.add_argument("--loss", choices=["bce", "dice", "focal", "dice_ce", "bce_focal_dice"])
     t.add_argument("--target", choices=["mask", "boundary"])
+    t.add_argument("--gap-weight", type=float, metavar="W",
+                   help="boundary target: gaps between objects weigh 1 + W in the loss")
     t.add_argument("--num-classes", type=int, help="classes of a class-map mask")
     t.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"])
     t.add_argument("--seed", type=int)

@@ -178,9 +178,17 @@ class FinetuneWidget(QWidget):
             "macenko: map every image onto reference H&E stains (those of the training "
             "images) before training; the reference goes into the model card and Segment "
             "applies the same. A base model that has a reference keeps it.")
+        self.gap = QDoubleSpinBox()
+        self.gap.setRange(0.0, 100.0)
+        self.gap.setSingleStep(1.0)
+        self.gap.setToolTip(
+            "boundary target only: background pixels in the narrow gaps between two objects "
+            "weigh 1 + this in the loss (U-Net's separation weight), so touching objects are "
+            "kept apart; 0: off. Compare on your validation images before keeping it.")
         adv = QFormLayout(self.advanced)
         adv.addRow("Loss", self.loss_box)
         adv.addRow("Target", self.target_box)
+        adv.addRow("Gap weight", self.gap)
         adv.addRow("Classes", self.classes)
         adv.addRow(self.freeze)
         adv.addRow(self.augment)
@@ -288,6 +296,7 @@ class FinetuneWidget(QWidget):
             freeze_encoder=self.freeze.isChecked() if adv else False,
             augment=self.augment.isChecked() if adv else True,
             stain_normalization=self.stain_box.currentText() if adv else StainNorm.NONE,
+            gap_weight=self.gap.value() if adv else 0.0,
             patience=self.patience.value() if adv else 0,
             seed=self.seed.value() if adv else 0,
             device=str(self.selection.device) if self.selection.device else "auto",
