@@ -161,6 +161,7 @@ class SegmentWidget(QWidget):
         self.cancel_btn.setEnabled(False)
         self.progress = QProgressBar()
         self.status = QLabel("")
+        self.status.setWordWrap(True)  # a long message must not widen the dock
 
         form = QFormLayout()
         form.addRow("Image", self.image_box)
@@ -380,13 +381,14 @@ class SegmentWidget(QWidget):
                 metadata={**meta, "glandseg_role": "uncertainty"}))
         what = (f"{len(features)} objects" if features is not None
                 else f"{res.info['tiles']} tiles")
-        hidden = f"; {earlier} earlier result layer(s) hidden" if earlier else ""
+        hidden = f"; {earlier} older layer(s) of this image hidden" if earlier else ""
         self.status.setText(f"Done in {res.seconds:.1f} s on {res.device}: {what}{hidden}")
 
     def _hide_earlier_results(self, image) -> int:
-        """Hide (never remove) the results of earlier runs on ``image``, so the new ones are
-        not seen through a stack of half-transparent layers; returns how many."""
-        roles = ("prediction", "objects", "probability", "uncertainty")
+        """Hide (never remove) the truth and the results of earlier runs on ``image``, so
+        the new result is not seen through a stack of half-transparent layers (Compare
+        still reads the hidden ones); returns how many."""
+        roles = ("truth", "prediction", "objects", "probability", "uncertainty")
         n = 0
         for layer in self.viewer.layers:
             meta = layer.metadata
