@@ -336,3 +336,17 @@ def test_model_widget_exports_and_imports_packages(make_napari_viewer, qtbot, tm
     assert load_model("from-zip").card.class_names == ["background", "gland"]
     assert not w.import_file(out, name="from-zip")  # exists: a notification, no traceback
     assert notes[-1][0] == "error" and "already in the store" in notes[-1][1]
+
+
+def test_the_package_says_when_images_must_be_resampled():
+    from napari_glandseg.bioimageio import _documentation
+    from napari_glandseg.models import ModelCard
+
+    entry = None  # not read by the documentation
+    working = ModelCard(name="g", architecture="unet", in_channels=3, num_classes=3,
+                        pixel_size_um=1.24, data_pixel_size_um=0.62)
+    text = _documentation(working, entry, 512, 0.25, 64, True)
+    assert "1.24 um/px" in text and "resample such images by 0.5" in text
+    same = ModelCard(name="n", architecture="unet", in_channels=3, num_classes=3,
+                     pixel_size_um=0.25, data_pixel_size_um=0.25)
+    assert "resample" not in _documentation(same, entry, 512, 0.25, 64, True)

@@ -522,6 +522,14 @@ def _documentation(card: ModelCard, entry: ModelEntry, tile_size, overlap, halo,
         f"napari-glandseg applies {card.postprocess or 'none'}",
         "Gaussian blending of overlapping tiles and test-time augmentation",
     ]
+    if card.pixel_size_um and card.data_pixel_size_um and \
+            abs(card.pixel_size_um / card.data_pixel_size_um - 1) > 0.1:
+        lost.append(
+            f"resampling to the working scale: the network sees images at "
+            f"{card.pixel_size_um:g} um/px (the axes' scale), its training data were "
+            f"{card.data_pixel_size_um:g} um/px; resample such images by "
+            f"{card.data_pixel_size_um / card.pixel_size_um:g} before the network and the "
+            "output back (napari-glandseg does), or the objects come out the wrong size")
     if card.stain_normalization:
         lost.append("Macenko stain normalisation onto the training stains (the reference is in "
                     f"config.{CONFIG_KEY}.card.stain_normalization); without it, results on "
