@@ -151,8 +151,17 @@ def test_slide_workflow(make_napari_viewer, qtbot, tmp_path, data_dir, notes, mo
     seg.keep_classes.setChecked(True)
     seg.show_probs.setChecked(True)
     stores = set(Path(tempfile.gettempdir()).glob("glandseg-*.zarr"))
+    import napari._vispy.canvas as canvas
+
+    canvas_warnings = []
+    monkeypatch.setattr(canvas, "show_warning", canvas_warnings.append)
     _wait(qtbot, seg.run())
     objects, classes, probability, uncertainty = seg.last_layers
+    # every result is made in the slide's micrometres (a pixel-unit layer in a um world
+    # makes napari drop the scale bar's unit and warn)
+    for layer in seg.last_layers:
+        assert [str(u) for u in layer.units] == ["micrometer"] * 2, layer.name
+    assert canvas_warnings == []  # made in um, not fixed up after the canvas has drawn them
     # glands-he works at 1.24 um/px: the slide is read on the pyramid level nearest that
     # without being coarser (d = 2 here, 0.998 um/px), and the results lie there
     d = int(round(classes.scale[-1] / px))

@@ -88,4 +88,5 @@ def speak_micrometres(viewer) -> None:
 
     for layer in list(viewer.layers):
         adopt(layer)
-    viewer.layers.events.inserted.connect(lambda event: adopt(event.value))
+    # first: before napari's canvas reads the units of the new layer (it warns on a mix)
+    viewer.layers.events.inserted.connect(lambda event: adopt(event.value), position="first")

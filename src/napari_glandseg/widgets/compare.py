@@ -250,6 +250,7 @@ class CompareWidget(QWidget):
             old[0].data, old[0].name = overlay, name
         else:
             self.viewer.add_labels(overlay, name=name, scale=like.scale[-2:],
+                                   units=like.units[-2:],
                                    translate=like.translate[-2:], opacity=0.5,
                                    colormap=DirectLabelColormap(color_dict=OVERLAY_COLOURS),
                                    metadata={"source_image": like.metadata.get(

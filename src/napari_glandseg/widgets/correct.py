@@ -550,7 +550,8 @@ class CorrectWidget(QWidget):
         src = like.metadata.get("source_image") or like.name
         layer = self.viewer.add_labels(
             out.labels, name=unique_name(self.viewer, f"{Path(path).stem} [GeoJSON]"),
-            scale=like.scale[-2:], translate=like.translate[-2:], features=features,
+            scale=like.scale[-2:], translate=like.translate[-2:], units=like.units[-2:],
+            features=features,
             metadata={"glandseg_role": "truth", "source_image": src,
                       "source_path": str(path), "class_colours": out.colours,
                       "pixel_size_um": like.metadata.get("pixel_size_um")})

@@ -191,6 +191,7 @@ class PostprocessWidget(QWidget):
         meta = {k: v for k, v in layer.metadata.items() if k not in _NOT_INHERITED}
         new = self.viewer.add_labels(
             labels, name=name, scale=layer.scale[-2:], translate=layer.translate[-2:],
+            units=layer.units[-2:],
             features=table,
             metadata={**meta, "glandseg_role": "objects", "source_labels": layer.name,
                       "postprocess": {k: getattr(v, "value", v)
@@ -259,6 +260,7 @@ class PostprocessWidget(QWidget):
             prev.data, prev.translate = out, translate
         else:
             self.viewer.add_labels(out, name=PREVIEW, scale=layer.scale[-2:],
+                                   units=layer.units[-2:],
                                    translate=translate, opacity=0.6)
         self.status.setText(f"preview: {int(out.max())} objects")
 
