@@ -11,9 +11,10 @@ working scale (``--pixel-size``, 1.24 um/px, where a 256 px patch holds whole gl
 background / interior / boundary targets, with the same seed, the same patches in the same
 order, the same optimiser (AdamW, cosine schedule) and the same number of steps. The
 checkpoint is selected as the bundled models' are, on **object** scores (mean of object F1
-and object Dice) of the whole ``val`` images after glands-he's post-processing (distance
-watershed h=32, min 2000 px). Each model is then scored on the whole ``--split`` images
-(pixel Dice and IoU pooled; GlaS object F1 and object Dice; AJI) and timed: CPU ms for one
+and object Dice) of the whole ``val`` images after the previous glands-he's
+post-processing (distance watershed h=32, min 2000 px; kept so the tables stay
+comparable). Each model is then scored on the whole ``--split`` images (pixel Dice and IoU
+pooled; GlaS object F1 and object Dice; AJI) and timed: CPU ms for one
 512x512 tile (batch 1, fp32, median of 3 after a warm-up, as ``bench_models.py``, all
 measured before any training), relative to U-Net in the same run.
 
@@ -40,7 +41,8 @@ from pathlib import Path
 warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).parent))
 
-#: glands-he's card post-processing (chosen on the val images by ``glandseg tune``).
+#: the previous glands-he's post-processing (chosen on the val images by ``glandseg tune``;
+#: kept fixed so that reruns of the tables stay comparable).
 POSTPROCESS = {"split": "distance", "h": 32.0, "min_size": 2000, "fill_holes": True}
 #: U-Net variants of the second table: (label, training settings).
 VARIANTS = {

@@ -222,6 +222,14 @@ def test_segment_widget_runs_in_background_and_adds_labels(make_napari_viewer, q
     assert "older layer(s) of this image hidden" in w.status.text()
     assert viewer.layers["glas_testA_5"].visible  # the image itself stays
     assert not viewer.layers["glas_testA_5 [truth]"].visible  # the truth is hidden too
+    # ... but not a layer with unsaved edits, nor the results of another image
+    other = viewer.add_labels(np.zeros((4, 4), np.uint8), name="other [allfg objects]",
+                              metadata={"source_image": "other", "glandseg_role": "objects"})
+    edited = viewer.layers["glas_testA_5 [allfg] (2)"]
+    edited.metadata["unsaved"] = True
+    with qtbot.waitSignal(w.run().finished, timeout=60000):
+        pass
+    assert edited.visible and other.visible
     assert [n for n in notes if n[0] == "error"] == []
 
 
@@ -617,7 +625,7 @@ def test_postprocess_tunes_on_validation_images_and_saves_a_copy(make_napari_vie
         pass
     # the card's "no split" merges the two disks; the best setting splits them
     assert w.split_box.currentText() in ("distance", "peaks"), (w.status.text(), notes)
-    assert "Best object f1 on 1 validation image(s): 1.000" in w.status.text()
+    assert "Chosen on 1 validation image(s): object f1 1.000" in w.status.text()
     res, _, folder = w.tune_result
     real = Model(build_from_card(card), card)  # a saveable network for the copy
     w.tune_result = (res, real, folder)

@@ -161,7 +161,7 @@ def test_slide_workflow(make_napari_viewer, qtbot, tmp_path, data_dir, notes, mo
     # makes napari drop the scale bar's unit and warn)
     for layer in seg.last_layers:
         assert [str(u) for u in layer.units] == ["micrometer"] * 2, layer.name
-    assert canvas_warnings == []  # made in um, not fixed up after the canvas has drawn them
+    assert canvas_warnings == []  # made in um, not fixed up after the canvas drew them
     # glands-he works at 1.24 um/px: the slide is read on the pyramid level nearest that
     # without being coarser (d = 2 here, 0.998 um/px), and the results lie there
     d = int(round(classes.scale[-1] / px))

@@ -390,8 +390,11 @@ def _tune(args) -> int:
                             if k not in (*keys, "objects"))
         print(f"| {setting} | " + " | ".join(f"{row[k]:.3f}" for k in keys)
               + f" | {row[result.metric]:.3f} |")
-    print(f"best {result.metric} {result.score:.4f} (the card's setting: "
-          f"{result.current_score:.4f}): {result.best}")
+    top = max(row[result.metric] for row in result.table)
+    tie = (f"; {top:.4f} at best, a near-tie broken on the mean of the four object scores"
+           if top > result.score else "")
+    print(f"chosen: {result.metric} {result.score:.4f} (the card's setting: "
+          f"{result.current_score:.4f}{tie}): {result.best}")
     if args.no_save:
         return 0
     path = save_tuned(model, result, name, f"{len(val)} validation image(s) of {data}")

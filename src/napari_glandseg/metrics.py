@@ -414,8 +414,11 @@ def evaluate(pred, truth, classes: int | None = None, hausdorff: bool = True) ->
     else:
         p_inst, t_inst = as_instances(pred), as_instances(truth)
     ov = Overlap.of(p_inst, t_inst)
-    out.update(object_scores(ov))
+    scores = object_scores(ov)
+    for k in ("tp", "fp", "fn", "object_f1", "object_dice"):  # the CSV's column order
+        out[k] = scores.pop(k)
     out["object_hausdorff"] = object_hausdorff(p_inst, t_inst, ov) if hausdorff else float("nan")
+    out.update(scores)
     out["map"] = average_precision(ov)["map"]
     out["n_pred"], out["n_true"] = len(ov.pred_ids), len(ov.true_ids)
     return out

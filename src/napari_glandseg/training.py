@@ -446,7 +446,8 @@ def holdout_split(pairs: list[TrainingPair], val_fraction: float = 0.2):
 
 
 def iter_validation_rows(model: Model, pairs: list[TrainingPair], tile_size: int = 512,
-                         postprocess_params=None, stain_normalization: bool = True):
+                         postprocess_params=None, stain_normalization: bool = True,
+                         device: str = "auto"):
     """Segment each validation image in full, as inference does (at its own pixel size),
     and score it; yields one row per pair. The one owner of "how a model scores on
     validation images": training's checkpoint selection (:func:`validate_images`) and
@@ -471,7 +472,7 @@ def iter_validation_rows(model: Model, pairs: list[TrainingPair], tile_size: int
     for p in pairs:
         res = segment(p.image, model, pixel_size_um=p.pixel_size_um, tile_size=tile_size,
                       return_probabilities=False, stain_normalization=stain_normalization,
-                      device=str(model.device))
+                      device=device)
         pred = np.asarray(res.labels)
         m = pixel_metrics(pred, p.mask, classes)
         pf, tf = pred > 0, p.mask > 0
@@ -1217,7 +1218,7 @@ def validate_images(model: Model, pairs: list[TrainingPair], tile_size: int = 51
 
     rows = []
     for row in iter_validation_rows(model, pairs, tile_size, postprocess_params,
-                                    stain_normalization=False):
+                                    stain_normalization=False, device=str(model.device)):
         row.pop("labels")
         rows.append(row)
     tp, fp, fn = (sum(r["pixels"][i] for r in rows) for i in range(3))

@@ -83,6 +83,11 @@ def speak_micrometres(viewer) -> None:
         units = tuple(getattr(layer, "units", ()) or ())
         if len(units) < 2 or any(str(u) not in ("pixel", "micrometer") for u in units[-2:]):
             return
+        # an image opened without a pixel size is not in micrometres (the user's shapes and
+        # labels drawn over a slide are: they live in its world coordinates)
+        if layer.metadata.get("glandseg_role") == "image" and \
+                not layer.metadata.get("pixel_size_um"):
+            return
         if any(str(u) == "pixel" for u in units[-2:]):
             layer.units = (*units[:-2], um, um)
 

@@ -371,9 +371,10 @@ class PostprocessWidget(QWidget):
                                              "objects"))
             rows.append(f"  {r[res.metric]:.3f}  {setting}")
         self.status.setText(
-            f"Best {res.metric.replace('_', ' ')} on {res.n_images} validation image(s): "
-            f"{res.score:.3f} (the card's setting: {res.current_score:.3f}); now in the "
-            "controls. Top settings:\n" + "\n".join(rows))
+            f"Chosen on {res.n_images} validation image(s): {res.metric.replace('_', ' ')} "
+            f"{res.score:.3f} (the card's setting: {res.current_score:.3f}; near-ties within "
+            "0.002 go to the best mean of the four object scores); now in the controls. "
+            "Top settings:\n" + "\n".join(rows))
         self.save_tuned_btn.setVisible(True)
 
     def save_tuned(self, name: str | None = None):

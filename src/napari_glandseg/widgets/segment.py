@@ -315,6 +315,7 @@ class SegmentWidget(QWidget):
             _STORES.add(res.store_path)
             self._stores.add(res.store_path)
         scale = np.asarray(image.scale[-2:]) * res.downsample
+        units = tuple(image.units[-2:])  # the image's (um on a slide): napari warns on a mix
         translate = np.asarray(image.translate[-2:]) + np.asarray(res.offset) * image.scale[-2:]
         meta = {"model": card.name, "source_image": image.name,
                 "image_path": image.metadata.get("source_path"),
@@ -334,7 +335,8 @@ class SegmentWidget(QWidget):
             data, multiscale = shown(post if class_model else res.labels)
             layer = self.viewer.add_labels(
                 data, name=unique_name(self.viewer, f"{image.name} [{card.name}]"),
-                scale=scale, translate=translate, multiscale=multiscale, opacity=0.5,
+                scale=scale, translate=translate, units=units, multiscale=multiscale,
+                opacity=0.5,
                 features=features if class_model else None,
                 metadata={**meta, "glandseg_role": "prediction"},
                 colormap=DirectLabelColormap(color_dict=colours))
@@ -344,7 +346,8 @@ class SegmentWidget(QWidget):
             data, multiscale = shown(post)
             layer = self.viewer.add_labels(
                 data, name=unique_name(self.viewer, f"{image.name} [{card.name} objects]"),
-                scale=scale, translate=translate, multiscale=multiscale, opacity=0.5,
+                scale=scale, translate=translate, units=units, multiscale=multiscale,
+                opacity=0.5,
                 features=features,
                 metadata={**meta, "glandseg_role": "objects",
                           "postprocess": dict(card.postprocess)})
@@ -364,7 +367,7 @@ class SegmentWidget(QWidget):
             self.last_layers.append(self.viewer.add_image(
                 fg, name=unique_name(self.viewer, f"{name} probability"),
                 colormap=map_colormap("#00c8ff"), blending="translucent", opacity=0.6,
-                scale=scale, translate=translate, contrast_limits=(0, 1),
+                scale=scale, translate=translate, units=units, contrast_limits=(0, 1),
                 metadata={**meta, "glandseg_role": "probability"}))
         if res.uncertainty is not None:
             unc = res.uncertainty
@@ -376,7 +379,7 @@ class SegmentWidget(QWidget):
             self.last_layers.append(self.viewer.add_image(
                 unc, name=unique_name(self.viewer, f"{name} uncertainty"),
                 colormap=map_colormap("#ffe600"), blending="translucent", opacity=0.6,
-                scale=scale, translate=translate, visible=False,
+                scale=scale, translate=translate, units=units, visible=False,
                 contrast_limits=(0, max(top, 1e-3)),
                 metadata={**meta, "glandseg_role": "uncertainty"}))
         what = (f"{len(features)} objects" if features is not None
@@ -387,13 +390,14 @@ class SegmentWidget(QWidget):
     def _hide_earlier_results(self, image) -> int:
         """Hide (never remove) the truth and the results of earlier runs on ``image``, so
         the new result is not seen through a stack of half-transparent layers (Compare
-        still reads the hidden ones); returns how many."""
+        still reads the hidden ones); a layer with unsaved edits stays as it is (the user is
+        correcting it). Returns how many were hidden."""
         roles = ("truth", "prediction", "objects", "probability", "uncertainty")
         n = 0
         for layer in self.viewer.layers:
             meta = layer.metadata
             if (layer.visible and meta.get("source_image") == image.name
-                    and meta.get("glandseg_role") in roles):
+                    and meta.get("glandseg_role") in roles and not meta.get("unsaved")):
                 layer.visible = False
                 n += 1
         return n
