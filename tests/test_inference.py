@@ -293,15 +293,26 @@ def test_result_records_its_settings_and_pixel_size(smooth_image):
     assert meta["pixel_size_um"] == 0.5 and meta["model"] == "t"
 
 
-def test_image_stats_come_from_the_coarsest_level_that_is_still_large(fg_model_factory):
+def test_image_stats_come_from_tiles_of_the_level_segment_reads(fg_model_factory):
     from napari_glandseg.inference import image_stats
     from napari_glandseg.models import load_model
+    from napari_glandseg.preprocess import norm_stats
 
-    model = load_model(fg_model_factory("pct-levels", normalization="percentile"))
-    levels = [np.full((2048, 2048, 3), 100, np.uint8), np.full((1024, 1024, 3), 50, np.uint8),
-              np.full((512, 512, 3), 200, np.uint8)]
-    lo, _ = image_stats(levels, model, max_pixels=2**20).norm
-    np.testing.assert_allclose(lo, 50)  # level 1: the last one with 2**20 pixels
-    lo, _ = image_stats(levels[2:], model, max_pixels=2**20).norm
-    np.testing.assert_allclose(lo, 200)  # none that large: the whole (only) level
-    assert image_stats(levels[2:], load_model(fg_model_factory("fixed"))).norm is None
+    # a model at 2 um/px on a 0.5 um/px pyramid (x2 levels) reads level 2 (2 um/px); the
+    # other levels hold other values, so the statistics say which level they came from
+    model = load_model(fg_model_factory("pct-levels", normalization="percentile",
+                                        pixel_size_um=2.0))
+    rng = np.random.default_rng(0)
+    level2 = rng.integers(40, 200, (3000, 3000, 3)).astype(np.uint8)
+    import dask.array as da
+
+    levels = [da.full((12000, 12000, 3), 100, np.uint8, chunks=2048),
+              da.full((6000, 6000, 3), 100, np.uint8, chunks=2048), level2,
+              np.full((1500, 1500, 3), 250, np.uint8)]
+    lo, scale = image_stats(levels, model, pixel_size_um=0.5, grid=4, tile=64).norm
+    wlo, wscale = norm_stats(level2, (0, 0, 3000, 3000), "percentile")
+    np.testing.assert_allclose(lo, wlo, atol=2)  # a 16-tile sample agrees with the whole
+    np.testing.assert_allclose(scale, wscale, atol=3)
+    lo, _ = image_stats(levels[3:], model, grid=4, tile=64).norm
+    np.testing.assert_allclose(lo, 250)  # small: the whole (only) level
+    assert image_stats(levels[3:], load_model(fg_model_factory("fixed"))).norm is None

@@ -536,21 +536,31 @@ def _estimate_stats(data, box, card, params) -> ImageStats:
     return ImageStats(stains, _norm_stats(data, box, card.normalization, mapping), note)
 
 
-def image_stats(image, model: Model, params: SegmentParams | None = None,
-                max_pixels: int = 2**22) -> ImageStats:
-    """Stains and normalisation statistics of a whole (multiscale) image, from its coarsest
-    pyramid level that still has ``max_pixels`` pixels (the whole level when none has): a
-    few MB read once, instead of per block from every block's own pixels (which would
-    normalise a pale block and a dark block differently, so objects change at the seams).
-    Pass the result to :func:`segment` as ``stats`` for each region."""
+def image_stats(image, model: Model, pixel_size_um: float | None = None,
+                params: SegmentParams | None = None, grid: int = 8,
+                tile: int = 256) -> ImageStats:
+    """Stains and normalisation statistics of a whole (multiscale) image, estimated once on
+    the pyramid level :func:`segment` reads for ``model`` (stains and percentiles change
+    when pixels are averaged into a coarser level), from a ``grid`` x ``grid`` mosaic of
+    ``tile`` px tiles spread over it: a few MB read, whatever the slide's size, instead of
+    per block from each block's own pixels (which normalises a pale block and a dark block
+    differently, so objects change at the seams). Pass the result to :func:`segment` as
+    ``stats`` for each region."""
     params = params or SegmentParams()
     levels = list(image) if isinstance(image, list | tuple) else [image]
-    pick = 0
-    for i, lv in enumerate(levels):
-        if lv.shape[0] * lv.shape[1] >= max_pixels:
-            pick = i
-    data = levels[pick]
-    return _estimate_stats(data, (0, 0, data.shape[0], data.shape[1]), model.card, params)
+    card = model.card
+    level, _ = _pick_level(levels, pixel_size_um or card.data_pixel_size_um,
+                           card.pixel_size_um)
+    data = levels[level]
+    h, w = int(data.shape[0]), int(data.shape[1])
+    if h * w <= (grid * tile) ** 2:
+        return _estimate_stats(data, (0, 0, h, w), card, params)
+    th, tw = min(tile, h), min(tile, w)
+    ys = np.linspace(0, h - th, grid).astype(int)
+    xs = np.linspace(0, w - tw, grid).astype(int)
+    mosaic = np.concatenate([np.concatenate([np.asarray(data[y:y + th, x:x + tw])
+                                             for x in xs], axis=1) for y in ys], axis=0)
+    return _estimate_stats(mosaic, (0, 0, mosaic.shape[0], mosaic.shape[1]), card, params)
 
 
 def _resize(x: np.ndarray, hw) -> np.ndarray:

@@ -252,9 +252,10 @@ class ModelPredictor:
         level, ds = _pick_level(levels, pixel_size_um, self.card.pixel_size_um)
         return level, ds, (pixel_size_um * ds if pixel_size_um else None)
 
-    def image_stats(self, levels):
-        """The whole slide's stains and normalisation statistics, read once from a coarse
-        level (:func:`~napari_glandseg.inference.image_stats`); None when the card uses
+    def image_stats(self, levels, pixel_size_um=None):
+        """The whole slide's stains and normalisation statistics, read once from a grid of
+        tiles of the level the blocks are segmented on
+        (:func:`~napari_glandseg.inference.image_stats`); None when the card uses
         neither stain normalisation nor an image-level normalisation."""
         from .inference import SegmentParams, image_stats
         from .preprocess import IMAGE_LEVEL
@@ -263,7 +264,7 @@ class ModelPredictor:
         if not ((card.stain_normalization and seg.stain_normalization)
                 or getattr(card.normalization, "value", card.normalization) in IMAGE_LEVEL):
             return None
-        return image_stats(levels, _cached_model(self.model), seg)
+        return image_stats(levels, _cached_model(self.model), pixel_size_um, seg)
 
     def __call__(self, levels, box, pixel_size_um=None, downsample=1.0, stats=None):
         from dataclasses import replace
@@ -483,7 +484,7 @@ def plan_slide(source, out, predictor, params: SlideParams | None = None,
         import dask
 
         with dask.config.set(scheduler="synchronous"):  # as the tissue mask above
-            plan.image_stats = predictor.image_stats(levels)
+            plan.image_stats = predictor.image_stats(levels, pixel_size_um)
     _check_resume(plan)
     return plan
 
