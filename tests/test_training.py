@@ -454,25 +454,50 @@ def test_settings_of_the_wrong_type_are_named(tmp_path, glas):
     assert main(["train", "--config", str(cfg), "--data", str(tmp_path)]) == 2
 
 
-def test_validation_scores_are_the_evaluation_of_the_post_processed_objects(glas):
+def test_validation_scores_are_the_evaluation_of_the_post_processed_objects(glas,
+                                                                           monkeypatch):
     # selection (validate_images) and the Fine-tune table (validation_report) read the same
-    # rows, and their object scores are what `glandseg evaluate` gives the same objects
+    # rows, and their object scores are what `glandseg evaluate` gives the same objects.
+    # The network's output is replaced by known predictions: each image's glands with its
+    # largest one missed (and, on one image, a false speck), so the scores are neither 0
+    # nor 1 and pooling the object F1 differs from averaging it per image.
+    from types import SimpleNamespace
+
+    import napari_glandseg.inference as inference
+    from napari_glandseg.labels import as_instances
     from napari_glandseg.metrics import evaluate_dataset
     from napari_glandseg.postprocessing import PostprocessParams, postprocess
 
-    post = {"split": "distance", "h": 2.0, "min_size": 20}
+    assert len(glas) >= 2
+    fake = {}
+    for i, p in enumerate(glas):
+        inst = as_instances(p.mask)
+        sizes = np.bincount(inst.ravel())
+        sizes[0] = 0
+        pred = ((inst > 0) & (inst != sizes.argmax())).astype(np.uint8)
+        if i == 0:
+            pred[:4, :4] = 0
+            pred[:4, :4][~(p.mask[:4, :4] > 0)] = 1  # a false speck where there is no gland
+        fake[id(p.image)] = pred
+    monkeypatch.setattr(inference, "segment", lambda image, model, **kw: SimpleNamespace(
+        labels=fake[id(image)]))
+    post = {"split": "none", "min_size": 0}
     res = train(glas, glas, TrainParams(name="val-rows", target="boundary", epochs=1,
-                                        steps_per_epoch=2, postprocess=post, **SMALL))
-    rows = tr.validation_report(res.model, glas, tile_size=512)
+                                        steps_per_epoch=1, postprocess=post, **SMALL))
+    rows = tr.validation_report(res.model, glas)
+    assert all(r["labels"] is fake[id(p.image)] for r, p in zip(rows, glas, strict=True))
     items = [(r["name"], postprocess(r["labels"], PostprocessParams(**post)), p.mask)
              for r, p in zip(rows, glas, strict=True)]
-    _, ev = evaluate_dataset(items, hausdorff=False)
+    per_image, ev = evaluate_dataset(items, hausdorff=False)
     val = tr.validate_images(res.model, glas)
     for k in ("object_f1", "object_dice", "aji", "pq"):
         assert val[f"val_{k}"] == pytest.approx(ev[k])
+    assert 0 < val["val_object_f1"] < 1
+    assert val["val_object_f1"] != pytest.approx(np.mean([r["object_f1"] for r in per_image]))
     fg = [(r["name"], (r["labels"] > 0).astype(np.uint8), (p.mask > 0).astype(np.uint8))
           for r, p in zip(rows, glas, strict=True)]
     assert val["val_image_dice"] == pytest.approx(evaluate_dataset(fg, hausdorff=False)[1]["dice"])
+    assert 0 < val["val_image_dice"] < 1
 
 
 def test_a_model_without_post_processing_is_scored_on_pixels_only(glas):
