@@ -14,16 +14,23 @@ def _slides(folder):
     (folder / "broken.png").write_bytes(b"not an image")
 
 
-def test_slides_widget_runs_a_folder_in_the_background(make_napari_viewer, qtbot, tmp_path,
-                                                       fg_model_factory, notes):
-    name = fg_model_factory("fg")
-    _slides(tmp_path / "slides")
+def _slides_widget(make_napari_viewer, tmp_path, model: str):
+    """A viewer with the Slides widget set to run ``tmp_path/slides`` into
+    ``tmp_path/out`` with ``model`` on one worker."""
     viewer = make_napari_viewer()
     _, w = viewer.window.add_plugin_dock_widget("napari-glandseg", "Slides")
     w.folder.setText(str(tmp_path / "slides"))
     w.out.setText(str(tmp_path / "out"))
-    w.model_box.setCurrentText(name)
+    w.model_box.setCurrentText(model)
     w.workers.setValue(1)
+    return viewer, w
+
+
+def test_slides_widget_runs_a_folder_in_the_background(make_napari_viewer, qtbot, tmp_path,
+                                                       fg_model_factory, notes):
+    name = fg_model_factory("fg")
+    _slides(tmp_path / "slides")
+    viewer, w = _slides_widget(make_napari_viewer, tmp_path, name)
     w.block.setValue(128)
     w.overlap.setValue(32)
     seen = []
@@ -71,12 +78,7 @@ def test_slides_widget_runs_the_bundled_svs_with_tissue_detection(make_napari_vi
     (tmp_path / "slides").mkdir()
     shutil.copy(svs, tmp_path / "slides" / svs.name)
     name = fg_model_factory("fg-coarse", pixel_size_um=4.0)  # 8x fewer pixels: quick
-    viewer = make_napari_viewer()
-    _, w = viewer.window.add_plugin_dock_widget("napari-glandseg", "Slides")
-    w.folder.setText(str(tmp_path / "slides"))
-    w.out.setText(str(tmp_path / "out"))
-    w.model_box.setCurrentText(name)
-    w.workers.setValue(1)
+    viewer, w = _slides_widget(make_napari_viewer, tmp_path, name)
     assert w.tissue.isChecked()
     worker = w.run()
     with qtbot.waitSignal(worker.finished, timeout=120000):
