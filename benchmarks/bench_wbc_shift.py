@@ -31,13 +31,12 @@ def shifted(image: np.ndarray, mask: np.ndarray, shift: str):
     """``(image, mask)`` as another lab might show them (see the module docstring)."""
     from bench_finetune import restain
     from skimage.color import hsv2rgb, rgb2hsv
-    from skimage.transform import rescale
 
-    if shift in ("zoom", "both"):
-        image = rescale(image, 1.6, channel_axis=-1, preserve_range=True,
-                        anti_aliasing=True).round().astype(np.uint8)
-        mask = rescale(mask, 1.6, order=0, preserve_range=True,
-                       anti_aliasing=False).astype(mask.dtype)
+    from napari_glandseg.training import TrainingPair, resample_pairs
+
+    if shift in ("zoom", "both"):  # training's resampling: 1.6 "um/px" seen at 1.0
+        (zoomed,) = resample_pairs([TrainingPair(image, mask, "", 1.6)], 1.0)
+        image, mask = zoomed.image, zoomed.mask
     if shift in ("restain", "both"):
         image = restain(image)
     if shift == "hue":
