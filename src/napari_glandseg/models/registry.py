@@ -7,7 +7,7 @@ import inspect
 from torch import nn
 
 from ..errors import GlandsegError, as_enum
-from . import nets
+from . import efficientnet, nets
 from .card import Architecture, ModelCard
 
 NETWORKS: dict[Architecture, type[nets.SegNet]] = {
@@ -17,6 +17,7 @@ NETWORKS: dict[Architecture, type[nets.SegNet]] = {
     Architecture.LINKNET34: nets.LinkNet34,
     Architecture.UNETPP: nets.UNetPlusPlus,
     Architecture.DEEPLABV3PLUS: nets.DeepLabV3Plus,
+    Architecture.EFFNET_UNET: efficientnet.EfficientUNet,
 }
 
 
