@@ -256,13 +256,15 @@ class ModelPredictor:
         """The whole slide's stains and normalisation statistics, read once from a grid of
         tiles of the level the blocks are segmented on
         (:func:`~napari_glandseg.inference.image_stats`); None when the card uses
-        neither stain normalisation nor an image-level normalisation."""
+        neither stain normalisation nor an image-level normalisation and the slide is 8-bit
+        (other dtypes need the whole slide's value range, preprocess.value_range)."""
         from .inference import SegmentParams, image_stats
         from .preprocess import IMAGE_LEVEL
 
         card, seg = self.card, self.seg or SegmentParams()
         if not ((card.stain_normalization and seg.stain_normalization)
-                or getattr(card.normalization, "value", card.normalization) in IMAGE_LEVEL):
+                or getattr(card.normalization, "value", card.normalization) in IMAGE_LEVEL
+                or np.dtype(levels[0].dtype) != np.uint8):
             return None
         return image_stats(levels, _cached_model(self.model), pixel_size_um, seg)
 

@@ -55,7 +55,7 @@ from .models import (
     save_checkpoint,
     user_dir,
 )
-from .preprocess import cpu_has_bf16, norm_stats, normalise
+from .preprocess import cpu_has_bf16, norm_stats, normalise, standardise
 from .progress import Progress, run_to_end
 from .stain import StainNorm, check_card_entry
 
@@ -660,7 +660,8 @@ def stain_reference(pairs: list[TrainingPair], reference: str | None = None) -> 
     if reference:
         from .io import read_image
 
-        return fit_macenko(read_image(reference).data).to_card(Path(reference).name)
+        return fit_macenko(standardise(read_image(reference).data)).to_card(
+            Path(reference).name)
     if any(p.image.ndim != 3 or p.image.shape[-1] not in (3, 4) for p in pairs):
         raise GlandsegError("stain normalisation needs RGB training images")
     per_image = max(2**20 // len(pairs), 4096)
@@ -985,6 +986,10 @@ def _setup(train_pairs, val_pairs, params: TrainParams) -> _Run:
                             f"(e.g. --name {params.name}-mine)")
     torch.manual_seed(params.seed)
     rng = np.random.default_rng(params.seed)
+    # any dtype as its 8-bit equal, by inference's rule (preprocess.value_range)
+    train_pairs, val_pairs = ([TrainingPair(standardise(p.image), p.mask, p.name,
+                                            p.pixel_size_um) for p in ps]
+                              for ps in (train_pairs, val_pairs))
     card, net = _prepare(train_pairs, params)
     for p in train_pairs + val_pairs:
         channels = 1 if p.image.ndim == 2 else p.image.shape[-1]
