@@ -22,6 +22,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,11 @@ from ._files import atomic_path
 from .errors import GlandsegError, ImageReadError
 from .labels import dtype_for_max, labels_dtype
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".svs")
+#: Whole-slide formats read through OpenSlide (the ``slides`` extra): Hamamatsu NDPI and VMS/VMU,
+#: 3DHistech MIRAX, Leica SCN, Ventana BIF. A ``.tif``/``.tiff`` that OpenSlide recognises as a
+#: vendor's slide (Philips TIFF, Ventana, Trestle, Leica) is read through it too.
+OPENSLIDE_SUFFIXES = (".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".svs") + OPENSLIDE_SUFFIXES
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs")
 #: File-name endings that mark a mask (``name_anno.bmp`` is the original GlaS layout).
 MASK_NAME_SUFFIXES = (
@@ -194,7 +199,9 @@ def read_image(path: str | os.PathLike, as_labels: bool | None = None) -> ImageD
     Parameters
     ----------
     path : str or Path
-        PNG, JPEG, BMP, TIFF (multi-page, 8/16-bit), OME-TIFF or Aperio SVS.
+        PNG, JPEG, BMP, TIFF (multi-page, 8/16-bit), OME-TIFF or Aperio SVS; with the
+        ``slides`` extra (openslide) also NDPI, MRXS, SCN, VMS/VMU, BIF and Philips TIFF
+        (see :func:`slide_reader`).
     as_labels : bool, optional
         Force (True) or refuse (False) reading as a mask. By default a file is a mask when its
         name or folder says so (:func:`is_mask_path`) or it is an integer image with few values.
@@ -218,7 +225,9 @@ def read_image(path: str | os.PathLike, as_labels: bool | None = None) -> ImageD
             f"{p}: unsupported file type {suffix!r}; expected one of {', '.join(IMAGE_SUFFIXES)}"
         )
     try:
-        if suffix in TIFF_SUFFIXES:
+        if slide_reader(p) == "openslide":
+            img = _read_openslide(p)
+        elif suffix in TIFF_SUFFIXES:
             img = _read_tiff(p)
         else:
             img = ImageData(data=_read_plain(p), kind="image", path=p)
@@ -418,6 +427,183 @@ def _tiff_pixel_size(tif) -> float | None:
             if unit == 2 and per_unit > 1000:  # inch; 72/96/300 dpi are screen/print defaults
                 return 25400.0 / per_unit
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# whole slides through OpenSlide (optional: the ``slides`` extra)
+
+#: OpenSlide formats that tifffile reads as well as OpenSlide does, so they stay on tifffile:
+#: plain tiled TIFFs and Aperio SVS (the same pixels and um/px, checked in the tests, with
+#: the file's own tiles as chunks and no optional dependency).
+TIFFFILE_FORMATS = (None, "generic-tiff", "aperio")
+#: Chunks of an OpenSlide level are whole tiles of about this side (one read_region each).
+OPENSLIDE_CHUNK = 1024
+
+
+def _import_openslide(p: Path):
+    """The openslide module, or the one line that says how to get it."""
+    try:
+        import openslide
+    except (ImportError, OSError):  # not installed, or installed without its C library
+        raise ImageReadError(f"{p}: reading {p.suffix.lower()} needs openslide: "
+                             "pip install 'napari-glandseg[slides]'") from None
+    return openslide
+
+
+def openslide_format(path: str | os.PathLike) -> str | None:
+    """OpenSlide's name for a file's format (``"hamamatsu"``, ``"philips"``, ``"aperio"``,
+    ``"generic-tiff"``, ...), or None when OpenSlide is not installed or does not know it."""
+    try:
+        import openslide
+    except (ImportError, OSError):
+        return None
+    try:
+        return openslide.OpenSlide.detect_format(str(path))
+    except Exception:  # noqa: BLE001 - an unreadable file is the reader's to report
+        return None
+
+
+def slide_reader(path: str | os.PathLike) -> str:
+    """Which library reads ``path``: ``"openslide"``, ``"tifffile"`` or ``"imageio"``.
+
+    Vendor extensions (:data:`OPENSLIDE_SUFFIXES`) always go to OpenSlide (without it
+    installed, reading them raises the one line that says how to install it); ``.tif``/``.tiff``
+    go to OpenSlide when it is installed and reports a vendor format tifffile does not
+    understand (a Philips TIFF opens in tifffile as a plain TIFF without its pyramid's pixel
+    size); plain and OME-TIFF and Aperio SVS stay on tifffile.
+
+    >>> slide_reader("a.ndpi"), slide_reader("a.svs"), slide_reader("a.png")
+    ('openslide', 'tifffile', 'imageio')
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix in OPENSLIDE_SUFFIXES:
+        return "openslide"
+    if suffix in (".tif", ".tiff") and Path(path).is_file() \
+            and openslide_format(path) not in TIFFFILE_FORMATS:
+        return "openslide"
+    return "tifffile" if suffix in TIFF_SUFFIXES else "imageio"
+
+
+def check_readers(paths: Iterable[str | os.PathLike]) -> None:
+    """Raise the install hint before any work when a file needs OpenSlide and it is missing
+    (a batch would otherwise fail file by file with the same line)."""
+    for p in paths:
+        if Path(p).suffix.lower() in OPENSLIDE_SUFFIXES:
+            _import_openslide(Path(p))
+
+
+def _read_openslide(p: Path) -> ImageData:
+    openslide = _import_openslide(p)
+    try:
+        slide = _openslide_handle(str(p), p.stat().st_mtime_ns)
+    except openslide.OpenSlideError as exc:
+        hint = (f" (a MIRAX slide needs its folder {p.stem}/ of .dat files beside it)"
+                if p.suffix.lower() == ".mrxs" else "")
+        raise ImageReadError(f"{p}: OpenSlide cannot read it{hint}: {exc}") from None
+    props = slide.properties
+    pixel_size = _openslide_mpp(props)
+    keep = ("vendor", "objective-power", "mpp-x", "mpp-y", "background-color", "bounds-x",
+            "bounds-y", "bounds-width", "bounds-height")
+    meta = {"slide_reader": "openslide",
+            "openslide": {k: props[f"openslide.{k}"] for k in keep if f"openslide.{k}" in props}}
+    return ImageData(data=open_openslide_levels(p), kind="image", path=p,
+                     pixel_size_um=pixel_size, metadata=meta)
+
+
+def _openslide_mpp(props) -> float | None:
+    """um/px from OpenSlide's ``mpp-x``/``mpp-y`` (their mean when a scanner's pixels are not
+    quite square), None when the slide does not state it."""
+    try:
+        values = [float(props[f"openslide.mpp-{a}"]) for a in "xy" if f"openslide.mpp-{a}" in props]
+    except ValueError:
+        return None
+    values = [v for v in values if v > 0 and np.isfinite(v)]
+    return float(np.mean(values)) if values else None
+
+
+@lru_cache(maxsize=8)
+def _openslide_handle(path: str, mtime_ns: int):
+    """One open OpenSlide per file (and version of it) per process; OpenSlide objects are
+    thread-safe, so dask's threads share it. Workers of dask.distributed open their own."""
+    import openslide
+
+    return openslide.OpenSlide(path)
+
+
+class _OpenSlideLevel:
+    """One level of a slide as an array ``(Y, X, 3)`` uint8 that dask reads region by region:
+    ``level[y0:y1, x0:x1]`` is one ``read_region`` (level-0 coordinates, rounded), its RGBA
+    composited onto the slide's background colour (white unless the slide says otherwise), so
+    the empty, transparent parts of a MIRAX or NDPI slide come out as glass, not black.
+
+    Holds the path, not the open slide: it pickles, and each process opens the file once.
+    """
+
+    def __init__(self, path: str, mtime_ns: int, level: int):
+        slide = _openslide_handle(path, mtime_ns)
+        w, h = slide.level_dimensions[level]
+        self.path, self.mtime_ns, self.level = path, mtime_ns, level
+        self.downsample = float(slide.level_downsamples[level])
+        bg = slide.properties.get("openslide.background-color", "FFFFFF")
+        try:
+            self.background = np.array([int(bg[i:i + 2], 16) for i in (0, 2, 4)], np.uint16)
+        except (ValueError, IndexError):
+            self.background = np.array([255, 255, 255], np.uint16)
+        self.shape, self.dtype, self.ndim = (h, w, 3), np.dtype(np.uint8), 3
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (3 - len(key))
+        (y0, y1, sy), (x0, x1, sx) = (k.indices(n) for k, n in zip(key[:2], self.shape[:2],
+                                                                   strict=True))
+        h, w = max(0, y1 - y0), max(0, x1 - x0)
+        if h == 0 or w == 0:
+            return np.zeros((h, w, 3), np.uint8)[::sy, ::sx, key[2]]
+        d = self.downsample
+        region = _openslide_handle(self.path, self.mtime_ns).read_region(
+            (int(round(x0 * d)), int(round(y0 * d))), self.level, (w, h))
+        return _onto_background(np.asarray(region), self.background)[::sy, ::sx, key[2]]
+
+
+def _onto_background(rgba: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """OpenSlide's (non-premultiplied) RGBA -> RGB over ``background``."""
+    rgb, alpha = rgba[..., :3], rgba[..., 3:4]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgb)
+    a = alpha.astype(np.uint16)
+    out = (rgb.astype(np.uint16) * a + background * (255 - a) + 127) // 255
+    return out.astype(np.uint8)
+
+
+def open_openslide_levels(path: str | os.PathLike) -> list:
+    """Lazy dask arrays ``(Y, X, 3)`` uint8 for every level of a slide OpenSlide reads, full
+    resolution first, plus strided views while the smallest is large (:func:`lazy_pyramid`).
+
+    Chunks are whole tiles of the level near :data:`OPENSLIDE_CHUNK` on a side (that side when
+    the level is one large tile, as an NDPI level without restart markers is); nothing is
+    decoded until a region is read. Level 0 is read exactly, and so is every level whose
+    downsample is a whole number (NDPI, MIRAX, Philips); where a vendor's downsample is not
+    (Leica, Ventana: 4.0001), OpenSlide places each chunk by ``x * downsample / downsample``
+    and interpolates the fraction, up to ``0.5 / downsample`` px, as any OpenSlide tile is.
+    """
+    import dask.array as da
+    from dask.base import tokenize
+
+    p = Path(path)
+    _import_openslide(p)
+    mtime = p.stat().st_mtime_ns
+    slide = _openslide_handle(str(p), mtime)
+    levels = []
+    for k in range(slide.level_count):
+        level = _OpenSlideLevel(str(p), mtime, k)
+        tile = [int(slide.properties.get(f"openslide.level[{k}].tile-{s}", 0) or 0)
+                for s in ("height", "width")]
+        chunks = tuple(t * max(1, round(OPENSLIDE_CHUNK / t)) if 0 < t <= 2 * OPENSLIDE_CHUNK
+                       else OPENSLIDE_CHUNK for t in tile) + (3,)
+        levels.append(da.from_array(level, chunks=chunks, asarray=False, fancy=False,
+                                    meta=np.empty((0, 0, 3), np.uint8),
+                                    name=f"openslide-{tokenize(str(p), mtime, k, chunks)}"))
+    return lazy_pyramid(levels)
 
 
 # --------------------------------------------------------------------------------------------
@@ -712,5 +898,6 @@ def iter_image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
             if not matches:
                 raise GlandsegError(f"{s}: no such file, folder or matching pattern")
             out.extend(Path(m) for m in matches if Path(m).suffix.lower() in IMAGE_SUFFIXES)
+    check_readers(out)
     return list(dict.fromkeys(out))
 

@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
 from ..errors import GlandsegError
 from ..io import (
     IMAGE_FOLDERS,
+    IMAGE_SUFFIXES,
     MASK_FOLDERS,
     MASK_NAME_SUFFIXES,
     Pair,
@@ -389,7 +390,7 @@ class LoadWidget(QWidget):
     def _choose_files(self) -> None:
         paths, _ = QFileDialog.getOpenFileNames(
             self, "Open images", "",
-            "Images (*.png *.jpg *.jpeg *.bmp *.tif *.tiff *.svs);;All files (*)",
+            file_filter(),
         )
         if paths:
             self.open_files(paths)
@@ -398,6 +399,12 @@ class LoadWidget(QWidget):
         folder = QFileDialog.getExistingDirectory(self, "Open dataset folder")
         if folder:
             self.open_dataset(Path(folder))
+
+
+def file_filter() -> str:
+    """The Open dialog's filter: every file type :func:`~napari_glandseg.io.read_image` reads
+    (whole-slide formats included), from the list it reads them by."""
+    return f"Images ({' '.join('*' + s for s in IMAGE_SUFFIXES)});;All files (*)"
 
 
 def _mask_path(layer, image_path: Path) -> Path:
