@@ -263,3 +263,47 @@ def test_load_widget_opens_an_ndpi_and_says_the_line_without_openslide(
     other.write_bytes(path.read_bytes())
     assert not w.open_files([other])
     assert notes[-1] == ("error", f"{other}: reading .ndpi {INSTALL}")
+
+
+# --------------------------------------------------------------------------------------------
+# slides block by block, in this process and on dask.distributed
+
+
+class DarkPredictor:
+    """Foreground where the tissue is dark (no model: the test is about reading)."""
+
+    num_classes = 2
+    class_names = ("background", "foreground")
+
+    def geometry(self, levels, pixel_size_um):
+        return 0, 1.0, pixel_size_um
+
+    def __call__(self, levels, box):
+        y0, x0, y1, x1 = box
+        fg = (np.asarray(levels[0][y0:y1, x0:x1]).mean(-1) < 170).astype(np.uint8)
+        return fg, fg.astype(np.float32)
+
+
+def test_an_ndpi_segments_block_by_block_and_on_distributed_as_its_pixels_do(tmp_path, tissue):
+    from distributed import Client, LocalCluster
+
+    from napari_glandseg.distributed import segment_cohort
+    from napari_glandseg.slides import SlideParams, read_labels, segment_slide
+
+    path = _write_ndpi(tmp_path / "a.ndpi", tissue)
+    params = SlideParams(block_size=256, overlap=32, tissue=False)
+    post = {"split": "none", "min_size": 20}
+    by_path = segment_slide(str(path), tmp_path / "path", predictor=DarkPredictor(),
+                            params=params, post=post)
+    assert by_path.pixel_size_um == pytest.approx(0.456)  # the NDPI's own um/px
+    by_pixels = segment_slide(_pages(path)[0], tmp_path / "pixels", predictor=DarkPredictor(),
+                              params=params, post=post, name="a")
+    labels = np.asarray(read_labels(by_path.store)[0][0])
+    assert by_path.n_objects == by_pixels.n_objects > 5
+    assert np.array_equal(labels, np.asarray(read_labels(by_pixels.store)[0][0]))
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        cohort = segment_cohort([str(path)], tmp_path / "dist", predictor=DarkPredictor(),
+                                params=params, post=post, client=client)
+    assert not cohort.failed and cohort.done[0].n_objects == by_path.n_objects
+    assert np.array_equal(np.asarray(read_labels(cohort.done[0].store)[0][0]), labels)
