@@ -25,19 +25,48 @@ SUFFIXES = (".safetensors", ".pt", ".pth")
 
 @dataclass(eq=False)
 class Model:
-    """A network with its card. ``net`` is in eval mode on ``device``."""
+    """A network with its card. ``net`` is in eval mode on ``device``.
+
+    An instance never changes device: :meth:`on` gives the model on another device as a
+    second instance (made once, then shared), so a worker thread running one instance is
+    never disturbed by another thread asking for another device (a cached model is shared
+    by the widgets, the command line and slide workers).
+    """
 
     net: nn.Module
     card: ModelCard
     path: Path | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    _family: dict = field(default=None, init=False, repr=False)
+    _lock: object = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        import threading
+
+        self.device = torch.device(self.device)
+        self._family = {self.device: self}  # this model's instances by device
+        self._lock = threading.Lock()
+
+    def on(self, device) -> Model:
+        """This model on ``device``: itself when it is there, else its instance there (a
+        copy of the network, made on first use and reused). ``self`` is never moved."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        with self._lock:
+            other = self._family.get(device)
+            if other is None:
+                import copy
+
+                other = Model(copy.deepcopy(self.net).to(device), self.card, self.path, device)
+                other._family, other._lock = self._family, self._lock
+                self._family[device] = other
+        return other
 
     def to(self, device) -> Model:
-        device = torch.device(device)
-        if device != self.device:
-            self.net.to(device)
-            self.device = device
-        return self
+        """The model on ``device`` (:meth:`on`); use the instance returned, ``self`` stays
+        where it is."""
+        return self.on(device)
 
     @property
     def name(self) -> str:

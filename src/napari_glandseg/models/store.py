@@ -118,7 +118,8 @@ def load_model(name_or_path, device=None, card: ModelCard | dict | None = None) 
     name_or_path : str or Path
         A name from :func:`list_models` or a checkpoint file.
     device : str or torch.device, optional
-        Move the model there (``"auto"``, ``"cuda"``, ``"mps"``, ``"cpu"``).
+        Return the model's instance on that device (``"auto"``, ``"cuda"``, ``"mps"``,
+        ``"cpu"``; :meth:`Model.on`): the cached instance is never moved.
     card : ModelCard or dict, optional
         The card for a ``.pt``/``.pth`` state dict.
     """
@@ -137,10 +138,10 @@ def load_model(name_or_path, device=None, card: ModelCard | dict | None = None) 
     model = _cache.get(key)
     if model is None:
         model = _cache[key] = load_checkpoint(path, card=card)
-    if device is not None:
+    if device is not None:  # the model's instance on that device; the cached one stays
         from .device import resolve_device
 
-        model.to(resolve_device(device))
+        model = model.on(resolve_device(device))
     return model
 
 

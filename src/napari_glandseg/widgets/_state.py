@@ -17,12 +17,13 @@ class ModelSelection:
         self.device = None  # torch.device
 
     def set(self, model=None, device=None) -> None:
+        """Choose a model and/or a device. The model is not moved: a job asks for its
+        instance on the device when it starts (``Model.on``), so a job still running on
+        the previous device is never disturbed."""
         if model is not None:
             self.model = model
         if device is not None:
             self.device = device
-        if self.model is not None and self.device is not None:
-            self.model.to(self.device)
         self.changed.emit(self)
 
 
