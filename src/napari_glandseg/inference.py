@@ -51,6 +51,7 @@ from .preprocess import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (and the 3 be
 from .preprocess import cpu_has_bf16 as _cpu_has_bf16
 from .preprocess import norm_stats as _norm_stats
 from .preprocess import normalise as _normalise
+from .preprocess import to_standard, value_range
 from .progress import Progress, run_to_end
 
 #: Images with more pixels than this (or lazy inputs) get their labels in a zarr store.
@@ -270,6 +271,8 @@ def iter_segment(
     if stats is None:
         stats = _estimate_stats(data, (ly0, lx0, ly1, lx1), card, params)
     stain, stain_note = stats.mapping(card, params), stats.stain_note
+    # the whole image's value range (preprocess.value_range), the same for every window
+    vrange = stats.value_range or value_range(data, (ly0, lx0, ly1, lx1))
     stats = stats.norm
 
     out_h, out_w = ly1 - ly0, lx1 - lx0
@@ -307,7 +310,7 @@ def iter_segment(
     finished = False
     try:
         for (wy, wx, wh, ww), (ry0, rx0, ry1, rx1), (mh, mw), tiles in plans:
-            raw = np.asarray(data[ly0 + ry0: ly0 + ry1, lx0 + rx0: lx0 + rx1])
+            raw = to_standard(data[ly0 + ry0: ly0 + ry1, lx0 + rx0: lx0 + rx1], vrange)
             if stain is not None:
                 raw = stain(raw)
             if scale != 1.0:
@@ -315,7 +318,7 @@ def iter_segment(
 
                 def tile_of(y, x0, th, tw, x=x):
                     return x[:, y: y + th, x0: x0 + tw]
-            else:  # normalise tile by tile: the window stays in its own (small) dtype
+            else:  # normalise tile by tile: the window stays in its (small) standard dtype
 
                 def tile_of(y, x0, th, tw, raw=raw):
                     return _normalise(raw[y: y + th, x0: x0 + tw], card.normalization, stats)
@@ -494,16 +497,20 @@ def _grid(h: int, w: int, size: int, overlap: float) -> list[tuple[int, int, int
 
 @dataclass(frozen=True)
 class ImageStats:
-    """What an image is normalised with, estimated once for the whole of it: the source H&E
-    stains of the card's stain normalisation (``stains``; None: none, or too little tissue,
-    ``stain_note`` says which) and the per-channel statistics of an image-level
-    normalisation (``norm``; None for the fixed ones). Every tile of a :func:`segment` run
-    uses one estimate; a slide's blocks share one from :func:`image_stats`, so blocks
-    match at their seams. Small and picklable (dask workers receive it)."""
+    """What an image is normalised with, estimated once for the whole of it: the raw values
+    that mean black and white (``value_range``, :func:`~napari_glandseg.preprocess.value_range`:
+    what makes any dtype segment as its 8-bit equal; None: estimated from the region), the
+    source H&E stains of the card's stain normalisation (``stains``; None: none, or too
+    little tissue, ``stain_note`` says which) and the per-channel statistics of an
+    image-level normalisation (``norm``; None for the fixed ones). Every tile of a
+    :func:`segment` run uses one estimate; a slide's blocks share one from
+    :func:`image_stats`, so blocks match at their seams. Small and picklable (dask workers
+    receive it)."""
 
     stains: object = None
     norm: tuple | None = None
     stain_note: str = "none"
+    value_range: tuple | None = None
 
     def mapping(self, card, params):
         """The per-tile stain mapping (raw RGB -> RGB on the card's reference), or None."""
@@ -516,10 +523,11 @@ class ImageStats:
 
 
 def _estimate_stats(data, box, card, params) -> ImageStats:
-    """:class:`ImageStats` of ``data[box]``: the stains from the region, then the
-    normalisation statistics of the stain-normalised region (from a subsample). An image with
-    too little stained tissue to estimate stains is segmented without stain normalisation,
-    with a warning."""
+    """:class:`ImageStats` of ``data[box]``: its value range, the stains of the region in
+    its standard form, then the normalisation statistics of the stain-normalised region
+    (each from a subsample). An image with too little stained tissue to estimate stains is
+    segmented without stain normalisation, with a warning."""
+    vrange = value_range(data, box)
     stains, note = None, "none"
     if card.stain_normalization and params.stain_normalization:
         import warnings
@@ -527,13 +535,21 @@ def _estimate_stats(data, box, card, params) -> ImageStats:
         from .stain import fit_macenko
 
         y0, x0, y1, x1 = box
+        step = max(1, int(math.sqrt((y1 - y0) * (x1 - x0) / 2**20)))  # fit_macenko's sample
         try:
-            stains, note = fit_macenko(data[y0:y1, x0:x1]), "macenko"
+            sample = to_standard(data[y0:y1:step, x0:x1:step], vrange)
+            stains, note = fit_macenko(sample), "macenko"
         except GlandsegError as exc:
             note = f"skipped: {exc}"
             warnings.warn(f"stain normalisation {note}", stacklevel=4)
     mapping = ImageStats(stains, None, note).mapping(card, params)
-    return ImageStats(stains, _norm_stats(data, box, card.normalization, mapping), note)
+
+    def standard(sample):
+        sample = to_standard(sample, vrange)
+        return sample if mapping is None else mapping(sample)
+
+    return ImageStats(stains, _norm_stats(data, box, card.normalization, standard), note,
+                      vrange)
 
 
 def image_stats(image, model: Model, pixel_size_um: float | None = None,
