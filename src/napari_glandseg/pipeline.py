@@ -242,6 +242,7 @@ def _run(path, data, px, model, params: FileParams, region):
     image = _image_level(data, res)
     result = FileResult(path=path, labels=res.labels, segment=res, postprocess=post,
                         outputs=outputs, image=image)
+    returned = False
     try:
         if res.store_path is None:
             _post_in_memory(result, class_map, params.objects_csv)
@@ -251,8 +252,9 @@ def _run(path, data, px, model, params: FileParams, region):
             yield Progress(0, 1, "writing")
             _write_outputs(result, params)
             yield Progress(1, 1, "written")
-    finally:
-        if out_dir is not None and res.store_path is not None:
+        returned = out_dir is None  # the caller shows the store, then removes it
+    finally:  # after writing, a failure or a cancel (the generator closed) it goes here
+        if res.store_path is not None and not returned:
             shutil.rmtree(res.store_path, ignore_errors=True)
             result.labels = None
     return result
