@@ -230,7 +230,8 @@ def clean_class_map(labels, params: PostprocessParams | None = None, **kwargs) -
 
 def iter_postprocess_windows(src, dst, params: PostprocessParams, window: int = 2048,
                              halo: int = 256, class_map: bool = False, image=None,
-                             pixel_size_um: float | None = None, table: bool = True):
+                             pixel_size_um: float | None = None, table: bool = True,
+                             objects: bool = False):
     """Post-process a label array too large for memory, window by window; a generator that
     yields a Progress per window and returns ``(n_objects, table)``.
 
@@ -249,6 +250,8 @@ def iter_postprocess_windows(src, dst, params: PostprocessParams, window: int = 
         Written one window at a time; must start as zeros.
     image : array-like (Y, X[, C]), optional
         Same grid as ``src``: gives the table its ``mean_intensity``.
+    objects : bool
+        ``src`` holds separate objects, which stay apart (:func:`postprocess`).
 
     Returns
     -------
@@ -274,7 +277,7 @@ def iter_postprocess_windows(src, dst, params: PostprocessParams, window: int = 
             classes = clean_class_map(block, params)
             lab = cc_label(classes > 0, connectivity=2)
         else:
-            classes, lab = None, postprocess(block, params)
+            classes, lab = None, postprocess(block, params, objects=objects)
         if lab.max():
             ids = np.arange(1, int(lab.max()) + 1)
             cy, cx = np.array(ndi.center_of_mass(lab > 0, lab, ids)).reshape(-1, 2).T
