@@ -74,6 +74,34 @@ def test_evaluate_folders(tmp_path, data_dir, capsys):
                      str(truth)]) == 2
 
 
+def _strict_json(text):
+    """json.loads that refuses NaN, Infinity and -Infinity (not JSON; Python writes them)."""
+    def refuse(name):
+        raise ValueError(f"{name} is not valid JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_evaluate_json_is_valid_json_with_null_for_undefined_values(tmp_path, data_dir):
+    """An empty prediction has no Hausdorff distance (inf): the summary said Infinity, which
+    strict parsers (JavaScript, jq, R's jsonlite) refuse. Now null, as --help says."""
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    pred.mkdir()
+    truth.mkdir()
+    t = read_image(data_dir / "glas/testA_5_crop_instances.png").data
+    shutil.copy(data_dir / "glas/testA_5_crop_instances.png", truth / "a.png")
+    write_labels(pred / "a_labels.tif", t * 0)  # nothing found
+    out = tmp_path / "summary.json"
+    assert cli.main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--json",
+                     str(out), "--quiet"]) == 0
+    summary = _strict_json(out.read_text())
+    assert summary["n_images"] == 1 and summary["dice"] == 0.0
+    assert summary["object_hausdorff"] is None and summary["object_hausdorff_std"] is None
+    assert summary["image_mean"]["object_hausdorff"] is None
+    assert "null" in cli.build_parser()._subparsers._group_actions[0].choices[
+        "evaluate"].format_help()
+
+
 def test_help_on_every_command(capsys):
     for cmd in ("segment", "evaluate", "models", "gui"):
         with pytest.raises(SystemExit) as exc:

@@ -120,6 +120,27 @@ def test_import_qupath_annotations(tmp_path):
     assert (part == 2).sum() == 5 * 10 and (part[:5, :10] == 2).all()
 
 
+def test_a_nan_vertex_is_one_clear_error(tmp_path):
+    """Python's json reads NaN (QuPath scripts and numpy dumps write it); the scanline fill
+    raised a raw 'cannot convert float NaN to integer'. Now one line naming the file and
+    the feature (the Correct widget shows it as a notification)."""
+    square = [[1, 1], [8, 1], [8, 8], [1, 8], [1, 1]]
+    bad = [[1, 1], [float("nan"), 1], [8, 8], [1, 8], [1, 1]]
+    fc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+         "properties": {}} for ring in (square, bad)]}
+    path = tmp_path / "nan.geojson"
+    path.write_text(json.dumps(fc), encoding="utf-8")  # writes NaN
+    with pytest.raises(GlandsegError, match=r"nan.geojson: feature 2 of 2 has a NaN or "
+                                            r"infinite vertex") as exc:
+        geojson_to_labels(path, (10, 10))
+    assert "\n" not in str(exc.value)
+    fc["features"][1]["geometry"]["coordinates"][0][2] = [float("inf"), 8]
+    fc["features"][1]["geometry"]["coordinates"][0][1] = [8, 1]
+    with pytest.raises(GlandsegError, match="feature 2 of 2"):
+        geojson_to_labels(fc, (10, 10))
+
+
 def test_export_writes_atomically_and_refuses_to_overwrite(tmp_path):
     lab = np.zeros((8, 8), np.int32)
     lab[2:5, 2:5] = 1

@@ -269,7 +269,7 @@ def _evaluate(args) -> int:
         write_csv(pd.DataFrame(rows), args.csv, overwrite=True)
     if args.json:
         with atomic_path(args.json, ".json") as tmp, open(tmp, "w") as fh:
-            json.dump(summary, fh, indent=2, default=float)
+            json.dump(_json_ready(summary), fh, indent=2, allow_nan=False)
     print(f"{summary['n_images']} images")
     for k in KEYS:
         print(f"  {k:<17} {summary[k]:.4f}  (sd {summary[k + '_std']:.4f})")
@@ -278,6 +278,31 @@ def _evaluate(args) -> int:
         print(f"  not evaluated: {len(pairing.truth_only)} without a prediction, "
               f"{len(pairing.pred_only)} without ground truth")
     return 0
+
+
+def _json_ready(obj):
+    """``obj`` with NumPy scalars as Python numbers and NaN / infinite values (undefined
+    metrics, e.g. the Hausdorff distance to an empty prediction) as None: JSON has no NaN
+    or Infinity, and strict parsers refuse them.
+
+    >>> _json_ready({"a": float("nan"), "b": [1.5, float("inf")], "c": "x"})
+    {'a': None, 'b': [1.5, None], 'c': 'x'}
+    """
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {k: _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_ready(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _load_config(path) -> dict:
@@ -536,7 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--pred", required=True, help="folder of predicted labels")
     e.add_argument("--truth", required=True, help="folder of ground-truth labels")
     e.add_argument("--csv", help="write per-image metrics here")
-    e.add_argument("--json", help="write the summary here")
+    e.add_argument("--json", help="write the summary here (valid JSON: undefined values, "
+                   "e.g. a Hausdorff distance to an empty prediction, are null)")
     e.add_argument("--classes", type=int, help="number of classes for class maps (> 2)")
     e.add_argument("--no-hausdorff", action="store_true", help="skip the slowest metric")
     e.add_argument("--quiet", action="store_true", help="no progress bar")

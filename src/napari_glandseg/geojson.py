@@ -357,6 +357,13 @@ def _label_ids(features) -> list[int] | None:
     return ids if len(set(ids)) == len(ids) else None
 
 
+def _source_name(source) -> str:
+    """``"path: "`` for a file source (to start a message with), else ``""``."""
+    if isinstance(source, str | os.PathLike) and not str(source).lstrip().startswith(("{", "[")):
+        return f"{source}: "
+    return ""
+
+
 def geojson_to_labels(source, shape, offset=(0, 0), downsample: float = 1.0,
                       object_types=None) -> ImportedObjects:
     """Rasterise GeoJSON polygons (e.g. QuPath annotations) into instance labels.
@@ -389,7 +396,7 @@ def geojson_to_labels(source, shape, offset=(0, 0), downsample: float = 1.0,
         xy = np.asarray(coords, float)[:, :2]
         return (xy[:, 1] - oy) / downsample - 0.5, (xy[:, 0] - ox) / downsample - 0.5
 
-    for i, f in zip(ids, features, strict=True):
+    for n, (i, f) in enumerate(zip(ids, features, strict=True), 1):
         try:
             geom = _polygonal(to_shape(f.get("geometry"))) if f.get("geometry") else None
         except (ValueError, TypeError, AttributeError, KeyError):
@@ -401,6 +408,10 @@ def geojson_to_labels(source, shape, offset=(0, 0), downsample: float = 1.0,
         for poly in getattr(geom, "geoms", [geom]):
             rings = [np.column_stack(to_index(poly.exterior.coords))]
             rings += [np.column_stack(to_index(hole.coords)) for hole in poly.interiors]
+            if not all(np.isfinite(r).all() for r in rings):
+                raise GlandsegError(
+                    f"{_source_name(source)}feature {n} of {len(features)} has a NaN or "
+                    "infinite vertex coordinate; fix or remove that object and import again")
             rr, cc = fill_rings(rings, (h, w))
             labels[rr, cc] = i
             drawn += rr.size
