@@ -99,7 +99,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_checkpoint(glas, monkeypa
             return fn(logits, y) * (float("nan") if len(calls) > 4 else 1.0)
         return compute
 
-    monkeypatch.setattr(tr, "make_loss", poisoned)
+    monkeypatch.setattr(tr.loop, "make_loss", poisoned)  # where the loop calls it
     with pytest.raises(GlandsegError, match=r"loss became nan at epoch 2, step 4; the best "
                                             r"checkpoint .*nanny.safetensors is kept"):
         train(glas, glas, TrainParams(name="nanny", epochs=3, steps_per_epoch=3, **SMALL))
@@ -311,7 +311,7 @@ def test_resume_with_another_network_is_one_clear_error(glas):
 def test_patience_counts_across_a_resume(glas, monkeypatch):
     # every epoch scores the same: with patience 2 the run stops after epoch 3 (1 best +
     # 2 without improvement), whether or not it was interrupted after epoch 2
-    monkeypatch.setattr(tr, "validate_images", lambda *a, **k: {"val_image_dice": 0.5})
+    monkeypatch.setattr(tr.loop, "validate_images", lambda *a, **k: {"val_image_dice": 0.5})
     train(glas, glas, TrainParams(name="pat", epochs=2, steps_per_epoch=1, patience=2,
                                   **SMALL))
     res = train(glas, glas, TrainParams(name="pat", epochs=6, steps_per_epoch=1, patience=2,

@@ -515,7 +515,7 @@ def test_finetune_stop_returns_quickly_and_keeps_best(make_napari_viewer, qtbot,
 
     steps = []
     real = tr.make_loss
-    monkeypatch.setattr(tr, "make_loss", lambda *a, **k: (lambda f: (lambda x, y: (
+    monkeypatch.setattr(tr.loop, "make_loss", lambda *a, **k: (lambda f: (lambda x, y: (
         steps.append(1), f(x, y))[1]))(real(*a, **k)))
     viewer, model_w, w = _finetune_setup(make_napari_viewer)
     w.epochs.setValue(100)

@@ -1,0 +1,464 @@
+"""The training loop: :func:`iter_train` yields progress, :func:`train` blocks; checkpoints,
+run state and resume."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._files import atomic_path
+from ..errors import GlandsegError
+from ..models import (
+    Model,
+    ModelCard,
+    build_from_card,
+    load_model,
+    resolve_device,
+    save_checkpoint,
+    user_dir,
+)
+from ..preprocess import cpu_has_bf16, standardise
+from ..progress import Progress, run_to_end
+from ..stain import StainNorm, check_card_entry
+from .augment import PatchSampler
+from .data import (
+    TrainingPair,
+    resample_pairs,
+    stain_normalised,
+    stain_reference,
+    with_pixel_size,
+)
+from .losses import make_loss
+from .params import TrainParams
+from .targets import Target, is_instance_mask, make_target
+from .validation import _SELECT_KEY, Selection, _validate, validate_images
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the best model, its file, the per-epoch history, and the
+    best selection score (``history[-1]["score"]`` is the same measure)."""
+
+    model: Model
+    checkpoint: Path | None
+    history: list
+    best_epoch: int
+    best_score: float
+    stopped_early: bool = False
+
+    @property
+    def selected_on(self) -> str:
+        return self.model.card.metrics.get("selected_on", "")
+
+
+_ENCODER_PREFIXES = {
+    "base_cnn": ("encoder.",),
+    "unet": ("net.conv_0.", "net.down_"),
+    "unetpp": ("net.conv_0_0.", "net.conv_1_0.", "net.conv_2_0.", "net.conv_3_0.",
+               "net.conv_4_0."),
+    "linknet34": ("encoder.",),
+    "deeplabv3plus": ("encoder.",),
+    "effnet_unet": ("encoder.",),
+}
+
+
+def freeze_encoder(net: torch.nn.Module, architecture: str) -> int:
+    """Stop gradients to the encoder; returns how many tensors were frozen."""
+    prefixes = _ENCODER_PREFIXES.get(architecture)
+    if prefixes is None:
+        raise GlandsegError(f"freeze_encoder is not available for {architecture!r}; "
+                            "train all layers instead")
+    n = 0
+    for name, param in net.named_parameters():
+        if name.startswith(prefixes):
+            param.requires_grad_(False)
+            n += 1
+    return n
+
+
+def train(train_pairs, val_pairs, params: TrainParams | None = None, resume=None,
+          **kwargs) -> TrainResult:
+    """Train to the end (blocking); see :func:`iter_train`."""
+    return run_to_end(iter_train(train_pairs, val_pairs, params, resume=resume, **kwargs))
+
+
+def _prepare(train_pairs, params):
+    """The card and untrained (or base) network for this run."""
+    if params.base_model:
+        base = load_model(params.base_model)
+        card = copy.deepcopy(base.card)
+        net = copy.deepcopy(base.net)
+        card.name = params.name
+        return card, net
+    in_ch = params.in_channels or (1 if train_pairs[0].image.ndim == 2 else
+                                   train_pairs[0].image.shape[-1])
+    if params.num_classes:
+        k = params.num_classes
+    elif params.target is Target.BOUNDARY:
+        k = 3
+    else:
+        k = 1
+    names = params.class_names or (["background", "interior", "boundary"]
+                                   if params.target is Target.BOUNDARY else None)
+    card = ModelCard(name=params.name, architecture=params.architecture, in_channels=in_ch,
+                     num_classes=k, arch_kwargs=dict(params.arch_kwargs),
+                     class_names=names or [], normalization=params.normalization,
+                     pixel_size_um=params.pixel_size_um,
+                     data_pixel_size_um=params.data_pixel_size_um,
+                     boundary_class=params.target is Target.BOUNDARY)
+    net = build_from_card(card)
+    if params.pretrained:
+        from ..models.efficientnet import load_imagenet_encoder
+
+        weights = load_imagenet_encoder(net)
+        card.licence = params.licence or "; ".join(
+            x for x in (card.licence, f"encoder initialised from {weights}") if x)
+        card.description = card.description or weights
+    return card, net
+
+
+@dataclass
+class _Run:
+    """Everything a training run holds between steps; saved whole for ``resume``."""
+
+    params: TrainParams
+    card: ModelCard
+    net: torch.nn.Module
+    opt: torch.optim.Optimizer
+    device: torch.device
+    sampler: PatchSampler
+    val_set: list
+    val_pairs: list
+    loss_fn: object
+    select: Selection
+    amp: object = None
+    scaler: object = None
+    history: list = field(default_factory=list)
+    epoch: int = 0  # the next epoch to run
+    step: int = 0
+    best: float = -1.0
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    saved: Path | None = None
+    data_desc: str = ""
+    n_train: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.params.epochs * self.params.steps_per_epoch
+
+    def lr_at(self, step: int) -> float:
+        p = self.params
+        if p.schedule == "constant":
+            return p.lr
+        warm = p.steps_per_epoch
+        if step < warm:
+            return p.lr * (step + 1) / warm
+        t = (step - warm) / max(1, self.total_steps - warm)
+        return p.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def _check_pairs(train_pairs, val_pairs):
+    train_pairs = [p if isinstance(p, TrainingPair) else TrainingPair(*p) for p in train_pairs]
+    val_pairs = [p if isinstance(p, TrainingPair) else TrainingPair(*p) for p in val_pairs]
+    if not train_pairs or not val_pairs:
+        raise GlandsegError("training needs at least one training and one validation pair")
+    for p in train_pairs:
+        if not p.mask.any():
+            raise GlandsegError(f"pair {p.name!r} has no labelled pixels: label the objects "
+                                "(or remove the pair) before training")
+    return train_pairs, val_pairs
+
+
+def _setup(train_pairs, val_pairs, params: TrainParams) -> _Run:
+    """Card, network, data at working scale, targets, optimiser: a run ready for epoch 0."""
+    from ..models import list_models
+
+    if any(m.name == params.name and m.source == "bundled" for m in list_models()):
+        raise GlandsegError(f"{params.name!r} is a bundled model; train under another name "
+                            f"(e.g. --name {params.name}-mine)")
+    torch.manual_seed(params.seed)
+    rng = np.random.default_rng(params.seed)
+    # any dtype as its 8-bit equal, by inference's rule (preprocess.value_range)
+    train_pairs, val_pairs = ([TrainingPair(standardise(p.image), p.mask, p.name,
+                                            p.pixel_size_um) for p in ps]
+                              for ps in (train_pairs, val_pairs))
+    card, net = _prepare(train_pairs, params)
+    for p in train_pairs + val_pairs:
+        channels = 1 if p.image.ndim == 2 else p.image.shape[-1]
+        if channels != card.in_channels:
+            raise GlandsegError(f"pair {p.name!r} has {channels} channel(s) but the model "
+                                f"takes {card.in_channels}")
+    if params.stain_normalization is StainNorm.MACENKO and not card.stain_normalization:
+        card.stain_normalization = stain_reference(train_pairs, params.stain_reference)
+        check_card_entry(card.stain_normalization, card.in_channels)
+    if card.stain_normalization:  # the images inference will see, not the raw ones
+        train_pairs = stain_normalised(train_pairs, card.stain_normalization)
+        val_pairs = stain_normalised(val_pairs, card.stain_normalization)
+    # pairs whose file does not say their scale are at the card's data scale
+    default_px = params.data_pixel_size_um or card.data_pixel_size_um
+    val_pairs = with_pixel_size(val_pairs, default_px)
+    work_train = resample_pairs(train_pairs, card.pixel_size_um, default_px)
+    work_val = resample_pairs(val_pairs, card.pixel_size_um, default_px)
+    device = resolve_device(params.device)
+    net.to(device)
+    if params.freeze_encoder:
+        freeze_encoder(net, card.architecture)
+    target_kind = Target.BOUNDARY if card.boundary_class else params.target
+    # mixed data: binary masks among instance labels teach foreground, not the boundary
+    mixed = target_kind is Target.BOUNDARY and \
+        any(is_instance_mask(p.mask) for p in work_train) and \
+        not all(is_instance_mask(p.mask) for p in work_train + work_val)
+    gap_width = params.gap_width if params.gap_weight and target_kind is Target.BOUNDARY else 0
+    tr_targets = [make_target(p.mask, target_kind, card.num_classes,
+                              partial=mixed and not is_instance_mask(p.mask),
+                              gap_width=gap_width) for p in work_train]
+    va_targets = [make_target(p.mask, target_kind, card.num_classes,
+                              partial=mixed and not is_instance_mask(p.mask),
+                              gap_width=gap_width) for p in work_val]
+    sampler = PatchSampler(work_train, tr_targets, params, card.normalization, rng)
+    val_sampler = PatchSampler(work_val, va_targets, params, card.normalization,
+                               np.random.default_rng(params.seed + 1))
+    val_set = [val_sampler.sample(augment=False) for _ in range(params.val_patches)]
+    loss_fn = make_loss(params.loss, card.num_classes, partial=mixed,
+                        gap_weight=params.gap_weight if gap_width else 0.0)
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    opt_cls = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(trainable, lr=params.lr, weight_decay=params.weight_decay)
+    amp = None
+    if params.mixed_precision and device.type == "cuda":
+        amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    elif params.mixed_precision and device.type == "cpu" and cpu_has_bf16():
+        amp = torch.bfloat16  # 2.9x faster steps with channels-last on this project's CPU
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    net.to(memory_format=torch.channels_last)
+    if params.postprocess:
+        card.postprocess = dict(params.postprocess)
+    select = params.select
+    if select is Selection.AUTO:
+        classes = card.num_classes > 1 and not card.boundary_class
+        select = Selection.PIXEL_DICE if classes or not card.postprocess else \
+            Selection.OBJECTS
+    names = [p.name for p in train_pairs]
+    data_desc = params.training_data or ", ".join(names[:5]) + (
+        f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+    if mixed:
+        n_bin = sum(not is_instance_mask(p.mask) for p in train_pairs)
+        data_desc += (f"; {n_bin} of {len(train_pairs)} training masks binary (foreground "
+                      "only, no boundary term)")
+    return _Run(params, card, net, opt, device, sampler, val_set, val_pairs, loss_fn, select,
+                amp, scaler, data_desc=data_desc, n_train=len(train_pairs))
+
+
+def _train_epoch(run: _Run, t0: float):
+    """One epoch of steps, yielding a Progress per step; returns the step losses."""
+    p, net, opt = run.params, run.net, run.opt
+    net.train()
+    losses = []
+    for _ in range(p.steps_per_epoch):
+        batch = [run.sampler.sample(p.augment) for _ in range(p.batch_size)]
+        x = torch.from_numpy(np.stack([b[0] for b in batch])).to(run.device).contiguous(
+            memory_format=torch.channels_last)
+        y = torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64)).to(run.device)
+        for g in opt.param_groups:
+            g["lr"] = run.lr_at(run.step)
+        opt.zero_grad(set_to_none=True)
+        if run.amp is not None:
+            with torch.autocast(run.device.type, dtype=run.amp):
+                logits = net(x)
+            loss = run.loss_fn(logits.float(), y)
+        else:
+            loss = run.loss_fn(net(x), y)
+        if not torch.isfinite(loss):
+            kept = f"the best checkpoint {run.saved} is kept" if run.saved else \
+                "no checkpoint was saved yet"
+            raise GlandsegError(
+                f"training stopped: the loss became {loss.item()} at epoch {run.epoch + 1}, "
+                f"step {run.step + 1}; {kept}. Lower the learning rate (now {p.lr:g}).")
+        if run.scaler is not None:
+            run.scaler.scale(loss).backward()
+            run.scaler.step(opt)
+            run.scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        run.step += 1
+        losses.append(loss.item())
+        yield Progress(run.step, run.total_steps, f"epoch {run.epoch + 1}/{p.epochs}",
+                       time.perf_counter() - t0, {"loss": losses[-1]})
+    return losses
+
+
+def _end_epoch(run: _Run, losses: list, t0: float) -> dict:
+    """Validate, keep the checkpoint if the selection score improved, save the run state."""
+    params, card = run.params, run.card
+    val = _validate(run.net, run.val_set, run.loss_fn, run.device, card.num_classes)
+    val.update(validate_images(Model(run.net, card, device=run.device), run.val_pairs,
+                               tile_size=1024))  # one tile per image: 2x faster
+    run.net.train()
+    key = _SELECT_KEY[run.select]
+    if key not in val:
+        raise GlandsegError(f"select={run.select.value!r} needs object post-processing in the "
+                            "card (postprocess); use select='pixel_dice' or give postprocess")
+    score = val[key]
+    improved = score > run.best
+    if improved:
+        run.best, run.best_epoch, run.bad_epochs = score, run.epoch, 0
+        card.metrics = {k: round(float(v), 4) for k, v in val.items() if k != "val_loss"}
+        card.metrics["epoch"] = run.epoch + 1
+        card.metrics["selected_on"] = _SELECT_KEY[run.select]
+        card.training = {**_settings(params), "select": run.select.value,
+                         "train_pairs": run.n_train, "val_pairs": len(run.val_pairs)}
+        card.training_data = run.data_desc
+        card.data_licence = params.data_licence or card.data_licence
+        card.licence = params.licence or card.licence
+        card.description = params.description or card.description
+        run.saved = save_checkpoint(user_dir() / f"{params.name}.safetensors", run.net, card,
+                                    overwrite=True)
+    else:
+        run.bad_epochs += 1
+    record = {"epoch": run.epoch + 1, "train_loss": float(np.mean(losses)), **val,
+              "score": score, "lr": run.lr_at(run.step - 1),
+              "seconds": time.perf_counter() - t0,
+              "checkpoint": str(run.saved) if run.saved else None, "best": improved}
+    run.history.append(record)
+    run.epoch += 1
+    _save_state(state_path_for(params.name), run)
+    return record
+
+
+def iter_train(train_pairs, val_pairs, params: TrainParams | None = None, resume=None,
+               **kwargs):
+    """Train or fine-tune, yielding :class:`~napari_glandseg.progress.Progress`.
+
+    Yields one record per step (``metrics={"loss": ...}``) and one per epoch (``metrics``
+    with ``train_loss``, ``val_loss``, patch ``val_dice``, whole-image scores
+    ``val_image_dice``, ``val_object_f1``, ``val_object_dice``, ``val_objects``,
+    ``val_aji``, ``val_pq``, the selection ``score``, ``lr``, ``checkpoint``, ``best``).
+    Returns a :class:`TrainResult`.
+
+    Data at another scale than the card's (``pixel_size_um``) are resampled to it. When the
+    training masks mix instance labels with binary masks, a background / interior /
+    boundary model learns the boundary only from the instance labels (binary masks teach
+    foreground and their outer edges, :func:`partial_boundary_loss`).
+
+    The checkpoint kept is the one with the best ``params.select`` score on the whole
+    validation images after the card's post-processing (objects, not pixels).
+
+    Parameters
+    ----------
+    train_pairs, val_pairs : list of TrainingPair
+        Validation pairs may be the training ones when there are too few images (say so).
+    params : TrainParams
+    resume : str or Path, optional
+        A training state (``<name>.state.pt`` in the store's ``training/`` folder) to go on
+        from: network, optimiser, history, best score, patience and random state, next epoch.
+
+    Raises
+    ------
+    GlandsegError
+        Bad data or settings; a state that does not fit the run; or a NaN loss (the last
+        good checkpoint is kept).
+    """
+    if params is None:
+        params = TrainParams(**kwargs)
+    elif kwargs:
+        from dataclasses import replace
+
+        params = replace(params, **kwargs)
+    train_pairs, val_pairs = _check_pairs(train_pairs, val_pairs)
+    run = _setup(train_pairs, val_pairs, params)
+    if resume:
+        _restore(run, resume)
+    t0 = time.perf_counter()
+    stopped_early = False
+    while run.epoch < params.epochs:
+        if params.patience and run.bad_epochs >= params.patience:
+            stopped_early = True
+            break
+        losses = yield from _train_epoch(run, t0)
+        record = _end_epoch(run, losses, t0)
+        yield Progress(run.step, run.total_steps,
+                       f"epoch {record['epoch']}: {_SELECT_KEY[run.select]} "
+                       f"{record['score']:.3f}", time.perf_counter() - t0, dict(record))
+    run.net.eval()
+    best_model = load_model(run.saved) if run.saved else Model(run.net, run.card)
+    return TrainResult(best_model, run.saved, run.history, run.best_epoch + 1, run.best,
+                       stopped_early)
+
+
+def _settings(params: TrainParams) -> dict:
+    d = asdict(params)
+    return {k: getattr(v, "value", v) for k, v in d.items()
+            if k not in ("description", "training_data", "data_licence", "licence",
+                         "postprocess")}
+
+
+def _save_state(path: Path, run: _Run) -> None:
+    card = run.card
+    with atomic_path(path) as tmp:
+        torch.save({"net": run.net.state_dict(), "opt": run.opt.state_dict(),
+                    "history": run.history, "epoch": run.epoch, "step": run.step,
+                    "best": run.best, "best_epoch": run.best_epoch,
+                    "bad_epochs": run.bad_epochs,
+                    "saved": str(run.saved) if run.saved else "",
+                    "rng": run.sampler.rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                    "architecture": card.architecture,
+                    "arch_json": json.dumps(card.arch_kwargs, sort_keys=True),
+                    "num_classes": card.num_classes, "select": run.select.value,
+                    "scaler": run.scaler.state_dict() if run.scaler else {}}, tmp)
+
+
+def _restore(run: _Run, path) -> None:
+    """Put a saved run state back: it must be for the same network and selection."""
+    st = _load_state(path)
+    card = run.card
+    theirs = (st.get("architecture"), st.get("arch_json"), st.get("num_classes"))
+    ours = (card.architecture, json.dumps(card.arch_kwargs, sort_keys=True), card.num_classes)
+    if None in theirs:
+        raise GlandsegError(f"{path}: an old training state without its network settings; "
+                            "start the run again")
+    if theirs != ours:
+        raise GlandsegError(
+            f"{path}: cannot resume: the state is for {theirs[0]} {theirs[1]} with "
+            f"{theirs[2]} class(es) but this run builds {ours[0]} {ours[1]} with {ours[2]}; "
+            "use the settings of the interrupted run, or another --name")
+    if st.get("select") != run.select.value:
+        raise GlandsegError(f"{path}: cannot resume: the run selected on {st.get('select')!r}, "
+                            f"this one on {run.select.value!r}")
+    try:
+        run.net.load_state_dict(st["net"])
+        run.opt.load_state_dict(st["opt"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise GlandsegError(f"{path}: cannot resume: {exc}") from None
+    run.history, run.epoch, run.step = st["history"], int(st["epoch"]), int(st["step"])
+    run.best, run.best_epoch = float(st["best"]), int(st["best_epoch"])
+    run.bad_epochs = int(st["bad_epochs"])
+    run.saved = Path(st["saved"]) if st["saved"] and Path(st["saved"]).exists() else None
+    run.sampler.rng.bit_generator.state = st["rng"]
+    torch.set_rng_state(st["torch_rng"])
+    if run.scaler is not None and st.get("scaler"):
+        run.scaler.load_state_dict(st["scaler"])
+
+
+def _load_state(path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise GlandsegError(f"{path}: no such training state") from None
+    except Exception as exc:
+        raise GlandsegError(f"{path}: cannot resume from it ({type(exc).__name__}: {exc})") \
+            from None
+
+
+def state_path_for(name: str) -> Path:
+    """Where a run named ``name`` keeps its training state (for ``resume``)."""
+    return user_dir() / "training" / f"{name}.state.pt"
