@@ -226,9 +226,9 @@ def _test_image(sample, card: ModelCard, name: str) -> np.ndarray:
     """(Y, X, C) test input in the image's own value range."""
     if sample is None:
         from . import _napari
-        from .gui import SAMPLES
+        from .samples import model_sample
 
-        key = {m: k for k, m in SAMPLES.items()}.get(name)
+        key = model_sample(name)
         if key is None:
             key = "glas" if card.in_channels == 3 else "em"
         sample = getattr(_napari, f"sample_{key}")()[0][0]

@@ -653,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--quiet", action="store_true", help="no progress bar")
     u.set_defaults(func=_tune)
 
-    from .gui import SAMPLES  # Qt-free: napari is imported when the viewer opens
+    from .samples import SAMPLES
 
     g = sub.add_parser(
         "gui", help="open napari with the plugin docked",

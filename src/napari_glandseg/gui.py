@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from .samples import SAMPLES
+
 PLUGIN = "napari-glandseg"
 WIDGETS = ("Load", "Model", "Segment", "Post-process", "Correct", "Compare", "Fine-tune")
-#: The bundled sample data and the bundled model made for each.
-SAMPLES = {"glas": "glands-he", "monuseg": "nuclei-he", "em": "membranes-em", "wbc": "wbc"}
 
 
 def open_viewer(sample: str | None = "glas", files=(), show: bool = True, viewer=None):
