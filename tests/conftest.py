@@ -1,6 +1,12 @@
+import os
 from pathlib import Path
 
 import pytest
+
+# napari's settings (e.g. the reader preferences the plugin's writer records) stay in
+# memory: an empty NAPARI_CONFIG means no settings file is read or written (set before
+# anything imports napari.settings)
+os.environ["NAPARI_CONFIG"] = ""
 
 DATA = Path(__file__).parent / "data"
 

@@ -189,6 +189,81 @@ def test_write_labels_refuses_overwrite_and_bad_input(tmp_path):
         labels_dtype(np.array([-1, 2]))
 
 
+def test_saved_labels_reopen_through_file_open_as_labels_at_their_scale(
+        make_napari_viewer, tmp_path, monkeypatch):
+    """Issue 23 item 9: napari's builtin reader also claims *.tif, so File > Open asked
+    which reader to use and napari's (the default, or a remembered *.tif -> napari) gave an
+    Image at scale 1. Labels saved with the plugin's writer now reopen, by napari's own
+    choice, as Labels at their um/px and position; other TIFFs keep the user's choice."""
+    import napari._qt.qt_viewer as qt_viewer
+    from napari.settings import get_settings
+
+    from napari_glandseg._napari import PLUGIN
+
+    viewer = make_napari_viewer()
+    prefs = get_settings().plugins
+    prefs.extension2reader = {"*.tif": "napari"}  # the user once chose napari's reader
+    labels = np.zeros((40, 60), np.uint8)
+    labels[5:15, 5:25] = 1
+    labels[20:30, 30:50] = 2
+    layer = viewer.add_labels(labels, scale=(0.5, 0.5), translate=(10.0, 20.0))
+    path = tmp_path / "objects [v2].tif"  # glob characters in the name are matched literally
+    layer.save(str(path), plugin=PLUGIN)
+    other = tmp_path / "other.tif"
+    tifffile.imwrite(other, labels)
+
+    def opened(**kw):
+        before = len(viewer.layers)
+        viewer.open(str(path), **kw)
+        (back,) = viewer.layers[before:]
+        return back
+
+    for kw in ({"plugin": None}, {"plugin": PLUGIN}):  # File > Open is plugin=None
+        back = opened(**kw)
+        assert type(back).__name__ == "Labels", kw
+        assert tuple(back.scale) == (0.5, 0.5) and tuple(back.translate) == (10.0, 20.0)
+        np.testing.assert_array_equal(back.data, labels)
+    (other_layer,) = viewer.open(str(other), plugin=None)  # the user's *.tif choice stands
+    assert type(other_layer).__name__ == "Image"
+    # the Qt File > Open path: no reader dialog for the saved file
+    asked = []
+    monkeypatch.setattr(qt_viewer, "handle_gui_reading", lambda *a, **k: asked.append(a))
+    n = len(viewer.layers)
+    viewer.window._qt_viewer._qt_open([str(path)], stack=False)
+    assert asked == [] and type(viewer.layers[n]).__name__ == "Labels"
+    # without any preference napari would ask; the saved file still needs no choice
+    prefs.extension2reader = {k: v for k, v in prefs.extension2reader.items() if k != "*.tif"}
+    assert type(opened(plugin=None)).__name__ == "Labels"
+
+
+def test_remember_reader_keeps_the_users_choice_and_prunes(tmp_path, monkeypatch):
+    pytest.importorskip("napari")
+    import glob
+
+    from napari.settings import get_settings
+
+    import napari_glandseg._napari as hooks
+
+    assert get_settings().config_path is None  # conftest: never the user's settings file
+    prefs = get_settings().plugins
+    monkeypatch.setattr(prefs, "extension2reader", dict(prefs.extension2reader))  # restored
+    files = [tmp_path / f"{i}.tif" for i in range(4)]
+    for f in files:
+        f.write_bytes(b"")
+    mine = str(files[0].resolve())
+    prefs.extension2reader = {mine: "napari", "*.png": "napari-glandseg",
+                              "/gone/x.tif": "napari-glandseg"}
+    assert not hooks.remember_reader(files[0])  # the user's entry for that file stays
+    monkeypatch.setattr(hooks, "REMEMBERED_FILES", 2)
+    for f in files[1:]:
+        assert hooks.remember_reader(f)
+    kept = prefs.extension2reader
+    assert kept[mine] == "napari" and kept["*.png"] == "napari-glandseg"
+    assert "/gone/x.tif" not in kept  # a file that no longer exists
+    assert [k for k in kept if k.startswith(glob.escape(str(tmp_path.resolve())))
+            and kept[k] == "napari-glandseg"] == [str(f.resolve()) for f in files[2:]]
+
+
 def test_iter_image_files(tmp_path, data_dir):
     files = iter_image_files([data_dir / "glas"])
     assert [f.name for f in files] == ["testA_5_crop.png", "train_1_crop.png"]

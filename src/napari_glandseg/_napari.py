@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .io import IMAGE_SUFFIXES, Pair, read_image, read_pair, write_labels
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data"
+PLUGIN = "napari-glandseg"
+#: Files whose reader choice :func:`remember_reader` keeps at most (the oldest go first).
+REMEMBERED_FILES = 200
 
 
 def get_reader(path):
@@ -42,8 +46,9 @@ def write_labels_layer(path: str, data, meta: dict) -> list[str]:
     """npe2 single-layer writer for Labels to .tif/.tiff/.png (atomic).
 
     A TIFF keeps the layer's um/px (its ``pixel_size_um``, else a square layer scale other
-    than 1) and its position (``translate``, a region of a slide) and is marked as labels,
-    so File > Open gives back a Labels layer at that scale and place.
+    than 1) and its position (``translate``, a region of a slide) and is marked as labels;
+    :func:`remember_reader` makes napari open the file with this plugin's reader, so
+    File > Open gives back a Labels layer at that scale and place.
     """
     pixel_size = (meta.get("metadata") or {}).get("pixel_size_um")
     scale = meta.get("scale")
@@ -52,8 +57,60 @@ def write_labels_layer(path: str, data, meta: dict) -> list[str]:
         pixel_size = float(scale[-1])
     if isinstance(data, list):  # a multiscale layer: its full resolution
         data = data[0]
-    return [str(write_labels(path, data, pixel_size_um=pixel_size,
-                             translate=meta.get("translate")))]
+    written = write_labels(path, data, pixel_size_um=pixel_size, translate=meta.get("translate"))
+    remember_reader(written)
+    return [str(written)]
+
+
+def remember_reader(path) -> bool:
+    """Tell napari that the file at ``path`` (labels this plugin wrote) opens with this
+    plugin's reader: an entry for that one file in napari's reader preferences (Preferences
+    > Plugins, where it can be removed), as napari's own "remember" choice makes.
+
+    napari's builtin reader also claims ``*.tif`` and ``*.png``, so File > Open asked which
+    reader to use, and its default (or a remembered ``*.tif`` -> napari) gave an Image at
+    scale 1. A file's own entry is the most specific match, so the file reopens as Labels
+    at its um/px and position, while other TIFFs keep whatever the user chose. A user's
+    entry for the very same file is kept; entries of files that no longer exist are dropped
+    and at most :data:`REMEMBERED_FILES` are kept. Never fails a save: returns whether the
+    preference was recorded.
+    """
+    import glob
+
+    try:
+        from napari.settings import get_settings
+
+        plugins = get_settings().plugins
+        key = glob.escape(os.path.realpath(path))
+        prefs = dict(plugins.extension2reader)
+        if prefs.get(key, PLUGIN) != PLUGIN:
+            return False
+        prefs.pop(key, None)  # re-added last: the most recent
+        ours = [k for k, v in prefs.items() if v == PLUGIN and _one_file(k)]
+        kept = [k for k in ours if os.path.isfile(_unescape(k))]  # oldest first
+        for k in set(ours) - set(kept[len(kept) + 1 - REMEMBERED_FILES:]):
+            del prefs[k]
+        prefs[key] = PLUGIN
+        plugins.extension2reader = prefs
+        return True
+    except Exception:  # noqa: BLE001 (no napari, read-only settings: the file is written)
+        return False
+
+
+def _unescape(pattern: str) -> str:
+    """glob.escape undone: ``[*]`` -> ``*``, ``[?]`` -> ``?``, ``[[]`` -> ``[``."""
+    import re
+
+    return re.sub(r"\[([*?\[])\]", r"\1", pattern)
+
+
+def _one_file(pattern: str) -> bool:
+    """Whether a reader-preference pattern is one absolute file path (as
+    :func:`remember_reader` writes it), not a wildcard pattern."""
+    import glob
+
+    path = _unescape(pattern)
+    return os.path.isabs(path) and glob.escape(path) == pattern
 
 
 def _sample(stem: str, what: str, truth: str = "instances") -> list[tuple]:
