@@ -47,7 +47,7 @@ def main(argv=None):
         wait(seg.run())  # objects straight away (the card's post-processing)
         objects = seg.last_layers[0]
         compare = widgets["Compare"]  # defaults: the new objects against the truth
-        compare.compute()
+        wait(compare.compute())
         compare.go_to_object(0)
         viewer.reset_view()
         for layer in viewer.layers:

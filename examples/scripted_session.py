@@ -58,7 +58,8 @@ def main(argv=None) -> dict:
     compare = dock("napari-glandseg", "Compare")[1]
     compare.pred_box.setCurrentText(objects.name)
     compare.truth_box.setCurrentText(truth)
-    metrics = compare.compute()
+    wait(compare.compute())  # in the background too
+    metrics = compare.metrics
     print(f"{len(objects.features)} objects from {args.model} on {image}")
     for key in ("dice", "iou", "object_f1", "object_dice", "object_hausdorff", "aji", "pq",
                 "map"):

@@ -328,7 +328,17 @@ def test_postprocess_widget_preview_apply_and_csv(make_napari_viewer, qtbot, tmp
     qtbot.waitUntil(lambda: len(layer.features) == 3, timeout=5000)
 
 
-def test_compare_widget_metrics_overlay_and_objects(make_napari_viewer, notes):
+def _compare(qtbot, w):
+    """Compare in the background and wait; the scores, or None when it refused to start."""
+    worker = w.compute()
+    if worker is None:
+        return None
+    with qtbot.waitSignal(worker.finished, timeout=60000):
+        pass
+    return w.metrics
+
+
+def test_compare_widget_metrics_overlay_and_objects(make_napari_viewer, qtbot, notes):
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "glas")
     truth = viewer.layers["glas_testA_5 [truth]"].data
@@ -339,7 +349,7 @@ def test_compare_widget_metrics_overlay_and_objects(make_napari_viewer, notes):
     w = _dock(viewer, "Compare")
     w.pred_box.setCurrentText("pred")
     assert w.truth_box.currentText() == "glas_testA_5 [truth]"  # picked by its role
-    m = w.compute()
+    m = _compare(qtbot, w)
     n = len(np.unique(truth)) - 1  # one of n glands missed: F1 2(n-1) / (2(n-1) + 1)
     assert m["object_f1"] == pytest.approx(2 * (n - 1) / (2 * (n - 1) + 1))
     assert m["precision"] == 1.0
@@ -365,7 +375,7 @@ def test_compare_widget_metrics_overlay_and_objects(make_napari_viewer, notes):
     merged[ys[xs > np.median(xs)], xs[xs > np.median(xs)]] = 99
     viewer.add_labels(merged, name="merged")
     w.pred_box.setCurrentText("merged")
-    m = w.compute()
+    m = _compare(qtbot, w)
     assert m["merged"] == 1 and m["split"] == 1
     overlay = viewer.layers[f"compare merged ({OVERLAY_LEGEND})"].data
     assert set(np.unique(overlay[(truth == 1) | (truth == 2)])) == {STATUS_VALUE["merged"]}
@@ -377,7 +387,7 @@ def test_compare_widget_metrics_overlay_and_objects(make_napari_viewer, notes):
 
 
 def test_compare_refuses_class_maps_as_objects_and_warns_on_empty_truth(make_napari_viewer,
-                                                                         notes):
+                                                                         qtbot, notes):
     viewer = make_napari_viewer()
     classes = np.zeros((32, 32), np.uint8)
     classes[4:12, 4:12], classes[20:28, 20:28] = 1, 2
@@ -391,7 +401,7 @@ def test_compare_refuses_class_maps_as_objects_and_warns_on_empty_truth(make_nap
     viewer.add_labels((classes > 0).astype(np.uint8), name="map [objects]",
                       metadata={"glandseg_role": "objects", "source_image": "x"})
     assert w.pred_box.currentText() == "map [objects]"  # objects beat the class map
-    assert w.compute() is not None
+    assert _compare(qtbot, w) is not None
     assert notes[-1][0] == "warning" and "'t' is empty" in notes[-1][1]
 
 

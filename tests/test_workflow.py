@@ -73,7 +73,8 @@ def test_sample_workflow(make_napari_viewer, qtbot, tmp_path, notes):
     assert objects.metadata["edited"] and objects.metadata["unsaved"]
     qtbot.waitUntil(lambda: _pairs(w["Fine-tune"]).get(f"{image.name} ⇐ {objects.name}"))
 
-    m = w["Compare"].compute()
+    _wait(qtbot, w["Compare"].compute())  # in the background
+    m = w["Compare"].metrics
     assert m is not None and 0 < m["object_f1"] <= 1 and m["n_pred"] == new_id
     assert {"merged", "split"} <= set(m)
 

@@ -7,9 +7,10 @@ core (``GlandsegError``) become notifications with their own message, never a tr
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
-from napari.qt.threading import create_worker
+from napari.qt.threading import GeneratorWorker, create_worker
 from qtpy.QtCore import QTimer
 
 from ..errors import GlandsegError
@@ -31,9 +32,31 @@ def _guarded(gen_func, *args, **kwargs):
         raise JobError(f"{type(exc).__name__}: {exc}") from exc
 
 
+class JobWorker(GeneratorWorker):
+    """napari's generator worker, which after a Cancel also ends the job: the generator is
+    closed in the worker thread before ``finished`` (superqt only stops sending to it), so
+    the job's ``finally`` blocks (a temporary zarr store removed) run now, not whenever
+    the generator is garbage-collected. A result the job returned as Cancel came (which
+    superqt drops) goes to ``discard``."""
+
+    discard: Callable | None = None
+
+    def work(self):
+        result = super().work()
+        if self.abort_requested:
+            try:
+                self._gen.close()
+            except Exception:  # noqa: BLE001 - a failing cleanup must not hang the job
+                logging.getLogger(__name__).exception("cleaning up a cancelled job")
+            if self.discard is not None and result is not None and \
+                    not isinstance(result, Exception):
+                self.discard(result)
+        return result
+
+
 def start(gen_func: Callable, *args, on_yield=None, on_return=None, on_done=None,
-          on_error=None, on_abort=None, what: str = "job", progress_desc: str | None = None,
-          **kwargs):
+          on_error=None, on_abort=None, on_discard=None, what: str = "job",
+          progress_desc: str | None = None, **kwargs):
     """Start ``gen_func(*args, **kwargs)`` in a worker thread and wire its signals.
 
     With ``progress_desc`` a napari progress bar (activity dock) follows the yielded
@@ -42,14 +65,18 @@ def start(gen_func: Callable, *args, on_yield=None, on_return=None, on_done=None
     ``on_done`` runs after success, failure and cancel alike (re-enable buttons there);
     ``on_error(message)`` after a failure and ``on_abort()`` after a cancel (reset a status
     line there). A failure, in the job or in ``on_return``, is one notification with its
-    message, never a traceback through the exception hook.
+    message, never a traceback through the exception hook. ``on_discard(result)`` gets a
+    result that is never shown: one the job returned as Cancel came (in the worker
+    thread), or one ``on_return`` failed on; remove what it holds on disk there. A
+    cancelled job's generator is closed before ``finished`` (:class:`JobWorker`).
     Returns the worker; call ``worker.quit()`` to stop it. The thread starts when control
     returns to the event loop, so a caller can still connect to ``finished`` or
     ``yielded`` (a script waiting on it, a test's ``qtbot.waitSignal``) without racing a
     job that would otherwise end before the connection is made.
     """
     worker = create_worker(_guarded, gen_func, *args, _start_thread=False,
-                           _ignore_errors=True, **kwargs)
+                           _ignore_errors=True, _worker_class=JobWorker, **kwargs)
+    worker.discard = on_discard
     relay = getattr(worker, "_relay_error", None)
     if relay is not None:  # napari may relay errors to its exception hook: we notify instead
         try:
@@ -74,6 +101,8 @@ def start(gen_func: Callable, *args, on_yield=None, on_return=None, on_done=None
                 on_return(value)
             except Exception as exc:  # a bad result must not end in the exception hook
                 _failed(exc)
+                if on_discard is not None:
+                    on_discard(value)
 
         worker.returned.connect(_returned)
     worker.errored.connect(_failed)

@@ -62,6 +62,54 @@ def merges_and_splits(pred: np.ndarray, truth: np.ndarray) -> tuple[dict, dict]:
             {k: v for k, v in split.items() if len(v) > 1})
 
 
+def compare_job(pred, truth, classes=None):
+    """Score a prediction against the truth in the worker thread (the caller's own copies
+    of both); yields a Progress per step and returns ``(metrics, objects, overlay)``: the
+    :func:`~napari_glandseg.metrics.evaluate` scores with ``merged`` and ``split``
+    counts, the per-object rows of the object table, and the overlay's values
+    (:data:`STATUS_VALUE`)."""
+    from ..progress import Progress
+
+    yield Progress(0, 4, "scoring (pixels, objects, Hausdorff, AJI, PQ, mAP)…")
+    metrics = evaluate(pred, truth, classes=classes)
+    yield Progress(1, 4, "matching objects…")
+    pi, ti = ((as_instances(pred > 0), as_instances(truth > 0)) if classes and classes > 2
+              else (as_instances(pred), as_instances(truth)))
+    objects = object_status(pi, ti)
+    yield Progress(2, 4, "finding merged and split objects…")
+    merged, split = merges_and_splits(pi, ti)
+    metrics["merged"], metrics["split"] = len(merged), len(split)
+    for o in objects:
+        if o["side"] == "pred" and o["id"] in merged:
+            o["status"] = "merged"
+            o["note"] = f"covers truth {', '.join(map(str, merged[o['id']]))}"
+    if split:
+        areas = np.bincount(ti.ravel())
+        objects += [{"side": "truth", "id": t, "status": "split", "area": int(areas[t]),
+                     "match": ps[0], "iou": float("nan"),
+                     "note": f"split into {', '.join(map(str, ps))}"}
+                    for t, ps in split.items()]
+    yield Progress(3, 4, "drawing the overlay…")
+    overlay = overlay_values(pi, ti, objects, split)
+    yield Progress(4, 4, "done")
+    return metrics, objects, overlay
+
+
+def overlay_values(pred, truth, objects, split) -> np.ndarray:
+    """TP / FP / FN / merged / split (:data:`STATUS_VALUE`) per pixel."""
+    lut_p = np.zeros(int(pred.max()) + 1, np.uint8)
+    lut_t = np.zeros(int(truth.max()) + 1, np.uint8)
+    for o in objects:
+        if o["status"] != "split":
+            (lut_p if o["side"] == "pred" else lut_t)[o["id"]] = STATUS_VALUE[o["status"]]
+    overlay = lut_p[pred]
+    fn = lut_t[truth]
+    overlay[(overlay == 0) & (fn > 0)] = STATUS_VALUE["FN"]
+    if split:
+        overlay[np.isin(truth, list(split)) & (pred > 0)] = STATUS_VALUE["split"]
+    return overlay
+
+
 def _table(headers) -> QTableWidget:
     t = QTableWidget(0, len(headers))
     t.setHorizontalHeaderLabels(headers)
@@ -95,7 +143,7 @@ class CompareWidget(QWidget):
 
         w = viewer.window.add_plugin_dock_widget("napari-glandseg", "Compare")[1]
         w.pred_box.setCurrentText("img [objects]"); w.truth_box.setCurrentText("img [truth]")
-        metrics = w.compute()
+        worker = w.compute()      # in the background; w.metrics holds the scores when done
     """
 
     def __init__(self, napari_viewer):
@@ -116,6 +164,13 @@ class CompareWidget(QWidget):
         self.classes.setRange(0, 64)
         self.classes.setToolTip("0: instance or binary labels; K > 2: class maps 0..K-1")
         self.compute_btn = QPushButton("Compare")
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.compare_worker = None
+        self._comparing = None  # the layers a running comparison scores
+        self._stale_during = ""
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
         self.stale = QLabel("")
         self.stale.setWordWrap(True)
         self.stale.setStyleSheet("color: #ff9500")
@@ -130,7 +185,11 @@ class CompareWidget(QWidget):
         form.addRow("Classes", self.classes)
         lay = QVBoxLayout(single)
         lay.addLayout(form)
-        lay.addWidget(self.compute_btn)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.compute_btn)
+        buttons.addWidget(self.cancel_btn)
+        lay.addLayout(buttons)
+        lay.addWidget(self.status)
         lay.addWidget(self.stale)
         lay.addWidget(self.metric_table)
         row = QHBoxLayout()
@@ -166,6 +225,7 @@ class CompareWidget(QWidget):
         QVBoxLayout(self).addWidget(tabs)
 
         self.compute_btn.clicked.connect(self.compute)
+        self.cancel_btn.clicked.connect(self.cancel)
         self.copy_btn.clicked.connect(self.copy)
         self.csv_btn.clicked.connect(self._choose_csv)
         self.object_table.cellClicked.connect(lambda r, _c: self.go_to_object(r))
@@ -176,13 +236,16 @@ class CompareWidget(QWidget):
         self._refresh_layers()
 
     # ---------------------------------------------------------------- one image
-    def compute(self) -> dict | None:
-        """Compare the chosen layers; fills the tables and adds the overlay (TP, FP, FN,
-        merged predictions and split truths)."""
+    def compute(self):
+        """Compare the chosen layers in the background (a slide-sized pair takes seconds);
+        returns the worker, or None on bad input. When it finishes ``metrics`` holds the
+        scores, the tables are filled and the overlay (TP, FP, FN, merged predictions and
+        split truths) is added."""
+        if self.compare_worker is not None:
+            notify("warning", "a comparison is already running; cancel it first")
+            return None
         try:
             pred_layer, truth_layer = self._layers()
-            pred, truth = (np.asarray(la.data[0] if la.multiscale else la.data)
-                           for la in (pred_layer, truth_layer))
             classes = self.classes.value() or None
             meta = pred_layer.metadata
             if classes is None and meta.get("glandseg_role") == "prediction" and \
@@ -192,58 +255,71 @@ class CompareWidget(QWidget):
                     "not objects: compare its objects layer (Segment's Objects option or "
                     f"Post-process), or set Classes to {len(meta['class_names'])} for "
                     "per-class scores")
-            if not truth.any():
-                notify("warning", f"ground truth {truth_layer.name!r} is empty: there is "
-                       "nothing to find, so every object score is 0")
-            self.metrics = evaluate(pred, truth, classes=classes)
-            pi, ti = ((as_instances(pred > 0), as_instances(truth > 0)) if classes and
-                      classes > 2 else (as_instances(pred), as_instances(truth)))
-            self.objects = object_status(pi, ti)
-            merged, split = merges_and_splits(pi, ti)
+            # copies: the layers may be edited while the job runs
+            pred, truth = (np.array(la.data[0] if la.multiscale else la.data, copy=True)
+                           for la in (pred_layer, truth_layer))
         except GlandsegError as exc:
             notify("error", str(exc))
             return None
-        self.metrics["merged"], self.metrics["split"] = len(merged), len(split)
-        for o in self.objects:
-            if o["side"] == "pred" and o["id"] in merged:
-                o["status"] = "merged"
-                o["note"] = f"covers truth {', '.join(map(str, merged[o['id']]))}"
-        self.objects += [{"side": "truth", "id": t, "status": "split", "area": int((ti == t).sum()),
-                          "match": ps[0], "iou": float("nan"),
-                          "note": f"split into {', '.join(map(str, ps))}"}
-                         for t, ps in split.items()]
-        _fill(self.metric_table, [[k, float(self.metrics[k])] for k in KEYS]
-              + [[k, self.metrics[k]] for k in ("tp", "fp", "fn", "merged", "split", "n_pred",
-                                                 "n_true")])
-        _fill(self.object_table, [[o["side"], o["id"], o["status"], o["area"], o["match"],
-                                   o["iou"], o.get("note", "")] for o in self.objects])
-        self._overlay(pi, ti, pred_layer, split)
-        self._compared = (pred_layer, truth_layer)
-        self.stale.setText("")
         for layer in (pred_layer, truth_layer):
             if hasattr(layer.events, "paint") and layer not in self._watched:
                 layer.events.paint.connect(lambda _e=None, la=layer: self._mark_stale(la))
                 self._watched.append(layer)
-        return self.metrics
+        self._comparing, self._stale_during = (pred_layer, truth_layer), ""
+        self.compute_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        self.status.setText(f"Comparing {pred_layer.name!r} with {truth_layer.name!r}…")
+        self.compare_worker = _worker.start(
+            compare_job, pred, truth, classes,
+            on_yield=lambda p: self.status.setText(f"{p.message} ({p.done}/{p.total})"),
+            on_return=lambda out: self._compared_done(out, pred_layer, truth_layer),
+            on_error=lambda msg: self.status.setText(f"Failed: {msg}"),
+            on_abort=lambda: self.status.setText("Cancelled: the tables are as they were"),
+            on_done=self._compare_finished, what="comparison",
+            progress_desc="GlandSeg: comparing")
+        return self.compare_worker
+
+    def cancel(self) -> None:
+        """Stop the comparison after the step running now; nothing changes."""
+        if self.compare_worker is not None:
+            self.status.setText("Cancelling…")
+            self.compare_worker.quit()
+
+    def _compare_finished(self) -> None:
+        self.compare_worker = None
+        self._comparing = None
+        self.compute_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+
+    def _compared_done(self, out, pred_layer, truth_layer) -> None:
+        metrics, objects, overlay = out
+        self.metrics, self.objects = metrics, objects
+        if not metrics["n_true"]:
+            notify("warning", f"ground truth {truth_layer.name!r} is empty: there is "
+                   "nothing to find, so every object score is 0")
+        _fill(self.metric_table, [[k, float(metrics[k])] for k in KEYS]
+              + [[k, metrics[k]] for k in ("tp", "fp", "fn", "merged", "split", "n_pred",
+                                            "n_true")])
+        _fill(self.object_table, [[o["side"], o["id"], o["status"], o["area"], o["match"],
+                                   o["iou"], o.get("note", "")] for o in objects])
+        if pred_layer in self.viewer.layers:
+            self._overlay(overlay, pred_layer)
+        self._compared = (pred_layer, truth_layer)
+        self.stale.setText(self._stale_during)
+        self._stale_during = ""
+        self.status.setText(f"{metrics['n_pred']} predicted and {metrics['n_true']} true "
+                            f"objects: object F1 {metrics['object_f1']:.3f}")
 
     def _mark_stale(self, layer) -> None:
-        if layer in (self._compared or ()):
-            self.stale.setText(f"{layer.name!r} was edited since these results: press "
-                               "Compare again")
+        text = f"{layer.name!r} was edited since these results: press Compare again"
+        if layer in (self._comparing or ()):
+            self._stale_during = text  # edited while the job scored its copy
+        elif layer in (self._compared or ()):
+            self.stale.setText(text)
 
-    def _overlay(self, pred, truth, like, split) -> None:
+    def _overlay(self, overlay, like) -> None:
         from napari.utils.colormaps import DirectLabelColormap
 
-        lut_p = np.zeros(int(pred.max()) + 1, np.uint8)
-        lut_t = np.zeros(int(truth.max()) + 1, np.uint8)
-        for o in self.objects:
-            if o["status"] != "split":
-                (lut_p if o["side"] == "pred" else lut_t)[o["id"]] = STATUS_VALUE[o["status"]]
-        overlay = lut_p[pred]
-        fn = lut_t[truth]
-        overlay[(overlay == 0) & (fn > 0)] = STATUS_VALUE["FN"]
-        if split:
-            overlay[np.isin(truth, list(split)) & (pred > 0)] = STATUS_VALUE["split"]
         old = [la for la in self.viewer.layers if la.name.startswith(f"compare {like.name} (")]
         name = f"compare {like.name} ({OVERLAY_LEGEND})"
         if old:

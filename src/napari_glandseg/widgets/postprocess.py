@@ -19,27 +19,79 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import GlandsegError
-from ..postprocessing import PostprocessParams, Split, object_table, postprocess, write_csv
+from ..pipeline import FileParams
+from ..postprocessing import (
+    PostprocessParams,
+    Split,
+    iter_postprocess_windows,
+    object_table,
+    postprocess,
+    write_csv,
+)
 from ..progress import Progress
 from . import _worker
 from ._common import fill_layer_box, notify, track_edits, unique_name
+from ._stores import StoreKeeper
 
 PREVIEW = "postprocess preview"
 #: Above this many pixels the preview covers only the part of the layer on screen.
 PREVIEW_MAX_PIXELS = 2048 * 2048
+#: Above this many pixels (or for a lazy, zarr/dask-backed layer) Apply post-processes
+#: window by window: the whole-layer route needs ~100 bytes per pixel at once.
+WINDOWED_PIXELS = 4096 * 4096
+#: The window side and context of the windowed route: the per-file pipeline's.
+WINDOW, HALO = FileParams.window, FileParams.halo
 #: Metadata a new layer must not inherit from the layer it was made from.
 _NOT_INHERITED = ("edited", "unsaved", "saved_path", "store_path")
 
 
 def postprocess_job(data, params, intensity, pixel_size_um, objects=False):
-    """Post-process and measure in the worker thread; returns ``(objects, table)``.
-    ``objects``: the input holds separate objects, which stay apart."""
+    """Post-process and measure in the worker thread; returns ``(objects, table, None)``.
+    ``data`` is the caller's own copy (a snapshot of the layer, which may be edited
+    meanwhile). ``objects``: the input holds separate objects, which stay apart."""
     yield Progress(0, 2, "splitting into objects…")
-    out = postprocess(np.asarray(data), params, objects=objects)
+    out = postprocess(data, params, objects=objects)
     yield Progress(1, 2, f"measuring {int(out.max())} objects…")
     table = object_table(out, intensity, pixel_size_um)
     yield Progress(2, 2, "done")
-    return out, table
+    return out, table, None
+
+
+def windowed_job(data, params, intensity, pixel_size_um, objects=False):
+    """Post-process a large or lazy layer window by window in the worker thread
+    (:func:`~napari_glandseg.postprocessing.iter_postprocess_windows`, with the window and
+    context the per-file pipeline uses), never reading it whole; returns ``(objects,
+    table, store_path)``. A lazy layer's objects go into a temporary zarr store (removed
+    here when the job fails or is cancelled; else with the layer that shows it)."""
+    h, w = data.shape[:2]
+    path = None
+    if isinstance(data, np.ndarray):
+        dst = np.zeros((h, w), np.uint32)
+    else:
+        import tempfile
+
+        import zarr
+
+        path = tempfile.mkdtemp(prefix="glandseg-", suffix=".zarr")
+        dst = zarr.open_group(path, mode="w").create_array(
+            "objects", shape=(h, w), dtype="uint32", fill_value=0,
+            chunks=(min(h, 1024), min(w, 1024)))
+    try:
+        n, table = yield from iter_postprocess_windows(
+            data, dst, params, window=WINDOW, halo=HALO, image=intensity,
+            pixel_size_um=pixel_size_um, table=True, objects=objects)
+    except BaseException:  # failed or cancelled (the generator closed): nothing is shown
+        if path is not None:
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    return dst, table, path
+
+
+def is_large(data) -> bool:
+    """Whether Apply takes the windowed route for ``data``."""
+    return not isinstance(data, np.ndarray) or data.shape[0] * data.shape[1] > WINDOWED_PIXELS
 
 
 class PostprocessWidget(QWidget):
@@ -80,6 +132,8 @@ class PostprocessWidget(QWidget):
         self.min_distance.setValue(7)
         self.preview = QCheckBox("Live preview")
         self.apply_btn = QPushButton("Apply")
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
         self.csv_btn = QPushButton("Export objects CSV…")
         self.tune_btn = QPushButton("Tune on validation images…")
         self.tune_btn.setToolTip(
@@ -107,6 +161,7 @@ class PostprocessWidget(QWidget):
         layout.addWidget(self.preview)
         row = QHBoxLayout()
         row.addWidget(self.apply_btn)
+        row.addWidget(self.cancel_btn)
         row.addWidget(self.csv_btn)
         layout.addLayout(row)
         row2 = QHBoxLayout()
@@ -135,12 +190,14 @@ class PostprocessWidget(QWidget):
         self.labels_box.currentTextChanged.connect(self._schedule)
         self.preview.toggled.connect(self._preview_toggled)
         self.apply_btn.clicked.connect(self.apply)
+        self.cancel_btn.clicked.connect(self.cancel)
         self.csv_btn.clicked.connect(self._choose_csv)
         self.tune_btn.clicked.connect(self._choose_tune_folder)
         self.save_tuned_btn.clicked.connect(self.save_tuned)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.inserted.connect(self._watch)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.stores = StoreKeeper(self, napari_viewer)
         self._refresh_layers()
 
     def params(self) -> PostprocessParams:
@@ -164,34 +221,64 @@ class PostprocessWidget(QWidget):
         try:
             params = self.params()
             data = layer.data[0] if layer.multiscale else layer.data
-            intensity = self._intensity(data.shape)
+            large = is_large(data)
+            intensity = self._intensity(data.shape, lazy=large)
+            objects = self._holds_objects(layer, data)
         except GlandsegError as exc:
             notify("error", str(exc))
             return None
+        if large:  # read window by window; the layer is locked meanwhile (too big to copy)
+            job = windowed_job
+            self._locked = (layer, layer.editable)
+            layer.editable = False
+        else:  # the job works on a copy: edits made while it runs cannot reach it
+            job, data = postprocess_job, np.array(data, copy=True)
         self.apply_btn.setEnabled(False)
-        self.status.setText(f"Post-processing {layer.name!r}…")
+        self.cancel_btn.setEnabled(True)
+        self.status.setText(f"Post-processing {layer.name!r}"
+                            + (" window by window…" if large else "…"))
         self.worker = _worker.start(
-            postprocess_job, data, params, intensity, layer.metadata.get("pixel_size_um"),
-            self._holds_objects(layer, data),
+            job, data, params, intensity, layer.metadata.get("pixel_size_um"), objects,
             on_yield=lambda p: self.status.setText(p.message),
             on_return=lambda out: self._applied(out, layer, params),
             on_error=lambda msg: self.status.setText(f"Failed: {msg}"),
-            on_abort=lambda: self.status.setText("Cancelled"),
+            on_abort=lambda: self.status.setText("Cancelled: nothing was added"),
+            on_discard=lambda out: self.stores.discard(out[2]),
             on_done=self._apply_done, what="post-processing",
             progress_desc="GlandSeg: post-processing")
         return self.worker
 
+    def cancel(self) -> None:
+        """Stop Apply at its next step (window); nothing is added."""
+        if self.worker is not None:
+            self.status.setText("Cancelling…")
+            self.worker.quit()
+
     def _apply_done(self) -> None:
         self.worker = None
         self.apply_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+        locked = getattr(self, "_locked", None)
+        if locked is not None:
+            layer, editable = locked
+            layer.editable = editable
+            self._locked = None
 
     def _applied(self, out, layer, params) -> None:
-        labels, table = out
+        labels, table, store = out
         name = unique_name(self.viewer, f"{layer.name} [objects]")
         meta = {k: v for k, v in layer.metadata.items() if k not in _NOT_INHERITED}
+        multiscale = False
+        if store is not None:  # lazy, as a pyramid napari shows zoomed out cheaply
+            from ..io import lazy_pyramid
+
+            self.stores.keep(store)
+            levels = lazy_pyramid([labels])
+            labels, multiscale = (levels, True) if len(levels) > 1 else (levels[0], False)
+            meta["store_path"] = store
         new = self.viewer.add_labels(
             labels, name=name, scale=layer.scale[-2:], translate=layer.translate[-2:],
-            units=layer.units[-2:],
+            units=layer.units[-2:], multiscale=multiscale,
             features=table,
             metadata={**meta, "glandseg_role": "objects", "source_labels": layer.name,
                       "postprocess": {k: getattr(v, "value", v)
@@ -209,7 +296,12 @@ class PostprocessWidget(QWidget):
             self._stale.discard(layer)
             if layer not in self.viewer.layers:
                 continue
-            img = self._intensity(np.shape(layer.data))
+            data = layer.data[0] if layer.multiscale else layer.data
+            if is_large(data):  # never read a large layer whole on the GUI thread
+                self.status.setText(f"{layer.name!r} is too large to re-measure after "
+                                    "each edit: Apply again for a new table")
+                continue
+            img = self._intensity(np.shape(data))
             try:
                 layer.features = object_table(np.asarray(layer.data), img,
                                               layer.metadata.get("pixel_size_um"))
@@ -288,13 +380,16 @@ class PostprocessWidget(QWidget):
             return None
         return self.viewer.layers[name]
 
-    def _intensity(self, shape):
+    def _intensity(self, shape, lazy: bool = False):
+        """The intensity image's pixels on the labels' grid: its pyramid level of the same
+        height and width (a slide's result lies on a coarser level), else None. Read into
+        memory unless ``lazy``; a level of another size is never read."""
         name = self.image_box.currentText()
         if name and name in self.viewer.layers:
             img = self.viewer.layers[name]
-            data = np.asarray(img.data[0] if img.multiscale else img.data)
-            if data.shape[:2] == tuple(shape):
-                return data
+            for level in (img.data if img.multiscale else [img.data]):
+                if tuple(level.shape[:2]) == tuple(shape[:2]):
+                    return level if lazy else np.asarray(level)
         return None
 
     def _adopt_defaults(self, name: str) -> None:
@@ -466,7 +561,12 @@ class PostprocessWidget(QWidget):
             return False
         if role in ("objects", "truth"):
             return True
-        return bool(np.asarray(data).max() > 2) if np.asarray(data).size else False
+        if isinstance(data, np.ndarray):
+            return bool(data.size and data.max() > 2)
+        step = 2048  # a lazy layer: block by block, never whole
+        return any(np.asarray(data[y: y + step, x: x + step]).max(initial=0) > 2
+                   for y in range(0, data.shape[0], step)
+                   for x in range(0, data.shape[1], step))
 
     def _role(self, name):
         return self._layer_meta(name).get("glandseg_role")

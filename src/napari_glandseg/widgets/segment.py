@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import atexit
 import shutil
 from enum import Enum
-from functools import partial
 
 import numpy as np
 from qtpy.QtWidgets import (
@@ -28,23 +26,7 @@ from ..io import lazy_pyramid
 from . import _worker
 from ._common import fill_layer_box, map_colormap, notify, track_edits, unique_name
 from ._state import selection_for
-
-#: zarr stores of large results shown as layers; removed with their layer or at exit.
-_STORES: set[str] = set()
-
-
-def _remove_store(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    _STORES.discard(path)
-
-
-atexit.register(lambda: [_remove_store(p) for p in list(_STORES)])
-
-
-def _remove_stores(paths: set, *_) -> None:
-    for path in list(paths):
-        _remove_store(path)
-    paths.clear()
+from ._stores import StoreKeeper
 
 
 def segment_job(data, model, pixel_size_um, region, params, polygons=None, post=True):
@@ -57,13 +39,24 @@ def segment_job(data, model, pixel_size_um, region, params, polygons=None, post=
     post-processing (the class map is ``SegmentResult.labels``).
     """
     from ..pipeline import FileParams, iter_segment_file
-    from ..postprocessing import object_table
 
     post = post and bool(model.card.postprocess)
     result = yield from iter_segment_file(
         data, model, FileParams(segment=params, postprocess="card" if post else None,
                                 objects_csv=post),
         region=region, pixel_size_um=pixel_size_um)
+    try:
+        return _finish(result, post, polygons)
+    except BaseException:  # the result is never shown: its store goes now
+        if result.segment.store_path is not None:
+            shutil.rmtree(result.segment.store_path, ignore_errors=True)
+        raise
+
+
+def _finish(result, post, polygons):
+    """Read a small result out of its store, and mask it to the polygons."""
+    from ..postprocessing import object_table
+
     res = result.segment
     labels, table = (result.labels, result.table) if post else (None, None)
     h, w = res.labels.shape
@@ -191,10 +184,8 @@ class SegmentWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self.viewer.layers.events.changed.connect(self._refresh_layers)
-        self.viewer.layers.events.removed.connect(self._forget_store)
-        # the stores this widget made go when it does (the window closing deletes it)
-        self._stores: set[str] = set()
-        self.destroyed.connect(partial(_remove_stores, self._stores))
+        # large results' stores: removed with their last layer, or with this widget
+        self.stores = StoreKeeper(self, napari_viewer)
         self.selection.changed.connect(self._show_model)
         self._refresh_layers()
         self._show_model()
@@ -235,6 +226,7 @@ class SegmentWidget(QWidget):
             on_done=lambda: self._set_running(False), what="segmentation",
             on_error=lambda msg: self.status.setText(f"Failed: {msg}"),
             on_abort=lambda: self.status.setText("Cancelled: nothing was added"),
+            on_discard=lambda out: self.stores.discard(out[0].store_path),
             progress_desc="GlandSeg: segmenting",
         )
         return self.worker
@@ -311,9 +303,7 @@ class SegmentWidget(QWidget):
             levels = lazy_pyramid([arr])
             return (levels, True) if len(levels) > 1 else (levels[0], False)
 
-        if res.store_path is not None:
-            _STORES.add(res.store_path)
-            self._stores.add(res.store_path)
+        self.stores.keep(res.store_path)
         scale = np.asarray(image.scale[-2:]) * res.downsample
         units = tuple(image.units[-2:])  # the image's (um on a slide): napari warns on a mix
         translate = np.asarray(image.translate[-2:]) + np.asarray(res.offset) * image.scale[-2:]
@@ -401,13 +391,6 @@ class SegmentWidget(QWidget):
                 layer.visible = False
                 n += 1
         return n
-
-    def _forget_store(self, event) -> None:
-        """Remove a large result's temporary zarr store with the last layer showing it."""
-        path = getattr(event.value, "metadata", {}).get("store_path")
-        if path and path in _STORES and not any(
-                la.metadata.get("store_path") == path for la in self.viewer.layers):
-            _remove_store(path)
 
     def _set_running(self, running: bool) -> None:
         self.run_btn.setEnabled(not running)
