@@ -298,3 +298,38 @@ def test_a_result_returned_as_cancel_came_is_discarded(qtbot):
                            on_return=lambda v: pytest.fail("a cancelled job's result shown"))
     _wait(qtbot, worker)
     assert discarded == ["a result holding a store"] and cleaned == [1]
+
+
+def test_finetune_validates_on_the_chosen_device(make_napari_viewer, qtbot, notes,
+                                                 fg_model_factory, monkeypatch):
+    """The before/after table ran on the default device whatever the Model widget said.
+    Here the default ("auto") is made unusable: validation must run on the chosen CPU."""
+    import napari_glandseg.inference as inf
+    from napari_glandseg.errors import GlandsegError
+
+    real = inf.resolve_device
+
+    def chosen_only(choice="auto"):
+        if str(choice) == "auto":
+            raise GlandsegError("ran on the default device, not the chosen one")
+        return real(choice)
+
+    base = fg_model_factory("ft-base", class_names=["background", "gland"])
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "glas")
+    model_w = _dock(viewer, "Model")
+    model_w.select(base)
+    model_w.set_device("cpu")
+    w = _dock(viewer, "Fine-tune")
+    w.name_edit.setText("ft-device")
+    w.base_box.setCurrentText(base)
+    w.epochs.setValue(1)
+    w.steps.setValue(1)
+    w.patch.setValue(64)
+    w.batch.setValue(2)
+    assert w.params().device == "cpu"
+    monkeypatch.setattr(inf, "resolve_device", chosen_only)
+    _wait(qtbot, w.start(), timeout=120000)
+    assert [n for n in notes if n[0] == "error"] == []
+    result, before, after = w.result
+    assert len(before) == 1 and len(after) == 1  # base and new model, both scored

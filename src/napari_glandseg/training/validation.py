@@ -78,10 +78,12 @@ def iter_validation_rows(model: Model, pairs: list[TrainingPair], tile_size: int
         yield row
 
 
-def validation_report(model: Model, pairs: list[TrainingPair], tile_size: int = 256):
+def validation_report(model: Model, pairs: list[TrainingPair], tile_size: int = 256,
+                      device: str = "auto"):
     """Rows of :func:`iter_validation_rows` for each validation image, scored as training
-    selects checkpoints (so a before/after comparison judges what training optimised)."""
-    return list(iter_validation_rows(model, pairs, tile_size))
+    selects checkpoints (so a before/after comparison judges what training optimised),
+    run on ``device``."""
+    return list(iter_validation_rows(model, pairs, tile_size, device=device))
 
 
 def selection_score(row: dict, card: ModelCard) -> float:

@@ -45,8 +45,10 @@ def finetune_job(train_pairs, val_pairs, params, before_model=None):
     from ..training import validation_report
 
     result = yield from iter_train(train_pairs, val_pairs, params)
-    before = validation_report(before_model, val_pairs) if before_model is not None else []
-    after = validation_report(result.model, val_pairs)
+    # on the device training used (the one chosen in the Model widget)
+    before = (validation_report(before_model, val_pairs, device=params.device)
+              if before_model is not None else [])
+    after = validation_report(result.model, val_pairs, device=params.device)
     return result, before, after
 
 
@@ -261,13 +263,13 @@ class FinetuneWidget(QWidget):
             image_name, labels_name = item.data(Qt.ItemDataRole.UserRole)
             image_layer = self.viewer.layers[image_name]
             labels_layer = self.viewer.layers[labels_name]
-            labels = np.asarray(labels_layer.data[0] if labels_layer.multiscale
-                                else labels_layer.data)
+            labels = labels_layer.data[0] if labels_layer.multiscale else labels_layer.data
             (y0, x0), (y1, x1) = (0, 0), labels.shape[-2:]
             box = self._roi_box(labels_layer)
             if box is not None:
                 (y0, x0), (y1, x1) = box
-                labels = labels[y0:y1, x0:x1]
+            # a copy: training must not see edits made to the layer while it runs
+            labels = np.array(labels[y0:y1, x0:x1], copy=True)
             image = _image_under(image_layer, labels_layer, (y0, x0), labels.shape)
             fg = int(np.count_nonzero(labels))
             if fg < max(MIN_FOREGROUND, labels.size // 1000):
