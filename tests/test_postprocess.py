@@ -110,3 +110,71 @@ def test_objects_that_touch_stay_apart_when_post_processed_again():
         assert (kept[5:35, 30:55] == kept[10, 40]).all()
         assert kept[10, 10] != kept[10, 40]
         assert ((kept > 0) == (objs > 0) & (objs != 7)).all()  # no pixel lost at the contact
+
+
+@pytest.mark.parametrize("split", ["distance", "boundary"])
+def test_objects_without_a_watershed_marker_keep_their_component(split):
+    """The markers can miss an object: a 2-px-wide one has no distance maximum of height
+    h = 2, a boundary-only one no interior. It is kept whole (its connected component), not
+    dropped with its pixels."""
+    shape = (60, 80)
+    disk = _disk(shape, 30, 20, 12)
+    bar = np.zeros(shape, bool)
+    bar[10:50, 55:57] = True  # 80 px, 2 px wide: distance 1 everywhere
+    if split == "distance":
+        labels = (disk | bar).astype(np.uint8)
+    else:
+        labels = np.zeros(shape, np.uint8)
+        labels[disk] = 2
+        labels[_disk(shape, 30, 20, 9)] = 1  # the disk's interior
+        labels[bar] = 2  # boundary only
+    out = postprocess(labels, split=split, min_size=30, h=2.0)
+    assert out.max() == 2
+    assert (out[bar] == out[30, 56]).all() and out[30, 56] > 0  # the bar, whole
+    assert (out[disk] == out[30, 20]).all() and out[30, 20] != out[30, 56]
+
+
+def test_objects_are_8_connected():
+    """Objects are 8-connected everywhere (glands, nuclei, masks from any tool): two squares
+    that touch at a corner are one object, for the metrics' masks, post-processing, the
+    window-by-window path and the class-map objects."""
+    from napari_glandseg.labels import as_instances
+    from napari_glandseg.postprocessing import PostprocessParams, iter_postprocess_windows
+    from napari_glandseg.progress import run_to_end
+
+    mask = np.zeros((30, 30), np.uint8)
+    mask[2:10, 2:10] = 1
+    mask[10:18, 10:18] = 1  # meets the first square at one corner only
+    assert as_instances(mask).max() == 1
+    for split in ("none", "distance"):
+        assert postprocess(mask, split=split, min_size=0, h=50.0).max() == 1, split
+    params = PostprocessParams(split="none", min_size=0)
+    for class_map in (False, True):
+        dst = np.zeros(mask.shape, np.uint32)
+        n, _ = run_to_end(iter_postprocess_windows(mask, dst, params, window=16, halo=8,
+                                                   class_map=class_map))
+        assert n == 1 and dst.max() == 1, class_map
+
+
+def test_window_tables_read_each_objects_own_pixels():
+    """Window by window, each object's mean intensity comes from its own pixels (the
+    window's region of the image), as the whole-image table gives it."""
+    from napari_glandseg.postprocessing import PostprocessParams, iter_postprocess_windows
+    from napari_glandseg.progress import run_to_end
+
+    labels = np.zeros((96, 96), np.int32)
+    image = np.zeros((96, 96), np.uint8)
+    for k, (y, x) in enumerate([(5, 5), (5, 60), (40, 30), (70, 8), (70, 70)], 1):
+        labels[y:y + 12, x:x + 12] = k
+        image[y:y + 12, x:x + 12] = 40 * k  # each object its own grey
+    params = PostprocessParams(split="none", min_size=0, fill_holes=False)
+    dst = np.zeros(labels.shape, np.uint32)
+    n, table = run_to_end(iter_postprocess_windows(labels, dst, params, window=32, halo=16,
+                                                   image=image, objects=True))
+    assert n == 5
+    whole = object_table(labels, image)
+    got = {(round(r.centroid_y), round(r.centroid_x)): r.mean_intensity
+           for r in table.itertuples()}
+    want = {(round(r.centroid_y), round(r.centroid_x)): r.mean_intensity
+            for r in whole.itertuples()}
+    assert got == want and sorted(want.values()) == [40, 80, 120, 160, 200]

@@ -147,3 +147,21 @@ def test_training_normalises_by_the_same_rule(crop):
             np.testing.assert_allclose(y, x, atol=tol, rtol=0, err_msg=str(b.dtype))
             np.testing.assert_array_equal(u, t)
     assert standardise(crop) is crop  # uint8: no copy
+
+
+def test_percentile_normalisation_ignores_a_few_outliers():
+    """``percentile`` maps the 1st..99.8th percentiles (per channel) to 0..1, so a few hot
+    or dead pixels (0.05% each here) leave every other pixel's value as it was; the
+    image's own min..max would let them stretch the whole image."""
+    img = np.clip(np.random.default_rng(1).normal(128, 20, (200, 200)), 0, 255).astype(np.uint8)
+    box = (0, 0, 200, 200)
+    lo, spread = norm_stats(img, box, "percentile")
+    assert lo[0] == pytest.approx(np.percentile(img, 1.0))
+    assert lo[0] + spread[0] == pytest.approx(np.percentile(img, 99.8))
+    assert img.min() + 20 < lo[0] and lo[0] + spread[0] < img.max() - 10
+    x = normalise(img, "percentile", (lo, spread))
+    assert x.min() < 0 < 1 < x.max()  # the tails beyond the percentiles are not clipped
+    hot = img.copy()
+    hot.flat[:20], hot.flat[20:40] = 255, 0  # the percentiles move by a grey level or two
+    y = normalise(hot, "percentile", norm_stats(hot, box, "percentile"))
+    np.testing.assert_allclose(y.ravel()[40:], x.ravel()[40:], atol=0.03)  # 3 grey levels
