@@ -76,7 +76,10 @@ def remember_reader(path) -> bool:
     preference was recorded.
     """
     import glob
+    import sys
 
+    if "napari" not in sys.modules:  # not inside napari (a script): nothing to tell it
+        return False
     try:
         from napari.settings import get_settings
 

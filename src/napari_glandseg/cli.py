@@ -432,8 +432,11 @@ def _tune(args) -> int:
 def _gui(args) -> int:  # pragma: no cover - opens a window; exercised by tests/test_gui_cmd.py
     import os
 
+    from .errors import require
     from .gui import open_viewer
 
+    require("napari", "gui", "glandseg gui")
+    require("qtpy", "all", "glandseg gui")  # napari with a Qt binding
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
                                                  or os.environ.get("WAYLAND_DISPLAY")
                                                  or os.environ.get("QT_QPA_PLATFORM")):

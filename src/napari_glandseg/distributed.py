@@ -36,7 +36,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import GlandsegError
+from .errors import GlandsegError, require
 from .postprocessing import PostprocessParams
 from .progress import Progress, run_to_end
 from .slides import (
@@ -140,6 +140,7 @@ def _name_of(source, i: int) -> str:
 def open_client(cohort: CohortParams):
     """A dask.distributed Client: on ``cohort.scheduler``, or on a new LocalCluster. Returns
     ``(client, cluster_or_None)``; close both when done."""
+    require("distributed", "distributed", "segmenting on dask workers")
     from distributed import Client, LocalCluster
 
     if cohort.scheduler:
@@ -210,6 +211,7 @@ def iter_segment_cohort(
     Yields one Progress over all blocks of all slides (its total grows as slides are
     planned); returns a :class:`CohortResult`. Closing the generator cancels the tasks.
     """
+    require("distributed", "distributed", "segmenting on dask workers")
     from distributed import as_completed
 
     cohort = cohort or CohortParams()

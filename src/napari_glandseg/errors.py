@@ -17,6 +17,19 @@ class CheckpointError(GlandsegError):
     """A model file is missing, corrupt, unsafe or does not match its card."""
 
 
+def require(module: str, extra: str, what: str):
+    """Import an optional dependency, or raise a GlandsegError saying which extra of
+    napari-glandseg installs it (the core installs without napari, Qt, matplotlib and
+    dask.distributed)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise GlandsegError(f"{what} needs {module.split('.')[0]}: "
+                            f"pip install 'napari-glandseg[{extra}]'") from None
+
+
 def as_enum(cls, value, name: str):
     """``cls(value)`` for a string Enum, or a GlandsegError naming the bad value and the
     choices (MONAI's habit: validate early, say what would have been right)."""
