@@ -56,6 +56,31 @@ def labels_dtype(labels) -> np.dtype:
     return dtype_for_max(int(labels.max()) if labels.size else 0)
 
 
+def paste_labels(full, part, offset, inside=None) -> np.ndarray:
+    """``full`` with ``part`` pasted at ``offset`` (row, column): where ``inside`` (default:
+    all of ``part``) the pixels become ``part``'s, its objects numbered after ``full``'s
+    largest id, so none takes an id an object outside still has; outside, ``full`` stays as
+    it was. Returns a new array of the smallest type that holds it (a region's corrections
+    going into the whole image's mask).
+
+    >>> paste_labels(np.array([[1, 1, 0, 2]]), np.array([[0, 5]]), (0, 1)).tolist()
+    [[1, 0, 3, 2]]
+    """
+    full, part = np.asarray(full), np.asarray(part)
+    y0, x0 = (int(v) for v in offset)
+    h, w = part.shape
+    if y0 < 0 or x0 < 0 or y0 + h > full.shape[0] or x0 + w > full.shape[1]:
+        raise GlandsegError(f"labels of shape {part.shape} at {(y0, x0)} do not lie inside "
+                            f"an image of shape {full.shape}")
+    inside = np.ones(part.shape, bool) if inside is None else np.asarray(inside, bool)
+    ids = np.unique(part[inside & (part > 0)])
+    base = int(full.max(initial=0))
+    out = full.astype(dtype_for_max(base + len(ids)), copy=True)
+    new = relabel(part, ids)
+    out[y0: y0 + h, x0: x0 + w][inside] = np.where(new > 0, new + base, 0)[inside]
+    return out
+
+
 def mixed_neighbourhood(labels: np.ndarray, size: int) -> np.ndarray:
     """Pixels whose ``size`` x ``size`` window holds two or more different object ids
     (background ignored): where objects touch, or nearly touch.
@@ -77,4 +102,5 @@ def mixed_neighbourhood(labels: np.ndarray, size: int) -> np.ndarray:
     return (lo < big) & (hi != lo)
 
 
-__all__ = ["as_instances", "dtype_for_max", "labels_dtype", "mixed_neighbourhood", "relabel"]
+__all__ = ["as_instances", "dtype_for_max", "labels_dtype", "mixed_neighbourhood",
+           "paste_labels", "relabel"]

@@ -30,6 +30,7 @@ from ..stain import StainNorm
 from ..training import Loss, Target, TrainingPair, TrainParams, holdout_split, iter_train
 from . import _worker
 from ._common import fill_layer_box, notify, unique_name
+from ._placement import image_under, level_data, level_of, offset_in
 from ._state import selection_for
 
 NEW = "(train from scratch)"
@@ -270,7 +271,7 @@ class FinetuneWidget(QWidget):
                 (y0, x0), (y1, x1) = box
             # a copy: training must not see edits made to the layer while it runs
             labels = np.array(labels[y0:y1, x0:x1], copy=True)
-            image = _image_under(image_layer, labels_layer, (y0, x0), labels.shape)
+            image = image_under(image_layer, labels_layer, (y0, x0), labels.shape)
             fg = int(np.count_nonzero(labels))
             if fg < max(MIN_FOREGROUND, labels.size // 1000):
                 raise GlandsegError(
@@ -575,39 +576,15 @@ def _spatial_shape(layer) -> tuple:
     return tuple(shape[:-1] if getattr(layer, "rgb", False) else shape)[-2:]
 
 
-def _level_of(image, labels) -> int | None:
-    """The level of ``image`` (its pyramid, or the image itself) whose pixel size is
-    ``labels``'s: a model that works at a coarser scale segments a slide on a coarser
-    pyramid level. None when there is none."""
-    ratio = np.asarray(labels.scale[-2:], float) / np.asarray(image.scale[-2:], float)
-    factors = (np.asarray(image.downsample_factors)[:, -2:] if image.multiscale
-               else np.ones((1, 2)))
-    for i, f in enumerate(factors):
-        if np.allclose(f, ratio, rtol=1e-2):
-            return i
-    return None
-
-
-def _level_data(image, level: int):
-    return image.data[level] if image.multiscale else image.data
-
-
-def _offset_in(image, labels, level: int = 0) -> np.ndarray:
-    """Where ``labels[0, 0]`` lies in ``image``'s pixels of pyramid ``level``."""
-    corner = image.world_to_data(labels.data_to_world(np.zeros(labels.ndim)))
-    f = np.asarray(image.downsample_factors)[level, -2:] if image.multiscale else 1.0
-    return np.round(np.asarray(corner)[-2:] / f).astype(int)
-
-
 def _fits(image, labels) -> bool:
     """``labels`` lie inside ``image`` at the pixel size of the image or of one of its
     pyramid levels."""
-    level = _level_of(image, labels)
+    level = level_of(image, labels)
     if level is None:
         return False
-    off = _offset_in(image, labels, level)
+    off = offset_in(image, labels, level)
     return bool(np.all(off >= 0) and np.all(
-        off + _spatial_shape(labels) <= np.asarray(_level_data(image, level).shape[:2])))
+        off + _spatial_shape(labels) <= np.asarray(level_data(image, level).shape[:2])))
 
 
 def _paired_image(labels, images):
@@ -623,15 +600,6 @@ def _paired_image(labels, images):
         return None
     return max(same, key=lambda im: _common_prefix(im.name, labels.name))
 
-
-def _image_under(image, labels, start, shape) -> np.ndarray:
-    """The pixels of ``image`` under ``labels[start:start + shape]``, read on the image's
-    level at the labels' pixel size (full resolution, or the pyramid level a coarser model
-    segmented)."""
-    level = _level_of(image, labels) or 0
-    off = _offset_in(image, labels, level) + np.asarray(start)
-    data = _level_data(image, level)
-    return np.asarray(data[off[0]:off[0] + shape[0], off[1]:off[1] + shape[1]])
 
 
 def _common_prefix(a: str, b: str) -> int:

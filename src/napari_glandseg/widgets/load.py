@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -28,7 +29,9 @@ from ..io import (
     read_pair,
     write_labels,
 )
+from ..labels import paste_labels
 from ._common import notify, speak_micrometres, track_edits
+from ._placement import image_under, level_data, level_of, offset_in
 
 TRUTH_SUFFIX = " [truth]"
 AUTO = "auto"
@@ -201,10 +204,18 @@ class LoadWidget(QWidget):
         """Write each edited Labels layer as the mask of its image; returns the files written.
 
         Without ``folder`` a mask goes where Load and ``glandseg train`` look for it: the
-        file it was read from, else ``<dataset>/masks/<image stem>.tif`` for an image in
-        ``<dataset>/images/``, else ``<image stem>_mask.tif`` beside the image. With
-        ``folder`` the pair is written as ``folder/images/<stem>.png`` and
-        ``folder/masks/<stem>.tif``. An existing file is replaced only with ``overwrite``.
+        file it was read from, else the image's existing mask (the one Load shows), else
+        ``<dataset>/masks/<image stem>.tif`` for an image in ``<dataset>/images/``, else
+        ``<image stem>_mask.tif`` beside the image. It is always a mask of the whole image:
+        a region's labels (a Segment ROI or field of view) are pasted where they lie into
+        the existing mask (its objects outside the region, or outside the ROI's polygons,
+        are kept), or into an empty one (the rest is then background, and you are told).
+        A region of a slide needs a folder (a whole-slide mask is not written).
+
+        With ``folder`` the pair is written as ``folder/images/<stem>.png`` and
+        ``folder/masks/<stem>.tif``; a region as the pixels under it and its labels,
+        ``<stem>_<row>_<column>`` (its full-resolution corner). An existing mask is
+        replaced (or pasted into) only with ``overwrite``.
         """
         layers = self.unsaved()
         if not layers:
@@ -307,40 +318,129 @@ class LoadWidget(QWidget):
         return images[0] if len(images) == 1 else None
 
     def _save_one(self, layer, folder, overwrite) -> list[Path]:
-        import numpy as np
-
         image_name = layer.metadata.get("source_image")
         image = self.viewer.layers[image_name] if image_name in self.viewer.layers else None
         image_path = layer.metadata.get("image_path") or (
             image.metadata.get("source_path") if image is not None else None)
-        px = layer.metadata.get("pixel_size_um")
-        data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
-        written = []
+        data = layer.data[0] if layer.multiscale else layer.data
+        region = _region_of(layer, image)
         if folder is not None:
-            stem = Path(image_path).stem if image_path else (image_name or layer.name)
-            dest = Path(folder) / "masks" / f"{stem}.tif"
-            if image is not None and not image.multiscale:
-                img_dest = Path(folder) / "images" / f"{stem}.png"
-                if not img_dest.exists():
-                    import imageio.v3 as iio
-
-                    from .._files import atomic_path
-
-                    img_dest.parent.mkdir(parents=True, exist_ok=True)
-                    with atomic_path(img_dest, ".png") as tmp:
-                        iio.imwrite(tmp, np.asarray(image.data), extension=".png")
-                    written.append(img_dest)
+            written = self._save_pair(layer, image, image_path, data, region, Path(folder),
+                                      overwrite)
         elif image_path is None:
             raise GlandsegError("its image has no file: choose a folder to save into")
         else:
-            dest = _mask_path(layer, Path(image_path))
-        if dest.exists() and not overwrite:
-            raise GlandsegError(f"{dest} exists; confirm replacing it, or save into a folder")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        written.append(write_labels(dest, data, overwrite=True, pixel_size_um=px))
+            dest = self.mask_path(layer)
+            if dest.exists() and not overwrite:
+                raise GlandsegError(f"{dest} exists; confirm replacing it, or save into a "
+                                    "folder")
+            px = layer.metadata.get("pixel_size_um")
+            if region is None:
+                labels = np.asarray(data)
+            else:
+                labels = self._pasted(layer, image, data, region, dest)
+                px = image.metadata.get("pixel_size_um") or px
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            written = [write_labels(dest, labels, overwrite=True, pixel_size_um=px)]
         layer.metadata["unsaved"] = False
-        layer.metadata["saved_path"] = str(dest)
+        layer.metadata["saved_path"] = str(written[-1])
         return written
+
+    def _pasted(self, layer, image, data, region, dest):
+        """A region's labels pasted into the whole image's mask (``dest`` when it exists)."""
+        level, offset, shape = region
+        full_shape = tuple(level_data(image, 0).shape[:2])
+        if level != 0 or image.multiscale:
+            raise GlandsegError(
+                f"it covers a region of {image.name!r}, whose full-size mask "
+                f"({full_shape[0]} x {full_shape[1]} px) is not written beside the slide: "
+                "choose a folder (the region and the image under it are saved there as a "
+                "pair)")
+        if dest.exists():
+            full = np.asarray(read_image(dest, as_labels=True).data)
+            if full.shape != full_shape:
+                raise GlandsegError(f"{dest} has shape {full.shape}, not its image's "
+                                    f"{full_shape}: choose a folder to save into")
+        else:
+            full = np.zeros(full_shape, np.uint8)
+            notify("warning", f"{image.name}: no mask existed, so outside the region of "
+                   f"{layer.name!r} the new mask {dest.name} is background (no objects); "
+                   "correct the whole image before training on it, or save into a folder "
+                   "(the region alone becomes a pair)")
+        return paste_labels(full, np.asarray(data), offset, _inside(layer, image, region))
+
+    def _save_pair(self, layer, image, image_path, data, region, folder, overwrite):
+        """``folder/images/<stem>.png`` and ``folder/masks/<stem>.tif``: the image (the
+        pixels under a region) and the labels."""
+        import imageio.v3 as iio
+
+        from .._files import atomic_path
+
+        stem = Path(image_path).stem if image_path else (image.name if image is not None
+                                                         else layer.name)
+        data = np.asarray(data)
+        pixels = None
+        if region is not None:
+            corner = offset_in(image, layer, 0)
+            stem = f"{stem}_{corner[0]}_{corner[1]}"
+            pixels = image_under(image, layer, (0, 0), data.shape)
+            data = np.where(_inside(layer, image, region), data, 0)
+        elif image is not None and not image.multiscale:
+            pixels = np.asarray(image.data)
+        dest = folder / "masks" / f"{stem}.tif"
+        if dest.exists() and not overwrite:
+            raise GlandsegError(f"{dest} exists; confirm replacing it, or choose another "
+                                "folder")
+        written = []
+        img_dest = folder / "images" / f"{stem}.png"
+        if pixels is not None and not img_dest.exists():
+            img_dest.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(img_dest, ".png") as tmp:
+                iio.imwrite(tmp, pixels, extension=".png")
+            written.append(img_dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        written.append(write_labels(dest, data, overwrite=True,
+                                    pixel_size_um=layer.metadata.get("pixel_size_um")))
+        return written
+
+    def mask_path(self, layer) -> Path | None:
+        """Where Save corrections writes ``layer`` without a folder (None: it needs one)."""
+        image_path = layer.metadata.get("image_path") or self._image_path_of(layer)
+        if not image_path:
+            return None
+        image_path = Path(image_path)
+        src = layer.metadata.get("source_path")
+        if layer.metadata.get("glandseg_role") == "truth" and src and Path(src) != image_path:
+            return Path(src)  # the file it was read from
+        existing = self._existing_mask(image_path)
+        if existing is not None:  # the mask Load shows with this image (and train reads)
+            return existing
+        if image_path.parent.name.lower() in IMAGE_FOLDERS:
+            return image_path.parent.parent / "masks" / f"{image_path.stem}.tif"
+        return image_path.with_name(f"{image_path.stem}_mask.tif")
+
+    def _existing_mask(self, image_path: Path) -> Path | None:
+        """The mask file Load pairs with ``image_path`` in its folder, if any."""
+        root = image_path.parent.parent if image_path.parent.name.lower() in IMAGE_FOLDERS \
+            else image_path.parent
+        choice = self.mask_folder.currentText()
+        try:
+            pairs = find_pairs(root, _auto_mask_folder(root) if choice == AUTO else choice)
+        except (GlandsegError, OSError):
+            return None
+        target = image_path.resolve()
+        return next((p.mask for p in pairs
+                     if p.mask is not None and p.image.resolve() == target), None)
+
+    def _needs_folder(self, layer) -> bool:
+        """Whether ``layer`` can only be saved into a chosen folder: its image has no file,
+        or it is a region of a slide (no whole-slide mask is written)."""
+        if self.mask_path(layer) is None:
+            return True
+        name = layer.metadata.get("source_image")
+        image = self.viewer.layers[name] if name in self.viewer.layers else None
+        region = _region_of(layer, image)
+        return region is not None and (region[0] != 0 or image.multiscale)
 
     def _save_clicked(self) -> None:
         from qtpy.QtWidgets import QMessageBox
@@ -350,19 +450,18 @@ class LoadWidget(QWidget):
             notify("info", "no edited labels to save")
             return
         folder = None
-        if any(not (la.metadata.get("image_path") or self._image_path_of(la)) for la in layers):
+        if any(self._needs_folder(la) for la in layers):
             folder = QFileDialog.getExistingDirectory(self, "Save corrections into folder")
             if not folder:
                 return
-        targets = [] if folder else [
-            _mask_path(la, Path(la.metadata.get("image_path") or self._image_path_of(la)))
-            for la in layers]
+        targets = [] if folder else [self.mask_path(la) for la in layers]
         existing = [t for t in targets if t.exists()]
         overwrite = False
         if existing:
             answer = QMessageBox.question(
                 self, "Replace masks?",
-                "Replace these masks with your corrections?\n"
+                "Replace these masks with your corrections (a region's corrections replace "
+                "only that region)?\n"
                 + "\n".join(str(t) for t in existing)
                 + "\n\nNo: choose another folder instead.")
             if answer == QMessageBox.StandardButton.Yes:
@@ -407,14 +506,37 @@ def file_filter() -> str:
     return f"Images ({' '.join('*' + s for s in IMAGE_SUFFIXES)});;All files (*)"
 
 
-def _mask_path(layer, image_path: Path) -> Path:
-    """Where the corrected mask of ``image_path`` goes in the layout Load and train read."""
-    src = layer.metadata.get("source_path")
-    if layer.metadata.get("glandseg_role") == "truth" and src and Path(src) != image_path:
-        return Path(src)  # the file it was read from
-    if image_path.parent.name.lower() in IMAGE_FOLDERS:
-        return image_path.parent.parent / "masks" / f"{image_path.stem}.tif"
-    return image_path.with_name(f"{image_path.stem}_mask.tif")
+def _region_of(layer, image):
+    """None when ``layer`` covers its whole image at full resolution (or cannot be placed
+    on it); else ``(level, offset, shape)``: the image's pyramid level at the layer's pixel
+    size, where the layer's corner lies on it, and the layer's height and width."""
+    if image is None:
+        return None
+    level = level_of(image, layer)
+    if level is None:
+        return None
+    data = layer.data[0] if layer.multiscale else layer.data
+    offset, shape = offset_in(image, layer, level), tuple(np.shape(data)[-2:])
+    if level == 0 and not offset.any() and shape == tuple(level_data(image, 0).shape[:2]):
+        return None
+    return level, offset, shape
+
+
+def _inside(layer, image, region) -> np.ndarray | None:
+    """Where in a region's labels the ROI's polygons lie (Segment masks its result to
+    them; outside, nothing was looked at); None (everywhere) without polygons."""
+    polygons = layer.metadata.get("roi_polygons")
+    if not polygons:
+        return None
+    from skimage.draw import polygon2mask
+
+    level, offset, shape = region
+    f = np.asarray(image.downsample_factors)[level, -2:] if image.multiscale else 1.0
+    corner = offset * f  # the region's corner in full-resolution pixels
+    inside = np.zeros(shape, bool)
+    for poly in polygons:
+        inside |= polygon2mask(shape, (np.asarray(poly, float) - corner) / f)
+    return inside
 
 
 def _auto_mask_folder(folder) -> str | None:

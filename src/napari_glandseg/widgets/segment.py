@@ -222,7 +222,7 @@ class SegmentWidget(QWidget):
             segment_job, data, model, pixel_size, region, params, polygon,
             self.objects.isChecked(),
             on_yield=self._on_progress,
-            on_return=lambda out: self._on_result(out, image, model),
+            on_return=lambda out: self._on_result(out, image, model, polygon),
             on_done=lambda: self._set_running(False), what="segmentation",
             on_error=lambda msg: self.status.setText(f"Failed: {msg}"),
             on_abort=lambda: self.status.setText("Cancelled: nothing was added"),
@@ -291,7 +291,7 @@ class SegmentWidget(QWidget):
         eta = f", about {p.eta:.0f} s left" if p.eta is not None else ""
         self.status.setText(f"{p.message}{eta}")
 
-    def _on_result(self, out, image, model) -> None:
+    def _on_result(self, out, image, model, polygons=None) -> None:
         from napari.utils.colormaps import DirectLabelColormap
 
         res, post, features = out
@@ -314,7 +314,11 @@ class SegmentWidget(QWidget):
                 "params": res.metadata()["params"],
                 "class_names": card.class_names, "seconds": res.seconds, "device": res.device,
                 "postprocess_defaults": dict(card.postprocess),
-                "store_path": res.store_path}
+                "store_path": res.store_path,
+                # the ROI's polygons in the image's full-resolution pixels: outside them
+                # nothing was segmented (Save corrections pastes only inside)
+                "roi_polygons": None if not polygons else
+                [np.asarray(p, float).tolist() for p in polygons]}
         colours = {None: "transparent", 0: "transparent"}
         colours.update({i: c for i, c in enumerate(card.class_colours) if i})
         class_model = features is not None and "class" in features
