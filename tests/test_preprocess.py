@@ -117,6 +117,8 @@ def test_blocks_use_the_whole_images_range(crop, glands):
     region = (0, 0, 128, 256)
     block = np.asarray(segment(x16, glands, region=region, stats=stats, **kw).labels)
     np.testing.assert_array_equal(block, whole[:128])
+    roi = np.asarray(segment(x16, glands, region=region, **kw).labels)  # a ROI, no stats
+    np.testing.assert_array_equal(roi, whole[:128])
     # the Slides path asks for the whole slide's statistics for any non-8-bit slide
     predictor = ModelPredictor("glands-he")
     assert predictor.image_stats([x16]).value_range == value_range(x16)

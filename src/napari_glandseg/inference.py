@@ -523,11 +523,12 @@ class ImageStats:
 
 
 def _estimate_stats(data, box, card, params) -> ImageStats:
-    """:class:`ImageStats` of ``data[box]``: its value range, the stains of the region in
+    """:class:`ImageStats` of ``data[box]``: the value range of the whole of ``data`` (a
+    region of a 16-bit image is mapped as the whole image is), the stains of the region in
     its standard form, then the normalisation statistics of the stain-normalised region
     (each from a subsample). An image with too little stained tissue to estimate stains is
     segmented without stain normalisation, with a warning."""
-    vrange = value_range(data, box)
+    vrange = value_range(data)
     stains, note = None, "none"
     if card.stain_normalization and params.stain_normalization:
         import warnings

@@ -103,11 +103,13 @@ def value_range(data, box=None) -> tuple[float, float]:
 
     Raises :class:`GlandsegError` for NaN or infinite pixels.
     """
-    sample = _subsample(data, box)
-    if sample.dtype == np.uint8:
+    data = data if hasattr(data, "dtype") else np.asarray(data)
+    dtype = np.dtype(data.dtype)
+    if dtype == np.uint8:  # known without reading a pixel (a lazy slide)
         return 0.0, 255.0
-    if sample.dtype == bool:
+    if dtype == np.bool_:
         return 0.0, 1.0
+    sample = _subsample(data, box)
     check_finite(sample)
     if sample.size == 0:
         return 0.0, 255.0
