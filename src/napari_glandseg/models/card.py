@@ -104,6 +104,11 @@ class ModelCard:
         (:mod:`napari_glandseg.stain`).
     boundary_class : bool
         Classes are background / interior / boundary, for splitting touching objects.
+    scale_reference : dict
+        Reference for automatic scale (:mod:`napari_glandseg.autoscale`): ``sigma_px``, the
+        median characteristic blob sigma of the training images at the training data's scale
+        (``data_pixel_size_um``), its spread and the number of images; empty: no automatic
+        scale.
     """
 
     name: str
@@ -125,6 +130,7 @@ class ModelCard:
     metrics: dict = field(default_factory=dict)
     postprocess: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
+    scale_reference: dict = field(default_factory=dict)
     version: str = "0.1.0"
     format: str = CARD_FORMAT
 
@@ -226,7 +232,8 @@ MAX_ARCH_LIST = 16
 MAX_TEXT = 20_000
 _TEXT_FIELDS = ("name", "description", "training_data", "data_licence", "licence", "version",
                 "format")
-_DICT_FIELDS = ("arch_kwargs", "stain_normalization", "metrics", "postprocess", "training")
+_DICT_FIELDS = ("arch_kwargs", "stain_normalization", "metrics", "postprocess", "training",
+                "scale_reference")
 
 
 def _check_field_types(card: ModelCard) -> None:
@@ -268,6 +275,11 @@ def _check_field_types(card: ModelCard) -> None:
                             f"{_short(card.boundary_class)}")
     for key, value in card.arch_kwargs.items():
         _check_arch_value(key, value)
+    size = card.scale_reference.get("sigma_px")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int | float)
+                             or not math.isfinite(size) or not 0 < size <= 1e5):
+        raise GlandsegError(f"card field scale_reference: sigma_px must be a positive number "
+                            f"of pixels, got {_short(size)}")
     if card.postprocess:
         from ..postprocessing import PostprocessParams
 

@@ -177,6 +177,17 @@ def _check_pairs(train_pairs, val_pairs):
     return train_pairs, val_pairs
 
 
+def _scale_reference(pairs, params: TrainParams, card) -> dict:
+    """Automatic scale's reference (:func:`napari_glandseg.autoscale.scale_reference`) from
+    up to 16 raw training images at the data's scale (the scale of images that do not say
+    theirs)."""
+    from ..autoscale import scale_reference
+
+    default_px = params.data_pixel_size_um or card.data_pixel_size_um
+    at_data = [p.image for p in pairs if p.pixel_size_um in (None, default_px)]
+    return scale_reference(at_data[::max(1, len(at_data) // 16)]) if at_data else {}
+
+
 def _setup(train_pairs, val_pairs, params: TrainParams) -> _Run:
     """Card, network, data at working scale, targets, optimiser: a run ready for epoch 0."""
     from ..models import list_models
@@ -196,6 +207,8 @@ def _setup(train_pairs, val_pairs, params: TrainParams) -> _Run:
         if channels != card.in_channels:
             raise GlandsegError(f"pair {p.name!r} has {channels} channel(s) but the model "
                                 f"takes {card.in_channels}")
+    if params.auto_scale and not card.scale_reference:
+        card.scale_reference = _scale_reference(train_pairs, params, card)
     if params.stain_normalization is StainNorm.MACENKO and not card.stain_normalization:
         card.stain_normalization = stain_reference(train_pairs, params.stain_reference)
         check_card_entry(card.stain_normalization, card.in_channels)

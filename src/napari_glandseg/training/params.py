@@ -55,6 +55,11 @@ class TrainParams:
         The pixel size of training images whose file does not say it (PNG, JPEG); also
         recorded in the card as the scale inference assumes for such images. None: the
         working scale.
+    auto_scale : bool
+        Record in the card the training images' characteristic blob size
+        (``scale_reference``), so images of unknown um/px are segmented at an estimated
+        scale (:mod:`napari_glandseg.autoscale`). Off for images whose dark blobs say nothing
+        of their scale (MRI). A fine-tuned model keeps its base's reference.
     select : Selection
         Validation score that picks the best checkpoint and drives early stopping.
     val_patches : int
@@ -128,6 +133,7 @@ class TrainParams:
     data_licence: str = ""
     licence: str = ""
     postprocess: dict = field(default_factory=dict)
+    auto_scale: bool = True
 
     def __post_init__(self):
         self.loss = as_enum(Loss, self.loss, "loss")

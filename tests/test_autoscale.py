@@ -1,0 +1,84 @@
+"""Automatic scale for images of unknown um/px (napari_glandseg.autoscale)."""
+
+import numpy as np
+import pytest
+from skimage.io import imread
+from skimage.transform import rescale
+
+from napari_glandseg import autoscale
+from napari_glandseg.errors import GlandsegError
+from napari_glandseg.models import ModelCard
+
+
+def _img(data_dir, rel):
+    img = imread(data_dir / rel)
+    return img[..., :3] if img.ndim == 3 else img
+
+
+def _shrink(img, f):
+    return rescale(img, f, channel_axis=-1 if img.ndim == 3 else None, anti_aliasing=f < 1,
+                   preserve_range=True).astype(np.uint8)
+
+
+@pytest.mark.parametrize("rel", ["glas/train_1_crop.png", "monuseg/TCGA-21-5784-01Z-00-DX1_crop.png",
+                                 "wbc/dataset1_001.png"])
+def test_the_blob_sigma_follows_the_images_scale(data_dir, rel):
+    img = _img(data_dir, rel)
+    native = autoscale.blob_sigma(img)
+    for f in (0.5, 2.0):
+        assert autoscale.blob_sigma(_shrink(img, f), near=native * f) == \
+            pytest.approx(native * f, rel=0.12)
+
+
+def _card(ref, **kw):
+    return ModelCard(name="c", architecture="unet", in_channels=3, num_classes=1,
+                     scale_reference=ref, **kw)
+
+
+def test_a_shrunk_image_is_estimated_at_its_larger_pixels(data_dir):
+    img = _img(data_dir, "glas/train_1_crop.png")
+    ref = autoscale.scale_reference([img])
+    card = _card(ref, pixel_size_um=1.24, data_pixel_size_um=0.62)
+    native = autoscale.estimate_scale(img, card)
+    assert native.factor == 1.0 and native.pixel_size_um == 0.62
+    assert native.scale == pytest.approx(0.5)  # 0.62 -> 1.24 um/px
+    half = autoscale.estimate_scale(_shrink(img, 0.5), card)
+    assert half.pixel_size_um == pytest.approx(1.24, rel=0.12)
+    assert half.scale == pytest.approx(1.0, rel=0.12) and not half.snapped
+    assert "um/px" in half.describe()
+
+
+def test_a_scale_free_model_gets_a_resize_factor(data_dir):
+    img = _img(data_dir, "wbc/dataset1_001.png")
+    card = _card(autoscale.scale_reference([img]))
+    big = autoscale.estimate_scale(_shrink(img, 2.0), card)
+    assert big.pixel_size_um is None
+    assert big.scale == pytest.approx(0.5, rel=0.12)  # objects twice as large: shrink 2x
+    assert "2.0" in big.describe() or "1.9" in big.describe()
+
+
+def test_estimates_near_the_training_scale_snap_to_it(data_dir):
+    img = _img(data_dir, "glas/train_1_crop.png")
+    ref = autoscale.scale_reference([img])
+    card = _card({**ref, "sigma_px": ref["sigma_px"] * 1.1}, data_pixel_size_um=0.62,
+                 pixel_size_um=0.62)
+    est = autoscale.estimate_scale(img, card)
+    assert est.snapped and est.factor == 1.0 and est.scale == 1.0
+    card = _card({**ref, "sigma_px": ref["sigma_px"] * 1.3}, data_pixel_size_um=0.62,
+                 pixel_size_um=0.62)
+    est = autoscale.estimate_scale(img, card)
+    assert not est.snapped and est.factor == pytest.approx(1.3, rel=0.05)
+
+
+def test_no_reference_and_a_bad_reference_are_named():
+    with pytest.raises(GlandsegError, match="no scale reference"):
+        autoscale.estimate_scale(np.zeros((64, 64, 3), np.uint8), _card({}))
+    with pytest.raises(GlandsegError, match="sigma_px must be a positive number"):
+        _card({"sigma_px": -2})
+
+
+def test_the_reference_picks_the_percentile_that_varies_least(data_dir):
+    imgs = [_img(data_dir, "glas/train_1_crop.png"), _img(data_dir, "glas/testA_5_crop.png")]
+    ref = autoscale.scale_reference(imgs)
+    assert ref["q"] in autoscale.QUANTILES and ref["images"] == 2
+    assert ref["sigma_p10"] <= ref["sigma_px"] <= ref["sigma_p90"]
