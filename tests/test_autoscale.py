@@ -64,10 +64,15 @@ def test_estimates_near_the_training_scale_snap_to_it(data_dir):
                  pixel_size_um=0.62)
     est = autoscale.estimate_scale(img, card)
     assert est.snapped and est.factor == 1.0 and est.scale == 1.0
-    card = _card({**ref, "sigma_px": ref["sigma_px"] * 1.3}, data_pixel_size_um=0.62,
-                 pixel_size_um=0.62)
+    far = {k: ref[k] * 1.3 for k in ("sigma_px", "sigma_p10", "sigma_p90")}
+    card = _card({**ref, **far}, data_pixel_size_um=0.62, pixel_size_um=0.62)
     est = autoscale.estimate_scale(img, card)
     assert not est.snapped and est.factor == pytest.approx(1.3, rel=0.05)
+    # 1.3x off, but inside the training images' own spread of blob sizes: as they are
+    card = _card({**ref, **far, "sigma_p10": ref["sigma_px"] * 0.9}, data_pixel_size_um=0.62,
+                 pixel_size_um=0.62)
+    est = autoscale.estimate_scale(img, card)
+    assert est.snapped and est.factor == 1.0
 
 
 def test_no_reference_and_a_bad_reference_are_named():
@@ -82,3 +87,65 @@ def test_the_reference_picks_the_percentile_that_varies_least(data_dir):
     ref = autoscale.scale_reference(imgs)
     assert ref["q"] in autoscale.QUANTILES and ref["images"] == 2
     assert ref["sigma_p10"] <= ref["sigma_px"] <= ref["sigma_p90"]
+
+
+# ------------------------------------------------------------------ through the one route
+
+
+def _wbc(data_dir, f=1.0):
+    img = _img(data_dir, "wbc/dataset1_001.png")
+    mask = imread(data_dir / "wbc/dataset1_001_mask.png")
+    return (img if f == 1 else _shrink(img, f)), mask
+
+
+def _cell_dice(labels, mask):
+    from skimage.transform import resize
+
+    truth = resize(mask > 0, labels.shape, order=0) > 0
+    pred = np.asarray(labels) > 0
+    return 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
+
+
+def test_an_enlarged_image_of_unknown_size_is_segmented_at_its_estimated_scale(data_dir):
+    """A smear imaged at twice the magnification: taken at the training scale the cell is
+    missed in part; at the estimated scale it is found as on the native image."""
+    from napari_glandseg.models import load_model
+    from napari_glandseg.pipeline import FileParams, objects_from_image
+
+    model = load_model("wbc")
+    native, mask = _wbc(data_dir)
+    big, _ = _wbc(data_dir, 2.0)
+    base = _cell_dice(objects_from_image(native, model).labels, mask)
+    auto = objects_from_image(big, model)
+    est = auto.scale_estimate
+    assert est is not None and est.scale == pytest.approx(0.5, rel=0.15)
+    assert "estimated" in auto.segment.info["scale_estimate"]
+    assert _cell_dice(auto.labels, mask) > base - 0.03
+    off = objects_from_image(big, model, FileParams(auto_scale=False))
+    assert off.scale_estimate is None
+    # a pixel size given, or a block of a slide (the whole slide's stats): no estimate
+    glands = load_model("glands-he")
+    img = _img(data_dir, "glas/train_1_crop.png")
+    assert objects_from_image(img, glands, pixel_size_um=0.62).scale_estimate is None
+    assert objects_from_image(img, glands, FileParams(pixel_size_um=0.62)).scale_estimate \
+        is None
+    from napari_glandseg.inference import image_stats
+
+    stats = image_stats(img, glands)
+    assert objects_from_image(img, glands, stats=stats).scale_estimate is None
+
+
+def test_the_cli_says_the_estimate_and_can_be_told_not_to(tmp_path, data_dir, capsys):
+    from napari_glandseg import cli
+
+    big, _ = _wbc(data_dir, 2.0)
+    from skimage.io import imsave
+
+    imsave(tmp_path / "big.png", big, check_contrast=False)
+    assert cli.main(["segment", str(tmp_path / "big.png"), "--model", "wbc", "--out",
+                     str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "big.png -> " in err and "estimated objects 2.0" in err and "x the size" in err
+    assert cli.main(["segment", str(tmp_path / "big.png"), "--model", "wbc", "--out",
+                     str(tmp_path / "out2"), "--no-auto-scale"]) == 0
+    assert "estimated" not in capsys.readouterr().err

@@ -29,7 +29,8 @@ from ._state import selection_for
 from ._stores import StoreKeeper
 
 
-def segment_job(data, model, pixel_size_um, region, params, polygons=None, post=True):
+def segment_job(data, model, pixel_size_um, region, params, polygons=None, post=True,
+                auto_scale=True):
     """The core's per-file pipeline on a layer's pixels, then masked to the polygons.
 
     Runs in the worker thread. With ``post`` (and a card that has post-processing) the
@@ -43,7 +44,7 @@ def segment_job(data, model, pixel_size_um, region, params, polygons=None, post=
     post = post and bool(model.card.postprocess)
     result = yield from iter_segment_file(
         data, model, FileParams(segment=params, postprocess="card" if post else None,
-                                objects_csv=post),
+                                objects_csv=post, auto_scale=auto_scale),
         region=region, pixel_size_um=pixel_size_um)
     try:
         return _finish(result, post, polygons)
@@ -147,6 +148,17 @@ class SegmentWidget(QWidget):
         self.objects.setToolTip("Split the class map into one label per object with the "
                                 "settings the model card gives (Post-process can redo it)")
         self.keep_classes = QCheckBox("Also keep the class map")
+        self.pixel_size = QDoubleSpinBox()
+        self.pixel_size.setRange(0.0, 1000.0)
+        self.pixel_size.setDecimals(4)
+        self.pixel_size.setSingleStep(0.05)
+        self.pixel_size.setSpecialValueText("from the image")
+        self.pixel_size.setToolTip("um/px of the image; 'from the image': what its file says, "
+                                   "or for a PNG/JPEG the estimate below")
+        self.auto_scale = QCheckBox("Estimate the scale of images without a pixel size")
+        self.auto_scale.setChecked(True)
+        self.auto_scale.setToolTip("From the size of the image's nuclei and cells, against the "
+                                   "model's training images (off: take the training scale)")
         self.model_label = QLabel()
         self.model_label.setWordWrap(True)
         self.run_btn = QPushButton("Run")
@@ -161,6 +173,7 @@ class SegmentWidget(QWidget):
         form.addRow("Model", self.model_label)
         form.addRow("Region", self.region_box)
         form.addRow("Shapes layer", self.shapes_box)
+        form.addRow("Pixel size (um)", self.pixel_size)
         form.addRow("Tile size", self.tile)
         form.addRow("Overlap", self.overlap)
         form.addRow("Batch size", self.batch)
@@ -168,6 +181,7 @@ class SegmentWidget(QWidget):
         form.addRow("Threshold", self.threshold)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addWidget(self.auto_scale)
         layout.addWidget(self.tta)
         layout.addWidget(self.objects)
         layout.addWidget(self.keep_classes)
@@ -211,7 +225,7 @@ class SegmentWidget(QWidget):
         except GlandsegError as exc:
             notify("error", str(exc))
             return None
-        pixel_size = image.metadata.get("pixel_size_um")
+        pixel_size = self.pixel_size.value() or image.metadata.get("pixel_size_um")
         data = list(image.data) if image.multiscale else image.data
         if isinstance(data, list) and len(data) == 1:
             data = data[0]
@@ -220,7 +234,7 @@ class SegmentWidget(QWidget):
         self.status.setText(f"Running {model.name} on {image.name}…")
         self.worker = _worker.start(
             segment_job, data, model, pixel_size, region, params, polygon,
-            self.objects.isChecked(),
+            self.objects.isChecked(), self.auto_scale.isChecked(),
             on_yield=self._on_progress,
             on_return=lambda out: self._on_result(out, image, model, polygon),
             on_done=lambda: self._set_running(False), what="segmentation",
@@ -314,6 +328,7 @@ class SegmentWidget(QWidget):
                 "params": res.metadata()["params"],
                 "class_names": card.class_names, "seconds": res.seconds, "device": res.device,
                 "postprocess_defaults": dict(card.postprocess),
+                "scale_estimate": res.info.get("scale_estimate"),
                 "store_path": res.store_path,
                 # the ROI's polygons in the image's full-resolution pixels: outside them
                 # nothing was segmented (Save corrections pastes only inside)
@@ -379,7 +394,9 @@ class SegmentWidget(QWidget):
         what = (f"{len(features)} objects" if features is not None
                 else f"{res.info['tiles']} tiles")
         hidden = f"; {earlier} older layer(s) of this image hidden" if earlier else ""
-        self.status.setText(f"Done in {res.seconds:.1f} s on {res.device}: {what}{hidden}")
+        est = res.info.get("scale_estimate")
+        est = f" ({est}; set Pixel size to override)" if est else ""
+        self.status.setText(f"Done in {res.seconds:.1f} s on {res.device}: {what}{hidden}{est}")
 
     def _hide_earlier_results(self, image) -> int:
         """Hide (never remove) the truth and the results of earlier runs on ``image``, so
