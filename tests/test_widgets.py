@@ -564,6 +564,44 @@ def test_finetune_advanced_settings_reach_the_parameters(make_napari_viewer):
     p = w.params()
     assert p.stain_normalization.value == "macenko" and p.loss.value == "bce_focal_dice"
     assert p.gap_weight == 5.0 and p.target.value == "boundary"
+    # the ImageNet encoder: only for a new EfficientNet-Lite U-Net
+    w.pretrained.setChecked(True)
+    w.base_box.setCurrentText("glands-he")
+    assert not w.params().pretrained  # fine-tuning keeps the base's weights
+    w.base_box.setCurrentIndex(0)  # new model
+    w.arch_box.setCurrentIndex(w.arch_box.findData("unet"))
+    assert not w.params().pretrained
+    w.arch_box.setCurrentIndex(w.arch_box.findData("effnet_unet"))
+    p = w.params()
+    assert p.pretrained and p.architecture == "effnet_unet"
+
+
+def test_segment_estimates_the_scale_of_an_image_without_one_and_says_so(
+        make_napari_viewer, qtbot, data_dir, notes):
+    """A WBC smear imaged at twice the magnification, opened without a pixel size: Segment
+    estimates its scale, says so, and the cell is found whole; Pixel size overrides."""
+    from skimage.io import imread
+    from skimage.transform import rescale
+
+    viewer = make_napari_viewer()
+    _dock(viewer, "Model").select("wbc")
+    w = _dock(viewer, "Segment")
+    img = imread(data_dir / "wbc/dataset1_001.png")[..., :3]
+    big = rescale(img, 2, channel_axis=-1, preserve_range=True).astype(np.uint8)
+    viewer.add_image(big, name="big", rgb=True)
+    w.image_box.setCurrentText("big")
+    with qtbot.waitSignal(w.run().finished, timeout=60000):
+        pass
+    assert "estimated objects 2.0" in w.status.text()
+    layer = w.last_layers[0]
+    assert "estimated" in layer.metadata["scale_estimate"]
+    truth = rescale(imread(data_dir / "wbc/dataset1_001_mask.png") > 0, 2, order=0)
+    pred = layer.data > 0
+    assert 2 * (pred & truth).sum() / (pred.sum() + truth.sum()) > 0.9
+    w.auto_scale.setChecked(False)
+    with qtbot.waitSignal(w.run().finished, timeout=60000):
+        pass
+    assert "estimated" not in w.status.text()
 
 
 def test_postprocess_adopts_the_model_cards_defaults(make_napari_viewer):

