@@ -149,3 +149,17 @@ def test_the_cli_says_the_estimate_and_can_be_told_not_to(tmp_path, data_dir, ca
     assert cli.main(["segment", str(tmp_path / "big.png"), "--model", "wbc", "--out",
                      str(tmp_path / "out2"), "--no-auto-scale"]) == 0
     assert "estimated" not in capsys.readouterr().err
+
+
+def test_training_records_the_reference_unless_told_not_to(data_dir):
+    from napari_glandseg.training import TrainParams, pairs_from_folder, train
+
+    glas = pairs_from_folder(data_dir / "glas")
+    small = {"architecture": "unet", "arch_kwargs": {"features": [8, 8, 16, 16, 32, 8]},
+             "patch_size": 64, "batch_size": 2, "val_patches": 2, "epochs": 1,
+             "steps_per_epoch": 1}
+    card = train(glas, glas, TrainParams(name="ref", **small)).model.card
+    expected = autoscale.scale_reference([p.image for p in glas])
+    assert card.scale_reference == expected and card.scale_reference["sigma_px"] > 0
+    off = train(glas, glas, TrainParams(name="noref", auto_scale=False, **small)).model.card
+    assert off.scale_reference == {}
