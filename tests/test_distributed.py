@@ -140,3 +140,21 @@ def test_cli_ome_zarr_run_resumes_and_bad_workers_exit_2(tmp_path, fg_model_fact
     assert main(argv) == 0 and "1 skipped" in capsys.readouterr().out
     assert main([*argv, "--workers", "0"]) == 2
     assert "workers" in capsys.readouterr().err
+
+
+def test_cli_ome_zarr_takes_the_pixel_size_of_a_png(tmp_path, fg_model_factory):
+    """--pixel-size reaches block-wise runs: a PNG said to be at 0.5 um/px gets labels in
+    um at that scale (and the network sees it rescaled to the model's 1 um/px), as the
+    per-file run does; it was ignored (no scale, no rescale)."""
+    import imageio.v3 as iio
+
+    from napari_glandseg.cli import main
+
+    name = fg_model_factory("um1", pixel_size_um=1.0)
+    iio.imwrite(tmp_path / "s.png", np.full((256, 192, 3), 200, np.uint8))
+    argv = ["segment", str(tmp_path / "s.png"), "--model", name, "--tile", "64",
+            "--device", "cpu", "--split", "none", "--pixel-size", "0.5", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "o"), "--ome-zarr", "--block-size", "128",
+                 "--block-overlap", "32", "--no-tissue"]) == 0
+    levels, px = read_labels(tmp_path / "o" / "s.ome.zarr")
+    assert px == 0.5 and levels[0].shape == (256, 192)  # the image's grid, at its um/px

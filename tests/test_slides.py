@@ -321,3 +321,36 @@ def test_blocks_share_the_whole_slides_normalisation(tmp_path, fg_model_factory,
     whole = norm_stats(image, (0, 0, 256, 512), "percentile")
     assert len(seen) >= 8 and len(set(seen)) == 1
     np.testing.assert_allclose(seen[0], np.concatenate(whole), atol=1.0)
+
+
+def test_unknown_pixel_size_slide_gives_what_segment_gives(tmp_path, fg_model_factory):
+    """A pyramid whose pixel size is unknown, and a model working at twice its training
+    data's pixel size: blocks are read on the level inference reads (level 1, from the
+    card's data scale), so the stitched labels are segment's, not blocks whose labels land
+    in their top-left quarter (level 0 planned, level 1 segmented, the rest padded)."""
+    from napari_glandseg.inference import SegmentParams
+    from napari_glandseg.models import load_model
+    from napari_glandseg.pipeline import FileParams, segment_file
+
+    name = fg_model_factory("half", pixel_size_um=1.0, data_pixel_size_um=0.5)
+    full = np.full((512, 384, 3), 200, np.uint8)
+    levels = [full, full[::2, ::2]]
+    seg = SegmentParams(tile_size=64, device="cpu", precision="fp32")
+    post = {"split": "none", "min_size": 1, "fill_holes": False}
+    res = segment_slide(levels, tmp_path, name, params=SlideParams(block_size=128, overlap=16,
+                                                                   tissue=False),
+                        seg=seg, post=post)
+    ref = segment_file(levels, load_model(name), FileParams(segment=seg, postprocess=post))
+    lab = np.asarray(read_labels(res.store)[0][0])
+    assert ref.segment.info["level"] == 1 and ref.labels.shape == (256, 192)
+    assert lab.shape == ref.labels.shape
+    assert (lab > 0).mean() == (ref.labels > 0).mean() == 1.0
+    assert res.n_objects == int(ref.labels.max()) == 1
+
+
+def test_a_block_of_another_shape_is_an_error_not_cropped():
+    from napari_glandseg.slides import _fit
+
+    assert _fit(np.ones((4, 5)), (4, 5)).shape == (4, 5)
+    with pytest.raises(RuntimeError, match=r"\(8, 10\).*\(4, 5\)"):
+        _fit(np.ones((8, 10)), (4, 5))

@@ -461,9 +461,8 @@ def test_validation_scores_are_the_evaluation_of_the_post_processed_objects(glas
     # The network's output is replaced by known predictions: each image's glands with its
     # largest one missed (and, on one image, a false speck), so the scores are neither 0
     # nor 1 and pooling the object F1 differs from averaging it per image.
-    from types import SimpleNamespace
-
-    import napari_glandseg.inference as inference
+    import napari_glandseg.pipeline as pipeline
+    from napari_glandseg.inference import SegmentResult
     from napari_glandseg.labels import as_instances
     from napari_glandseg.metrics import evaluate_dataset
     from napari_glandseg.postprocessing import PostprocessParams, postprocess
@@ -479,8 +478,11 @@ def test_validation_scores_are_the_evaluation_of_the_post_processed_objects(glas
             pred[:4, :4] = 0
             pred[:4, :4][~(p.mask[:4, :4] > 0)] = 1  # a false speck where there is no gland
         fake[id(p.image)] = pred
-    monkeypatch.setattr(inference, "segment", lambda image, model, **kw: SimpleNamespace(
-        labels=fake[id(image)]))
+    def fake_segment(image, model, **kw):  # the route's segment step (pipeline.iter_objects)
+        return SegmentResult(fake[id(image)])
+        yield
+
+    monkeypatch.setattr(pipeline, "iter_segment", fake_segment)
     post = {"split": "none", "min_size": 0}
     res = train(glas, glas, TrainParams(name="val-rows", target="boundary", epochs=1,
                                         steps_per_epoch=1, postprocess=post, **SMALL))

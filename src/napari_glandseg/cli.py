@@ -154,7 +154,8 @@ def _segment_blockwise(args) -> int:
                               scheduler=args.scheduler)
         result = run_to_end(iter_segment_cohort(files, args.out, args.model, params=params,
                                                 seg=seg, post=post, cohort=cohort,
-                                                overwrite=args.overwrite),
+                                                overwrite=args.overwrite,
+                                                pixel_size_um=args.pixel_size),
                             _Bar(f"{len(files)} slides", args.quiet))
         done, failures, skipped = result.done, result.failed, result.skipped
     else:
@@ -165,7 +166,8 @@ def _segment_blockwise(args) -> int:
             try:
                 done.append(run_to_end(
                     iter_segment_slide(f, args.out, args.model, params=params, seg=seg,
-                                       post=post, overwrite=args.overwrite),
+                                       post=post, pixel_size_um=args.pixel_size,
+                                       overwrite=args.overwrite),
                     _Bar(f"[{i}/{len(files)}] {f}", args.quiet)))
             except (GlandsegError, OSError) as exc:
                 if "exists; pass overwrite" in str(exc):

@@ -102,8 +102,9 @@ class CohortResult:
 # task bodies (module-level so that workers can unpickle them)
 
 
-def _plan_task(source, out, predictor, params, post, name, overwrite):
-    return plan_slide(source, out, predictor, params, post, name=name, overwrite=overwrite)
+def _plan_task(source, out, predictor, params, post, name, overwrite, pixel_size_um=None):
+    return plan_slide(source, out, predictor, params, post, name=name,
+                      pixel_size_um=pixel_size_um, overwrite=overwrite)
 
 
 def _block_task(plan: SlidePlan, iy: int, ix: int) -> bool:
@@ -191,6 +192,7 @@ def iter_segment_cohort(
     cohort: CohortParams | None = None,
     overwrite: bool = False,
     client=None,
+    pixel_size_um: float | None = None,
 ) -> Generator[Progress, None, CohortResult]:
     """Segment many slides block by block on dask.distributed.
 
@@ -207,6 +209,8 @@ def iter_segment_cohort(
         Where to run (default: a LocalCluster of 2 worker processes).
     client : distributed.Client, optional
         Use this client (and leave it open).
+    pixel_size_um : float, optional
+        um/px of slides whose files do not say it (``--pixel-size``).
 
     Yields one Progress over all blocks of all slides (its total grows as slides are
     planned); returns a :class:`CohortResult`. Closing the generator cancels the tasks.
@@ -247,7 +251,7 @@ def iter_segment_cohort(
             src = str(s) if isinstance(s, str | Path) else s
             label_of[name] = str(s) if isinstance(s, str | Path) else name
             f = client.submit(_plan_task, src, str(out), predictor, params, post, name,
-                              overwrite, key=f"plan-{name}", pure=False)
+                              overwrite, pixel_size_um, key=f"plan-{name}", pure=False)
             futures[f] = (name, "plan")
             slide_futs[name] = [f]
             ac.add(f)

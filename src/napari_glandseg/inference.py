@@ -53,6 +53,7 @@ from .preprocess import norm_stats as _norm_stats
 from .preprocess import normalise as _normalise
 from .preprocess import to_standard, value_range
 from .progress import Progress, run_to_end
+from .scale import working_scale
 
 #: Images with more pixels than this (or lazy inputs) get their labels in a zarr store.
 LARGE_PIXELS = 64 * 2**20
@@ -214,6 +215,7 @@ def iter_segment(
     region: tuple[int, int, int, int] | None = None,
     params: SegmentParams | None = None,
     stats: ImageStats | None = None,
+    default_pixel_size_um: float | None = None,
     **kwargs,
 ) -> Generator[Progress, None, SegmentResult]:
     """Segment an image tile by tile, yielding :class:`Progress` after each batch.
@@ -227,7 +229,8 @@ def iter_segment(
         From :func:`napari_glandseg.load_model`; its card gives channels, classes,
         normalisation and input scale.
     pixel_size_um : float, optional
-        The image's um/px (full resolution). With the card's, sets the rescale factor.
+        The image's um/px (full resolution). With the card's, sets the pyramid level and the
+        rescale factor (:func:`~napari_glandseg.scale.working_scale`).
     region : (y0, x0, y1, x1), optional
         Full-resolution bounding box to segment; the result's ``offset`` is ``(y0, x0)``.
     params : SegmentParams, optional
@@ -236,6 +239,8 @@ def iter_segment(
         The whole image's stains and normalisation statistics (:func:`image_stats`), for a
         region that is one part of a larger image (a slide's block); default: estimated
         from the region itself.
+    default_pixel_size_um : float, optional
+        The user's um/px for an image whose ``pixel_size_um`` is not known (``--pixel-size``).
 
     Returns
     -------
@@ -250,19 +255,14 @@ def iter_segment(
     base_shape = _check_image(levels[0], card.in_channels)
     y0, x0, y1, x1 = _check_region(region, base_shape[:2])
 
-    # an image of unknown scale is taken to be at the training data's (card)
-    assumed_px = pixel_size_um or card.data_pixel_size_um
-    level, downsample = _pick_level(levels, assumed_px, card.pixel_size_um)
+    # the level read and the rescale to the model's scale: scale.working_scale's choice
+    # (an image of unknown scale is taken to be at the training data's, the card's)
+    ws = working_scale(levels, card, pixel_size_um, default_pixel_size_um,
+                       rescale=params.rescale)
+    level, downsample, scale = ws.level, ws.downsample, ws.scale
     data = levels[level]
-    ly0, lx0 = int(y0 / downsample), int(x0 / downsample)
-    ly1 = max(ly0 + 1, min(data.shape[0], math.ceil(y1 / downsample)))
-    lx1 = max(lx0 + 1, min(data.shape[1], math.ceil(x1 / downsample)))
-    out_px = pixel_size_um * downsample if pixel_size_um else None
-    scale = 1.0
-    if params.rescale and assumed_px and card.pixel_size_um:
-        scale = assumed_px * downsample / card.pixel_size_um  # model pixels per image pixel
-        if abs(scale - 1) < 0.1:
-            scale = 1.0
+    ly0, lx0, ly1, lx1 = ws.to_level((y0, x0, y1, x1), data.shape)
+    out_px = ws.output_pixel_size_um
 
     device = resolve_device(params.device)
     model = model.on(device)  # its instance there: a shared model is never moved
@@ -392,18 +392,6 @@ def _check_region(region, hw) -> tuple[int, int, int, int]:
     if y1 - y0 < 1 or x1 - x0 < 1:
         raise GlandsegError(f"region {tuple(region)} does not overlap the image of size {hw}")
     return y0, x0, y1, x1
-
-
-def _pick_level(levels, image_px, model_px) -> tuple[int, float]:
-    """The pyramid level whose pixel size is closest to the model's without being coarser."""
-    if len(levels) == 1 or not image_px or not model_px:
-        return 0, 1.0
-    best, best_ds = 0, 1.0
-    for i, lvl in enumerate(levels):
-        ds = levels[0].shape[0] / lvl.shape[0]
-        if image_px * ds <= model_px * 1.1:
-            best, best_ds = i, ds
-    return best, best_ds
 
 
 def _precision(choice: Precision, device: torch.device) -> str:
@@ -566,9 +554,7 @@ def image_stats(image, model: Model, pixel_size_um: float | None = None,
     params = params or SegmentParams()
     levels = list(image) if isinstance(image, list | tuple) else [image]
     card = model.card
-    level, _ = _pick_level(levels, pixel_size_um or card.data_pixel_size_um,
-                           card.pixel_size_um)
-    data = levels[level]
+    data = levels[working_scale(levels, card, pixel_size_um).level]
     h, w = int(data.shape[0]), int(data.shape[1])
     if h * w <= (grid * tile) ** 2:
         return _estimate_stats(data, (0, 0, h, w), card, params)

@@ -17,6 +17,13 @@ one copy of each step, so a file gives the same labels whichever way it is segme
   file is written atomically with the umask's permissions, so an existing labels file always
   means a finished file (a rerun skips it) and a crash or full disk leaves no truncated file.
 
+Segment-then-post-process is :func:`iter_objects` (blocking twin :func:`objects_from_image`):
+the one route from pixels to objects, which the file pipeline, the Segment widget, training's
+validation (:func:`napari_glandseg.training.iter_validation_rows`), tuning
+(:func:`napari_glandseg.tune.iter_tune`) and slides' blocks (:func:`napari_glandseg.slides.
+run_block`) all run; its post-processing step alone is :func:`objects_of` (the Post-process
+widget, tuning's candidates), with the settings :func:`postprocess_for` derives from the card.
+
 :func:`iter_segment_file` is the generator (yields :class:`~napari_glandseg.progress.Progress`,
 returns a :class:`FileResult`); :func:`segment_file` is its blocking twin.
 :func:`iter_segment_files` runs a batch that goes on past a bad file and reports each failure.
@@ -75,9 +82,9 @@ class FileParams:
     out_dir : str or Path or None
         Folder for the outputs; None writes nothing (the result is returned).
     segment : SegmentParams
-    postprocess : PostprocessParams, "card" or None
-        ``"card"`` (default): the model card's settings (:func:`postprocess_for`); None: the
-        labels are the network's classes as predicted.
+    postprocess : PostprocessParams, dict, "card" or None
+        ``"card"`` (default): the model card's settings; a dict: settings over the card's;
+        None: the labels are the network's classes as predicted (:func:`postprocess_for`).
     pixel_size_um : float or None
         um/px of inputs whose file does not say it (PNG, JPEG); a file's own value wins.
     probabilities, objects_csv : bool
@@ -106,10 +113,14 @@ class FileParams:
         if isinstance(self.segment, dict):
             self.segment = SegmentParams(**self.segment)
         if isinstance(self.postprocess, dict):
-            self.postprocess = PostprocessParams(**self.postprocess)
+            from_entry(self.postprocess)  # bad settings are named now, not mid-run
+        elif self.postprocess is not None and not isinstance(self.postprocess,
+                                                             PostprocessParams | str):
+            raise GlandsegError(f"postprocess must be PostprocessParams, a dict, 'card' or "
+                                f"None, got {self.postprocess!r}")
         if isinstance(self.postprocess, str) and self.postprocess != "card":
-            raise GlandsegError(f"postprocess must be PostprocessParams, 'card' or None, got "
-                                f"{self.postprocess!r}")
+            raise GlandsegError(f"postprocess must be PostprocessParams, a dict, 'card' or "
+                                f"None, got {self.postprocess!r}")
         px = self.pixel_size_um
         if px is not None and (isinstance(px, bool) or not isinstance(px, int | float)
                                or not math.isfinite(px) or px <= 0):
@@ -153,21 +164,114 @@ class FileResult:
         return meta
 
 
-def postprocess_for(card, split=None, min_size=None, **overrides) -> PostprocessParams | None:
-    """The post-processing a model's card asks for, with the caller's overrides (None values
-    are ignored); None when neither gives any setting.
+def postprocess_for(card, post="card", **overrides) -> PostprocessParams | None:
+    """The post-processing that turns ``card``'s network output into objects: the one
+    owner of it, so that the CLI, the Segment and Post-process widgets, training's
+    checkpoint selection, tuning and slides all make the same objects.
+
+    Parameters
+    ----------
+    card : ModelCard or None
+    post : "card", dict, PostprocessParams or None
+        ``"card"``: the card's entry; a dict: settings over the card's entry; a
+        :class:`~napari_glandseg.postprocessing.PostprocessParams`: these, as they are;
+        None: none (the network's labels as they are).
+    **overrides
+        Single settings over the result (None values are ignored), e.g. ``--split``.
+
+    Returns
+    -------
+    PostprocessParams or None
+        None when nothing gives a setting. Settings an entry leaves out take
+        :class:`~napari_glandseg.postprocessing.PostprocessParams`' defaults except
+        ``split``, which is ``"none"``: an entry that names no split splits nothing.
 
     >>> from napari_glandseg.models import ModelCard
     >>> card = ModelCard(name="c", architecture="unet", in_channels=3, num_classes=1,
     ...                  postprocess={"min_size": 50, "split": "distance"})
     >>> postprocess_for(card, min_size=10).min_size, postprocess_for(card).split.value
     (10, 'distance')
+    >>> postprocess_for(card, {"min_size": 5}).split.value, postprocess_for(card, None)
+    ('distance', None)
     """
-    given = {k: v for k, v in {"split": split, "min_size": min_size, **overrides}.items()
-             if v is not None}
-    if not card.postprocess and not given:
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if isinstance(post, PostprocessParams):
+        return replace(post, **given) if given else post
+    if post is None and not given:
         return None
-    return PostprocessParams(**{"split": "none", **card.postprocess, **given})
+    entry = dict(card.postprocess) if card is not None and post is not None else {}
+    if isinstance(post, dict):
+        entry.update(post)
+    elif post is not None and post != "card":
+        raise GlandsegError(f"postprocess must be PostprocessParams, a dict, 'card' or None, "
+                            f"got {post!r}")
+    entry.update(given)
+    return from_entry(entry) if entry else None
+
+
+def from_entry(entry: dict) -> PostprocessParams:
+    """The settings of a card's ``postprocess`` entry (see :func:`postprocess_for`: an
+    entry that names no split splits nothing)."""
+    return PostprocessParams(**{"split": "none", **entry})
+
+
+def entry_of(params: PostprocessParams | None) -> dict:
+    """A card entry (plain values) that :func:`from_entry` turns back into ``params``;
+    ``{}`` for None."""
+    return {} if params is None else {k: getattr(v, "value", v)
+                                      for k, v in asdict(params).items()}
+
+
+def connected_components() -> PostprocessParams:
+    """The objects of labels given no post-processing: connected foreground, nothing
+    filled or removed."""
+    return PostprocessParams(split="none", min_size=0, fill_holes=False)
+
+
+@dataclass
+class Objects:
+    """What :func:`objects_of` returns: ``labels``, objects numbered 1..n; ``classes``, a
+    class model's cleaned class map (else None); ``table``, one row per object (with
+    ``class`` for class models) when asked for."""
+
+    labels: np.ndarray
+    classes: np.ndarray | None = None
+    table: object = None
+
+    @property
+    def n(self) -> int:
+        return int(self.labels.max()) if self.labels.size else 0
+
+
+def objects_of(labels, post: PostprocessParams | None, *, class_map: bool = False,
+               objects: bool = False, image=None, pixel_size_um: float | None = None,
+               table: bool = False) -> Objects:
+    """The post-processing step of the route from image to objects (:func:`iter_objects`),
+    on labels already there: a network's classes (a slide's block, tuning's candidates)
+    or a Labels layer (the Post-process widget).
+
+    ``post`` None: connected components. ``class_map``: a class model's labels, cleaned
+    (:func:`~napari_glandseg.postprocessing.clean_class_map`) with their classes kept and
+    their connected regions numbered; otherwise
+    :func:`~napari_glandseg.postprocessing.postprocess` (``objects``: the labels already
+    hold separate objects). ``table``: measure the objects (``image`` gives intensities).
+    """
+    arr = np.asarray(labels)
+    post = post or connected_components()
+    classes = None
+    if class_map:
+        from skimage.measure import label as cc_label
+
+        classes = clean_class_map(arr, post)
+        inst = cc_label(classes > 0, connectivity=2)
+    else:
+        inst = postprocess(arr, post, objects=objects)
+    out = Objects(inst, classes)
+    if table:
+        out.table = object_table(inst, _pixels(image), pixel_size_um)
+        if class_map:
+            out.table = _with_class(out.table, inst, classes)
+    return out
 
 
 def outputs_for(path, out_dir, params: FileParams) -> dict[str, Path]:
@@ -214,10 +318,9 @@ def iter_segment_file(source, model, params: FileParams | None = None, region=No
         if path is not None and not isinstance(source, ImageData):
             source = read_image(path, as_labels=False)
         if isinstance(source, ImageData):
-            data = source.data
-            px = source.pixel_size_um or pixel_size_um or params.pixel_size_um
+            data, px = source.data, source.pixel_size_um or pixel_size_um
         else:
-            data, px = source, pixel_size_um or params.pixel_size_um
+            data, px = source, pixel_size_um
         return (yield from _run(path, data, px, model, params, region))
     except GlandsegError as exc:
         if path is None or str(exc).startswith(str(path)):
@@ -225,36 +328,101 @@ def iter_segment_file(source, model, params: FileParams | None = None, region=No
         raise GlandsegError(f"{path}: {exc}") from exc
 
 
-def _run(path, data, px, model, params: FileParams, region):
-    out_dir = params.out_dir
-    outputs = outputs_for(path or "image", out_dir, params) if out_dir is not None else {}
-    if out_dir is not None:
-        _check_writable(out_dir)
+def objects_from_image(image, model, params: FileParams | None = None, **kwargs) -> FileResult:
+    """Blocking twin of :func:`iter_objects`."""
+    return run_to_end(iter_objects(image, model, params, **kwargs))
+
+
+def iter_objects(image, model, params: FileParams | None = None, region=None,
+                 pixel_size_um: float | None = None, stats=None, in_memory: bool = False,
+                 ) -> Generator[Progress, None, FileResult]:
+    """The one route from pixels to objects: segment
+    (:func:`~napari_glandseg.inference.iter_segment`, at the level and scale
+    :func:`~napari_glandseg.scale.working_scale` chooses), then post-process as the card
+    implies (:func:`postprocess_for`, :func:`objects_of`). The per-file pipeline, the
+    Segment widget, training's validation, tuning and slides' blocks all run it.
+
+    Parameters
+    ----------
+    image : array-like or list of array-like
+        Pixels, or a pyramid (full resolution first).
+    model : Model
+    params : FileParams, optional
+        ``segment``, ``postprocess`` (``"card"``, a dict over the card's, settings or None),
+        ``pixel_size_um`` (for pixels of unknown size), ``objects_csv`` (measure them),
+        ``window`` / ``halo``. ``out_dir`` only says where a large result's store goes.
+    region : (y0, x0, y1, x1), optional
+        Full-resolution box; read with the context around it, on the whole image's tile grid.
+    pixel_size_um : float, optional
+        The pixels' um/px as their file says (``params.pixel_size_um`` stands in when None).
+    stats : ImageStats, optional
+        The whole image's normalisation (a slide's block).
+    in_memory : bool
+        Return NumPy arrays: a lazy input's zarr store is read and removed, and its labels
+        post-processed whole (a block, a validation image), not window by window.
+
+    Returns
+    -------
+    FileResult
+        ``labels``: the objects (a class model's cleaned class map; the network's labels
+        when there is no post-processing and no table); ``segment``: the network's
+        classes (``segment.labels``), probabilities and uncertainty; ``table``,
+        ``n_objects``.
+    """
+    params = params or FileParams()
     seg = params.segment
     if params.probabilities and not seg.return_probabilities:
         seg = replace(seg, return_probabilities=True)
-    if out_dir is not None:
-        seg = replace(seg, store_dir=str(out_dir))
-    res = yield from iter_segment(data, model, pixel_size_um=px, region=region, params=seg)
+    if params.out_dir is not None:
+        seg = replace(seg, store_dir=str(params.out_dir))
+    res = yield from iter_segment(image, model, pixel_size_um=pixel_size_um,
+                                  default_pixel_size_um=params.pixel_size_um, region=region,
+                                  params=seg, stats=stats)
+    if in_memory and res.store_path is not None:
+        _read_into_memory(res)
     card = model.card
     class_map = card.num_classes > 1 and not card.boundary_class
-    post = postprocess_for(card) if params.postprocess == "card" else params.postprocess
-    image = _image_level(data, res)
-    result = FileResult(path=path, labels=res.labels, segment=res, postprocess=post,
-                        outputs=outputs, image=image)
-    returned = False
+    post = postprocess_for(card, params.postprocess)
+    result = FileResult(path=None, labels=res.labels, segment=res, postprocess=post,
+                        image=_image_level(image, res))
     try:
         if res.store_path is None:
             _post_in_memory(result, class_map, params.objects_csv)
         else:
             yield from _post_windows(result, class_map, params)
+    except BaseException:  # failed or cancelled (the generator closed): no store is left
+        if res.store_path is not None:
+            shutil.rmtree(res.store_path, ignore_errors=True)
+        raise
+    return result  # a large result's store is the caller's (the file pipeline removes it)
+
+
+def _read_into_memory(res: SegmentResult) -> None:
+    """Replace a result's zarr arrays by NumPy arrays and remove its store."""
+    res.labels = np.asarray(res.labels)
+    if res.probabilities is not None:
+        res.probabilities = np.asarray(res.probabilities, np.float32)
+    if res.uncertainty is not None:
+        res.uncertainty = np.asarray(res.uncertainty, np.float32)
+    shutil.rmtree(res.store_path, ignore_errors=True)
+    res.store_path = None
+
+
+def _run(path, data, px, model, params: FileParams, region):
+    out_dir = params.out_dir
+    outputs = outputs_for(path or "image", out_dir, params) if out_dir is not None else {}
+    if out_dir is not None:
+        _check_writable(out_dir)
+    result = yield from iter_objects(data, model, params, region=region, pixel_size_um=px)
+    result.path, result.outputs = path, outputs
+    res = result.segment
+    try:
         if out_dir is not None:
             yield Progress(0, 1, "writing")
             _write_outputs(result, params)
             yield Progress(1, 1, "written")
-        returned = out_dir is None  # the caller shows the store, then removes it
-    finally:  # after writing, a failure or a cancel (the generator closed) it goes here
-        if res.store_path is not None and not returned:
+    finally:
+        if out_dir is not None and res.store_path is not None:
             shutil.rmtree(res.store_path, ignore_errors=True)
             result.labels = None
     return result
@@ -270,29 +438,14 @@ def _image_level(data, res: SegmentResult):
 
 
 def _post_in_memory(result: FileResult, class_map: bool, table: bool) -> None:
-    labels = np.asarray(result.labels)
     post = result.postprocess
-    if class_map:
-        if post is not None:
-            labels = clean_class_map(labels, post)
-        result.labels = labels
-        if table:
-            from skimage.measure import label as cc_label
-
-            inst = cc_label(labels > 0, connectivity=2)
-            result.table = _with_class(object_table(inst, _pixels(result.image),
-                                                    result.pixel_size_um), inst, labels)
-            result.n_objects = int(inst.max())
+    if post is None and not table:  # the network's labels, as they are
+        result.labels = np.asarray(result.labels)
         return
-    if post is not None:
-        labels = postprocess(labels, post)
-        result.n_objects = int(labels.max())
-    elif table:  # no post-processing asked for, but objects are: connected components
-        labels = postprocess(labels, split="none", min_size=0, fill_holes=False)
-        result.n_objects = int(labels.max())
-    result.labels = labels
-    if table:
-        result.table = object_table(labels, _pixels(result.image), result.pixel_size_um)
+    out = objects_of(result.labels, post, class_map=class_map, image=result.image,
+                     pixel_size_um=result.pixel_size_um, table=table)
+    result.labels = out.classes if class_map else out.labels
+    result.n_objects, result.table = out.n, out.table
 
 
 def _pixels(image):
@@ -310,8 +463,7 @@ def _post_windows(result: FileResult, class_map: bool, params: FileParams):
     post = result.postprocess
     if post is None and not params.objects_csv:
         return
-    if post is None:
-        post = PostprocessParams(split="none", min_size=0, fill_holes=False)
+    post = post or connected_components()
     import zarr
 
     src = result.labels
@@ -437,6 +589,7 @@ def iter_segment_files(files: Iterable, model, params: FileParams,
     return report
 
 
-__all__ = ["BatchReport", "FileParams", "FileResult", "OUTPUT_SUFFIXES", "Writer",
-           "iter_segment_file", "iter_segment_files", "outputs_for", "postprocess_for",
-           "segment_file", "segment_files"]
+__all__ = ["BatchReport", "FileParams", "FileResult", "OUTPUT_SUFFIXES", "Objects", "Writer",
+           "connected_components", "entry_of", "from_entry", "iter_objects",
+           "iter_segment_file", "iter_segment_files", "objects_from_image", "objects_of",
+           "outputs_for", "postprocess_for", "segment_file", "segment_files"]

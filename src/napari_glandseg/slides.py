@@ -2,8 +2,9 @@
 
 Qt-free. A slide is cut into square blocks (``block_size`` pixels at the segmentation's
 resolution) read with a halo of ``overlap`` pixels on each side. Each block is segmented and
-post-processed on its own (network + :func:`napari_glandseg.postprocessing.postprocess`), so
-memory is bounded by one block whatever the slide's size, and blocks are independent tasks
+post-processed on its own (:func:`napari_glandseg.pipeline.iter_objects`, the route every
+run takes, at the level :func:`napari_glandseg.scale.working_scale` chooses), so memory is
+bounded by one block whatever the slide's size, and blocks are independent tasks
 (:mod:`napari_glandseg.distributed` runs the same functions on dask.distributed).
 
 Joining objects across block faces (as cellpose's distributed segmentation does, with one
@@ -59,7 +60,7 @@ import numpy as np
 
 from ._files import atomic_path
 from .errors import GlandsegError
-from .postprocessing import PostprocessParams, postprocess
+from .postprocessing import PostprocessParams
 from .progress import Progress
 
 LABEL_NAME = "glandseg"
@@ -207,9 +208,14 @@ class ClassMapPredictor:
 
     num_classes = 2
     class_names = ("background", "foreground")
+    class_map = False  # foreground, split into objects by the post-processing
 
-    def geometry(self, levels, pixel_size_um):
-        return 0, 1.0, pixel_size_um
+    def geometry(self, levels, pixel_size_um, default_pixel_size_um=None):
+        """Full resolution as it is (:func:`~napari_glandseg.scale.working_scale` without
+        a model)."""
+        from .scale import working_scale
+
+        return working_scale(levels, None, pixel_size_um, default_pixel_size_um)
 
     def __call__(self, levels, box):
         y0, x0, y1, x1 = box
@@ -241,16 +247,24 @@ class ModelPredictor:
         return max(2, self.card.num_classes)
 
     @property
+    def class_map(self) -> bool:
+        """A class model: its classes are kept, its regions are the objects."""
+        return self.card.num_classes > 1 and not self.card.boundary_class
+
+    @property
     def class_names(self):
         names = list(self.card.class_names)
         return tuple(names if len(names) >= 2 else ["background", *names])
 
-    def geometry(self, levels, pixel_size_um):
-        """(pyramid level, its downsample, output um/px) as inference picks them."""
-        from .inference import _pick_level
+    def geometry(self, levels, pixel_size_um, default_pixel_size_um=None):
+        """The pyramid level and rescale inference reads the slide at
+        (:func:`~napari_glandseg.scale.working_scale`, the one owner of that choice)."""
+        from .inference import SegmentParams
+        from .scale import working_scale
 
-        level, ds = _pick_level(levels, pixel_size_um, self.card.pixel_size_um)
-        return level, ds, (pixel_size_um * ds if pixel_size_um else None)
+        seg = self.seg or SegmentParams()
+        return working_scale(levels, self.card, pixel_size_um, default_pixel_size_um,
+                             rescale=seg.rescale)
 
     def image_stats(self, levels, pixel_size_um=None):
         """The whole slide's stains and normalisation statistics, read once from a grid of
@@ -268,28 +282,45 @@ class ModelPredictor:
             return None
         return image_stats(levels, _cached_model(self.model), pixel_size_um, seg)
 
-    def __call__(self, levels, box, pixel_size_um=None, downsample=1.0, stats=None):
-        from dataclasses import replace
+    def __call__(self, levels, box, scale=None, stats=None):
+        """The network's classes and foreground probability over ``box`` (pixels of the
+        level ``scale`` chose, a :class:`~napari_glandseg.scale.WorkingScale` from
+        :meth:`geometry`), through the route from image to objects
+        (:func:`napari_glandseg.pipeline.iter_objects`)."""
+        from .pipeline import FileParams, objects_from_image
+        from .scale import WorkingScale
 
-        from .inference import SegmentParams, segment
-
-        seg = replace(self.seg or SegmentParams(), return_probabilities=True)
+        scale = scale or WorkingScale()
+        params = FileParams(segment=self.seg_params(), postprocess=None)
         y0, x0, y1, x1 = box
-        region = tuple(round(v * downsample) for v in box)
-        res = segment(levels, _cached_model(self.model), pixel_size_um=pixel_size_um,
-                      region=region, params=seg, stats=stats)
+        region = scale.to_full(box, levels[0].shape)
+        res = objects_from_image(levels, _cached_model(self.model), params, region=region,
+                                 pixel_size_um=scale.pixel_size_um, stats=stats,
+                                 in_memory=True).segment
+        if res.info["level"] != scale.level:
+            raise RuntimeError(f"block {box}: segmented on level {res.info['level']}, "
+                               f"planned on level {scale.level}")
         classes = _fit(np.asarray(res.labels), (y1 - y0, x1 - x0))
         probs = np.asarray(res.probabilities, np.float32)
         fg = probs[0] if probs.shape[0] == 1 else 1.0 - probs[0]
         return classes, _fit(fg, (y1 - y0, x1 - x0))
 
+    def seg_params(self):
+        """The inference settings, with probabilities (a block's table needs them)."""
+        from dataclasses import replace
+
+        from .inference import SegmentParams
+
+        return replace(self.seg or SegmentParams(), return_probabilities=True)
+
 
 def _fit(a: np.ndarray, hw) -> np.ndarray:
-    """Crop or zero-pad ``a`` to ``hw`` (a pyramid level's rounding can differ by a pixel)."""
-    out = np.zeros(hw, a.dtype)
-    h, w = min(hw[0], a.shape[0]), min(hw[1], a.shape[1])
-    out[:h, :w] = a[:h, :w]
-    return out
+    """``a``, which must have shape ``hw``: a block segmented at another size than planned
+    is an error, never cropped or padded into place."""
+    if tuple(a.shape[:2]) != tuple(hw):
+        raise RuntimeError(f"a block came back with shape {tuple(a.shape[:2])}, planned "
+                           f"{tuple(hw)}: the plan and inference chose different levels")
+    return a
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,6 +357,8 @@ class SlidePlan:
     #: the whole slide's stains / normalisation statistics (ModelPredictor.image_stats),
     #: shared by every block so that blocks are normalised alike
     image_stats: object = None
+    #: the level and rescale (scale.WorkingScale) the blocks are segmented at
+    scale: object = None
 
     @property
     def geojson_path(self) -> Path:
@@ -432,16 +465,20 @@ def plan_slide(source, out, predictor, params: SlideParams | None = None,
     """Plan a slide: output geometry, block grid, tissue mask, blocks to run.
 
     ``source`` is a file path (read with :func:`napari_glandseg.io.read_image`) or an
-    array / multiscale list. Raises :class:`GlandsegError` when the outputs exist and
+    array / multiscale list; ``pixel_size_um`` is its um/px when its file does not say it.
+    The level and scale are :func:`napari_glandseg.scale.working_scale`'s, the ones
+    inference reads at. Raises :class:`GlandsegError` when the outputs exist and
     ``overwrite`` is False (a half-finished run is resumed instead).
     """
+    from .pipeline import connected_components, from_entry
+
     params = params or SlideParams()
     if isinstance(post, dict):
-        post = PostprocessParams(**post)
-    post = post or PostprocessParams()
+        post = from_entry(post)
+    post = post or connected_components()
+    file_px = None
     if isinstance(source, str | Path):
         levels, file_px = open_source(source)
-        pixel_size_um = pixel_size_um or file_px
         name = name or Path(source).stem
         source = str(source)
     else:
@@ -454,17 +491,19 @@ def plan_slide(source, out, predictor, params: SlideParams | None = None,
         shutil.rmtree(out / f"{name}.glandseg-work", ignore_errors=True)
     elif (plan_store / "glandseg_done.json").exists():
         raise GlandsegError(f"{plan_store}: exists; pass overwrite to replace it")
-    level, ds, out_px = predictor.geometry(levels, pixel_size_um)
-    shape = tuple(int(s) for s in levels[level].shape[:2])
+    # the level and scale inference reads: one choice (scale.working_scale) for both
+    ws = predictor.geometry(levels, file_px, pixel_size_um)
+    level, ds, out_px = ws.level, ws.downsample, ws.output_pixel_size_um
+    shape = ws.level_shape(levels[0].shape, levels[level].shape)
     b = params.block_size
     grid = (math.ceil(shape[0] / b), math.ceil(shape[1] / b))
     n_levels = 1
     while (max(shape) >> (n_levels - 1)) > 256 and (b >> n_levels) >= 16 and n_levels < 8:
         n_levels += 1
     plan = SlidePlan(source=source, name=name, out=str(out), shape=shape, level=level,
-                     downsample=ds, pixel_size_um=out_px, image_pixel_size_um=pixel_size_um,
+                     downsample=ds, pixel_size_um=out_px, image_pixel_size_um=ws.pixel_size_um,
                      params=params, post=post, predictor=predictor, grid=grid, todo=[],
-                     n_levels=n_levels, class_names=tuple(predictor.class_names))
+                     n_levels=n_levels, class_names=tuple(predictor.class_names), scale=ws)
     colour = levels[0].ndim == 3 and levels[0].shape[-1] in (3, 4)
     tm = None
     if params.tissue and colour:
@@ -486,7 +525,7 @@ def plan_slide(source, out, predictor, params: SlideParams | None = None,
         import dask
 
         with dask.config.set(scheduler="synchronous"):  # as the tissue mask above
-            plan.image_stats = predictor.image_stats(levels, pixel_size_um)
+            plan.image_stats = predictor.image_stats(levels, ws.pixel_size_um)
     _check_resume(plan)
     return plan
 
@@ -532,12 +571,17 @@ def run_block(plan: SlidePlan, iy: int, ix: int) -> bool:
     # default would send every small read through the scheduler (measured 4x slower)
     with dask.config.set(scheduler="synchronous"):
         if isinstance(pred, ModelPredictor):
-            classes, prob = pred(levels, box, plan.image_pixel_size_um, plan.downsample,
-                                 plan.image_stats)
+            classes, prob = pred(levels, box, plan.scale, plan.image_stats)
         else:
             classes, prob = pred(levels, box)
-    labels = postprocess(classes, plan.post) if classes.any() else np.zeros(classes.shape,
-                                                                              np.int32)
+    # the route's post-processing step (pipeline.objects_of), as a whole-image run's
+    if classes.any():
+        from .pipeline import objects_of
+
+        out = objects_of(classes, plan.post, class_map=getattr(pred, "class_map", False))
+        labels, classes = out.labels, (classes if out.classes is None else out.classes)
+    else:
+        labels = np.zeros(classes.shape, np.int32)
     dtype = np.uint16 if labels.max() < 2**16 else np.uint32
     with atomic_path(plan.block_file(iy, ix), ".npz") as tmp:
         np.savez_compressed(tmp, labels=labels.astype(dtype))
@@ -934,7 +978,10 @@ def iter_segment_slide(
     seg : SegmentParams, optional
         Inference settings for ``model``.
     post : PostprocessParams or dict, optional
-        Defaults to the model card's post-processing.
+        The model card's post-processing by default; a dict gives settings over the card's
+        (:func:`napari_glandseg.pipeline.postprocess_for`).
+    pixel_size_um : float, optional
+        um/px of a source whose file does not say it (an array, a PNG); a file's own wins.
 
     A rerun after an interruption skips the blocks already finished.
     """
@@ -972,18 +1019,19 @@ def segment_slide(source, out, model: str | None = None, **kwargs) -> SlideResul
 
 
 def _predictor_and_post(model, predictor, seg, post):
+    """The predictor, and the post-processing of its objects: a model's card's with the
+    caller's settings over it (:func:`napari_glandseg.pipeline.postprocess_for`, as every
+    route has it); connected components when nothing gives any."""
+    from .pipeline import connected_components, postprocess_for
+
+    card = None
     if predictor is None:
         if model is None:
             raise GlandsegError("give a model (store name or file) or a predictor")
         predictor = ModelPredictor(str(model), seg)
-        card_post = dict(predictor.card.postprocess)
-        if isinstance(post, dict):
-            card_post.update(post)
-            post = None
-        post = post or PostprocessParams(**card_post)
-    if isinstance(post, dict):
-        post = PostprocessParams(**post)
-    return predictor, post or PostprocessParams()
+        card = predictor.card
+    return predictor, postprocess_for(card, "card" if post is None else post) or \
+        connected_components()
 
 
 # --------------------------------------------------------------------------------------------

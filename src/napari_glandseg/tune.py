@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .errors import GlandsegError, as_enum
-from .postprocessing import PostprocessParams, Split, postprocess
+from .postprocessing import PostprocessParams, Split
 from .progress import Progress, run_to_end
 from .training import Selection
 
@@ -58,13 +58,19 @@ def _card_metric(card) -> TuneMetric:
     return TuneMetric.OBJECTS if m is TuneMetric.AUTO else m
 
 
-def candidate_grid(current: dict, boundary: bool) -> list[PostprocessParams]:
-    """Settings to try around the card's ``current`` ones: connected components, the
-    distance watershed over a range of ``h``, distance peaks over a range of minimum
-    distances, and (for background / interior / boundary models) the boundary-class split,
-    each with minimum sizes from a quarter to four times the current one and hole filling
-    on or off."""
-    cur = PostprocessParams(**current) if current else PostprocessParams()
+def candidate_grid(current: dict | PostprocessParams | None,
+                   boundary: bool) -> list[PostprocessParams]:
+    """Settings to try around the card's ``current`` ones (a card entry, read as
+    :func:`~napari_glandseg.pipeline.postprocess_for` reads it, or settings): connected
+    components, the distance watershed over a range of ``h``, distance peaks over a range of
+    minimum distances, and (for background / interior / boundary models) the boundary-class
+    split, each with minimum sizes from a quarter to four times the current one and hole
+    filling on or off."""
+    from .pipeline import from_entry
+
+    if isinstance(current, dict):
+        current = from_entry(current) if current else None
+    cur = current or PostprocessParams()
     base = max(cur.min_size, 10)
     sizes = sorted({0, base // 4, base // 2, base, base * 2, base * 4})
     holes = [(True, cur.max_hole_size), (False, 0)]
@@ -135,8 +141,9 @@ def iter_tune(model, pairs, metric: TuneMetric | str = TuneMetric.AUTO, grid=Non
     tie : float
         Scores within ``tie`` of the best are a tie, broken by :func:`choose`.
     """
-    from .inference import segment
+    from .inference import SegmentParams
     from .metrics import Overlap, as_instances, object_scores, summarise_objects
+    from .pipeline import FileParams, objects_from_image, objects_of, postprocess_for
 
     metric = as_enum(TuneMetric, metric, "metric")
     if metric is Selection.PIXEL_DICE:
@@ -149,26 +156,31 @@ def iter_tune(model, pairs, metric: TuneMetric | str = TuneMetric.AUTO, grid=Non
         raise GlandsegError("tuning needs at least one validation pair")
     if metric is TuneMetric.AUTO:
         metric = _card_metric(card)
-    grid = list(grid) if grid is not None else candidate_grid(card.postprocess,
-                                                              card.boundary_class)
+    # the card's objects as every route makes them (pipeline.postprocess_for)
+    card_post = postprocess_for(card)
+    grid = list(grid) if grid is not None else candidate_grid(card_post, card.boundary_class)
     t0 = time.perf_counter()
     total = len(pairs) + len(grid)
     predictions = []
+    # segmented once each (the route from image to objects, without post-processing) ...
+    seg = FileParams(segment=SegmentParams(tile_size=tile_size, return_probabilities=False),
+                     postprocess=None)
     for i, p in enumerate(pairs):
-        res = segment(p.image, model, pixel_size_um=getattr(p, "pixel_size_um", None),
-                      tile_size=tile_size, return_probabilities=False)
-        predictions.append((np.asarray(res.labels), as_instances(p.mask)))
+        res = objects_from_image(p.image, model, seg, in_memory=True,
+                                 pixel_size_um=getattr(p, "pixel_size_um", None))
+        predictions.append((np.asarray(res.segment.labels), as_instances(p.mask)))
         yield Progress(i + 1, total, f"segmented {i + 1}/{len(pairs)}",
                        time.perf_counter() - t0)
     rows = []
-    for j, params in enumerate(grid):
-        s = summarise_objects(object_scores(Overlap.of(postprocess(labels, params), truth))
+    for j, params in enumerate(grid):  # ... then its post-processing step per candidate
+        s = summarise_objects(object_scores(Overlap.of(objects_of(labels, params).labels,
+                                                       truth))
                               for labels, truth in predictions)
         rows.append({**_entry(params), **s})
         yield Progress(len(pairs) + j + 1, total, f"setting {j + 1}/{len(grid)}",
                        time.perf_counter() - t0)
     key = metric.value
-    current = _entry(PostprocessParams(**card.postprocess)) if card.postprocess else None
+    current = _entry(card_post) if card_post is not None else None
     current_score = next((r[key] for r in rows if current and _same(r, current)), float("nan"))
     rows = choose(rows, key, tie)
     best = {k: v for k, v in rows[0].items() if k not in (*ALL_OBJECT_SCORES, "objects")}

@@ -47,24 +47,28 @@ def iter_validation_rows(model: Model, pairs: list[TrainingPair], tile_size: int
     A row holds ``name``, the network's ``labels`` (foreground for binary / boundary
     models), their pixel ``dice``, ``iou``, ``accuracy`` and pixel counts ``pixels``
     (tp, fp, fn; foreground classes pooled for class maps), and for models with
-    post-processing (the card's, or ``postprocess_params``) the objects'
-    :func:`~napari_glandseg.metrics.object_scores`; ``score`` is the measure the checkpoint
-    is selected on (:func:`selection_score`). ``stain_normalization=False`` for pairs that
-    training has already mapped onto the card's stains.
+    post-processing (the card's, or ``postprocess_params``, as
+    :func:`~napari_glandseg.pipeline.postprocess_for` makes them for every route: the
+    objects users get) the objects' :func:`~napari_glandseg.metrics.object_scores`;
+    ``score`` is the measure the checkpoint is selected on (:func:`selection_score`).
+    ``stain_normalization=False`` for pairs that training has already mapped onto the
+    card's stains.
     """
-    from ..inference import segment
+    from ..inference import SegmentParams
     from ..metrics import Overlap, as_instances, object_scores, pixel_metrics
-    from ..postprocessing import PostprocessParams, postprocess
+    from ..pipeline import FileParams, objects_from_image, postprocess_for
 
     card = model.card
     classes = card.num_classes if card.num_classes > 1 and not card.boundary_class else None
-    post = (postprocess_params or card.postprocess or None) if not classes else None
-    post = PostprocessParams(**post) if isinstance(post, dict) else post
+    # the objects users get: the card's post-processing as every route has it
+    post = postprocess_for(card, postprocess_params or "card") if not classes else None
+    params = FileParams(segment=SegmentParams(
+        tile_size=tile_size, return_probabilities=False,
+        stain_normalization=stain_normalization, device=device), postprocess=post)
     for p in pairs:
-        res = segment(p.image, model, pixel_size_um=p.pixel_size_um, tile_size=tile_size,
-                      return_probabilities=False, stain_normalization=stain_normalization,
-                      device=device)
-        pred = np.asarray(res.labels)
+        res = objects_from_image(p.image, model, params, pixel_size_um=p.pixel_size_um,
+                                 in_memory=True)
+        pred = np.asarray(res.segment.labels)  # the network's classes
         m = pixel_metrics(pred, p.mask, classes)
         pf, tf = pred > 0, p.mask > 0
         hit = pf & (pred == p.mask) if classes else pf & tf  # class maps: the right class
@@ -72,7 +76,7 @@ def iter_validation_rows(model: Model, pairs: list[TrainingPair], tile_size: int
         row = {"name": p.name, "dice": m["dice"], "iou": m["iou"], "accuracy": m["accuracy"],
                "pixels": counts, "labels": pred}
         if post is not None:
-            row.update(object_scores(Overlap.of(as_instances(postprocess(pred, post)),
+            row.update(object_scores(Overlap.of(as_instances(res.labels),
                                                 as_instances(p.mask))))
         row["score"] = selection_score(row, card)
         yield row
