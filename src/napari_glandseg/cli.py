@@ -206,7 +206,8 @@ def _segment(args) -> int:
                               return_probabilities=args.probabilities),
         postprocess=postprocess_for(model.card, split=args.split, min_size=args.min_size),
         pixel_size_um=args.pixel_size, probabilities=args.probabilities,
-        objects_csv=args.objects_csv, overwrite=args.overwrite)
+        objects_csv=args.objects_csv, overwrite=args.overwrite,
+        auto_scale=not args.no_auto_scale)
     if args.geojson:
         from .geojson import pipeline_writer
 
@@ -230,8 +231,10 @@ def _segment(args) -> int:
         elif event == "fail":
             print(f"FAILED {detail}", file=sys.stderr)
         elif not args.quiet:
+            est = detail.scale_estimate
+            scale = f"; {est.describe()}" if est is not None else ""
             print(f"{f.name} -> {detail.outputs['labels']} ({detail.segment.seconds:.1f} s, "
-                  f"{detail.segment.device})", file=sys.stderr)
+                  f"{detail.segment.device}{scale})", file=sys.stderr)
 
     report = run_to_end(iter_segment_files(files, model, params, on_file), progress)
     print(f"{len(report.done)} segmented, {len(report.skipped)} skipped, "
@@ -532,7 +535,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "default: the model card's")
     s.add_argument("--pixel-size", type=float, metavar="UM",
                    help="um/px of inputs whose file does not say it (PNG, JPEG); sets the "
-                        "rescaling to the model's scale")
+                        "rescaling to the model's scale. Without it such images get an "
+                        "estimated scale (printed per file)")
+    s.add_argument("--no-auto-scale", action="store_true",
+                   help="take images of unknown pixel size at the model's training-data "
+                        "scale instead of estimating it")
     s.add_argument("--probabilities", action="store_true", help="also write probabilities")
     s.add_argument("--objects-csv", action="store_true", help="also write a per-object CSV")
     s.add_argument("--geojson", action="store_true",

@@ -130,8 +130,13 @@ class SegmentParams:
     return_probabilities: bool = True
     stain_normalization: bool = True
     store_dir: str | None = None
+    scale: float | None = None
 
     def __post_init__(self):
+        if self.scale is not None and (isinstance(self.scale, bool) or not isinstance(
+                self.scale, int | float) or not 0.01 <= self.scale <= 100):
+            raise GlandsegError(f"scale must be a number of model pixels per image pixel in "
+                                f"[0.01, 100], got {self.scale!r}")
         if not isinstance(self.tile_size, int) or self.tile_size < 16:
             raise GlandsegError(f"tile_size must be an integer >= 16, got {self.tile_size!r}")
         if not 0 <= self.overlap <= 0.9:
@@ -258,7 +263,7 @@ def iter_segment(
     # the level read and the rescale to the model's scale: scale.working_scale's choice
     # (an image of unknown scale is taken to be at the training data's, the card's)
     ws = working_scale(levels, card, pixel_size_um, default_pixel_size_um,
-                       rescale=params.rescale)
+                       rescale=params.rescale, scale=params.scale)
     level, downsample, scale = ws.level, ws.downsample, ws.scale
     data = levels[level]
     ly0, lx0, ly1, lx1 = ws.to_level((y0, x0, y1, x1), data.shape)

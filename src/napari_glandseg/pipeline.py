@@ -96,6 +96,11 @@ class FileParams:
         Extra output steps (e.g. GeoJSON), run after the built-in ones, before the labels.
     window, halo : int
         Window side and context for post-processing a large result piece by piece.
+    auto_scale : bool
+        For an image whose pixel size nobody gives (neither its file nor ``pixel_size_um``),
+        estimate it from the image (:mod:`napari_glandseg.autoscale`) when the card has a
+        scale reference, instead of taking the training data's; the estimate is in
+        ``FileResult.scale_estimate``.
     """
 
     out_dir: str | Path | None = None
@@ -107,6 +112,7 @@ class FileParams:
     overwrite: bool = False
     writers: list = field(default_factory=list)
     window: int = 2048
+    auto_scale: bool = True
     halo: int = 256
 
     def __post_init__(self):
@@ -149,6 +155,7 @@ class FileResult:
     outputs: dict = field(default_factory=dict)
     image: object = None  # the segmented image (level), for writers that need pixels
     max_label: int | None = None  # known largest label of a large result
+    scale_estimate: object = None  # autoscale.ScaleEstimate, when the scale was estimated
 
     @property
     def pixel_size_um(self) -> float | None:
@@ -375,15 +382,31 @@ def iter_objects(image, model, params: FileParams | None = None, region=None,
         seg = replace(seg, return_probabilities=True)
     if params.out_dir is not None:
         seg = replace(seg, store_dir=str(params.out_dir))
+    default_px, estimate = params.pixel_size_um, None
+    if params.auto_scale and pixel_size_um is None and default_px is None and \
+            seg.scale is None and stats is None and model.card.scale_reference:
+        # nobody says the image's scale: estimate it (a slide's block never gets here: it
+        # has the whole slide's stats and the plan's scale)
+        from .autoscale import estimate_scale
+
+        yield Progress(0, 1, "estimating the image's scale")
+        estimate = estimate_scale(image, model.card)
+        if estimate.pixel_size_um is not None:
+            default_px = estimate.pixel_size_um
+        elif estimate.factor != 1.0:
+            seg = replace(seg, scale=estimate.scale)
     res = yield from iter_segment(image, model, pixel_size_um=pixel_size_um,
-                                  default_pixel_size_um=params.pixel_size_um, region=region,
+                                  default_pixel_size_um=default_px, region=region,
                                   params=seg, stats=stats)
+    if estimate is not None:
+        res.info["scale_estimate"] = estimate.describe()
     if in_memory and res.store_path is not None:
         _read_into_memory(res)
     card = model.card
     class_map = card.num_classes > 1 and not card.boundary_class
     post = postprocess_for(card, params.postprocess)
     result = FileResult(path=None, labels=res.labels, segment=res, postprocess=post,
+                        scale_estimate=estimate,
                         image=_image_level(image, res))
     try:
         if res.store_path is None:
