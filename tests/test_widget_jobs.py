@@ -157,9 +157,9 @@ def test_postprocess_job_reads_a_snapshot_of_the_layer(make_napari_viewer, qtbot
     w = _dock(viewer, "Post-process")
     w.labels_box.setCurrentText("pred")
     started, go = threading.Event(), threading.Event()
-    real = pp.postprocess
-    monkeypatch.setattr(pp, "postprocess", lambda *a, **k: (started.set(), go.wait(10),
-                                                            real(*a, **k))[2])
+    real = pp.objects_of  # the job's post-processing step
+    monkeypatch.setattr(pp, "objects_of", lambda *a, **k: (started.set(), go.wait(10),
+                                                           real(*a, **k))[2])
     worker = w.apply()
     qtbot.waitUntil(started.is_set, timeout=10000)
     layer.data[:] = 0  # the user wipes the layer meanwhile

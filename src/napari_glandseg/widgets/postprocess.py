@@ -19,13 +19,12 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import GlandsegError
-from ..pipeline import FileParams
+from ..pipeline import FileParams, objects_of
 from ..postprocessing import (
     PostprocessParams,
     Split,
     iter_postprocess_windows,
     object_table,
-    postprocess,
     write_csv,
 )
 from ..progress import Progress
@@ -50,7 +49,7 @@ def postprocess_job(data, params, intensity, pixel_size_um, objects=False):
     ``data`` is the caller's own copy (a snapshot of the layer, which may be edited
     meanwhile). ``objects``: the input holds separate objects, which stay apart."""
     yield Progress(0, 2, "splitting into objects…")
-    out = postprocess(data, params, objects=objects)
+    out = objects_of(data, params, objects=objects).labels  # the route's post-processing step
     yield Progress(1, 2, f"measuring {int(out.max())} objects…")
     table = object_table(out, intensity, pixel_size_um)
     yield Progress(2, 2, "done")
@@ -342,7 +341,8 @@ class PostprocessWidget(QWidget):
             data, offset = data[y0:int(y1) + 1, x0:int(x1) + 1], np.array([y0, x0])
         try:
             data = np.asarray(data)
-            out = postprocess(data, self.params(), objects=self._holds_objects(layer, data))
+            out = objects_of(data, self.params(),
+                             objects=self._holds_objects(layer, data)).labels
         except GlandsegError as exc:
             self.status.setText(str(exc))
             return

@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
 from ..errors import GlandsegError
 from ..inference import LARGE_PIXELS, Blend, SegmentParams
 from ..io import lazy_pyramid
+from ..pipeline import entry_of, postprocess_for
 from . import _worker
 from ._common import fill_layer_box, map_colormap, notify, track_edits, unique_name
 from ._state import selection_for
@@ -327,7 +328,8 @@ class SegmentWidget(QWidget):
                 # the settings the run used (controls may have changed since it started)
                 "params": res.metadata()["params"],
                 "class_names": card.class_names, "seconds": res.seconds, "device": res.device,
-                "postprocess_defaults": dict(card.postprocess),
+                # the card's post-processing as every route reads it (pipeline's owner)
+                "postprocess_defaults": entry_of(postprocess_for(card)),
                 "scale_estimate": res.info.get("scale_estimate"),
                 "store_path": res.store_path,
                 # the ROI's polygons in the image's full-resolution pixels: outside them
