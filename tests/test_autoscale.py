@@ -55,6 +55,7 @@ def test_a_scale_free_model_gets_a_resize_factor(data_dir):
     assert big.pixel_size_um is None
     assert big.scale == pytest.approx(0.5, rel=0.12)  # objects twice as large: shrink 2x
     assert "2.0" in big.describe() or "1.9" in big.describe()
+    assert "'" not in big.describe()  # no stray quote in the status line
 
 
 def test_estimates_near_the_training_scale_snap_to_it(data_dir):

@@ -320,6 +320,7 @@ def test_postprocess_widget_preview_apply_and_csv(make_napari_viewer, qtbot, tmp
     assert "postprocess preview" not in viewer.layers
     assert len(layer.features) == 2 and set(layer.features["mean_intensity"]) == {200.0}
     np.testing.assert_array_equal(viewer.layers["pred"].data, mask)  # input untouched
+    assert not viewer.layers["pred"].visible  # hidden: it would show through the result
     viewer.layers.selection.active = layer
     assert w.export_csv(tmp_path / "objects.csv")
     assert (tmp_path / "objects.csv").read_text().startswith("label,area")

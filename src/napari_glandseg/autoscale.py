@@ -88,7 +88,7 @@ class ScaleEstimate:
         if self.pixel_size_um is not None:
             return f"estimated {self.pixel_size_um:.3g} um/px from the image{how}"
         return (f"estimated objects {1 / self.factor:.2f}x the size of the training "
-                f"images'{how}")
+                f"images{how}")
 
 
 def _darkness(image: np.ndarray) -> np.ndarray:

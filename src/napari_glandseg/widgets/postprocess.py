@@ -287,7 +287,13 @@ class PostprocessWidget(QWidget):
         self.preview.setChecked(False)  # the result is there: the preview would hide it
         self._remove_preview()
         self.last_layer = new
-        self.status.setText(f"{len(table)} objects in {name!r}")
+        # the input under the result would show through it: a deleted object would stay
+        # visible and the colours mix (hidden, never removed: Compare still reads it)
+        hidden = ""
+        if layer.visible and layer in self.viewer.layers:
+            layer.visible = False
+            hidden = f"; {layer.name!r} hidden"
+        self.status.setText(f"{len(table)} objects in {name!r}{hidden}")
 
     def refresh_features(self, layers=None) -> None:
         """Re-measure the objects of layers edited since their table was made."""
