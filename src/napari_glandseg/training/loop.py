@@ -118,9 +118,8 @@ def _prepare(train_pairs, params):
         from ..models.efficientnet import load_imagenet_encoder
 
         weights = load_imagenet_encoder(net)
-        card.licence = params.licence or "; ".join(
-            x for x in (card.licence, f"encoder initialised from {weights}") if x)
-        card.description = card.description or weights
+        card.licence = "; ".join(x for x in (card.licence, f"encoder initialised from "
+                                             f"{weights}") if x)
     return card, net
 
 
@@ -175,6 +174,20 @@ def _check_pairs(train_pairs, val_pairs):
             raise GlandsegError(f"pair {p.name!r} has no labelled pixels: label the objects "
                                 "(or remove the pair) before training")
     return train_pairs, val_pairs
+
+
+def _licence(given: str, card_licence: str) -> str:
+    """The user's licence text, keeping the line that credits pretrained weights (their
+    licence travels with the model whatever the user writes).
+
+    >>> _licence("mine", "encoder initialised from X (Apache-2.0)")
+    'mine; encoder initialised from X (Apache-2.0)'
+    """
+    i = card_licence.find("encoder initialised from")
+    credit = card_licence[i:] if i >= 0 else ""
+    if not given:
+        return card_licence
+    return given if credit in given else f"{given}; {credit}"
 
 
 def _scale_reference(pairs, params: TrainParams, card) -> dict:
@@ -331,7 +344,7 @@ def _end_epoch(run: _Run, losses: list, t0: float) -> dict:
                          "train_pairs": run.n_train, "val_pairs": len(run.val_pairs)}
         card.training_data = run.data_desc
         card.data_licence = params.data_licence or card.data_licence
-        card.licence = params.licence or card.licence
+        card.licence = _licence(params.licence, card.licence)
         card.description = params.description or card.description
         run.saved = save_checkpoint(user_dir() / f"{params.name}.safetensors", run.net, card,
                                     overwrite=True)
