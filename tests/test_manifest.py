@@ -153,7 +153,8 @@ def test_writer_hook_writes_atomically(tmp_path):
 
 @pytest.mark.parametrize("sample,shape,n_objects", [
     ("sample_glas", (522, 775, 3), 22), ("sample_monuseg", (256, 256, 3), 41),
-    ("sample_em", (256, 256), 45), ("sample_wbc", (120, 120, 3), 2)])
+    ("sample_em", (256, 256), 45), ("sample_wbc", (120, 120, 3), 2),
+    ("sample_mri", (512, 512), 3)])
 def test_sample_data_has_image_and_truth(sample, shape, n_objects):
     (img, img_kw, img_kind), (lab, lab_kw, lab_kind) = getattr(_napari, sample)()
     assert img_kind == "image" and img.shape == shape

@@ -615,7 +615,8 @@ def test_postprocess_adopts_the_model_cards_defaults(make_napari_viewer):
 
 
 @pytest.mark.parametrize("sample,model,image", [
-    ("em", "membranes-em", "isbi2012_em_29_crop"), ("wbc", "wbc", "wbc_005")])
+    ("em", "membranes-em", "isbi2012_em_29_crop"), ("wbc", "wbc", "wbc_005"),
+    ("mri", "organs-mri", "uwm_gi_mri_case119_day0_slice_0081")])
 def test_gui_opens_each_sample_with_its_bundled_model(sample, model, image, make_napari_viewer,
                                                      qtbot, notes):
     from napari_glandseg.gui import open_viewer

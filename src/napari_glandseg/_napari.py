@@ -145,6 +145,14 @@ def sample_em() -> list[tuple]:
     return _sample("isbi2012_em_29_crop", "ISBI 2012 EM, Cardona et al. 2010, non-commercial")
 
 
+def sample_mri() -> list[tuple]:
+    """An axial abdominal MRI slice (UW-Madison GI tract, case 119 day 0 slice 81, 512x512
+    grey, a validation case of organs-mri) and its organ class map (1 large bowel, 2 small
+    bowel, 3 stomach)."""
+    return _sample("uwm_gi_mri_case119_day0_slice_0081", "UW-Madison GI tract MRI, "
+                   "Lee et al. 2024", truth="classes")
+
+
 def sample_wbc() -> list[tuple]:
     """A 120x120 white blood cell image (dataset 1, id 005) and its class map
     (1 cytoplasm, 2 nucleus)."""

@@ -11,7 +11,8 @@ export's test input look the model up here.
 from __future__ import annotations
 
 #: The bundled sample data (npe2 sample keys) and the bundled model made for each.
-SAMPLES = {"glas": "glands-he", "monuseg": "nuclei-he", "em": "membranes-em", "wbc": "wbc"}
+SAMPLES = {"glas": "glands-he", "monuseg": "nuclei-he", "em": "membranes-em", "wbc": "wbc",
+           "mri": "organs-mri"}
 
 
 def model_sample(model_name: str) -> str | None:

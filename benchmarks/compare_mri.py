@@ -1,0 +1,126 @@
+"""Organs on grey abdominal MRI (UW-Madison GI tract): architectures compared on val per class.
+
+    python benchmarks/compare_mri.py --data ../shared/data/uwm_gi_mri
+        [--steps 600] [--only unet,unetpp,deeplabv3plus,effnet_unet] [--json rows.json]
+        [--keep DIR]
+
+Seed 002 compares UNet, UNet++ and DeepLabV3+ on this data by per-class Dice; so does this
+script, with the pretrained EfficientNet-Lite0 U-Net beside them. Every run trains from the
+same settings (``configs/organs-mri.json``: class map background / large bowel / small bowel
+/ stomach, per-image percentile normalisation, 256 px patches, DiceCE, seed 0) for the same
+number of steps on the ``train`` cases of ``split.csv``; the checkpoint is selected on the
+``val`` cases (pixel Dice of the class map, the default for class models). Each selected
+model is then scored on the whole val slices: Dice per class pooled over the slices, and the
+mean of the three organs. ``--keep DIR`` keeps the trained models (to ship the best one).
+Only val is used: the further cases are kept aside for independent evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore")
+sys.path.insert(0, str(Path(__file__).parent))
+
+#: architecture -> (label, arch_kwargs / training settings): the sizes the glands models use
+RUNS = {
+    "unet": ("U-Net", {"architecture": "unet",
+                       "arch_kwargs": {"features": [16, 32, 64, 128, 256, 16]}}),
+    "unetpp": ("UNet++", {"architecture": "unetpp",
+                          "arch_kwargs": {"features": [16, 32, 64, 128, 256, 16]}}),
+    "deeplabv3plus": ("DeepLabV3+ (ResNet-34 layers, widths 32-256)",
+                      {"architecture": "deeplabv3plus",
+                       "arch_kwargs": {"widths": [32, 64, 128, 256], "aspp_channels": 128}}),
+    "effnet_unet": ("U-Net on EfficientNet-Lite0, ImageNet-pretrained",
+                    {"encoder": "efficientnet-lite0", "pretrained": True, "arch_kwargs": {}}),
+}
+
+
+def score(model, pairs) -> dict:
+    """Per-class pixel Dice pooled over the whole slices, and its mean over the organs."""
+    import numpy as np
+
+    from napari_glandseg.inference import segment
+    from napari_glandseg.metrics import evaluate_dataset
+
+    items = []
+    for p in pairs:
+        res = segment(p.image, model, tile_size=512, return_probabilities=False)
+        items.append((p.name, np.asarray(res.labels), p.mask))
+    k = model.card.num_classes
+    _, s = evaluate_dataset(items, classes=k, hausdorff=False)
+    per = {model.card.class_names[c]: s["per_class"][c]["dice"] for c in range(1, k)}
+    return {"per_class": per, "mean": float(np.mean(list(per.values())))}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/uwm_gi_mri"))
+    ap.add_argument("--steps", type=int, default=600, help="training steps per model")
+    ap.add_argument("--steps-per-epoch", type=int, default=50)
+    ap.add_argument("--only", help="comma-separated runs (default: all)")
+    ap.add_argument("--json", type=Path, help="write the rows here (after each run)")
+    ap.add_argument("--keep", type=Path, help="keep the trained models in this folder")
+    args = ap.parse_args(argv)
+    runs = [r.strip() for r in args.only.split(",")] if args.only else list(RUNS)
+    for r in runs:
+        if r not in RUNS:
+            ap.error(f"unknown run {r!r}; choose from {', '.join(RUNS)}")
+
+    store = str(args.keep) if args.keep else tempfile.mkdtemp(prefix="glandseg-mri-")
+    Path(store).mkdir(parents=True, exist_ok=True)
+    os.environ["GLANDSEG_MODELS_DIR"] = store
+    from napari_glandseg.training import TrainParams, pairs_from_folder, train
+
+    import napari_glandseg
+
+    config = json.loads((Path(napari_glandseg.__file__).parent / "configs/organs-mri.json")
+                        .read_text())
+    for k in ("split_csv", "mask_folder", "data"):
+        config.pop(k, None)
+    csv = args.data / "split.csv"
+    train_pairs = pairs_from_folder(args.data, csv, ("train",))
+    val_pairs = pairs_from_folder(args.data, csv, ("val",))
+    print(f"UW-Madison GI MRI: {len(train_pairs)} train, {len(val_pairs)} val slices; "
+          f"{args.steps} steps per model", flush=True)
+    rows = []
+    try:
+        for r in runs:
+            label, settings = RUNS[r]
+            params = TrainParams(**{**config, **settings, "name": f"organs-mri-{r}",
+                                    "epochs": max(1, args.steps // args.steps_per_epoch),
+                                    "steps_per_epoch": args.steps_per_epoch})
+            t0 = time.perf_counter()
+            result = train(train_pairs, val_pairs, params)
+            s = score(result.model, val_pairs)
+            n = sum(p.numel() for p in result.model.net.parameters()) / 1e6
+            rows.append({"run": r, "label": label, **s, "params_m": n,
+                         "best_epoch": result.best_epoch, "epochs": params.epochs,
+                         "train_s": time.perf_counter() - t0})
+            print(f"{label}: " + ", ".join(f"{c} {d:.3f}" for c, d in s["per_class"].items())
+                  + f"; mean {s['mean']:.3f} (epoch {result.best_epoch}, "
+                  f"{rows[-1]['train_s']:.0f} s)", flush=True)
+            if args.json:
+                args.json.write_text(json.dumps({"steps": args.steps, "rows": rows}, indent=1))
+    finally:
+        if not args.keep:
+            shutil.rmtree(store, ignore_errors=True)
+    names = list(rows[0]["per_class"]) if rows else []
+    print("\n| architecture | " + " | ".join(names) + " | mean | parameters (M) | epoch |")
+    print("|---|" + "---:|" * (len(names) + 3))
+    for row in rows:
+        print(f"| {row['label']} | " + " | ".join(f"{row['per_class'][c]:.3f}" for c in names)
+              + f" | {row['mean']:.3f} | {row['params_m']:.2f} | "
+              f"{row['best_epoch']}/{row['epochs']} |")
+
+
+if __name__ == "__main__":
+    main()
