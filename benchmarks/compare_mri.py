@@ -78,9 +78,8 @@ def main(argv=None):
     store = str(args.keep) if args.keep else tempfile.mkdtemp(prefix="glandseg-mri-")
     Path(store).mkdir(parents=True, exist_ok=True)
     os.environ["GLANDSEG_MODELS_DIR"] = store
-    from napari_glandseg.training import TrainParams, pairs_from_folder, train
-
     import napari_glandseg
+    from napari_glandseg.training import TrainParams, pairs_from_folder, train
 
     config = json.loads((Path(napari_glandseg.__file__).parent / "configs/organs-mri.json")
                         .read_text())

@@ -20,7 +20,8 @@ def _shrink(img, f):
                    preserve_range=True).astype(np.uint8)
 
 
-@pytest.mark.parametrize("rel", ["glas/train_1_crop.png", "monuseg/TCGA-21-5784-01Z-00-DX1_crop.png",
+@pytest.mark.parametrize("rel", ["glas/train_1_crop.png",
+                                 "monuseg/TCGA-21-5784-01Z-00-DX1_crop.png",
                                  "wbc/dataset1_001.png"])
 def test_the_blob_sigma_follows_the_images_scale(data_dir, rel):
     img = _img(data_dir, rel)

@@ -22,8 +22,9 @@ sigma ~3 px, MoNuSeg at 0.25 um/px ~8 px: both ~1.9 um).
 Estimates within ``snap`` (15 %) of the assumed scale, or whose sigma lies within the
 training images' own spread (10th-90th percentile), snap back to it: an image at the training
 scale is segmented as before. MoNuSeg's organs differ in nuclear size (sigma 4.7-11.9 px at
-0.25 um/px), so nuclei images are rescaled only beyond that spread. For a model whose card knows no um/px (scale-free) the estimate is a resize factor
-relative to the training images (:attr:`ScaleEstimate.scale`).
+0.25 um/px), so nuclei images are rescaled only beyond that spread. For a model whose card
+knows no um/px (scale-free) the estimate is a resize factor relative to the training images
+(:attr:`ScaleEstimate.scale`).
 
 Examples
 --------

