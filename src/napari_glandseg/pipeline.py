@@ -400,14 +400,14 @@ def iter_objects(image, model, params: FileParams | None = None, region=None,
                                   params=seg, stats=stats)
     if estimate is not None:
         res.info["scale_estimate"] = estimate.describe()
-    if in_memory and res.store_path is not None:
-        _read_into_memory(res)
     card = model.card
     class_map = card.num_classes > 1 and not card.boundary_class
     post = postprocess_for(card, params.postprocess)
     result = FileResult(path=None, labels=res.labels, segment=res, postprocess=post,
                         scale_estimate=estimate,
                         image=_image_level(image, res))
+    if in_memory:
+        read_into_memory(result)
     try:
         if res.store_path is None:
             _post_in_memory(result, class_map, params.objects_csv)
@@ -420,9 +420,16 @@ def iter_objects(image, model, params: FileParams | None = None, region=None,
     return result  # a large result's store is the caller's (the file pipeline removes it)
 
 
-def _read_into_memory(res: SegmentResult) -> None:
-    """Replace a result's zarr arrays by NumPy arrays and remove its store."""
+def read_into_memory(result: FileResult) -> None:
+    """Replace a result's zarr arrays (its labels, the network's classes, probabilities and
+    uncertainty) by NumPy arrays and remove its store (a result small enough for memory)."""
+    res = result.segment
+    if res.store_path is None:
+        return
+    same = result.labels is res.labels
     res.labels = np.asarray(res.labels)
+    result.labels = res.labels if same else (
+        None if result.labels is None else np.asarray(result.labels))
     if res.probabilities is not None:
         res.probabilities = np.asarray(res.probabilities, np.float32)
     if res.uncertainty is not None:
@@ -615,4 +622,5 @@ def iter_segment_files(files: Iterable, model, params: FileParams,
 __all__ = ["BatchReport", "FileParams", "FileResult", "OUTPUT_SUFFIXES", "Objects", "Writer",
            "connected_components", "entry_of", "from_entry", "iter_objects",
            "iter_segment_file", "iter_segment_files", "objects_from_image", "objects_of",
-           "outputs_for", "postprocess_for", "segment_file", "segment_files"]
+           "outputs_for", "postprocess_for", "read_into_memory", "segment_file",
+           "segment_files"]

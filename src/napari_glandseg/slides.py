@@ -264,7 +264,7 @@ class ModelPredictor:
 
         seg = self.seg or SegmentParams()
         return working_scale(levels, self.card, pixel_size_um, default_pixel_size_um,
-                             rescale=seg.rescale)
+                             rescale=seg.rescale, scale=seg.scale)
 
     def image_stats(self, levels, pixel_size_um=None):
         """The whole slide's stains and normalisation statistics, read once from a grid of

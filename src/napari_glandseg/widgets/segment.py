@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 from ..errors import GlandsegError
 from ..inference import LARGE_PIXELS, Blend, SegmentParams
 from ..io import lazy_pyramid
-from ..pipeline import entry_of, postprocess_for
+from ..pipeline import entry_of, postprocess_for, read_into_memory
 from . import _worker
 from ._common import fill_layer_box, map_colormap, notify, track_edits, unique_name
 from ._state import selection_for
@@ -60,17 +60,10 @@ def _finish(result, post, polygons):
     from ..postprocessing import object_table
 
     res = result.segment
-    labels, table = (result.labels, result.table) if post else (None, None)
     h, w = res.labels.shape
-    if res.store_path is not None and h * w <= LARGE_PIXELS:
-        res.labels = np.asarray(res.labels)
-        labels = None if labels is None else np.asarray(labels)
-        if res.probabilities is not None:
-            res.probabilities = np.asarray(res.probabilities, np.float32)
-        if res.uncertainty is not None:
-            res.uncertainty = np.asarray(res.uncertainty, np.float32)
-        shutil.rmtree(res.store_path, ignore_errors=True)
-        res.store_path = None
+    if h * w <= LARGE_PIXELS:
+        read_into_memory(result)
+    labels, table = (result.labels, result.table) if post else (None, None)
     if polygons and res.store_path is None:
         from skimage.draw import polygon2mask
 
