@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import GlandsegError
-from ..pipeline import FileParams, objects_of
+from ..pipeline import FileParams, from_entry, objects_of
 from ..postprocessing import (
     PostprocessParams,
     Split,
@@ -405,7 +405,7 @@ class PostprocessWidget(QWidget):
         if not defaults:
             return
         try:
-            p = PostprocessParams(**defaults)
+            p = from_entry(defaults)  # a card entry, read as every route reads it
         except (GlandsegError, TypeError):
             return
         self.set_params(p)

@@ -354,7 +354,7 @@ class SegmentWidget(QWidget):
                 opacity=0.5,
                 features=features,
                 metadata={**meta, "glandseg_role": "objects",
-                          "postprocess": dict(card.postprocess)})
+                          "postprocess": meta["postprocess_defaults"]})  # as applied
             track_edits(layer)
             self.last_layers.insert(0, layer)
         name = f"{image.name} [{card.name}]"
