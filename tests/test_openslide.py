@@ -18,6 +18,7 @@ import tifffile
 from napari_glandseg import cli, io
 from napari_glandseg.errors import GlandsegError, ImageReadError
 from napari_glandseg.io import read_image, slide_reader
+from napari_glandseg.slides import ClassMapPredictor
 
 openslide = pytest.importorskip("openslide")
 
@@ -269,14 +270,9 @@ def test_load_widget_opens_an_ndpi_and_says_the_line_without_openslide(
 # slides block by block, in this process and on dask.distributed
 
 
-class DarkPredictor:
-    """Foreground where the tissue is dark (no model: the test is about reading)."""
-
-    num_classes = 2
-    class_names = ("background", "foreground")
-
-    def geometry(self, levels, pixel_size_um):
-        return 0, 1.0, pixel_size_um
+class DarkPredictor(ClassMapPredictor):
+    """Foreground where the tissue is dark (no model: the test is about reading); full
+    resolution as it is, as the model-free predictor's geometry says."""
 
     def __call__(self, levels, box):
         y0, x0, y1, x1 = box
