@@ -133,8 +133,9 @@ def test_an_enlarged_image_of_unknown_size_is_segmented_at_its_estimated_scale(d
 
     stats = image_stats(big, model)
     assert objects_from_image(big, model, stats=stats).scale_estimate is None
-    # glands-he carries no reference: its estimate lowered native GlaS Dice (README)
+    # the H&E models carry no reference: their estimates lowered native Dice (README)
     assert not load_model("glands-he").card.scale_reference
+    assert not load_model("nuclei-he").card.scale_reference
 
 
 def test_the_cli_says_the_estimate_and_can_be_told_not_to(tmp_path, data_dir, capsys):
