@@ -85,11 +85,11 @@ class ScaleEstimate:
 
     def describe(self) -> str:
         """One line for the CLI and the Segment widget."""
-        how = " (as the training images: taken at their scale)" if self.snapped else ""
+        if self.snapped:
+            return "scale estimated from the image: that of the training images"
         if self.pixel_size_um is not None:
-            return f"estimated {self.pixel_size_um:.3g} um/px from the image{how}"
-        return (f"estimated objects {1 / self.factor:.2f}x the size of the training "
-                f"images{how}")
+            return f"estimated {self.pixel_size_um:.3g} um/px from the image"
+        return f"estimated objects {1 / self.factor:.2f}x the size of the training images"
 
 
 def _darkness(image: np.ndarray) -> np.ndarray:
