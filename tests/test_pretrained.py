@@ -88,6 +88,13 @@ def test_pretrained_training_starts_from_imagenet_and_the_card_says_so(data_dir)
     assert not torch.equal(scratch.model.net.encoder._conv_stem.weight.detach().cpu(), ref)
 
 
+def test_an_encoder_replaces_a_configs_architecture_and_its_arguments():
+    p = TrainParams(name="x", architecture="unet", encoder="efficientnet-lite1",
+                    arch_kwargs={"features": [16, 32, 64, 128, 256, 16], "decoder": [8] * 5})
+    assert p.architecture == "effnet_unet"
+    assert p.arch_kwargs == {"decoder": [8] * 5, "variant": 1}
+
+
 def test_bad_encoder_and_pretrained_without_one_are_named():
     with pytest.raises(GlandsegError, match="unknown encoder 'resnet50'"):
         TrainParams(name="x", encoder="resnet50")

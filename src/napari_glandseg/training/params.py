@@ -178,7 +178,9 @@ class TrainParams:
         if self.encoder is not None:
             from ..models.efficientnet import encoder_variant
 
-            self.arch_kwargs = {**self.arch_kwargs, "variant": encoder_variant(self.encoder)}
+            # another architecture's arguments (a config's U-Net widths) do not apply
+            keep = {k: v for k, v in self.arch_kwargs.items() if k == "decoder"}
+            self.arch_kwargs = {**keep, "variant": encoder_variant(self.encoder)}
             self.architecture = Architecture.EFFNET_UNET.value
         if self.pretrained and not self.base_model and \
                 self.architecture != Architecture.EFFNET_UNET.value:
