@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..preprocess import norm_stats, normalise
+from ..preprocess import norm_stats, normalise, standardise
 
 if TYPE_CHECKING:
     from .params import TrainParams
@@ -22,13 +22,15 @@ class PatchSampler:
         self.fg = [np.flatnonzero(t > 0) for t in targets]
         areas = np.array([t.size for t in targets], float)
         self.weights = areas / areas.sum()
-        # whole-image statistics, as inference uses (None for fixed normalisations)
-        self.stats = [norm_stats(p.image, (0, 0, *p.image.shape[:2]), normalization)
-                      for p in pairs]
+        # each image by its whole range (preprocess's rule, as inference maps it), never a
+        # patch by its own; then whole-image statistics (None for fixed normalisations)
+        self.images = [standardise(p.image) for p in pairs]
+        self.stats = [norm_stats(im, (0, 0, *im.shape[:2]), normalization)
+                      for im in self.images]
 
     def sample(self, augment: bool) -> tuple[np.ndarray, np.ndarray]:
         i = int(self.rng.choice(len(self.pairs), p=self.weights))
-        image, target = self.pairs[i].image, self.targets[i]
+        image, target = self.images[i], self.targets[i]
         size = self.p.patch_size
         # room for free rotation and zoom: cut a larger patch, transform, then crop
         big = int(math.ceil(size * 1.5)) if augment else size
