@@ -133,6 +133,11 @@ def test_an_enlarged_image_of_unknown_size_is_segmented_at_its_estimated_scale(d
 
     stats = image_stats(big, model)
     assert objects_from_image(big, model, stats=stats).scale_estimate is None
+    # a pyramid or a lazy array (a slide) is taken as its blocks are: no estimate
+    import dask.array as da
+
+    assert objects_from_image([big, big[::2, ::2]], model).scale_estimate is None
+    assert objects_from_image(da.from_array(big), model).scale_estimate is None
     # the H&E models carry no reference: their estimates lowered native Dice (README)
     assert not load_model("glands-he").card.scale_reference
     assert not load_model("nuclei-he").card.scale_reference

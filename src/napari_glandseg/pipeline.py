@@ -384,9 +384,11 @@ def iter_objects(image, model, params: FileParams | None = None, region=None,
         seg = replace(seg, store_dir=str(params.out_dir))
     default_px, estimate = params.pixel_size_um, None
     if params.auto_scale and pixel_size_um is None and default_px is None and \
-            seg.scale is None and stats is None and model.card.scale_reference:
-        # nobody says the image's scale: estimate it (a slide's block never gets here: it
-        # has the whole slide's stats and the plan's scale)
+            seg.scale is None and stats is None and model.card.scale_reference and \
+            isinstance(image, np.ndarray):
+        # nobody says the image's scale: estimate it. Only for an image in memory: a slide
+        # (a pyramid, a lazy array) is taken at the card's scale, as its blocks are (they
+        # have the whole slide's stats and the plan's scale), so both routes agree
         from .autoscale import estimate_scale
 
         yield Progress(0, 1, "estimating the image's scale")
