@@ -219,7 +219,7 @@ def test_segment_widget_runs_in_background_and_adds_labels(make_napari_viewer, q
     assert "glas_testA_5 [allfg] (2)" in viewer.layers
     # ... and shows the new result alone: the first run's layers are hidden, not removed
     assert viewer.layers["glas_testA_5 [allfg] (2)"].visible and not layer.visible
-    assert "older layer(s) of this image hidden" in w.status.text()
+    assert "layer(s) of this image hidden (its truth, earlier results" in w.status.text()
     assert viewer.layers["glas_testA_5"].visible  # the image itself stays
     assert not viewer.layers["glas_testA_5 [truth]"].visible  # the truth is hidden too
     # ... but not a layer with unsaved edits, nor the results of another image

@@ -388,7 +388,8 @@ class SegmentWidget(QWidget):
                 metadata={**meta, "glandseg_role": "uncertainty"}))
         what = (f"{len(features)} objects" if features is not None
                 else f"{res.info['tiles']} tiles")
-        hidden = f"; {earlier} older layer(s) of this image hidden" if earlier else ""
+        hidden = (f"; {earlier} layer(s) of this image hidden (its truth, earlier results: "
+                  "still in the list)") if earlier else ""
         est = res.info.get("scale_estimate")
         est = f" ({est}; set Pixel size to override)" if est else ""
         self.status.setText(f"Done in {res.seconds:.1f} s on {res.device}: {what}{hidden}{est}")
