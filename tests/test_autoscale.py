@@ -49,6 +49,15 @@ def test_a_shrunk_image_is_estimated_at_its_larger_pixels(data_dir):
     assert "um/px" in half.describe()
 
 
+def test_a_model_without_a_working_scale_gets_a_resize_factor_not_um(data_dir):
+    """A card with a data scale but no working scale is never rescaled by um/px, so its
+    estimate must be a factor (an um/px would be ignored downstream)."""
+    img = _img(data_dir, "wbc/dataset1_001.png")
+    card = _card(autoscale.scale_reference([img]), data_pixel_size_um=0.5)
+    big = autoscale.estimate_scale(_shrink(img, 2.0), card)
+    assert big.pixel_size_um is None and big.scale == pytest.approx(0.5, rel=0.12)
+
+
 def test_a_scale_free_model_gets_a_resize_factor(data_dir):
     img = _img(data_dir, "wbc/dataset1_001.png")
     card = _card(autoscale.scale_reference([img]))
@@ -171,3 +180,7 @@ def test_training_records_the_reference_unless_told_not_to(data_dir):
     assert card.scale_reference == expected and card.scale_reference["sigma_px"] > 0
     off = train(glas, glas, TrainParams(name="noref", auto_scale=False, **small)).model.card
     assert off.scale_reference == {}
+    # fine-tuning keeps its base's choice: a base shipped without a reference stays so
+    small.pop("architecture"), small.pop("arch_kwargs")
+    tuned = train(glas, glas, TrainParams(name="tuned", base_model="noref", **small))
+    assert tuned.model.card.scale_reference == {}

@@ -183,8 +183,10 @@ def estimate_scale(image, card, snap: float = SNAP) -> ScaleEstimate:
     snapped = abs(math.log(factor)) < math.log(1 + snap) or lo <= sigma <= hi
     if snapped:
         factor = 1.0
+    # in um/px only for a model with a working scale (inference rescales to it); otherwise
+    # a resize factor relative to the training images
     assumed = card.data_pixel_size_um or card.pixel_size_um
-    px = assumed * factor if assumed else None
+    px = assumed * factor if assumed and card.pixel_size_um else None
     return ScaleEstimate(factor=factor, pixel_size_um=px,
                          scale=model_scale(card, px) if px else factor,
                          sigma=sigma, reference=float(ref), snapped=snapped,

@@ -220,7 +220,7 @@ def _setup(train_pairs, val_pairs, params: TrainParams) -> _Run:
         if channels != card.in_channels:
             raise GlandsegError(f"pair {p.name!r} has {channels} channel(s) but the model "
                                 f"takes {card.in_channels}")
-    if params.auto_scale and not card.scale_reference:
+    if params.auto_scale and not params.base_model and not card.scale_reference:
         card.scale_reference = _scale_reference(train_pairs, params, card)
     if params.stain_normalization is StainNorm.MACENKO and not card.stain_normalization:
         card.stain_normalization = stain_reference(train_pairs, params.stain_reference)
