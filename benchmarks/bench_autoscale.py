@@ -30,7 +30,7 @@ import numpy as np
 
 warnings.filterwarnings("ignore")
 
-SETS = {  # name: (model, loader)
+SETS = {  # name: the bundled model (load() reads its val images)
     "wbc": "wbc",
     "glands": "glands-he",
     "nuclei": "nuclei-he",

@@ -10,8 +10,10 @@ cd "$(dirname "$0")/.."
 BUDGET=${BUDGET:-420}
 DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-/tmp/gpu-out}
-PY=${PY:-python3}
-[ -x .venv/bin/python ] && [ -z "${PY_SET:-}" ] && [ "$DEVICE" = cpu ] && PY=.venv/bin/python
+if [ -z "${PY:-}" ]; then  # the GPU image's python3; a CPU dry run uses the project's venv
+  PY=python3
+  [ "$DEVICE" = cpu ] && [ -x .venv/bin/python ] && PY=.venv/bin/python
+fi
 DATA=${DATA:-.gpu/data}
 mkdir -p "$OUT"
 start=$(date +%s)
