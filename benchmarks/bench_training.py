@@ -74,9 +74,9 @@ def main(argv=None):
 
     bare = bare_loop(False)
     rows = {"bare": bare, "bare-channels-last": bare_loop(True)}
-    for name, mp in (("ours-fp32", False), ("ours", True)):
+    for name, precision in (("ours-fp32", "fp32"), ("ours", "auto")):
         t0 = time.perf_counter()
-        train(pairs[:8], pairs[8:], TrainParams(name=name, mixed_precision=mp, **common))
+        train(pairs[:8], pairs[8:], TrainParams(name=name, precision=precision, **common))
         rows[name] = time.perf_counter() - t0
     print(f"default U-Net, batch 8 x 256^2 GlaS patches, {args.steps} steps, CPU "
           f"{torch.get_num_threads()} threads (ours includes 1 validation + checkpoint save)")

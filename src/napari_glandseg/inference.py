@@ -47,8 +47,9 @@ import torch
 
 from .errors import GlandsegError, as_enum
 from .models import Model, describe_device, resolve_device
+from .precision import Precision, autocast_dtype
+from .precision import resolve as resolve_precision
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, to_standard, value_range  # noqa: F401  (and the 3 below: old names)
-from .preprocess import cpu_has_bf16 as _cpu_has_bf16
 from .preprocess import norm_stats as _norm_stats
 from .preprocess import normalise as _normalise
 from .progress import Progress, run_to_end
@@ -65,17 +66,6 @@ class Blend(str, Enum):
     GAUSSIAN = "gaussian"
     COSINE = "cosine"
     CONSTANT = "constant"
-
-
-class Precision(str, Enum):
-    """``auto``: bf16 (or fp16) autocast on a GPU; on the CPU bf16 where it has native bf16
-    (AVX512-BF16/AMX: 1.9x faster than fp32 here, probabilities within 2e-4, see
-    benchmarks/bench_inference.py), else fp32. ``fp32``, ``bf16``, ``fp16`` force a choice."""
-
-    AUTO = "auto"
-    FP32 = "fp32"
-    BF16 = "bf16"
-    FP16 = "fp16"
 
 
 @dataclass
@@ -98,6 +88,8 @@ class SegmentParams:
     device : str
         ``auto``, ``cuda``, ``mps`` or ``cpu``.
     precision : Precision
+        ``auto`` as :func:`napari_glandseg.precision.resolve` decides (bf16 on a CPU only
+        where it is measurably faster than fp32); ``fp32``, ``bf16``, ``fp16`` force it.
     channels_last : bool or None
         None: on (1.4-1.7x faster on this project's CPU and on CUDA convolutions).
     window_size : int
@@ -270,7 +262,7 @@ def iter_segment(
 
     device = resolve_device(params.device)
     model = model.on(device)  # its instance there: a shared model is never moved
-    precision = _precision(params.precision, device)
+    precision = resolve_precision(params.precision, device)
     channels_last = True if params.channels_last is None else params.channels_last
     if stats is None:
         stats = _estimate_stats(data, (ly0, lx0, ly1, lx1), card, params)
@@ -396,16 +388,6 @@ def _check_region(region, hw) -> tuple[int, int, int, int]:
     if y1 - y0 < 1 or x1 - x0 < 1:
         raise GlandsegError(f"region {tuple(region)} does not overlap the image of size {hw}")
     return y0, x0, y1, x1
-
-
-def _precision(choice: Precision, device: torch.device) -> str:
-    if choice is Precision.AUTO:
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        if device.type == "cpu" and _cpu_has_bf16():
-            return "bf16"
-        return "fp32"
-    return choice.value
 
 
 def _allocate(h, w, n, large, params):
@@ -608,10 +590,9 @@ _TTA = [(k, flip) for flip in (False, True) for k in range(4)]
 
 
 def _run(net, batch: torch.Tensor, precision: str, device: torch.device) -> torch.Tensor:
-    if precision == "fp32":
-        return net(batch).float()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    with torch.autocast(device_type=device.type, dtype=dtype):
+    dtype = autocast_dtype(precision)
+    with torch.autocast(device_type=device.type, dtype=dtype or torch.float32,
+                        enabled=dtype is not None):
         return net(batch).float()
 
 

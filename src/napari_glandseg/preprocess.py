@@ -2,7 +2,7 @@
 
 The one owner of how an image becomes the float32 ``(C, Y, X)`` array a network sees, used by
 both inference and training (so a model is validated on exactly what it will be run on).
-Qt-free and torch-free except :func:`cpu_has_bf16`.
+Qt-free and torch-free.
 
 Any dtype: the value-range rule
 -------------------------------
@@ -59,7 +59,6 @@ napari_glandseg.errors.GlandsegError: image has 1 NaN or infinite pixel value(s)
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import numpy as np
 
@@ -236,16 +235,5 @@ def normalise(raw: np.ndarray, mode: str, stats) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-@lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX)."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "check_finite", "cpu_has_bf16", "drop_alpha",
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "check_finite", "drop_alpha",
            "dtype_top", "norm_stats", "normalise", "standardise", "to_standard", "value_range"]
