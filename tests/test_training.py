@@ -509,3 +509,104 @@ def test_a_model_without_post_processing_is_scored_on_pixels_only(glas):
     assert set(val) == {"val_image_dice"}
     row = tr.validation_report(res.model, glas[:1])[0]
     assert "object_f1" not in row and row["score"] == row["dice"]
+
+
+# run folders: exact resume, the readable curve, and refusals (issue: models that learn fast)
+
+
+def _interrupt_after(gen, epochs: int) -> None:
+    ends = 0
+    for p in gen:
+        ends += "train_loss" in (p.metrics or {})
+        if ends == epochs:
+            gen.close()
+            return
+
+
+def test_a_run_folder_resumes_to_the_same_weights_as_a_straight_run(glas, tmp_path):
+    params = TrainParams(name="folder-run", epochs=4, steps_per_epoch=2, validate_every=2,
+                         **SMALL)
+    straight = train(glas, glas, params, run_dir=tmp_path / "straight")
+    _interrupt_after(iter_train(glas, glas, params, run_dir=tmp_path / "split"), 2)
+    assert (tmp_path / "split/state.pt").exists() and (tmp_path / "split/best.safetensors") \
+        .exists()
+    resumed = train(glas, glas, params, run_dir=tmp_path / "split", resume=True)
+    a = torch.load(tmp_path / "straight/state.pt", weights_only=True)
+    b = torch.load(tmp_path / "split/state.pt", weights_only=True)
+    assert a["step"] == b["step"] == 8
+    assert all(torch.equal(a["net"][k], b["net"][k]) for k in a["net"])  # bit for bit
+    assert all(torch.equal(x, y) for x, y in zip(a["opt"]["state"][0].values(),
+                                                 b["opt"]["state"][0].values(), strict=True))
+    assert [h["train_loss"] for h in resumed.history] == \
+        [h["train_loss"] for h in straight.history]
+    # validate_every=2: whole images scored at epochs 2 and 4 only; the curve says so
+    lines = (tmp_path / "split/history.jsonl").read_text().splitlines()
+    import json
+
+    curve = [json.loads(x) for x in lines]
+    assert [c["epoch"] for c in curve] == [1, 2, 3, 4]
+    assert [c["score"] is not None for c in curve] == [False, True, False, True]
+    assert "val_image_dice" not in curve[0] and "val_image_dice" in curve[1]
+    log = (tmp_path / "split/log.txt").read_text()
+    assert "epoch 4" in log and "step 8" in log
+    # the best checkpoint is a model at any time
+    assert load_model(tmp_path / "split/best.safetensors").card.metrics["epoch"] in (2, 4)
+
+
+def test_a_run_folder_refuses_other_data_other_settings_and_a_fresh_start(glas, tmp_path):
+    params = TrainParams(name="guarded", epochs=2, steps_per_epoch=1, **SMALL)
+    train(glas, glas, params, run_dir=tmp_path)
+    with pytest.raises(GlandsegError, match="holds a training run; continue it"):
+        train(glas, glas, params, run_dir=tmp_path)
+    with pytest.raises(GlandsegError, match="cannot resume on other data: the run's train "
+                                            "images were 2, now 1; missing"):
+        train(glas[:1], glas, params, run_dir=tmp_path, resume=True)
+    with pytest.raises(GlandsegError, match="other settings: lr was 0.001, now 0.01"):
+        train(glas, glas, TrainParams(name="guarded", epochs=3, steps_per_epoch=1, lr=1e-2,
+                                      **SMALL), run_dir=tmp_path, resume=True)
+    # a longer schedule is allowed
+    more = train(glas, glas, TrainParams(name="guarded", epochs=3, steps_per_epoch=1,
+                                         **SMALL), run_dir=tmp_path, resume=True)
+    assert [h["epoch"] for h in more.history] == [1, 2, 3]
+
+
+def test_a_damaged_state_is_refused_and_the_one_before_is_named(glas, tmp_path):
+    params = TrainParams(name="damaged", epochs=2, steps_per_epoch=1, **SMALL)
+    train(glas, glas, params, run_dir=tmp_path)
+    assert (tmp_path / "state.prev.pt").exists()
+    (tmp_path / "state.pt").write_bytes(b"half a file")
+    with pytest.raises(GlandsegError, match="cannot resume from it .*state.prev.pt"):
+        train(glas, glas, params, run_dir=tmp_path, resume=True)
+
+
+def test_groups_of_validation_images_are_scored_apart_and_selected_on_the_worse(glas):
+    from dataclasses import replace as _replace
+
+    val = [_replace(glas[0], group="benign"), _replace(glas[1], group="malignant")]
+    post = {"split": "distance", "h": 2.0, "min_size": 20}
+    res = train(glas, val, TrainParams(name="worst", target="boundary", epochs=2,
+                                       steps_per_epoch=2, postprocess=post,
+                                       select="objects_worst", **SMALL))
+    for h in res.history:
+        groups = [h["val_objects[benign]"], h["val_objects[malignant]"]]
+        assert h["val_objects_worst"] == min(groups) == h["score"]
+        assert min(groups) <= h["val_objects"] <= max(groups) or \
+            h["val_objects"] == pytest.approx(min(groups))
+    card = res.model.card
+    assert card.metrics["selected_on"] == "val_objects_worst"
+    assert "val_objects[malignant]" in card.metrics
+
+
+def test_training_without_validation_images_keeps_the_last_epoch_and_says_so(glas):
+    res = train(glas, [], TrainParams(name="blind", epochs=2, steps_per_epoch=1, **SMALL))
+    assert res.best_epoch == 2 and all(h["score"] is None for h in res.history)
+    assert res.model.card.metrics["selected_on"] == "last epoch (no validation images)"
+
+
+def test_read_groups_from_the_split_file(tmp_path):
+    from napari_glandseg.training import read_groups
+
+    (tmp_path / "s.csv").write_text("name,suggested_split,grade\na,val,benign\nb,val,\n")
+    assert read_groups(tmp_path / "s.csv", "grade") == {"a": "benign"}
+    with pytest.raises(GlandsegError, match="no column 'stage'"):
+        read_groups(tmp_path / "s.csv", "stage")

@@ -24,6 +24,7 @@ import os
 import sys
 
 from .errors import GlandsegError
+from .precision import Precision
 from .progress import run_to_end
 
 EXIT_BAD_INPUT = 2
@@ -139,7 +140,8 @@ def _segment_blockwise(args) -> int:
     from .slides import SlideParams
 
     seg = SegmentParams(tile_size=args.tile, overlap=args.overlap, batch_size=args.batch,
-                        tta=args.tta, threshold=args.threshold, device=args.device)
+                        tta=args.tta, threshold=args.threshold, device=args.device,
+                        precision=args.precision)
     params = SlideParams(block_size=args.block_size, overlap=args.block_overlap,
                          tissue=args.tissue)
     post = {k: v for k, v in (("split", args.split), ("min_size", args.min_size))
@@ -203,6 +205,7 @@ def _segment(args) -> int:
         out_dir=Path(args.out),
         segment=SegmentParams(tile_size=args.tile, overlap=args.overlap, batch_size=args.batch,
                               tta=args.tta, threshold=args.threshold, device=args.device,
+                              precision=args.precision,
                               return_probabilities=args.probabilities),
         postprocess=postprocess_for(model.card, split=args.split, min_size=args.min_size),
         pixel_size_um=args.pixel_size, probabilities=args.probabilities,
@@ -330,6 +333,9 @@ def _load_config(path) -> dict:
         raise GlandsegError(f"{p}: not valid JSON ({exc})") from None
 
 
+_PRECISION_HELP = ("auto (default): bf16 on a GPU, and on a CPU only where it is measurably "
+                   "faster than fp32; or force fp32 / bf16 / fp16")
+
 _TRAIN_FLAGS = {"name": "name", "arch": "architecture", "base": "base_model",
                 "epochs": "epochs", "steps": "steps_per_epoch", "batch": "batch_size",
                 "patch": "patch_size", "lr": "lr", "loss": "loss", "target": "target",
@@ -337,28 +343,48 @@ _TRAIN_FLAGS = {"name": "name", "arch": "architecture", "base": "base_model",
                 "patience": "patience", "stain_norm": "stain_normalization",
                 "stain_reference": "stain_reference", "select": "select",
                 "pixel_size": "pixel_size_um", "data_pixel_size": "data_pixel_size_um",
-                "gap_weight": "gap_weight", "encoder": "encoder"}
-_DATA_KEYS = ("data", "split_csv", "mask_folder", "val_fraction", "val_every")
+                "gap_weight": "gap_weight", "encoder": "encoder", "precision": "precision"}
+_DATA_KEYS = ("data", "split_csv", "mask_folder", "val_fraction", "val_every", "group_column")
 
 
 def _train(args) -> int:
     from dataclasses import fields
     from pathlib import Path
 
-    from .training import TrainParams, iter_train, split_pairs, state_path_for
+    from .training import TrainParams, iter_train, split_pairs
 
-    config = _load_config(args.config) if args.config else {}
-    for flag, key in _TRAIN_FLAGS.items():
-        if getattr(args, flag) is not None:
-            config[key] = getattr(args, flag)
-    if args.freeze_encoder:
-        config["freeze_encoder"] = True
-    if args.pretrained:
-        config["pretrained"] = True
-    data = Path(args.data or config.get("data") or "")
+    run_dir, resume = args.run_dir, bool(args.resume)
+    if isinstance(args.resume, str):  # --resume DIR: the run folder says everything
+        if run_dir and Path(run_dir) != Path(args.resume):
+            raise GlandsegError("give the run folder once: --resume DIR (or --run-dir DIR "
+                                "--resume)")
+        run_dir = args.resume
+    saved = _read_run_file(run_dir) if resume and run_dir else None
+    if saved is not None:
+        config, given = dict(saved["config"]), {}
+        for flag, key in _TRAIN_FLAGS.items():
+            if getattr(args, flag) is not None:
+                given[key] = getattr(args, flag)
+        if args.validate_every is not None:
+            given["validate_every"] = args.validate_every
+        config.update(given)  # a changed setting the run cannot take is named on resume
+        data = Path(args.data or saved["data"])
+        split_csv = args.split_csv or saved.get("split_csv")
+    else:
+        config = _load_config(args.config) if args.config else {}
+        for flag, key in _TRAIN_FLAGS.items():
+            if getattr(args, flag) is not None:
+                config[key] = getattr(args, flag)
+        if args.validate_every is not None:
+            config["validate_every"] = args.validate_every
+        if args.freeze_encoder:
+            config["freeze_encoder"] = True
+        if args.pretrained:
+            config["pretrained"] = True
+        data = Path(args.data or config.get("data") or "")
+        split_csv = args.split_csv or config.get("split_csv")
     if not str(data) or not data.is_dir():
         raise GlandsegError(f"--data must be a dataset folder, got {str(data)!r}")
-    split_csv = args.split_csv or config.get("split_csv")
     if split_csv and not Path(split_csv).is_absolute() and not Path(split_csv).exists():
         split_csv = data / split_csv
     known = {f.name for f in fields(TrainParams)}
@@ -368,29 +394,79 @@ def _train(args) -> int:
     params = TrainParams(**{k: v for k, v in config.items() if k in known})
     train_pairs, val_pairs = split_pairs(data, split_csv, config.get("mask_folder"),
                                          config.get("val_fraction", 0.2),
-                                         config.get("val_every"))
+                                         config.get("val_every"), config.get("group_column"))
     print(f"training {params.name!r}: {len(train_pairs)} training and {len(val_pairs)} "
-          f"validation images from {data}", file=sys.stderr)
-    resume = state_path_for(params.name) if args.resume else None
+          f"validation images from {data}" + (f"; run folder {run_dir}" if run_dir else ""),
+          file=sys.stderr)
+    if run_dir and not resume:
+        _write_run_file(run_dir, config, data, split_csv)
     bar = _Bar("training", args.quiet)
 
     def report(p):
         if p.metrics and "val_dice" in p.metrics:
             m = p.metrics
             start = "\r" if bar.tty else ""  # over the bar's line on a terminal
-            objects = "" if "val_objects" not in m else (
-                f"  object F1 {m['val_object_f1']:.4f}  object Dice "
-                f"{m['val_object_dice']:.4f}  AJI {m['val_aji']:.4f}")
-            print(f"{start}epoch {m['epoch']}: loss {m['train_loss']:.4f}  val loss "
-                  f"{m['val_loss']:.4f}  val Dice {m['val_image_dice']:.4f}{objects}  "
-                  f"score {m['score']:.4f}{'  *saved' if m['best'] else ''}", file=sys.stderr)
+            line = (f"{start}epoch {m['epoch']}: loss {m['train_loss']:.4f}  val loss "
+                    f"{m['val_loss']:.4f}  patch Dice {m['val_dice']:.4f}")
+            if m["score"] is not None:
+                objects = "" if "val_objects" not in m else (
+                    f"  object F1 {m['val_object_f1']:.4f}  object Dice "
+                    f"{m['val_object_dice']:.4f}  AJI {m['val_aji']:.4f}")
+                groups = "".join(f"  {k.removeprefix('val_')} {v:.4f}" for k, v in m.items()
+                                 if k.startswith("val_objects["))
+                line += (f"  val Dice {m['val_image_dice']:.4f}{objects}{groups}  score "
+                         f"{m['score']:.4f}{'  *saved' if m['best'] else ''}")
+            print(line, file=sys.stderr)
         else:
             bar(p)
 
-    result = run_to_end(iter_train(train_pairs, val_pairs, params, resume=resume), report)
+    result = run_to_end(iter_train(train_pairs, val_pairs, params, resume=resume or None,
+                                   run_dir=run_dir), report)
+    where = f"model {params.name!r} in {result.checkpoint}"
+    if run_dir:
+        where = (f"best checkpoint {result.checkpoint}; make it a model with: glandseg "
+                 f"models import {result.checkpoint} --name {params.name}")
     print(f"best {result.selected_on} {result.best_score:.4f} at epoch {result.best_epoch}; "
-          f"model {params.name!r} in {result.checkpoint}")
+          f"{where}")
     return 0
+
+
+RUN_FILE = "run.json"
+
+
+def _write_run_file(run_dir, config: dict, data, split_csv) -> None:
+    """The run folder's ``run.json``: the settings and data a ``--resume DIR`` rebuilds the
+    run from (written once, when the run starts)."""
+    import json
+    from pathlib import Path
+
+    from ._files import atomic_path
+
+    path = Path(run_dir) / RUN_FILE
+    if path.exists():
+        raise GlandsegError(f"{run_dir} holds a training run; continue it with "
+                            f"--resume {run_dir}, or choose another folder")
+    entry = {"config": config, "data": str(Path(data).resolve()),
+             "split_csv": str(Path(split_csv).resolve()) if split_csv else None}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(entry, indent=1, default=str))
+
+
+def _read_run_file(run_dir) -> dict:
+    import json
+    from pathlib import Path
+
+    path = Path(run_dir) / RUN_FILE
+    try:
+        entry = json.loads(path.read_text())
+        entry["config"], entry["data"]  # noqa: B018  (both must be there)
+    except FileNotFoundError:
+        raise GlandsegError(f"{run_dir}: not a training run folder (no {RUN_FILE}); start "
+                            "one with --run-dir") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise GlandsegError(f"{path}: damaged ({exc})") from None
+    return entry
 
 
 def _tune(args) -> int:
@@ -524,6 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="store name or checkpoint file")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    s.add_argument("--precision", default="auto", choices=[p.value for p in Precision],
+                   help=_PRECISION_HELP)
     s.add_argument("--tile", type=int, default=512, help="tile size (default 512)")
     s.add_argument("--overlap", type=float, default=0.25, help="tile overlap (default 0.25)")
     s.add_argument("--batch", type=int, default=4, help="tiles per batch (default 4)")
@@ -589,7 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
                "--name glands-mine --freeze-encoder --epochs 5\n"
                "  glandseg train --data my_dataset/ --name my-eff --encoder "
                "efficientnet-lite0 --pretrained\n"
-               "  glandseg train --config cfg.toml --data data/ --resume\n\n"
+               "  glandseg train --config cfg.json --data data/ --run-dir ~/runs/a\n"
+               "  glandseg train --resume ~/runs/a\n\n"
                "A config (JSON or TOML) holds TrainParams fields plus split_csv, mask_folder "
                "val_fraction and val_every; flags override it.",
     )
@@ -616,6 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="boundary target: gaps between objects weigh 1 + W in the loss")
     t.add_argument("--num-classes", type=int, help="classes of a class-map mask")
     t.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"])
+    t.add_argument("--precision", choices=[p.value for p in Precision], help=_PRECISION_HELP)
     t.add_argument("--seed", type=int)
     t.add_argument("--patience", type=int, help="early stopping patience (epochs)")
     t.add_argument("--stain-norm", choices=["none", "macenko"],
@@ -624,15 +704,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stain-reference",
                    help="reference stains: an image file, or 'standard' (Macenko's); "
                         "default: the training images")
-    t.add_argument("--select", choices=["auto", "objects", "object_f1", "object_dice", "aji",
-                                        "pq", "pixel_dice"],
+    t.add_argument("--select", choices=["auto", "objects", "objects_worst", "object_f1",
+                                        "object_dice", "aji", "pq", "pixel_dice"],
                    help="validation score that keeps the best checkpoint (default: objects "
                         "for models with post-processing)")
     t.add_argument("--pixel-size", type=float, metavar="UM",
                    help="working scale (um/px) to learn at; data are resampled to it")
     t.add_argument("--data-pixel-size", type=float, metavar="UM",
                    help="um/px of training images whose files do not say it")
-    t.add_argument("--resume", action="store_true", help="continue the run named --name")
+    t.add_argument("--run-dir", metavar="DIR",
+                   help="keep the whole run in DIR (state, best checkpoint, curve, log) so "
+                        "that --resume DIR continues it exactly")
+    t.add_argument("--resume", nargs="?", const=True, metavar="DIR",
+                   help="continue an interrupted run: its run folder, or without DIR the "
+                        "run named --name in the model store")
+    t.add_argument("--validate-every", type=int, metavar="N",
+                   help="epochs between whole-image validations (default 1; the last epoch "
+                        "always validates)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
 

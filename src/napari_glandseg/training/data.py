@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +17,16 @@ from ..preprocess import standardise
 
 @dataclass
 class TrainingPair:
-    """An image ``(Y, X[, C])`` and its mask ``(Y, X)`` of the same height and width."""
+    """An image ``(Y, X[, C])`` and its mask ``(Y, X)`` of the same height and width.
+
+    ``group`` names the subset a validation image belongs to (GlaS's ``benign`` /
+    ``malignant``): validation then scores each group on its own as well."""
 
     image: np.ndarray
     mask: np.ndarray
     name: str = ""
     pixel_size_um: float | None = None
+    group: str | None = None
 
     def __post_init__(self):
         self.image, self.mask = np.asarray(self.image), np.asarray(self.mask)
@@ -47,16 +51,29 @@ def read_split(csv_path) -> dict[str, str]:
     return {r["name"]: r[col] for r in rows}
 
 
+def read_groups(csv_path, column: str) -> dict[str, str]:
+    """``name -> group`` from column ``column`` of a split CSV (GlaS: ``grade_glas``)."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or column not in rows[0]:
+        raise GlandsegError(f"{csv_path}: no column {column!r} to group validation images by"
+                            f" (columns: {', '.join(rows[0]) if rows else 'none'})")
+    return {r["name"]: r[column] for r in rows if r[column]}
+
+
 def pairs_from_folder(folder, split_csv=None, splits=("train",), mask_folder=None,
-                      limit: int | None = None) -> list[TrainingPair]:
+                      limit: int | None = None,
+                      group_column: str | None = None) -> list[TrainingPair]:
     """Read image/mask pairs from a dataset folder (layouts of :func:`~napari_glandseg.io.
     find_pairs`), keeping those whose split (from ``split_csv``) is in ``splits``.
 
     ``mask_folder`` may be a list: each image takes its mask from the first folder that
     has one (``["instances", "masks"]``: instance labels where they exist, binary masks
     for the others; see :func:`iter_train` for how such mixed data trains).
+    ``group_column``: a column of ``split_csv`` that gives each pair its ``group``.
     """
     split = read_split(split_csv) if split_csv else None
+    groups = read_groups(split_csv, group_column) if split_csv and group_column else {}
     folders = ([mask_folder] if mask_folder is None or isinstance(mask_folder, str)
                else list(mask_folder))
     found = [{fp.image: fp for fp in find_pairs(folder, f)} for f in folders]
@@ -67,7 +84,8 @@ def pairs_from_folder(folder, split_csv=None, splits=("train",), mask_folder=Non
         if p.mask is None or (split is not None and split.get(p.name) not in splits):
             continue
         image, mask = read_pair(p)
-        pairs.append(TrainingPair(image.data, mask.data, p.name, image.pixel_size_um))
+        pairs.append(TrainingPair(image.data, mask.data, p.name, image.pixel_size_um,
+                                  groups.get(p.name)))
         if limit and len(pairs) >= limit:
             break
     if not pairs:
@@ -77,7 +95,7 @@ def pairs_from_folder(folder, split_csv=None, splits=("train",), mask_folder=Non
 
 
 def split_pairs(folder, split_csv=None, mask_folder=None, val_fraction: float = 0.2,
-                val_every: int | None = None):
+                val_every: int | None = None, group_column: str | None = None):
     """Training and validation pairs of a dataset folder.
 
     With a split CSV: its ``train`` and ``val`` rows. With ``val_every`` = N: the pairs whose
@@ -90,7 +108,8 @@ def split_pairs(folder, split_csv=None, mask_folder=None, val_fraction: float = 
     """
     if split_csv:
         return (pairs_from_folder(folder, split_csv, ("train",), mask_folder),
-                pairs_from_folder(folder, split_csv, ("val",), mask_folder))
+                pairs_from_folder(folder, split_csv, ("val",), mask_folder,
+                                  group_column=group_column))
     pairs = pairs_from_folder(folder, None, mask_folder=mask_folder)
     if len(pairs) < 2 and val_every is None:
         return pairs, pairs
@@ -151,8 +170,7 @@ def with_pixel_size(pairs: list[TrainingPair], default_um: float | None) -> list
     data's scale, e.g. a card's ``data_pixel_size_um``)."""
     if not default_um:
         return list(pairs)
-    return [p if p.pixel_size_um else TrainingPair(p.image, p.mask, p.name, default_um)
-            for p in pairs]
+    return [p if p.pixel_size_um else replace(p, pixel_size_um=default_um) for p in pairs]
 
 
 def resample_pairs(pairs: list[TrainingPair], pixel_size_um: float | None,
@@ -178,8 +196,8 @@ def resample_pairs(pairs: list[TrainingPair], pixel_size_um: float | None,
         if np.issubdtype(p.image.dtype, np.integer):
             img = np.round(img)
         mask = resize(p.mask, (h, w), order=0, preserve_range=True, anti_aliasing=False)
-        out.append(TrainingPair(img.astype(p.image.dtype), mask.astype(p.mask.dtype), p.name,
-                                pixel_size_um))
+        out.append(replace(p, image=img.astype(p.image.dtype), mask=mask.astype(p.mask.dtype),
+                           pixel_size_um=pixel_size_um))
     return out
 
 
@@ -219,5 +237,5 @@ def stain_normalised(pairs: list[TrainingPair], entry: dict) -> list[TrainingPai
         except GlandsegError as exc:
             warnings.warn(f"pair {p.name!r} is not stain-normalised: {exc}", stacklevel=2)
             image = p.image
-        out.append(TrainingPair(image, p.mask, p.name, p.pixel_size_um))
+        out.append(replace(p, image=image))
     return out

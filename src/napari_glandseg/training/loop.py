@@ -6,8 +6,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,9 @@ from ..models import (
     save_checkpoint,
     user_dir,
 )
-from ..preprocess import cpu_has_bf16, standardise
+from ..precision import autocast_dtype
+from ..precision import resolve as resolve_precision
+from ..preprocess import standardise
 from ..progress import Progress, run_to_end
 from ..stain import StainNorm, check_card_entry
 from .augment import PatchSampler
@@ -84,9 +87,10 @@ def freeze_encoder(net: torch.nn.Module, architecture: str) -> int:
 
 
 def train(train_pairs, val_pairs, params: TrainParams | None = None, resume=None,
-          **kwargs) -> TrainResult:
+          run_dir=None, **kwargs) -> TrainResult:
     """Train to the end (blocking); see :func:`iter_train`."""
-    return run_to_end(iter_train(train_pairs, val_pairs, params, resume=resume, **kwargs))
+    return run_to_end(iter_train(train_pairs, val_pairs, params, resume=resume,
+                                 run_dir=run_dir, **kwargs))
 
 
 def _prepare(train_pairs, params):
@@ -148,6 +152,18 @@ class _Run:
     saved: Path | None = None
     data_desc: str = ""
     n_train: int = 0
+    precision: str = "fp32"
+    run_dir: Path | None = None
+    data_names: dict = field(default_factory=dict)
+
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / STATE_FILE if self.run_dir else state_path_for(self.params.name)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / BEST_FILE if self.run_dir else \
+            user_dir() / f"{self.params.name}.safetensors"
 
     @property
     def total_steps(self) -> int:
@@ -167,8 +183,8 @@ class _Run:
 def _check_pairs(train_pairs, val_pairs):
     train_pairs = [p if isinstance(p, TrainingPair) else TrainingPair(*p) for p in train_pairs]
     val_pairs = [p if isinstance(p, TrainingPair) else TrainingPair(*p) for p in val_pairs]
-    if not train_pairs or not val_pairs:
-        raise GlandsegError("training needs at least one training and one validation pair")
+    if not train_pairs:
+        raise GlandsegError("training needs at least one training pair")
     for p in train_pairs:
         if not p.mask.any():
             raise GlandsegError(f"pair {p.name!r} has no labelled pixels: label the objects "
@@ -211,8 +227,7 @@ def _setup(train_pairs, val_pairs, params: TrainParams) -> _Run:
     torch.manual_seed(params.seed)
     rng = np.random.default_rng(params.seed)
     # any dtype as its 8-bit equal, by inference's rule (preprocess.value_range)
-    train_pairs, val_pairs = ([TrainingPair(standardise(p.image), p.mask, p.name,
-                                            p.pixel_size_um) for p in ps]
+    train_pairs, val_pairs = ([replace(p, image=standardise(p.image)) for p in ps]
                               for ps in (train_pairs, val_pairs))
     card, net = _prepare(train_pairs, params)
     for p in train_pairs + val_pairs:
@@ -250,19 +265,18 @@ def _setup(train_pairs, val_pairs, params: TrainParams) -> _Run:
                               partial=mixed and not is_instance_mask(p.mask),
                               gap_width=gap_width) for p in work_val]
     sampler = PatchSampler(work_train, tr_targets, params, card.normalization, rng)
-    val_sampler = PatchSampler(work_val, va_targets, params, card.normalization,
-                               np.random.default_rng(params.seed + 1))
-    val_set = [val_sampler.sample(augment=False) for _ in range(params.val_patches)]
+    val_set = []
+    if work_val:
+        val_sampler = PatchSampler(work_val, va_targets, params, card.normalization,
+                                   np.random.default_rng(params.seed + 1))
+        val_set = [val_sampler.sample(augment=False) for _ in range(params.val_patches)]
     loss_fn = make_loss(params.loss, card.num_classes, partial=mixed,
                         gap_weight=params.gap_weight if gap_width else 0.0)
     trainable = [p for p in net.parameters() if p.requires_grad]
     opt_cls = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls(trainable, lr=params.lr, weight_decay=params.weight_decay)
-    amp = None
-    if params.mixed_precision and device.type == "cuda":
-        amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    elif params.mixed_precision and device.type == "cpu" and cpu_has_bf16():
-        amp = torch.bfloat16  # 2.9x faster steps with channels-last on this project's CPU
+    precision = resolve_precision(params.precision, device)
+    amp = autocast_dtype(precision)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     net.to(memory_format=torch.channels_last)
     if params.postprocess:
@@ -279,8 +293,11 @@ def _setup(train_pairs, val_pairs, params: TrainParams) -> _Run:
         n_bin = sum(not is_instance_mask(p.mask) for p in train_pairs)
         data_desc += (f"; {n_bin} of {len(train_pairs)} training masks binary (foreground "
                       "only, no boundary term)")
+    data_names = {"train": sorted(p.name for p in train_pairs),
+                  "val": sorted(p.name for p in val_pairs)}
     return _Run(params, card, net, opt, device, sampler, val_set, val_pairs, loss_fn, select,
-                amp, scaler, data_desc=data_desc, n_train=len(train_pairs))
+                amp, scaler, data_desc=data_desc, n_train=len(train_pairs),
+                precision=precision, data_names=data_names)
 
 
 def _train_epoch(run: _Run, t0: float):
@@ -323,45 +340,84 @@ def _train_epoch(run: _Run, t0: float):
 
 
 def _end_epoch(run: _Run, losses: list, t0: float) -> dict:
-    """Validate, keep the checkpoint if the selection score improved, save the run state."""
+    """Score the validation patches; at a validation epoch (every ``validate_every``, and
+    the last) the whole validation images too, keeping the checkpoint if the selection
+    score improved; save the run state."""
     params, card = run.params, run.card
-    val = _validate(run.net, run.val_set, run.loss_fn, run.device, card.num_classes)
-    val.update(validate_images(Model(run.net, card, device=run.device), run.val_pairs,
-                               tile_size=1024))  # one tile per image: 2x faster
+    blind = not run.val_pairs  # no validation images: the last epoch is the model
+    val = {"val_loss": None, "val_dice": None} if blind else \
+        _validate(run.net, run.val_set, run.loss_fn, run.device, card.num_classes)
+    whole = not blind and (run.epoch + 1 >= params.epochs
+                           or (run.epoch + 1) % params.validate_every == 0)
+    score, improved = None, blind
+    if whole:
+        val.update(validate_images(Model(run.net, card, device=run.device), run.val_pairs,
+                                   tile_size=1024))  # one tile per image: 2x faster
+        key = _SELECT_KEY[run.select]
+        if key not in val:
+            raise GlandsegError(f"select={run.select.value!r} needs object post-processing "
+                                "in the card (postprocess); use select='pixel_dice' or give "
+                                "postprocess")
+        score = val[key]
+        improved = score > run.best
     run.net.train()
-    key = _SELECT_KEY[run.select]
-    if key not in val:
-        raise GlandsegError(f"select={run.select.value!r} needs object post-processing in the "
-                            "card (postprocess); use select='pixel_dice' or give postprocess")
-    score = val[key]
-    improved = score > run.best
     if improved:
-        run.best, run.best_epoch, run.bad_epochs = score, run.epoch, 0
-        card.metrics = {k: round(float(v), 4) for k, v in val.items() if k != "val_loss"}
+        run.best = float("nan") if score is None else score
+        run.best_epoch = run.epoch
+        card.metrics = {k: round(float(v), 4) for k, v in val.items()
+                        if k != "val_loss" and v is not None}
         card.metrics["epoch"] = run.epoch + 1
-        card.metrics["selected_on"] = _SELECT_KEY[run.select]
+        card.metrics["step"] = run.step
+        card.metrics["selected_on"] = "last epoch (no validation images)" if blind else \
+            _SELECT_KEY[run.select]
         card.training = {**_settings(params), "select": run.select.value,
-                         "train_pairs": run.n_train, "val_pairs": len(run.val_pairs)}
+                         "train_pairs": run.n_train, "val_pairs": len(run.val_pairs),
+                         "precision_used": run.precision}
         card.training_data = run.data_desc
         card.data_licence = params.data_licence or card.data_licence
         card.licence = _licence(params.licence, card.licence)
         card.description = params.description or card.description
-        run.saved = save_checkpoint(user_dir() / f"{params.name}.safetensors", run.net, card,
-                                    overwrite=True)
-    else:
-        run.bad_epochs += 1
-    record = {"epoch": run.epoch + 1, "train_loss": float(np.mean(losses)), **val,
-              "score": score, "lr": run.lr_at(run.step - 1),
+        run.saved = save_checkpoint(run.checkpoint_path, run.net, card, overwrite=True)
+    if whole:  # epochs since the best, for patience
+        run.bad_epochs = run.epoch - run.best_epoch
+    record = {"epoch": run.epoch + 1, "step": run.step, "train_loss": float(np.mean(losses)),
+              **val, "score": score, "lr": run.lr_at(run.step - 1),
               "seconds": time.perf_counter() - t0,
               "checkpoint": str(run.saved) if run.saved else None, "best": improved}
     run.history.append(record)
     run.epoch += 1
-    _save_state(state_path_for(params.name), run)
+    _save_state(run.state_path, run)
+    if run.run_dir:
+        _write_run_files(run, record)
     return record
 
 
+def _write_run_files(run: _Run, record: dict) -> None:
+    """A run folder's readable side: ``history.jsonl`` (the curve, one line per epoch,
+    rewritten whole with the state so the two always agree) and ``log.txt`` (appended)."""
+    with atomic_path(run.run_dir / HISTORY_FILE) as tmp:
+        Path(tmp).write_text("".join(json.dumps(_jsonable(r)) + "\n" for r in run.history))
+    parts = [f"epoch {record['epoch']}", f"step {record['step']}",
+             f"loss {record['train_loss']:.4f}"]
+    if record["val_loss"] is not None:
+        parts.append(f"val loss {record['val_loss']:.4f}")
+    if record["score"] is not None:
+        parts += [f"{_SELECT_KEY[run.select]} {record['score']:.4f}"]
+        parts += [f"{k.removeprefix('val_')} {v:.4f}" for k, v in record.items()
+                  if k.startswith("val_objects[")]
+        parts += ["*best*" if record["best"] else f"best {run.best:.4f} at epoch "
+                  f"{run.best_epoch + 1}"]
+    parts.append(f"{record['seconds'] / 60:.1f} min")
+    with open(run.run_dir / LOG_FILE, "a") as f:
+        f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + "  ".join(parts) + "\n")
+
+
+def _jsonable(record: dict) -> dict:
+    return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in record.items()}
+
+
 def iter_train(train_pairs, val_pairs, params: TrainParams | None = None, resume=None,
-               **kwargs):
+               run_dir=None, **kwargs):
     """Train or fine-tune, yielding :class:`~napari_glandseg.progress.Progress`.
 
     Yields one record per step (``metrics={"loss": ...}``) and one per epoch (``metrics``
@@ -381,11 +437,24 @@ def iter_train(train_pairs, val_pairs, params: TrainParams | None = None, resume
     Parameters
     ----------
     train_pairs, val_pairs : list of TrainingPair
-        Validation pairs may be the training ones when there are too few images (say so).
+        Validation pairs must be ground truth the model is not trained on (never a model's
+        own output). Without any (an empty list) nothing is scored and the last epoch's
+        network is the model (its card says so): judge it by eye.
     params : TrainParams
-    resume : str or Path, optional
-        A training state (``<name>.state.pt`` in the store's ``training/`` folder) to go on
-        from: network, optimiser, history, best score, patience and random state, next epoch.
+    resume : str, Path or True, optional
+        A training state to go on from (True: this run's own, in ``run_dir`` or the store's
+        ``training/<name>.state.pt``): network, optimiser, history, best score, patience,
+        the sampler's and torch's random state, next epoch and step. Training resumed after
+        epoch k gives the same weights as training straight through. The state must be of
+        the same network, settings (``epochs``, ``patience``, ``validate_every``,
+        ``device`` and ``precision`` may differ) and data, else one line names the
+        difference.
+    run_dir : str or Path, optional
+        Keep the whole run in this folder: ``state.pt`` (with ``state.prev.pt``, the one
+        before), ``best.safetensors`` (the best checkpoint so far: a model at any time,
+        ``glandseg models import DIR/best.safetensors --name NAME``), ``history.jsonl``
+        (the validation curve) and ``log.txt``. Without it the checkpoint goes into the
+        model store under ``params.name``.
 
     Raises
     ------
@@ -396,13 +465,18 @@ def iter_train(train_pairs, val_pairs, params: TrainParams | None = None, resume
     if params is None:
         params = TrainParams(**kwargs)
     elif kwargs:
-        from dataclasses import replace
-
         params = replace(params, **kwargs)
     train_pairs, val_pairs = _check_pairs(train_pairs, val_pairs)
     run = _setup(train_pairs, val_pairs, params)
+    if run_dir is not None:
+        run.run_dir = Path(run_dir)
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume and (run.state_path.exists() or run.checkpoint_path.exists()):
+            raise GlandsegError(f"{run.run_dir} holds a training run; continue it with "
+                                f"resume (glandseg train --resume {run.run_dir}) or choose "
+                                "another folder")
     if resume:
-        _restore(run, resume)
+        _restore(run, run.state_path if resume is True else Path(resume))
     t0 = time.perf_counter()
     stopped_early = False
     while run.epoch < params.epochs:
@@ -411,9 +485,10 @@ def iter_train(train_pairs, val_pairs, params: TrainParams | None = None, resume
             break
         losses = yield from _train_epoch(run, t0)
         record = _end_epoch(run, losses, t0)
-        yield Progress(run.step, run.total_steps,
-                       f"epoch {record['epoch']}: {_SELECT_KEY[run.select]} "
-                       f"{record['score']:.3f}", time.perf_counter() - t0, dict(record))
+        said = "" if record["score"] is None else \
+            f": {_SELECT_KEY[run.select]} {record['score']:.3f}"
+        yield Progress(run.step, run.total_steps, f"epoch {record['epoch']}{said}",
+                       time.perf_counter() - t0, dict(record))
     run.net.eval()
     best_model = load_model(run.saved) if run.saved else Model(run.net, run.card)
     return TrainResult(best_model, run.saved, run.history, run.best_epoch + 1, run.best,
@@ -427,8 +502,18 @@ def _settings(params: TrainParams) -> dict:
                          "postprocess")}
 
 
+STATE_FILE, PREV_STATE_FILE, BEST_FILE = "state.pt", "state.prev.pt", "best.safetensors"
+HISTORY_FILE, LOG_FILE = "history.jsonl", "log.txt"
+
+#: settings a resumed run may change (a longer schedule, another device)
+_RESUMABLE_CHANGES = ("epochs", "patience", "validate_every", "device", "precision")
+
+
 def _save_state(path: Path, run: _Run) -> None:
+    """Write the run state atomically; the state before it is kept as ``*.prev.pt`` (a
+    damaged newest state still leaves one to resume from)."""
     card = run.card
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save({"net": run.net.state_dict(), "opt": run.opt.state_dict(),
                     "history": run.history, "epoch": run.epoch, "step": run.step,
@@ -440,7 +525,12 @@ def _save_state(path: Path, run: _Run) -> None:
                     "architecture": card.architecture,
                     "arch_json": json.dumps(card.arch_kwargs, sort_keys=True),
                     "num_classes": card.num_classes, "select": run.select.value,
+                    "settings": json.dumps(_settings(run.params), sort_keys=True,
+                                           default=str),
+                    "data": run.data_names,
                     "scaler": run.scaler.state_dict() if run.scaler else {}}, tmp)
+        if path.exists():
+            os.replace(path, path.with_name(path.name.removesuffix(".pt") + ".prev.pt"))
 
 
 def _restore(run: _Run, path) -> None:
@@ -460,6 +550,26 @@ def _restore(run: _Run, path) -> None:
     if st.get("select") != run.select.value:
         raise GlandsegError(f"{path}: cannot resume: the run selected on {st.get('select')!r}, "
                             f"this one on {run.select.value!r}")
+    if st.get("settings"):
+        theirs, ours = json.loads(st["settings"]), _settings(run.params)
+        ours = json.loads(json.dumps(ours, default=str))
+        changed = [k for k in sorted(set(theirs) | set(ours))
+                   if k not in _RESUMABLE_CHANGES and theirs.get(k) != ours.get(k)]
+        if changed:
+            diff = "; ".join(f"{k} was {theirs.get(k)!r}, now {ours.get(k)!r}"
+                             for k in changed[:4])
+            raise GlandsegError(f"{path}: cannot resume with other settings: {diff} (only "
+                                f"{', '.join(_RESUMABLE_CHANGES)} may change)")
+    if st.get("data") and st["data"] != run.data_names:
+        for part in ("train", "val"):
+            a, b = st["data"].get(part, []), run.data_names.get(part, [])
+            if a != b:
+                gone, new = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+                raise GlandsegError(
+                    f"{path}: cannot resume on other data: the run's {part} images were "
+                    f"{len(a)}, now {len(b)}" + (f"; missing {', '.join(gone[:3])}" if gone
+                                                 else "")
+                    + (f"; new {', '.join(new[:3])}" if new else ""))
     try:
         run.net.load_state_dict(st["net"])
         run.opt.load_state_dict(st["opt"])
@@ -469,6 +579,8 @@ def _restore(run: _Run, path) -> None:
     run.best, run.best_epoch = float(st["best"]), int(st["best_epoch"])
     run.bad_epochs = int(st["bad_epochs"])
     run.saved = Path(st["saved"]) if st["saved"] and Path(st["saved"]).exists() else None
+    if run.saved is None and run.best_epoch >= 0 and run.checkpoint_path.exists():
+        run.saved = run.checkpoint_path  # a run folder moved elsewhere
     run.sampler.rng.bit_generator.state = st["rng"]
     torch.set_rng_state(st["torch_rng"])
     if run.scaler is not None and st.get("scaler"):
@@ -476,13 +588,17 @@ def _restore(run: _Run, path) -> None:
 
 
 def _load_state(path) -> dict:
+    path = Path(path)
+    prev = path.with_name(path.name.removesuffix(".pt") + ".prev.pt")
+    kept = (f"; the state one epoch earlier is kept in {prev.name}: rename it to "
+            f"{path.name} to resume from there") if prev.exists() else ""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise GlandsegError(f"{path}: no such training state") from None
+        raise GlandsegError(f"{path}: no such training state{kept}") from None
     except Exception as exc:
-        raise GlandsegError(f"{path}: cannot resume from it ({type(exc).__name__}: {exc})") \
-            from None
+        raise GlandsegError(f"{path}: cannot resume from it ({type(exc).__name__}: "
+                            f"{str(exc)[:120]}){kept}") from None
 
 
 def state_path_for(name: str) -> Path:

@@ -7,6 +7,7 @@ from enum import Enum
 
 from ..errors import GlandsegError, as_enum
 from ..models import Architecture, Normalization
+from ..precision import Precision
 from ..stain import StainNorm
 from .losses import Loss
 from .targets import Target
@@ -65,7 +66,8 @@ class TrainParams:
     val_patches : int
         Fixed validation patches (seeded) per epoch (loss and patch Dice for the curve).
     patience : int
-        Stop after this many epochs without a better selection score (0: never).
+        Stop when this many epochs have passed since the best selection score, at a
+        validation (0: never).
     gap_weight : float
         Instance-aware alternative to the plain boundary target: background pixels in narrow
         gaps between objects (:data:`GAP`) weigh ``1 + gap_weight`` in the loss, so touching
@@ -79,8 +81,16 @@ class TrainParams:
         Hue and saturation jitter strength for RGB images (0 turns it off).
     blur : float
         Probability of a Gaussian blur (sigma 0.5-1.5 px) of a patch.
-    mixed_precision : bool
-        bf16/fp16 autocast on a GPU, bf16 on a CPU with native bf16 (weights stay fp32).
+    precision : Precision
+        ``auto``: bf16 (or fp16) autocast on a GPU, and on a CPU only where bf16 is
+        measurably faster than fp32 (:func:`napari_glandseg.precision.resolve`, the owner of
+        this choice for inference too); ``fp32``, ``bf16``, ``fp16`` force it. Weights stay
+        fp32 in every mode.
+    validate_every : int
+        Epochs between whole-image validations (the score checkpoints are chosen on); the
+        last epoch always validates. The fixed validation patches (loss, patch Dice) are
+        scored every epoch. On a CPU a whole-image validation of 20 GlaS images costs about
+        as much as 30 steps: long runs validate every few epochs to keep it near 10 %.
     encoder : str or None
         ``"efficientnet-lite0"`` (``-lite1``, ``-lite2``): train a U-Net on that encoder
         (architecture ``effnet_unet``; ``arch_kwargs`` may still set ``decoder``).
@@ -125,7 +135,8 @@ class TrainParams:
     patience: int = 0
     seed: int = 0
     device: str = "auto"
-    mixed_precision: bool = True
+    precision: Precision = Precision.AUTO
+    validate_every: int = 1
     encoder: str | None = None
     pretrained: bool = False
     description: str = ""
@@ -139,6 +150,7 @@ class TrainParams:
         self.loss = as_enum(Loss, self.loss, "loss")
         self.target = as_enum(Target, self.target, "target")
         self.select = as_enum(Selection, self.select, "select")
+        self.precision = as_enum(Precision, self.precision, "precision")
         from ..models import check_model_name
 
         _check_types(self)
@@ -162,7 +174,7 @@ class TrainParams:
                 raise GlandsegError(f"{k} must be in [0, 1], got {v!r}")
         self.stain_normalization = as_enum(StainNorm, self.stain_normalization,
                                            "stain_normalization")
-        for k in ("patch_size", "batch_size", "epochs", "steps_per_epoch"):
+        for k in ("patch_size", "batch_size", "epochs", "steps_per_epoch", "validate_every"):
             v = getattr(self, k)
             if not isinstance(v, int) or v < 1:
                 raise GlandsegError(f"{k} must be a positive integer, got {v!r}")

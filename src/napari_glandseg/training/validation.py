@@ -22,6 +22,9 @@ class Selection(str, Enum):
     - ``auto``: ``objects`` for a model with post-processing (binary or boundary), else
       ``pixel_dice``;
     - ``objects``: the mean of object F1 and object Dice (GlaS's gland scores);
+    - ``objects_worst``: ``objects`` of each group of validation images
+      (:attr:`TrainingPair.group`, e.g. GlaS's benign and malignant), the worse of them:
+      an average over groups hides the hard cases;
     - ``object_f1``, ``object_dice``, ``aji``, ``pq``: one object score;
     - ``pixel_dice``: Dice of the foreground (pooled foreground classes for class maps)
       on the whole validation images.
@@ -29,6 +32,7 @@ class Selection(str, Enum):
 
     AUTO = "auto"
     OBJECTS = "objects"
+    OBJECTS_WORST = "objects_worst"
     OBJECT_F1 = "object_f1"
     OBJECT_DICE = "object_dice"
     AJI = "aji"
@@ -73,8 +77,8 @@ def iter_validation_rows(model: Model, pairs: list[TrainingPair], tile_size: int
         pf, tf = pred > 0, p.mask > 0
         hit = pf & (pred == p.mask) if classes else pf & tf  # class maps: the right class
         counts = (int(hit.sum()), int((pf & ~hit).sum()), int((tf & ~hit).sum()))
-        row = {"name": p.name, "dice": m["dice"], "iou": m["iou"], "accuracy": m["accuracy"],
-               "pixels": counts, "labels": pred}
+        row = {"name": p.name, "group": p.group, "dice": m["dice"], "iou": m["iou"],
+               "accuracy": m["accuracy"], "pixels": counts, "labels": pred}
         if post is not None:
             row.update(object_scores(Overlap.of(as_instances(res.labels),
                                                 as_instances(p.mask))))
@@ -95,14 +99,15 @@ def selection_score(row: dict, card: ModelCard) -> float:
     (mean of object F1 and object Dice), object F1, object Dice, AJI or PQ; pixel Dice for
     models without post-processing or cards that do not say."""
     key = str(card.metrics.get("selected_on", "")).removeprefix("val_")
-    if key == "objects" and "object_f1" in row:
+    if key in ("objects", "objects_worst") and "object_f1" in row:
         return (row["object_f1"] + row["object_dice"]) / 2
     if key in ("object_f1", "object_dice", "aji", "pq") and key in row:
         return row[key]
     return row["dice"]
 
 
-_SELECT_KEY = {Selection.OBJECTS: "val_objects", Selection.OBJECT_F1: "val_object_f1",
+_SELECT_KEY = {Selection.OBJECTS: "val_objects", Selection.OBJECTS_WORST: "val_objects_worst",
+               Selection.OBJECT_F1: "val_object_f1",
                Selection.OBJECT_DICE: "val_object_dice", Selection.AJI: "val_aji",
                Selection.PQ: "val_pq", Selection.PIXEL_DICE: "val_image_dice"}
 
@@ -145,7 +150,10 @@ def validate_images(model: Model, pairs: list[TrainingPair], tile_size: int = 51
     Returns ``val_image_dice`` (foreground Dice pooled over the images; foreground classes
     pooled for class maps), and for models with post-processing ``val_object_f1``,
     ``val_object_dice``, ``val_objects`` (their mean), ``val_aji`` and ``val_pq``
-    (:func:`~napari_glandseg.metrics.summarise_objects`).
+    (:func:`~napari_glandseg.metrics.summarise_objects`); per group of pairs (their
+    ``group``) ``val_objects[GROUP]``, ``val_object_f1[GROUP]``, ``val_object_dice[GROUP]``,
+    and ``val_objects_worst``, the lowest group's ``objects`` (``val_objects`` without
+    groups).
     """
     from ..metrics import summarise_objects
 
@@ -160,4 +168,12 @@ def validate_images(model: Model, pairs: list[TrainingPair], tile_size: int = 51
         s = summarise_objects(rows)
         out.update({f"val_{k}": float(s[k]) for k in
                     ("object_f1", "object_dice", "objects", "aji", "pq")})
+        groups = sorted({r["group"] for r in rows if r["group"]})
+        worst = out["val_objects"] if not groups else 1.0
+        for g in groups:
+            sg = summarise_objects(r for r in rows if r["group"] == g)
+            out.update({f"val_{k}[{g}]": float(sg[k]) for k in
+                        ("objects", "object_f1", "object_dice")})
+            worst = min(worst, float(sg["objects"]))
+        out["val_objects_worst"] = worst
     return out
