@@ -295,3 +295,80 @@ def test_object_summary_pools_f1_over_objects_and_averages_the_rest():
     assert s["objects"] == pytest.approx((s["object_f1"] + s["object_dice"]) / 2)
     with pytest.raises(GlandsegError, match="no images"):
         summarise_objects([])
+
+
+# one overlap table for Compare; Hausdorff by nearest-first search (issue: numbers to trust)
+
+
+def _slow_object_hausdorff(pred, truth):
+    """The GlaS definition measured pair by pair with skimage (every candidate tried)."""
+    from skimage.metrics import hausdorff_distance
+
+    from napari_glandseg.metrics import Overlap
+
+    ov = Overlap.of(pred, truth)
+    g, s = ov.true_areas, ov.pred_areas
+
+    def hd(i, j):
+        return hausdorff_distance(pred == ov.pred_ids[i], truth == ov.true_ids[j])
+
+    bg, bs = ov.best(ov.counts, "truth"), ov.best(ov.counts, "pred")
+    h_g = [hd(ov.rows[k], j) if k >= 0 else min(hd(i, j) for i in range(len(s)))
+           for j, k in enumerate(bg)]
+    h_s = [hd(i, ov.cols[k]) if k >= 0 else min(hd(i, j) for j in range(len(g)))
+           for i, k in enumerate(bs)]
+    return 0.5 * ((g / g.sum()) @ h_g + (s / s.sum()) @ h_s)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_object_hausdorff_equals_the_pairwise_definition(seed):
+    from skimage.segmentation import expand_labels
+
+    from napari_glandseg.metrics import Overlap, object_hausdorff
+
+    rng = np.random.default_rng(seed)
+
+    def objects(n):
+        img = np.zeros((96, 96), np.int32)
+        img[rng.integers(0, 96, n), rng.integers(0, 96, n)] = np.arange(1, n + 1)
+        return expand_labels(img, 3)
+
+    truth, pred = objects(12), objects(9)  # many objects overlap nothing: nearest search
+    fast = object_hausdorff(pred, truth, Overlap.of(pred, truth))
+    assert fast == pytest.approx(_slow_object_hausdorff(pred, truth), abs=1e-9)
+    # a ring object (a hole in it: the farthest point is inside, not on the outline)
+    ring = np.zeros((40, 40), np.int32)
+    ring[5:35, 5:35] = 1
+    ring[12:28, 12:28] = 0
+    far = np.zeros((40, 40), np.int32)
+    far[36:39, 0:3] = 2
+    fast = object_hausdorff(far, ring, Overlap.of(far, ring))
+    assert fast == pytest.approx(_slow_object_hausdorff(far, ring), abs=1e-9)
+
+
+def test_compare_rows_one_per_true_object_and_split_pieces_are_not_false_positives():
+    from napari_glandseg.metrics import evaluate, iter_compare
+    from napari_glandseg.progress import run_to_end
+
+    truth = np.zeros((30, 60), np.int32)
+    truth[2:10, 2:10], truth[2:10, 12:20], truth[15:28, 5:40], truth[20:25, 50:55] = 1, 2, 3, 4
+    pred = np.zeros_like(truth)
+    pred[2:10, 2:20] = 7                      # merges truths 1 and 2
+    pred[15:28, 5:22], pred[15:28, 23:40] = 8, 9  # truth 3 split in two
+    pred[0:2, 40:45] = 11                     # matches nothing
+    out = run_to_end(iter_compare(pred, truth))
+    by_truth = {r["truth"]: r for r in out.rows if r["side"] == "truth"}
+    assert set(by_truth) == {"1", "2", "3", "4"}  # each true object once
+    assert by_truth["3"]["status"] == "split" and by_truth["3"]["note"] == "split into 8, 9"
+    assert {by_truth["1"]["status"], by_truth["2"]["status"]} == {"merged"}
+    assert by_truth["1"]["note"] == "merged with 2 in prediction 7"
+    assert by_truth["4"]["status"] == "missed"
+    fps = [r for r in out.rows if r["side"] == "pred"]
+    assert [r["id"] for r in fps] == [11]  # split pieces 8, 9 and merge 7 are not FP rows
+    assert out.metrics["merged"] == 1 and out.metrics["split"] == 1
+    # the outlines hold exactly the merging and split predictions, by their own ids
+    assert set(np.unique(out.outlines)) == {0, 7, 8, 9}
+    # the scores are evaluate's, to the last digit
+    ref = evaluate(pred, truth)
+    assert all(out.metrics[k] == ref[k] or (math.isnan(ref[k]) and math.isnan(out.metrics[k]))
+               for k in ref)

@@ -206,20 +206,21 @@ def object_f1(ov: Overlap) -> dict:
     return {"tp": tp, "fp": fp, "fn": fn, "object_f1": _ratio(2 * tp, 2 * tp + fp + fn)}
 
 
-def object_status(pred, truth) -> list[dict]:
+def object_status(pred, truth, ov: Overlap | None = None) -> list[dict]:
     """Each object's fate under the GlaS object-F1 rule, for overlays and object tables.
 
     Returns one dict per predicted object (``side="pred"``, ``status`` TP or FP) and per
     missed true object (``side="truth"``, ``status="FN"``), with ``id``, ``area``, the best
-    overlapping object on the other side (``match``, 0 if none) and their ``iou``.
+    overlapping object on the other side (``match``, 0 if none) and their ``iou``. ``ov``:
+    the overlap table of these instances, when the caller has it.
 
     >>> truth = np.array([[1, 1, 0, 2]]); pred = np.array([[5, 5, 0, 0]])
     >>> [(o["side"], o["id"], o["status"]) for o in object_status(pred, truth)]
     [('pred', 5, 'TP'), ('truth', 2, 'FN')]
     """
-    pred, truth = _check_pair(pred, truth)
-    pred, truth = as_instances(pred), as_instances(truth)
-    ov = Overlap.of(pred, truth)
+    if ov is None:
+        pred, truth = _check_pair(pred, truth)
+        ov = Overlap.of(as_instances(pred), as_instances(truth))
     iou = ov.iou()
     out, hit = [], set()
     for i, k in enumerate(ov.best(ov.counts, "pred")):
@@ -238,6 +239,26 @@ def object_status(pred, truth) -> list[dict]:
                         "match": int(ov.pred_ids[ov.rows[k]]) if k >= 0 else 0,
                         "iou": float(iou[k]) if k >= 0 else 0.0})
     return out
+
+
+def merges_and_splits(ov: Overlap) -> tuple[dict, dict]:
+    """Predicted objects that merge true ones, and true objects split between predictions.
+
+    A predicted object *merges* when it covers more than half of each of two or more true
+    objects; a true object is *split* when two or more predicted objects lie more than half
+    inside it. Returns ``({pred id: [true ids]}, {true id: [pred ids]})``. (Object F1 counts
+    a merge as one TP, which is why Compare shows it apart.)
+    """
+    covers = ov.counts / ov.true_areas[ov.cols] > 0.5
+    inside = ov.counts / ov.pred_areas[ov.rows] > 0.5
+    merged: dict = {}
+    for r, c in zip(ov.rows[covers], ov.cols[covers], strict=True):
+        merged.setdefault(int(ov.pred_ids[r]), []).append(int(ov.true_ids[c]))
+    split: dict = {}
+    for r, c in zip(ov.rows[inside], ov.cols[inside], strict=True):
+        split.setdefault(int(ov.true_ids[c]), []).append(int(ov.pred_ids[r]))
+    return ({k: v for k, v in merged.items() if len(v) > 1},
+            {k: v for k, v in split.items() if len(v) > 1})
 
 
 def object_dice(ov: Overlap) -> float:
@@ -262,31 +283,96 @@ def object_hausdorff(pred: np.ndarray, truth: np.ndarray, ov: Overlap) -> float:
     Each object is paired with the object on the other side it overlaps most or, when it
     overlaps none, the nearest one (smallest Hausdorff distance), as the challenge code does.
     0 when both sides are empty; infinite when exactly one is.
+
+    Each object's pixel coordinates are read once, from its own bounding box, and a pair's
+    distance comes from two nearest-neighbour queries (the exact Euclidean Hausdorff
+    distance of the two pixel sets, as :func:`skimage.metrics.hausdorff_distance`). For an
+    object that overlaps nothing, candidates are tried nearest first by a lower bound (the
+    distance from each of its four extreme pixels to the other object's bounding box, and
+    back): the search stops when the bound passes the best distance found, so the answer is
+    the exact minimum without measuring every pair.
     """
     g, s = ov.true_areas, ov.pred_areas
     if len(g) == 0 or len(s) == 0:
         return 0.0 if len(g) == len(s) else float("inf")
-    from scipy.ndimage import find_objects
-    from skimage.metrics import hausdorff_distance
-
-    p_boxes = find_objects(relabel(pred, ov.pred_ids))
-    t_boxes = find_objects(relabel(truth, ov.true_ids))
+    p_side, t_side = _PixelSets(pred, ov.pred_ids), _PixelSets(truth, ov.true_ids)
     cache: dict = {}
 
     def hd(i, j):
         if (i, j) not in cache:
-            box = tuple(slice(min(a.start, b.start), max(a.stop, b.stop))
-                        for a, b in zip(p_boxes[i], t_boxes[j], strict=True))
-            cache[(i, j)] = hausdorff_distance(pred[box] == ov.pred_ids[i],
-                                               truth[box] == ov.true_ids[j])
+            cache[(i, j)] = max(t_side.tree(j).query(p_side.coords(i))[0].max(),
+                                p_side.tree(i).query(t_side.coords(j))[0].max())
         return cache[(i, j)]
 
+    def nearest(own: _PixelSets, k: int, other: _PixelSets, pair) -> float:
+        bound = np.maximum(_to_boxes(own.extremes(k), other.boxes),
+                           _to_boxes(other.all_extremes(), own.boxes[k:k + 1]).T[0])
+        best = float("inf")
+        for m in np.argsort(bound, kind="stable"):
+            if bound[m] >= best:
+                break
+            best = min(best, pair(m))
+        return best
+
     best_g, best_s = ov.best(ov.counts, "truth"), ov.best(ov.counts, "pred")
-    h_g = np.array([hd(ov.rows[k], j) if k >= 0 else min(hd(i, j) for i in range(len(s)))
+    h_g = np.array([hd(ov.rows[k], j) if k >= 0 else
+                    nearest(t_side, j, p_side, lambda i, j=j: hd(i, j))
                     for j, k in enumerate(best_g)])
-    h_s = np.array([hd(i, ov.cols[k]) if k >= 0 else min(hd(i, j) for j in range(len(g)))
+    h_s = np.array([hd(i, ov.cols[k]) if k >= 0 else
+                    nearest(p_side, i, t_side, lambda j, i=i: hd(i, j))
                     for i, k in enumerate(best_s)])
     return float(0.5 * ((g / g.sum()) @ h_g + (s / s.sum()) @ h_s))
+
+
+class _PixelSets:
+    """The pixel coordinates of each object of a label image (read lazily from its bounding
+    box), their KD-trees, bounding boxes and extreme pixels, for Hausdorff distances."""
+
+    def __init__(self, labels: np.ndarray, ids: np.ndarray):
+        from scipy.ndimage import find_objects
+
+        self.labels, self.ids = labels, ids
+        self.slices = find_objects(relabel(labels, ids))
+        self.boxes = np.array([[sl[0].start, sl[1].start, sl[0].stop - 1, sl[1].stop - 1]
+                               for sl in self.slices], float).reshape(-1, 4)
+        self._coords: dict = {}
+        self._trees: dict = {}
+        self._extremes: np.ndarray | None = None
+
+    def coords(self, k: int) -> np.ndarray:
+        if k not in self._coords:
+            sl = self.slices[k]
+            yx = np.argwhere(self.labels[sl] == self.ids[k])
+            self._coords[k] = (yx + [sl[0].start, sl[1].start]).astype(float)
+        return self._coords[k]
+
+    def tree(self, k: int):
+        if k not in self._trees:
+            from scipy.spatial import cKDTree
+
+            self._trees[k] = cKDTree(self.coords(k))
+        return self._trees[k]
+
+    def extremes(self, k: int) -> np.ndarray:
+        """(4, 2): the object's topmost, bottommost, leftmost and rightmost pixels."""
+        c = self.coords(k)
+        return c[[c[:, 0].argmin(), c[:, 0].argmax(), c[:, 1].argmin(), c[:, 1].argmax()]]
+
+    def all_extremes(self) -> np.ndarray:
+        """(n, 4, 2): :meth:`extremes` of every object (computed once)."""
+        if self._extremes is None:
+            self._extremes = np.stack([self.extremes(k) for k in range(len(self.ids))])
+        return self._extremes
+
+
+def _to_boxes(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """For points ``(..., P, 2)`` and boxes ``(B, 4)`` (y0, x0, y1, x1, inclusive): the
+    largest over the points of each point's distance to each box, shape ``(..., B)`` (a
+    lower bound of the Hausdorff distance of the points' object to anything in the box)."""
+    p = points[..., None, :, :]  # (..., 1, P, 2)
+    lo, hi = boxes[:, None, :2], boxes[:, None, 2:]  # (B, 1, 2)
+    gap = np.maximum(np.maximum(lo - p, p - hi), 0.0)  # (..., B, P, 2)
+    return np.sqrt((gap ** 2).sum(-1)).max(-1)
 
 
 def aji(ov: Overlap) -> float:
@@ -408,12 +494,21 @@ def evaluate(pred, truth, classes: int | None = None, hausdorff: bool = True) ->
         the counts ``tp, fp, fn`` of the object F1.
     """
     pred, truth = _check_pair(pred, truth)
-    out = pixel_metrics(pred, truth, classes)
+    p_inst, t_inst = _instances(pred, truth, classes)
+    return _evaluate(pred, truth, classes, hausdorff, p_inst, t_inst,
+                     Overlap.of(p_inst, t_inst))
+
+
+def _instances(pred, truth, classes):
+    """The objects object metrics count: instance labels as they are (binary masks split
+    into connected objects); for class maps the foreground's connected objects."""
     if classes is not None and classes > 2:
-        p_inst, t_inst = as_instances(pred > 0), as_instances(truth > 0)
-    else:
-        p_inst, t_inst = as_instances(pred), as_instances(truth)
-    ov = Overlap.of(p_inst, t_inst)
+        return as_instances(pred > 0), as_instances(truth > 0)
+    return as_instances(pred), as_instances(truth)
+
+
+def _evaluate(pred, truth, classes, hausdorff, p_inst, t_inst, ov) -> dict:
+    out = pixel_metrics(pred, truth, classes)
     scores = object_scores(ov)
     for k in ("tp", "fp", "fn", "object_f1", "object_dice"):  # the CSV's column order
         out[k] = scores.pop(k)
@@ -422,6 +517,116 @@ def evaluate(pred, truth, classes: int | None = None, hausdorff: bool = True) ->
     out["map"] = average_precision(ov)["map"]
     out["n_pred"], out["n_true"] = len(ov.pred_ids), len(ov.true_ids)
     return out
+
+
+#: overlay values of :func:`iter_compare`: each pixel's fate
+STATUS_VALUE = {"TP": 1, "FP": 2, "FN": 3}
+
+
+@dataclass
+class Comparison:
+    """What :func:`iter_compare` returns.
+
+    Attributes
+    ----------
+    metrics : dict
+        :func:`evaluate`'s scores, with ``merged`` and ``split`` counts.
+    rows : list of dict
+        One per true object (``status`` TP, missed, merged or split, with ``note``) and one
+        per prediction matched to nothing and no part of a split or merge (FP). Each has
+        ``side`` and ``id`` (the object to show), ``truth``, ``prediction`` (ids as text),
+        ``iou`` and ``area``.
+    overlay : ndarray
+        Per pixel :data:`STATUS_VALUE` (TP and FP predictions, missed truth).
+    outlines : ndarray
+        Predicted objects that merge truths or split one, with their own ids (0 elsewhere),
+        for outlines; ``merged`` and ``split`` say which ids are which.
+    merged, split : dict
+        As :func:`merges_and_splits`.
+    """
+
+    metrics: dict
+    rows: list
+    overlay: np.ndarray
+    outlines: np.ndarray
+    merged: dict
+    split: dict
+
+
+def iter_compare(pred, truth, classes: int | None = None):
+    """Score a prediction against the truth for Compare, yielding a Progress per step;
+    returns a :class:`Comparison`. One overlap table serves every object metric, the
+    object rows, the merges and splits."""
+    from .progress import Progress
+
+    pred, truth = _check_pair(pred, truth)
+    yield Progress(0, 4, "matching objects…")
+    p_inst, t_inst = _instances(pred, truth, classes)
+    ov = Overlap.of(p_inst, t_inst)
+    yield Progress(1, 4, "scoring (pixels, objects, Hausdorff, AJI, PQ, mAP)…")
+    metrics = _evaluate(pred, truth, classes, True, p_inst, t_inst, ov)
+    yield Progress(2, 4, "finding merged and split objects…")
+    status = object_status(None, None, ov)
+    merged, split = merges_and_splits(ov)
+    metrics["merged"], metrics["split"] = len(merged), len(split)
+    rows = _object_rows(ov, status, merged, split)
+    yield Progress(3, 4, "drawing the overlay…")
+    lut_p = np.zeros(int(p_inst.max(initial=0)) + 1, np.uint8)
+    lut_t = np.zeros(int(t_inst.max(initial=0)) + 1, np.uint8)
+    for o in status:
+        (lut_p if o["side"] == "pred" else lut_t)[o["id"]] = STATUS_VALUE[o["status"]]
+    overlay = lut_p[p_inst]
+    fn = lut_t[t_inst]
+    overlay[(overlay == 0) & (fn > 0)] = STATUS_VALUE["FN"]
+    outlined = sorted(set(merged) | {p for ps in split.values() for p in ps})
+    keep = np.zeros_like(lut_p, dtype=bool)
+    keep[outlined] = True
+    outlines = np.where(keep[p_inst], p_inst, 0)
+    yield Progress(4, 4, "done")
+    return Comparison(metrics, rows, overlay, outlines, merged, split)
+
+
+def _object_rows(ov: Overlap, status: list, merged: dict, split: dict) -> list:
+    """One row per true object and one per unmatched prediction (see :class:`Comparison`)."""
+    iou = ov.iou()
+    pair_iou = {(int(ov.pred_ids[r]), int(ov.true_ids[c])): float(v)
+                for r, c, v in zip(ov.rows, ov.cols, iou, strict=True)}
+    tp_of = {o["match"]: o["id"] for o in status if o["side"] == "pred" and o["status"] == "TP"}
+    merged_into = {t: p for p, ts in merged.items() for t in ts}
+    pieces = {p for ps in split.values() for p in ps}
+    best = ov.best(ov.counts, "truth")
+    rows = []
+    for j, t in enumerate(ov.true_ids):
+        t = int(t)
+        row = {"side": "truth", "id": t, "truth": str(t), "area": int(ov.true_areas[j])}
+        if t in split:
+            ps = split[t]
+            row.update(status="split", prediction=", ".join(map(str, ps)),
+                       iou=max(pair_iou.get((p, t), 0.0) for p in ps),
+                       note=f"split into {', '.join(map(str, ps))}")
+        elif t in merged_into:
+            p = merged_into[t]
+            others = [x for x in merged[p] if x != t]
+            row.update(status="merged", prediction=str(p), iou=pair_iou.get((p, t), 0.0),
+                       note=f"merged with {', '.join(map(str, others))} in prediction {p}")
+        elif t in tp_of:
+            p = tp_of[t]
+            row.update(status="TP", prediction=str(p), iou=pair_iou.get((p, t), 0.0),
+                       note="")
+        else:
+            k = best[j]
+            p = int(ov.pred_ids[ov.rows[k]]) if k >= 0 else 0
+            row.update(status="missed", prediction=str(p) if p else "",
+                       iou=pair_iou.get((p, t), 0.0),
+                       note=f"best overlap: prediction {p}" if p else "nothing found here")
+        rows.append(row)
+    for o in status:
+        if o["side"] == "pred" and o["status"] == "FP" and o["id"] not in pieces and \
+                o["id"] not in merged:
+            rows.append({"side": "pred", "id": o["id"], "truth": "", "prediction": str(o["id"]),
+                         "area": o["area"], "status": "FP", "iou": o["iou"],
+                         "note": "matches no true object"})
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
