@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from ._files import atomic_path
-from .errors import CheckpointError, GlandsegError
+from .errors import CheckpointError, GlandsegError, OutputExistsError
 from .models import (
     Architecture,
     ModelCard,
@@ -174,7 +174,7 @@ def iter_export_bioimageio(
     if dest.suffix.lower() != ".zip":
         raise GlandsegError(f"{dest}: a bioimage.io package is a .zip file")
     if dest.exists() and not overwrite:
-        raise GlandsegError(f"{dest}: exists; pass overwrite to replace it")
+        raise OutputExistsError(dest)
     defaults = SegmentParams()
     tile_size = defaults.tile_size if tile_size is None else tile_size
     overlap = defaults.overlap if overlap is None else overlap

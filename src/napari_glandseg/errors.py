@@ -13,6 +13,14 @@ class ImageReadError(GlandsegError):
     """A file could not be read as an image or mask."""
 
 
+class OutputExistsError(GlandsegError):
+    """An output file or folder exists and the caller did not ask to replace it."""
+
+    def __init__(self, path, how: str = "pass overwrite to replace it"):
+        self.path = path
+        super().__init__(f"{path}: exists; {how}")
+
+
 class CheckpointError(GlandsegError):
     """A model file is missing, corrupt, unsafe or does not match its card."""
 

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from ._files import atomic_path
-from .errors import GlandsegError, as_enum
+from .errors import GlandsegError, OutputExistsError, as_enum
 
 #: Default classification colour (QuPath's red) for objects without a class colour.
 DEFAULT_COLOUR = (200, 0, 0)
@@ -260,7 +260,7 @@ def write_geojson(path, collection: dict, overwrite: bool = False) -> Path:
     """Write a FeatureCollection atomically (refuses to replace a file unless ``overwrite``)."""
     p = Path(path)
     if p.exists() and not overwrite:
-        raise GlandsegError(f"{p}: exists; pass overwrite to replace it")
+        raise OutputExistsError(p)
     with atomic_path(p, suffix=".geojson") as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(collection, fh, ensure_ascii=False)

@@ -39,12 +39,12 @@ import tempfile
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field, replace
-from enum import Enum
 from functools import lru_cache
 
 import numpy as np
 import torch
 
+from .enums import Blend  # noqa: F401  (defined with the other modes)
 from .errors import GlandsegError, as_enum
 from .models import Model, describe_device, resolve_device
 from .precision import Precision, autocast_dtype
@@ -57,15 +57,6 @@ from .scale import working_scale
 
 #: Images with more pixels than this (or lazy inputs) get their labels in a zarr store.
 LARGE_PIXELS = 64 * 2**20
-
-
-class Blend(str, Enum):
-    """How overlapping tiles are weighted: ``gaussian`` (sigma = tile/8, as MONAI),
-    ``cosine`` (Hann window) or ``constant`` (plain average)."""
-
-    GAUSSIAN = "gaussian"
-    COSINE = "cosine"
-    CONSTANT = "constant"
 
 
 @dataclass

@@ -22,32 +22,14 @@ Two touching disks are one connected object; the watershed splits them:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from ._files import atomic_path
-from .errors import GlandsegError, as_enum
-
-
-class Split(str, Enum):
-    """How touching objects are separated.
-
-    - ``none``: connected components only;
-    - ``distance``: watershed on the distance transform, one marker per h-maximum
-      (``h`` pixels high): robust for roundish objects of varied size;
-    - ``peaks``: watershed from distance peaks at least ``min_distance`` apart;
-    - ``boundary``: markers are connected regions of the interior class (label 1) of a
-      background / interior / boundary model, grown over interior + boundary (a map with no
-      boundary pixels is thus split into its connected interiors).
-    """
-
-    NONE = "none"
-    DISTANCE = "distance"
-    PEAKS = "peaks"
-    BOUNDARY = "boundary"
+from .enums import Split  # noqa: F401  (defined with the other modes)
+from .errors import GlandsegError, OutputExistsError, as_enum
 
 
 @dataclass
@@ -354,7 +336,7 @@ def write_csv(table, path, overwrite: bool = False) -> Path:
     """Write a table to CSV atomically (refuses to replace a file unless ``overwrite``)."""
     p = Path(path)
     if p.exists() and not overwrite:
-        raise GlandsegError(f"{p}: exists; pass overwrite to replace it")
+        raise OutputExistsError(p)
     with atomic_path(p) as tmp:
         table.to_csv(tmp, index=False)
     return p

@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 
 from ._files import atomic_path
-from .errors import GlandsegError
+from .errors import GlandsegError, OutputExistsError
 from .postprocessing import PostprocessParams
 from .progress import Progress
 
@@ -490,7 +490,7 @@ def plan_slide(source, out, predictor, params: SlideParams | None = None,
         shutil.rmtree(plan_store)
         shutil.rmtree(out / f"{name}.glandseg-work", ignore_errors=True)
     elif (plan_store / "glandseg_done.json").exists():
-        raise GlandsegError(f"{plan_store}: exists; pass overwrite to replace it")
+        raise OutputExistsError(plan_store)
     # the level and scale inference reads: one choice (scale.working_scale) for both
     ws = predictor.geometry(levels, file_px, pixel_size_um)
     level, ds, out_px = ws.level, ws.downsample, ws.output_pixel_size_um

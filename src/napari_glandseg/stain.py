@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
 
 import numpy as np
 
+from .enums import StainNorm  # noqa: F401  (defined with the other modes)
 from .errors import GlandsegError
 
 #: Transmitted light intensity, and the optical-density floor below which a pixel is
@@ -41,13 +41,6 @@ from .errors import GlandsegError
 IO, BETA, ALPHA = 240.0, 0.15, 1.0
 #: Fewest tissue pixels (optical density above BETA in every channel) for a stable estimate.
 MIN_TISSUE_PIXELS = 500
-
-
-class StainNorm(str, Enum):
-    """Stain normalisation applied before a model sees an RGB image."""
-
-    NONE = "none"
-    MACENKO = "macenko"
 
 
 @dataclass

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .._files import atomic_path
-from ..errors import CheckpointError, GlandsegError
+from ..errors import CheckpointError, GlandsegError, OutputExistsError
 from .card import ModelCard
 from .registry import build_from_card
 
@@ -85,7 +85,7 @@ def save_checkpoint(path, net: nn.Module, card: ModelCard, half: bool = False,
     if p.suffix != ".safetensors":
         raise GlandsegError(f"{p}: checkpoints are written as .safetensors")
     if p.exists() and not overwrite:
-        raise GlandsegError(f"{p}: exists; pass overwrite=True to replace it")
+        raise OutputExistsError(p, "pass overwrite=True to replace it")
     state = {}
     for k, v in net.state_dict().items():
         v = v.detach().cpu()

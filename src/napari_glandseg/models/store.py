@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._files import atomic_path
-from ..errors import CheckpointError, GlandsegError
+from ..errors import CheckpointError, GlandsegError, OutputExistsError
 from .card import ModelCard
 from .checkpoint import Model, load_checkpoint, read_card, save_checkpoint
 
@@ -194,7 +194,7 @@ def export_model(name: str, dest, overwrite: bool = False) -> Path:
     if d.is_dir():
         d = d / entry.path.name
     if d.exists() and not overwrite:
-        raise GlandsegError(f"{d}: exists; pass overwrite to replace it")
+        raise OutputExistsError(d)
     with atomic_path(d) as tmp:
         shutil.copyfile(entry.path, tmp)
     return d

@@ -3,29 +3,11 @@ instance and binary masks."""
 
 from __future__ import annotations
 
-from enum import Enum
-
 import torch
 
+from ..enums import Loss  # noqa: F401  (defined with the other modes)
 from ..errors import GlandsegError
 from .targets import GAP, UNKNOWN_FG
-
-
-class Loss(str, Enum):
-    """Training losses. For multi-class models ``bce`` means cross-entropy.
-
-    - ``bce``: binary cross-entropy with logits (cross-entropy for classes);
-    - ``dice``: MONAI ``DiceLoss``;
-    - ``focal``: MONAI ``FocalLoss`` (gamma 2);
-    - ``dice_ce``: MONAI ``DiceCELoss`` (Dice + cross-entropy);
-    - ``bce_focal_dice``: the summed "multi-loss" BCE + focal + Dice.
-    """
-
-    BCE = "bce"
-    DICE = "dice"
-    FOCAL = "focal"
-    DICE_CE = "dice_ce"
-    BCE_FOCAL_DICE = "bce_focal_dice"
 
 
 def make_loss(loss: Loss, num_classes: int, partial: bool = False, gap_weight: float = 0.0):

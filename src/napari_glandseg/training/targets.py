@@ -3,21 +3,10 @@ instance labels (with unknown-foreground and gap pixels)."""
 
 from __future__ import annotations
 
-from enum import Enum
-
 import numpy as np
 
+from ..enums import Target  # noqa: F401  (defined with the other modes)
 from ..errors import GlandsegError
-
-
-class Target(str, Enum):
-    """What the model learns: ``mask`` (foreground, or the classes of a class map) or
-    ``boundary`` (background / interior / boundary from instance labels, for splitting
-    touching objects)."""
-
-    MASK = "mask"
-    BOUNDARY = "boundary"
-
 
 #: Label of a foreground pixel whose class (interior or boundary) is not known: the pixels
 #: of a binary mask in a dataset that otherwise has instance labels.

@@ -1,0 +1,98 @@
+"""The modes the settings take, as string enums (torch-free: the command line builds its
+choices from them, the dataclasses validate against them)."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from .precision import Precision
+
+
+class Split(str, Enum):
+    """How touching objects are separated.
+
+    - ``none``: connected components only;
+    - ``distance``: watershed on the distance transform, one marker per h-maximum
+      (``h`` pixels high): robust for roundish objects of varied size;
+    - ``peaks``: watershed from distance peaks at least ``min_distance`` apart;
+    - ``boundary``: markers are connected regions of the interior class (label 1) of a
+      background / interior / boundary model, grown over interior + boundary (a map with no
+      boundary pixels is thus split into its connected interiors).
+    """
+
+    NONE = "none"
+    DISTANCE = "distance"
+    PEAKS = "peaks"
+    BOUNDARY = "boundary"
+
+
+class Loss(str, Enum):
+    """Training losses. For multi-class models ``bce`` means cross-entropy.
+
+    - ``bce``: binary cross-entropy with logits (cross-entropy for classes);
+    - ``dice``: MONAI ``DiceLoss``;
+    - ``focal``: MONAI ``FocalLoss`` (gamma 2);
+    - ``dice_ce``: MONAI ``DiceCELoss`` (Dice + cross-entropy);
+    - ``bce_focal_dice``: the summed "multi-loss" BCE + focal + Dice.
+    """
+
+    BCE = "bce"
+    DICE = "dice"
+    FOCAL = "focal"
+    DICE_CE = "dice_ce"
+    BCE_FOCAL_DICE = "bce_focal_dice"
+
+
+class Target(str, Enum):
+    """What the model learns: ``mask`` (foreground, or the classes of a class map) or
+    ``boundary`` (background / interior / boundary from instance labels, for splitting
+    touching objects)."""
+
+    MASK = "mask"
+    BOUNDARY = "boundary"
+
+
+class Selection(str, Enum):
+    """The validation score that picks the best checkpoint (and early stopping).
+
+    Object scores are computed on the whole validation images, segmented as inference
+    does and post-processed with the card's settings:
+
+    - ``auto``: ``objects`` for a model with post-processing (binary or boundary), else
+      ``pixel_dice``;
+    - ``objects``: the mean of object F1 and object Dice (GlaS's gland scores);
+    - ``objects_worst``: ``objects`` of each group of validation images
+      (:attr:`TrainingPair.group`, e.g. GlaS's benign and malignant), the worse of them:
+      an average over groups hides the hard cases;
+    - ``object_f1``, ``object_dice``, ``aji``, ``pq``: one object score;
+    - ``pixel_dice``: Dice of the foreground (pooled foreground classes for class maps)
+      on the whole validation images.
+    """
+
+    AUTO = "auto"
+    OBJECTS = "objects"
+    OBJECTS_WORST = "objects_worst"
+    OBJECT_F1 = "object_f1"
+    OBJECT_DICE = "object_dice"
+    AJI = "aji"
+    PQ = "pq"
+    PIXEL_DICE = "pixel_dice"
+
+
+class StainNorm(str, Enum):
+    """Stain normalisation applied before a model sees an RGB image."""
+
+    NONE = "none"
+    MACENKO = "macenko"
+
+
+class Blend(str, Enum):
+    """How overlapping tiles are weighted: ``gaussian`` (sigma = tile/8, as MONAI),
+    ``cosine`` (Hann window) or ``constant`` (plain average)."""
+
+    GAUSSIAN = "gaussian"
+    COSINE = "cosine"
+    CONSTANT = "constant"
+
+
+__all__ = ["Blend", "Loss", "Precision", "Selection", "Split", "StainNorm", "Target"]
