@@ -403,6 +403,10 @@ def iter_objects(image, model, params: FileParams | None = None, region=None,
     if estimate is not None:
         res.info["scale_estimate"] = estimate.describe()
     card = model.card
+    if stats is None and card.appearance:  # a whole image (not a slide's block)
+        from .domain import warning
+
+        res.info["appearance"] = warning(image, card)
     class_map = card.num_classes > 1 and not card.boundary_class
     post = postprocess_for(card, params.postprocess)
     result = FileResult(path=None, labels=res.labels, segment=res, postprocess=post,

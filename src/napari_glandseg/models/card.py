@@ -68,6 +68,9 @@ class Normalization(str, Enum):
 
 
 DEFAULT_COLOURS = ["#000000", "#ff3b30", "#34c759", "#007aff", "#ffcc00", "#af52de", "#5ac8fa"]
+#: words for the default colours, for legends
+COLOUR_NAMES = {"#000000": "black", "#ff3b30": "red", "#34c759": "green", "#007aff": "blue",
+                "#ffcc00": "yellow", "#af52de": "purple", "#5ac8fa": "light blue"}
 
 
 @dataclass
@@ -131,6 +134,7 @@ class ModelCard:
     postprocess: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     scale_reference: dict = field(default_factory=dict)
+    appearance: dict = field(default_factory=dict)
     version: str = "0.1.0"
     format: str = CARD_FORMAT
 
@@ -164,6 +168,13 @@ class ModelCard:
     @property
     def binary(self) -> bool:
         return self.num_classes == 1
+
+    def legend(self) -> str:
+        """The foreground classes and their colours in words, e.g. ``"large bowel red,
+        small bowel green, stomach blue"`` (class 0, background, is not drawn)."""
+        return ", ".join(f"{name} {COLOUR_NAMES.get(str(col).lower(), col)}"
+                         for name, col in list(zip(self.class_names, self.class_colours,
+                                                   strict=False))[1:])
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -233,7 +244,7 @@ MAX_TEXT = 20_000
 _TEXT_FIELDS = ("name", "description", "training_data", "data_licence", "licence", "version",
                 "format")
 _DICT_FIELDS = ("arch_kwargs", "stain_normalization", "metrics", "postprocess", "training",
-                "scale_reference")
+                "scale_reference", "appearance")
 
 
 def _check_field_types(card: ModelCard) -> None:
@@ -280,6 +291,10 @@ def _check_field_types(card: ModelCard) -> None:
                              or not math.isfinite(size) or not 0 < size <= 1e5):
         raise GlandsegError(f"card field scale_reference: sigma_px must be a positive number "
                             f"of pixels, got {_short(size)}")
+    if card.appearance:
+        from ..domain import check_entry
+
+        check_entry(card.appearance)
     if card.postprocess:
         from ..postprocessing import PostprocessParams
 
