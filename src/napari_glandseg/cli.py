@@ -23,8 +23,8 @@ import argparse
 import os
 import sys
 
-from .errors import GlandsegError
-from .precision import Precision
+from .enums import Loss, Precision, Selection, Split, StainNorm, Target
+from .errors import GlandsegError, OutputExistsError
 from .progress import run_to_end
 
 EXIT_BAD_INPUT = 2
@@ -172,7 +172,7 @@ def _segment_blockwise(args) -> int:
                                        overwrite=args.overwrite),
                     _Bar(f"[{i}/{len(files)}] {f}", args.quiet)))
             except (GlandsegError, OSError) as exc:
-                if "exists; pass overwrite" in str(exc):
+                if isinstance(exc, OutputExistsError):
                     skipped.append(f)
                 else:
                     failures.append((f, str(exc)))
@@ -238,6 +238,8 @@ def _segment(args) -> int:
             scale = f"; {est.describe()}" if est is not None else ""
             print(f"{f.name} -> {detail.outputs['labels']} ({detail.segment.seconds:.1f} s, "
                   f"{detail.segment.device}{scale})", file=sys.stderr)
+        if event == "done" and detail.segment.info.get("appearance"):
+            print(f"WARNING {f.name}: {detail.segment.info['appearance']}", file=sys.stderr)
 
     report = run_to_end(iter_segment_files(files, model, params, on_file), progress)
     print(f"{len(report.done)} segmented, {len(report.skipped)} skipped, "
@@ -331,6 +333,11 @@ def _load_config(path) -> dict:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise GlandsegError(f"{p}: not valid JSON ({exc})") from None
+
+
+def _values(enum) -> list[str]:
+    """An enum's values: the command line's choices come from the modes the code knows."""
+    return [m.value for m in enum]
 
 
 _PRECISION_HELP = ("auto (default): bf16 on a GPU, and on a CPU only where it is measurably "
@@ -482,7 +489,8 @@ def _tune(args) -> int:
     split_csv = args.split_csv or (data / "split.csv" if (data / "split.csv").exists()
                                    else None)
     mask_folder = args.mask_folder.split(",") if args.mask_folder else None
-    _, val = split_pairs(data, split_csv, mask_folder, args.val_fraction, args.val_every)
+    _, val = split_pairs(data, split_csv, mask_folder, args.val_fraction, args.val_every,
+                         args.group_column)
     model = load_model(args.model, device=args.device)
     px = args.data_pixel_size or model.card.data_pixel_size_um
     val = with_pixel_size(val, px)
@@ -490,12 +498,14 @@ def _tune(args) -> int:
     print(f"tuning {model.name!r} on {len(val)} validation images from {data}",
           file=sys.stderr)
     result = run_to_end(iter_tune(model, val, args.metric), _Bar("tuning", args.quiet))
-    keys = ("object_f1", "object_dice", "aji", "pq")
+    from .tune import setting_keys
+
+    keys = ("object_f1", "object_dice", "aji", "pq",
+            *(k for k in result.table[0] if k.startswith("objects[")))
     print(f"| setting | {' | '.join(keys)} | {result.metric} |")
     print("|---|" + "---:|" * (len(keys) + 1))
     for row in result.table[:args.top]:
-        setting = ", ".join(f"{k}={v}" for k, v in row.items()
-                            if k not in (*keys, "objects"))
+        setting = ", ".join(f"{k}={v}" for k, v in row.items() if k in setting_keys(row))
         print(f"| {setting} | " + " | ".join(f"{row[k]:.3f}" for k in keys)
               + f" | {row[result.metric]:.3f} |")
     top = max(row[result.metric] for row in result.table)
@@ -600,14 +610,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="store name or checkpoint file")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
-    s.add_argument("--precision", default="auto", choices=[p.value for p in Precision],
+    s.add_argument("--precision", default="auto", choices=_values(Precision),
                    help=_PRECISION_HELP)
     s.add_argument("--tile", type=int, default=512, help="tile size (default 512)")
     s.add_argument("--overlap", type=float, default=0.25, help="tile overlap (default 0.25)")
     s.add_argument("--batch", type=int, default=4, help="tiles per batch (default 4)")
     s.add_argument("--tta", action="store_true", help="test-time augmentation (8x slower)")
     s.add_argument("--threshold", type=float, default=0.5, help="binary threshold")
-    s.add_argument("--split", choices=["none", "distance", "peaks", "boundary"],
+    s.add_argument("--split", choices=_values(Split),
                    help="separate touching objects (default: the model card's)")
     s.add_argument("--min-size", type=int, help="remove objects smaller than this (px); "
                                                 "default: the model card's")
@@ -662,7 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train or fine-tune a model on a dataset folder",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  glandseg train --config configs/glands-he.json --data "
-               "../shared/data/glas\n  glandseg train --data my_dataset/ --name my-unet "
+               "DATA/glas\n  glandseg train --data my_dataset/ --name my-unet "
                "--arch unet --epochs 30\n  glandseg train --data new_cases/ --base glands-he "
                "--name glands-mine --freeze-encoder --epochs 5\n"
                "  glandseg train --data my_dataset/ --name my-eff --encoder "
@@ -689,23 +699,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch", type=int, help="batch size")
     t.add_argument("--patch", type=int, help="patch size")
     t.add_argument("--lr", type=float, help="learning rate")
-    t.add_argument("--loss", choices=["bce", "dice", "focal", "dice_ce", "bce_focal_dice"])
-    t.add_argument("--target", choices=["mask", "boundary"])
+    t.add_argument("--loss", choices=_values(Loss))
+    t.add_argument("--target", choices=_values(Target))
     t.add_argument("--gap-weight", type=float, metavar="W",
                    help="boundary target: gaps between objects weigh 1 + W in the loss")
     t.add_argument("--num-classes", type=int, help="classes of a class-map mask")
     t.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"])
-    t.add_argument("--precision", choices=[p.value for p in Precision], help=_PRECISION_HELP)
+    t.add_argument("--precision", choices=_values(Precision), help=_PRECISION_HELP)
     t.add_argument("--seed", type=int)
     t.add_argument("--patience", type=int, help="early stopping patience (epochs)")
-    t.add_argument("--stain-norm", choices=["none", "macenko"],
+    t.add_argument("--stain-norm", choices=_values(StainNorm),
                    help="map images onto reference H&E stains (kept in the model card; "
                         "inference applies the same)")
     t.add_argument("--stain-reference",
                    help="reference stains: an image file, or 'standard' (Macenko's); "
                         "default: the training images")
-    t.add_argument("--select", choices=["auto", "objects", "objects_worst", "object_f1",
-                                        "object_dice", "aji", "pq", "pixel_dice"],
+    t.add_argument("--select", choices=_values(Selection),
                    help="validation score that keeps the best checkpoint (default: objects "
                         "for models with post-processing)")
     t.add_argument("--pixel-size", type=float, metavar="UM",
@@ -727,7 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser(
         "tune", help="choose post-processing on validation images by object scores",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  glandseg tune --model glands-he --data ../shared/data/glas\n"
+        epilog="examples:\n  glandseg tune --model glands-he --data DATA/glas\n"
                "  glandseg tune --model nuclei-he --data monuseg/ --metric aji "
                "--mask-folder instances\n  glandseg tune --model my-net --data cases/ "
                "--val-every 5 --name my-net-tuned\n\n"
@@ -743,7 +752,11 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--val-fraction", type=float, default=0.2,
                    help="no split CSV: the last fraction in name order validates")
     u.add_argument("--metric", default="auto",
-                   choices=["auto", "objects", "object_f1", "object_dice", "aji", "pq"])
+                   choices=[v for v in _values(Selection) if v != "pixel_dice"])
+    u.add_argument("--group-column", metavar="COLUMN",
+                   help="a column of the split CSV that groups validation images (GlaS: "
+                        "grade_glas); the table scores each group, and objects_worst the "
+                        "worse")
     u.add_argument("--data-pixel-size", type=float, metavar="UM",
                    help="um/px of images whose files do not say it (default: the card's)")
     u.add_argument("--name", help="store name of the tuned copy (default: MODEL-tuned)")

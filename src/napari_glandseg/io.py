@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ._files import atomic_path
-from .errors import GlandsegError, ImageReadError
+from .errors import GlandsegError, ImageReadError, OutputExistsError
 from .labels import dtype_for_max, labels_dtype
 
 #: Whole-slide formats read through OpenSlide (the ``slides`` extra): Hamamatsu NDPI and VMS/VMU,
@@ -42,7 +42,10 @@ MASK_NAME_SUFFIXES = (
     "_anno", "_mask", "_masks", "_label", "_labels", "_instances", "_gt", "_seg",
 )
 #: Folder names whose files are masks, in the order a dataset search prefers them.
-MASK_FOLDERS = ("masks", "labels", "instances", "instances_cc", "annotations", "gt")
+MASK_FOLDERS = ("masks", "labels", "instances", "instances_cc", "annotations", "gt",
+                "corrected")
+#: Where Save corrections writes a corrected result (never over the truth by default)
+CORRECTED_FOLDER = "corrected"
 IMAGE_FOLDERS = ("images", "imgs", "image")
 #: An integer single-channel image with at most this many distinct values is taken as a mask.
 MAX_MASK_VALUES = 32
@@ -796,7 +799,7 @@ def write_labels(
     if suffix not in (".tif", ".tiff", ".png"):
         raise GlandsegError(f"{p}: labels are written as .tif, .tiff or .png, not {suffix!r}")
     if p.exists() and not overwrite:
-        raise GlandsegError(f"{p}: exists; pass overwrite=True to replace it")
+        raise OutputExistsError(p, "pass overwrite=True to replace it")
     if _is_lazy(labels) and suffix != ".png":
         dtype = np.dtype(labels.dtype)
         if not np.issubdtype(dtype, np.integer):
@@ -840,7 +843,7 @@ def write_probabilities(path: str | os.PathLike, probabilities, overwrite: bool 
     if p.suffix.lower() not in (".tif", ".tiff"):
         raise GlandsegError(f"{p}: probabilities are written as .tif or .tiff")
     if p.exists() and not overwrite:
-        raise GlandsegError(f"{p}: exists; pass overwrite=True to replace it")
+        raise OutputExistsError(p, "pass overwrite=True to replace it")
     with atomic_path(p, p.suffix) as tmp:
         _write_tiff(tmp, probabilities, np.dtype(np.float32), pixel_size_um,
                     photometric="minisblack")

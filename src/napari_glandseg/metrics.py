@@ -129,7 +129,8 @@ def match(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     if iou.size == 0:
         return np.zeros(0, int), np.zeros(0, int)
     if threshold >= 0.5:
-        return np.nonzero(iou > threshold)
+        rows, cols = np.nonzero(iou > threshold)
+        return rows, cols
     from scipy.optimize import linear_sum_assignment
 
     above = iou > threshold
@@ -162,8 +163,8 @@ def pixel_metrics(pred, truth, classes: int | None = None) -> dict:
     per = {}
     for c in range(1, classes):
         per[c] = _binary_counts_to_metrics(*_counts(pred == c, truth == c))
-    out = {k: float(np.mean([per[c][k] for c in per])) for k in
-           ("dice", "iou", "precision", "recall")}
+    out: dict = {k: float(np.mean([per[c][k] for c in per])) for k in
+                 ("dice", "iou", "precision", "recall")}
     out["accuracy"] = float((pred == truth).mean()) if pred.size else 1.0
     out["per_class"] = per
     return out

@@ -58,9 +58,15 @@ def _probe_seconds(bf16: bool, repeats: int = 3) -> float:
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(
-        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
-        torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
-        torch.nn.Conv2d(32, 16, 3, padding=1)).to(memory_format=torch.channels_last)
+        torch.nn.Conv2d(16, 32, 3, padding=1),
+        torch.nn.BatchNorm2d(32),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 32, 3, padding=1),
+        torch.nn.BatchNorm2d(32),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 16, 3, padding=1),
+    )
+    net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     x = torch.randn(4, 16, 96, 96).contiguous(memory_format=torch.channels_last)
     best = float("inf")
     for i in range(repeats + 1):  # the first pass warms oneDNN's kernels up
@@ -112,8 +118,8 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     import torch
 
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-        getattr(precision, "value", precision))
+        getattr(precision, "value", precision)
+    )
 
 
-__all__ = ["MIN_GAIN", "Precision", "autocast_dtype", "cpu_bf16_is_faster", "cpu_flags",
-           "resolve"]
+__all__ = ["MIN_GAIN", "Precision", "autocast_dtype", "cpu_bf16_is_faster", "cpu_flags", "resolve"]

@@ -161,7 +161,7 @@ def iter_tune(model, pairs, metric: TuneMetric | str = TuneMetric.AUTO, grid=Non
     grid = list(grid) if grid is not None else candidate_grid(card_post, card.boundary_class)
     t0 = time.perf_counter()
     total = len(pairs) + len(grid)
-    predictions = []
+    predictions, groups = [], []
     # segmented once each (the route from image to objects, without post-processing) ...
     seg = FileParams(segment=SegmentParams(tile_size=tile_size, return_probabilities=False),
                      postprocess=None)
@@ -169,13 +169,20 @@ def iter_tune(model, pairs, metric: TuneMetric | str = TuneMetric.AUTO, grid=Non
         res = objects_from_image(p.image, model, seg, in_memory=True,
                                  pixel_size_um=getattr(p, "pixel_size_um", None))
         predictions.append((np.asarray(res.segment.labels), as_instances(p.mask)))
+        groups.append(getattr(p, "group", None))
         yield Progress(i + 1, total, f"segmented {i + 1}/{len(pairs)}",
                        time.perf_counter() - t0)
     rows = []
+    named = sorted({g for g in groups if g})
     for j, params in enumerate(grid):  # ... then its post-processing step per candidate
-        s = summarise_objects(object_scores(Overlap.of(objects_of(labels, params).labels,
-                                                       truth))
-                              for labels, truth in predictions)
+        scores = [object_scores(Overlap.of(objects_of(labels, params).labels, truth))
+                  for labels, truth in predictions]
+        s = summarise_objects(scores)
+        # groups of images (GlaS benign / malignant) apart, and the worse of them
+        for g in named:
+            s[f"objects[{g}]"] = summarise_objects(
+                r for r, gr in zip(scores, groups, strict=True) if gr == g)["objects"]
+        s["objects_worst"] = min((s[f"objects[{g}]"] for g in named), default=s["objects"])
         rows.append({**_entry(params), **s})
         yield Progress(len(pairs) + j + 1, total, f"setting {j + 1}/{len(grid)}",
                        time.perf_counter() - t0)
@@ -183,8 +190,14 @@ def iter_tune(model, pairs, metric: TuneMetric | str = TuneMetric.AUTO, grid=Non
     current = _entry(card_post) if card_post is not None else None
     current_score = next((r[key] for r in rows if current and _same(r, current)), float("nan"))
     rows = choose(rows, key, tie)
-    best = {k: v for k, v in rows[0].items() if k not in (*ALL_OBJECT_SCORES, "objects")}
+    best = {k: v for k, v in rows[0].items() if k in setting_keys(rows[0])}
     return TuneResult(key, best, rows[0][key], current_score, rows, len(pairs))
+
+
+def setting_keys(row: dict) -> set:
+    """The keys of a row that are post-processing settings (not scores)."""
+    return {"split", "min_size", "fill_holes", "max_hole_size", "h", "min_distance"} & \
+        set(row)
 
 
 def _same(row: dict, entry: dict) -> bool:

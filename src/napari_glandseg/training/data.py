@@ -103,6 +103,8 @@ def split_pairs(folder, split_csv=None, mask_folder=None, val_fraction: float = 
     last ``val_fraction`` of the pairs in natural name order (a contiguous block, as
     near-duplicate neighbouring EM slices need) is validation.
 
+    Examples
+    --------
     >>> [n for n in ("001", "005", "010", "a_15") if _id_divisible(n, 5)]
     ['005', '010', 'a_15']
     """

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -139,10 +140,10 @@ class _Run:
     sampler: PatchSampler
     val_set: list
     val_pairs: list
-    loss_fn: object
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     select: Selection
-    amp: object = None
-    scaler: object = None
+    amp: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
     history: list = field(default_factory=list)
     epoch: int = 0  # the next epoch to run
     step: int = 0
@@ -237,6 +238,12 @@ def _setup(train_pairs, val_pairs, params: TrainParams) -> _Run:
                                 f"takes {card.in_channels}")
     if params.auto_scale and not params.base_model and not card.scale_reference:
         card.scale_reference = _scale_reference(train_pairs, params, card)
+    if not params.base_model and not card.appearance and len(train_pairs) >= 2:
+        from ..domain import reference
+
+        # the raw training images (inference compares raw images), at most 200 of them
+        card.appearance = reference([p.image for p in
+                                     train_pairs[::max(1, len(train_pairs) // 200)]])
     if params.stain_normalization is StainNorm.MACENKO and not card.stain_normalization:
         card.stain_normalization = stain_reference(train_pairs, params.stain_reference)
         check_card_entry(card.stain_normalization, card.in_channels)
@@ -345,7 +352,7 @@ def _end_epoch(run: _Run, losses: list, t0: float) -> dict:
     score improved; save the run state."""
     params, card = run.params, run.card
     blind = not run.val_pairs  # no validation images: the last epoch is the model
-    val = {"val_loss": None, "val_dice": None} if blind else \
+    val: dict = {"val_loss": None, "val_dice": None} if blind else \
         _validate(run.net, run.val_set, run.loss_fn, run.device, card.num_classes)
     whole = not blind and (run.epoch + 1 >= params.epochs
                            or (run.epoch + 1) % params.validate_every == 0)
@@ -358,7 +365,7 @@ def _end_epoch(run: _Run, losses: list, t0: float) -> dict:
             raise GlandsegError(f"select={run.select.value!r} needs object post-processing "
                                 "in the card (postprocess); use select='pixel_dice' or give "
                                 "postprocess")
-        score = val[key]
+        score = float(val[key])
         improved = score > run.best
     run.net.train()
     if improved:
@@ -395,6 +402,7 @@ def _end_epoch(run: _Run, losses: list, t0: float) -> dict:
 def _write_run_files(run: _Run, record: dict) -> None:
     """A run folder's readable side: ``history.jsonl`` (the curve, one line per epoch,
     rewritten whole with the state so the two always agree) and ``log.txt`` (appended)."""
+    assert run.run_dir is not None
     with atomic_path(run.run_dir / HISTORY_FILE) as tmp:
         Path(tmp).write_text("".join(json.dumps(_jsonable(r)) + "\n" for r in run.history))
     parts = [f"epoch {record['epoch']}", f"step {record['step']}",
@@ -537,7 +545,7 @@ def _restore(run: _Run, path) -> None:
     """Put a saved run state back: it must be for the same network and selection."""
     st = _load_state(path)
     card = run.card
-    theirs = (st.get("architecture"), st.get("arch_json"), st.get("num_classes"))
+    theirs: tuple = (st.get("architecture"), st.get("arch_json"), st.get("num_classes"))
     ours = (card.architecture, json.dumps(card.arch_kwargs, sort_keys=True), card.num_classes)
     if None in theirs:
         raise GlandsegError(f"{path}: an old training state without its network settings; "
@@ -551,12 +559,12 @@ def _restore(run: _Run, path) -> None:
         raise GlandsegError(f"{path}: cannot resume: the run selected on {st.get('select')!r}, "
                             f"this one on {run.select.value!r}")
     if st.get("settings"):
-        theirs, ours = json.loads(st["settings"]), _settings(run.params)
-        ours = json.loads(json.dumps(ours, default=str))
-        changed = [k for k in sorted(set(theirs) | set(ours))
-                   if k not in _RESUMABLE_CHANGES and theirs.get(k) != ours.get(k)]
+        was = json.loads(st["settings"])
+        now = json.loads(json.dumps(_settings(run.params), default=str))
+        changed = [k for k in sorted(set(was) | set(now))
+                   if k not in _RESUMABLE_CHANGES and was.get(k) != now.get(k)]
         if changed:
-            diff = "; ".join(f"{k} was {theirs.get(k)!r}, now {ours.get(k)!r}"
+            diff = "; ".join(f"{k} was {was.get(k)!r}, now {now.get(k)!r}"
                              for k in changed[:4])
             raise GlandsegError(f"{path}: cannot resume with other settings: {diff} (only "
                                 f"{', '.join(_RESUMABLE_CHANGES)} may change)")

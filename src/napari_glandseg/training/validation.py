@@ -3,41 +3,13 @@ does (the scores checkpoints are selected on)."""
 
 from __future__ import annotations
 
-from enum import Enum
-
 import numpy as np
 import torch
 
+from ..enums import Selection  # noqa: F401  (defined with the other modes)
 from ..models import Model, ModelCard
 from .data import TrainingPair
 from .targets import GAP, UNKNOWN_FG
-
-
-class Selection(str, Enum):
-    """The validation score that picks the best checkpoint (and early stopping).
-
-    Object scores are computed on the whole validation images, segmented as inference
-    does and post-processed with the card's settings:
-
-    - ``auto``: ``objects`` for a model with post-processing (binary or boundary), else
-      ``pixel_dice``;
-    - ``objects``: the mean of object F1 and object Dice (GlaS's gland scores);
-    - ``objects_worst``: ``objects`` of each group of validation images
-      (:attr:`TrainingPair.group`, e.g. GlaS's benign and malignant), the worse of them:
-      an average over groups hides the hard cases;
-    - ``object_f1``, ``object_dice``, ``aji``, ``pq``: one object score;
-    - ``pixel_dice``: Dice of the foreground (pooled foreground classes for class maps)
-      on the whole validation images.
-    """
-
-    AUTO = "auto"
-    OBJECTS = "objects"
-    OBJECTS_WORST = "objects_worst"
-    OBJECT_F1 = "object_f1"
-    OBJECT_DICE = "object_dice"
-    AJI = "aji"
-    PQ = "pq"
-    PIXEL_DICE = "pixel_dice"
 
 
 def iter_validation_rows(model: Model, pairs: list[TrainingPair], tile_size: int = 512,
