@@ -85,3 +85,8 @@ def test_slides_widget_runs_the_bundled_svs_with_tissue_detection(make_napari_vi
         pass
     assert w.result is not None and not w.result.failed, w.result.failed
     assert [r.name for r in w.result.done] == ["cmu_small_region"]
+    # the results open over their slide in micrometres: the scale bar keeps its unit
+    layers = w.open_results()
+    assert viewer.scale_bar.visible
+    units = {str(u) for la in viewer.layers for u in la.units[-2:]}
+    assert units == {"micrometer"} and layers[0].metadata["source_image"]

@@ -56,22 +56,25 @@ def _segment_roi(qtbot, viewer, seg, corners, shape_type):
     return objects
 
 
-def test_a_roi_result_is_saved_into_the_truth_as_a_whole_image_mask(roi_session, qtbot,
-                                                                    dataset, notes):
+def test_a_roi_result_is_saved_beside_the_truth_as_a_whole_image_mask(roi_session, qtbot,
+                                                                      dataset, notes):
     viewer, load, seg = roi_session
-    truth = np.asarray(read_image(dataset / "masks" / f"{STEM}.png", as_labels=True).data)
+    truth_file = dataset / "masks" / f"{STEM}.png"
+    truth = np.asarray(read_image(truth_file, as_labels=True).data)
+    before = truth_file.read_bytes()
     tri = [[40, 50], [40, 150], [120, 50]]  # a triangle: its bounding box is 81 x 101
     objects = _segment_roi(qtbot, viewer, seg, tri, "polygon")
     assert objects.data.shape == (81, 101) and tuple(objects.translate) == (40, 50)
     objects.paint((5, 5), 7)  # an edit: now an unsaved correction
-    assert load.save_corrections() == [] and "exists" in notes[-1][1]  # asks first
-    (path,) = load.save_corrections(overwrite=True)
-    # the folder loads and trains: every mask has its image's shape
-    pairs = pairs_from_folder(dataset)
-    assert path == dataset / "masks" / f"{STEM}.png"  # into the truth itself
+    (path,) = load.save_corrections()
+    # never over the truth: a corrected result goes to corrected/, named for what it is
+    assert path == dataset / "corrected" / f"{STEM}.tif"
+    assert truth_file.read_bytes() == before
     assert sorted(p.name for p in (dataset / "masks").iterdir()) == [
-        f"{STEM}.png", "train_1_crop.png"]  # no second, cropped mask beside it
-    assert [p.name for p in pairs] == [STEM, "train_1_crop"]
+        f"{STEM}.png", "train_1_crop.png"]  # no second, cropped mask beside the truth
+    # the corrected folder loads and trains: every mask has its image's shape
+    pairs = pairs_from_folder(dataset, mask_folder="corrected")
+    assert [p.name for p in pairs] == [STEM]
     assert all(p.mask.shape == p.image.shape[:2] for p in pairs)
     saved = pairs[0].mask
     assert saved.shape == truth.shape == (256, 256)
@@ -88,6 +91,10 @@ def test_a_roi_result_is_saved_into_the_truth_as_a_whole_image_mask(roi_session,
     assert len(new_ids) == len(np.unique(crop[crop > 0]))  # 1 (all gland) and the 7
     assert new_ids.min() > truth.max()  # no id of an object outside is reused
     assert not load.unsaved()
+    # saving again replaces the earlier correction only when asked
+    objects.paint((6, 6), 7)
+    assert load.save_corrections() == [] and "exists" in notes[-1][1]
+    assert load.save_corrections(overwrite=True) == [path]
 
 
 def test_a_roi_result_without_truth_gets_a_whole_image_mask(roi_session, qtbot, dataset,
@@ -98,9 +105,10 @@ def test_a_roi_result_without_truth_gets_a_whole_image_mask(roi_session, qtbot, 
                            "rectangle")
     objects.paint((5, 5), 2)
     (path,) = load.save_corrections()
-    assert path == dataset / "masks" / f"{STEM}.tif"
+    assert path == dataset / "corrected" / f"{STEM}.tif"
     assert any(level == "warning" and "background" in m for level, m in notes)
-    (pair,) = [p for p in pairs_from_folder(dataset) if p.name == STEM]
+    (pair,) = [p for p in pairs_from_folder(dataset, mask_folder="corrected")
+               if p.name == STEM]
     assert pair.mask.shape == pair.image.shape[:2] == (256, 256)
     assert not pair.mask[:40].any() and pair.mask[40:121, 50:151].all()
 

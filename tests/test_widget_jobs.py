@@ -171,6 +171,7 @@ def test_postprocess_job_reads_a_snapshot_of_the_layer(make_napari_viewer, qtbot
 
 def test_compare_runs_in_a_worker_on_copies_and_can_be_cancelled(make_napari_viewer, qtbot,
                                                                 notes, monkeypatch):
+    import napari_glandseg.metrics as met
     import napari_glandseg.widgets.compare as cmp
 
     viewer = make_napari_viewer()
@@ -182,10 +183,10 @@ def test_compare_runs_in_a_worker_on_copies_and_can_be_cancelled(make_napari_vie
     viewer.add_labels(truth, name="truth", metadata={"glandseg_role": "truth"})
     w = _dock(viewer, "Compare")
     started, go = threading.Event(), threading.Event()
-    real = cmp.evaluate
+    real = met._evaluate
     main = threading.current_thread()
     ran_on = []
-    monkeypatch.setattr(cmp, "evaluate", lambda *a, **k: (
+    monkeypatch.setattr(met, "_evaluate", lambda *a, **k: (
         ran_on.append(threading.current_thread()), started.set(), go.wait(10),
         real(*a, **k))[3])
     t0 = time.perf_counter()
@@ -331,5 +332,7 @@ def test_finetune_validates_on_the_chosen_device(make_napari_viewer, qtbot, note
     monkeypatch.setattr(inf, "resolve_device", chosen_only)
     _wait(qtbot, w.start(), timeout=120000)
     assert [n for n in notes if n[0] == "error"] == []
-    result, before, after = w.result
-    assert len(before) == 1 and len(after) == 1  # base and new model, both scored
+    result, before, after, looks = w.result
+    # no independent truth: the base and the new model segment the corrected region, on
+    # the chosen device, for the user to judge
+    assert set(looks) == {"before", "after"}

@@ -9,7 +9,7 @@ import torch
 from qtpy.QtCore import Qt
 
 from napari_glandseg.models import ModelCard, build_model, import_model, save_checkpoint
-from napari_glandseg.widgets.compare import OVERLAY_LEGEND, STATUS_VALUE
+from napari_glandseg.widgets.compare import OUTLINE_LEGEND, OVERLAY_LEGEND, SPLIT_COLOUR
 
 PLUGIN = "napari-glandseg"
 
@@ -127,16 +127,24 @@ def test_load_svs_multiscale(make_napari_viewer, data_dir):
     assert not viewer.scale_bar.visible
 
 
-def test_model_card_names_each_score_once(make_napari_viewer):
-    """The bundled glands-he card holds val.dice (full images) and val_dice (the training
-    run's): the card showed two rows "val dice" with different values."""
+def test_model_card_says_what_the_model_is_for_and_groups_its_figures(make_napari_viewer):
+    """The card listed ~35 unsorted metrics (and "val dice" twice); a pathologist needs what
+    the model is for and its key figures on validation and test images."""
     viewer = make_napari_viewer()
     w = _dock(viewer, "Model")
     w.select("glands-he")
-    rows = [line.split("\t")[0].strip() for line in w.card_view.toPlainText().splitlines()]
-    scores = [r for r in rows if r.startswith(("val ", "test "))]
-    assert "val dice" in scores and "val dice (during training)" in scores
-    assert len(scores) == len(set(scores))
+    lines = w.card_view.toPlainText().splitlines()  # a table cell per line
+    text = "\n".join(lines)
+    assert lines[lines.index("use it for") + 1] == "Glands in colon H&E (20x)"
+    assert "0.62 um/px (a 20x scan)" in text and "RGB images" in text
+    val = lines[lines.index("validation (20 images)") + 1]
+    # key figures, objects first, each once
+    assert val.index("object F1") < val.index("object Dice") < val.index("AJI") < \
+        val.index(", Dice 0.")
+    assert "held-out test (measured once) (60 images)" in lines
+    assert "during training" not in text and text.count("object F1") == 2
+    w.select("nuclei-he")
+    assert "0.25 um/px (a 40x scan)" in w.card_view.toPlainText()
 
 
 def test_model_widget_lists_store_and_shares_selection(make_napari_viewer, tmp_path, notes):
@@ -216,16 +224,16 @@ def test_segment_widget_runs_in_background_and_adds_labels(make_napari_viewer, q
     # a second run never overwrites the first layer
     with qtbot.waitSignal(w.run().finished, timeout=60000):
         pass
-    assert "glas_testA_5 [allfg] (2)" in viewer.layers
+    assert "run 2: glas_testA_5 [allfg]" in viewer.layers
     # ... and shows the new result alone: the first run's layers are hidden, not removed
-    assert viewer.layers["glas_testA_5 [allfg] (2)"].visible and not layer.visible
+    assert viewer.layers["run 2: glas_testA_5 [allfg]"].visible and not layer.visible
     assert "layer(s) of this image hidden (its truth, earlier results" in w.status.text()
     assert viewer.layers["glas_testA_5"].visible  # the image itself stays
     assert not viewer.layers["glas_testA_5 [truth]"].visible  # the truth is hidden too
     # ... but not a layer with unsaved edits, nor the results of another image
     other = viewer.add_labels(np.zeros((4, 4), np.uint8), name="other [allfg objects]",
                               metadata={"source_image": "other", "glandseg_role": "objects"})
-    edited = viewer.layers["glas_testA_5 [allfg] (2)"]
+    edited = viewer.layers["run 2: glas_testA_5 [allfg]"]
     edited.metadata["unsaved"] = True
     with qtbot.waitSignal(w.run().finished, timeout=60000):
         pass
@@ -358,7 +366,8 @@ def test_compare_widget_metrics_overlay_and_objects(make_napari_viewer, qtbot, n
     overlay = viewer.layers[f"compare pred ({OVERLAY_LEGEND})"].data
     assert set(np.unique(overlay[truth == missing])) == {3}  # the missed gland is FN
     assert set(np.unique(overlay[pred > 0])) == {1}
-    row = next(i for i, o in enumerate(w.objects) if o["status"] == "FN")
+    row = next(i for i, o in enumerate(w.objects) if o["status"] == "missed")
+    assert w.objects[row]["id"] == missing and w.objects[row]["side"] == "truth"
     before = _camera(viewer).center
     zoom = _camera(viewer).zoom
     w.object_table.cellClicked.emit(row, 0)
@@ -378,10 +387,15 @@ def test_compare_widget_metrics_overlay_and_objects(make_napari_viewer, qtbot, n
     w.pred_box.setCurrentText("merged")
     m = _compare(qtbot, w)
     assert m["merged"] == 1 and m["split"] == 1
-    overlay = viewer.layers[f"compare merged ({OVERLAY_LEGEND})"].data
-    assert set(np.unique(overlay[(truth == 1) | (truth == 2)])) == {STATUS_VALUE["merged"]}
-    assert set(np.unique(overlay[truth == 3])) == {STATUS_VALUE["split"]}
+    outlines = viewer.layers[f"compare merged ({OUTLINE_LEGEND})"]
+    # the merging prediction and both pieces of the split gland are outlined by their ids
+    assert set(np.unique(outlines.data[(truth == 1) | (truth == 2)])) == {1}
+    assert set(np.unique(outlines.data[truth == 3])) == {3, 99}
+    assert outlines.contour > 0
+    assert outlines.colormap.map(np.array([99]))[0, :3] == pytest.approx(
+        np.array([int(SPLIT_COLOUR[i:i + 2], 16) / 255 for i in (1, 3, 5)]), abs=0.01)
     assert {o["status"] for o in w.objects} >= {"merged", "split"}
+    assert sum(o["side"] == "truth" for o in w.objects) == len(np.unique(truth)) - 1
     # an edit after comparing makes the results stale, and says so
     viewer.layers["merged"].paint((0, 0), 5)
     assert "press Compare again" in w.stale.text()
@@ -509,14 +523,18 @@ def test_finetune_widget_trains_end_to_end(make_napari_viewer, qtbot, notes):
     assert worker is not None and not w.start_btn.isEnabled()
     with qtbot.waitSignal(worker.finished, timeout=120000):
         pass
-    result, before, after = w.result
-    assert len(result.history) == 2 and before == [] and len(after) == 1
-    assert len(w.plot.val_dice) == 2 and len(w.plot.losses) == 6
-    (val,) = [la for la in viewer.layers if "[val: " in la.name]  # one, not two
-    assert tuple(val.translate) == (522 - val.data.shape[0], 0)  # on the strip it scored
-    assert model_w.selection.model.name == "ft-test"  # the new model is selected
-    assert model_w.model_box.currentData() == "ft-test"
-    assert "Best epoch" in w.status.text() and "now the selected model" in w.status.text()
+    result, before, after, looks = w.result
+    # the sample alone: no truth of another image, so nothing is scored (the truth it
+    # trains on is no validation) and the new model is shown, not selected
+    assert len(result.history) == 2 and before == after == [] and set(looks) == {"after"}
+    assert len(w.plot.losses) == 6
+    assert not [la for la in viewer.layers if "[val" in la.name]
+    (after_layer,) = [la for la in viewer.layers if la.metadata.get("glandseg_role") == "after"]
+    assert after_layer.data.shape == (522, 775) and tuple(after_layer.translate) == (0, 0)
+    assert "nothing was scored" in w.status.text()
+    assert model_w.selection.model.name != "ft-test"  # nothing says it is better
+    w.use_new_model()
+    assert model_w.selection.model.name == "ft-test"
     assert [n for n in notes if n[0] == "error"] == []
 
 
@@ -628,7 +646,12 @@ def test_gui_opens_each_sample_with_its_bundled_model(sample, model, image, make
     with qtbot.waitSignal(w.run().finished, timeout=60000):
         pass
     layer = w.last_layers[0]  # objects straight away; a class model's cleaned class map
-    assert layer.name == f"{image} [{model}{' objects' if sample == 'em' else ''}]"
+    legend = {"wbc": ": cytoplasm red, nucleus green",
+              "mri": ": large bowel red, small bowel green, stomach blue"}.get(sample, "")
+    assert layer.name == f"{image} [{model}{' objects' if sample == 'em' else legend}]"
+    if legend:  # a class map names its classes and colours, in its name and on the canvas
+        assert viewer.text_overlay.visible and legend[2:] in viewer.text_overlay.text
+        assert "classes found:" in w.status.text() and "objects" not in w.status.text()
     assert len(layer.features) >= 1  # measured
     labels = layer.data
     truth = viewer.layers[f"{image} [truth]"].data

@@ -25,15 +25,38 @@ def track_edits(layer) -> None:
     layer.events.paint.connect(_mark)
 
 
-def unique_name(viewer, name: str) -> str:
-    """``name``, or ``name (2)``, ``name (3)``... so that no existing layer is replaced."""
+def label_features(table):
+    """An object table as a Labels layer's ``features``: napari shows, on hover, the row
+    whose ``index`` is the label under the cursor (without that column it takes row number
+    = label, which after a deletion or merge is another object's row). The one place that
+    keys a table by label."""
+    if table is None or "index" in table or "label" not in table:
+        return table
+    table = table.copy()
+    table.insert(0, "index", table["label"].astype(int).to_numpy())
+    return table
+
+
+def table_for_csv(table):
+    """A layer's features as written to CSV: without napari's ``index`` column where the
+    ``label`` column says the same."""
+    if table is not None and "index" in table and "label" in table:
+        return table.drop(columns="index")
+    return table
+
+
+def unique_name(viewer, name: str, run: bool = False) -> str:
+    """``name``, or ``name (2)``, ``name (3)``... so that no existing layer is replaced.
+
+    ``run``: a new result of a run, numbered at the front (``run 2: name``), where napari's
+    layer list, which cuts long names at the end, still tells it from the earlier ones."""
     taken = {layer.name for layer in viewer.layers}
     if name not in taken:
         return name
     i = 2
-    while f"{name} ({i})" in taken:
+    while (f"run {i}: {name}" if run else f"{name} ({i})") in taken:
         i += 1
-    return f"{name} ({i})"
+    return f"run {i}: {name}" if run else f"{name} ({i})"
 
 
 def fill_layer_box(box, viewer, kind, extra=(), exclude=()) -> None:

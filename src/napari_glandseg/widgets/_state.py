@@ -34,3 +34,17 @@ def selection_for(viewer) -> ModelSelection:
     if viewer not in _selections:
         _selections[viewer] = ModelSelection()
     return _selections[viewer]
+
+
+_datasets: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def set_dataset(viewer, pairs) -> None:
+    """The dataset Load has open in ``viewer`` (its image/mask pairs on disk): Fine-tune
+    validates on the truth files of images it does not train on."""
+    _datasets[viewer] = list(pairs)
+
+
+def dataset_of(viewer) -> list:
+    """The pairs of the dataset open in ``viewer`` (empty when none)."""
+    return list(_datasets.get(viewer, ()))

@@ -56,7 +56,7 @@ class JobWorker(GeneratorWorker):
 
 def start(gen_func: Callable, *args, on_yield=None, on_return=None, on_done=None,
           on_error=None, on_abort=None, on_discard=None, what: str = "job",
-          progress_desc: str | None = None, **kwargs):
+          progress_desc: str | None = None, owner=None, **kwargs):
     """Start ``gen_func(*args, **kwargs)`` in a worker thread and wire its signals.
 
     With ``progress_desc`` a napari progress bar (activity dock) follows the yielded
@@ -69,6 +69,9 @@ def start(gen_func: Callable, *args, on_yield=None, on_return=None, on_done=None
     result that is never shown: one the job returned as Cancel came (in the worker
     thread), or one ``on_return`` failed on; remove what it holds on disk there. A
     cancelled job's generator is closed before ``finished`` (:class:`JobWorker`).
+    ``owner``: the widget the callbacks belong to; when it is closed (its Qt object
+    deleted) the job is stopped and no callback touches it again (a callback into a
+    deleted widget raises from Qt's event loop, or crashes it).
     Returns the worker; call ``worker.quit()`` to stop it. The thread starts when control
     returns to the event loop, so a caller can still connect to ``finished`` or
     ``yielded`` (a script waiting on it, a test's ``qtbot.waitSignal``) without racing a
@@ -77,6 +80,29 @@ def start(gen_func: Callable, *args, on_yield=None, on_return=None, on_done=None
     worker = create_worker(_guarded, gen_func, *args, _start_thread=False,
                            _ignore_errors=True, _worker_class=JobWorker, **kwargs)
     worker.discard = on_discard
+    if owner is not None:
+        alive = {"yes": True}
+
+        def _owner_gone(*_):
+            alive["yes"] = False
+            worker.quit()
+
+        owner.destroyed.connect(_owner_gone)
+
+        def guard(cb):
+            return None if cb is None else (lambda *a: cb(*a) if alive["yes"] else None)
+
+        shown = on_return
+
+        def on_return_or_discard(value):  # a result the closed widget cannot show
+            if alive["yes"]:
+                shown(value)
+            elif on_discard is not None:
+                on_discard(value)
+
+        on_yield, on_done, on_error, on_abort = (
+            guard(cb) for cb in (on_yield, on_done, on_error, on_abort))
+        on_return = on_return_or_discard if on_return is not None else None
     relay = getattr(worker, "_relay_error", None)
     if relay is not None:  # napari may relay errors to its exception hook: we notify instead
         try:

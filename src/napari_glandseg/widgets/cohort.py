@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import GlandsegError
 from . import _worker
-from ._common import notify
+from ._common import notify, speak_micrometres
 
 
 class CohortWidget(QWidget):
@@ -152,7 +152,7 @@ class CohortWidget(QWidget):
             iter_segment_cohort, files, self.out.text().strip(), self.model_box.currentText(),
             params=params, cohort=cohort, on_yield=self._progress, on_return=self._finished,
             on_done=self._done, on_abort=lambda: self.status.setText("cancelled"),
-            what="slide segmentation", progress_desc="Slides")
+            what="slide segmentation", progress_desc="Slides", owner=self)
         return self.worker
 
     def cancel(self) -> None:
@@ -185,6 +185,10 @@ class CohortWidget(QWidget):
             return []
         out = Path(self.out.text().strip())
         names = [r.name for r in self.result.done] + [Path(s).stem for s in self.result.skipped]
+        # slides and their labels in micrometres alike: the scale bar keeps its um (napari
+        # drops units, and the bar with them, when layers disagree)
+        speak_micrometres(self.viewer)
+        self.viewer.scale_bar.visible = True
         layers = []
         for name in names:
             data, kwargs, _ = labels_layer_data(out / f"{name}.ome.zarr")

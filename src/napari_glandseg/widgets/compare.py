@@ -23,91 +23,27 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import GlandsegError
-from ..metrics import (
-    KEYS,
-    Overlap,
-    as_instances,
-    evaluate,
-    iter_evaluate_dataset,
-    object_status,
-)
+from ..metrics import KEYS, as_instances, iter_evaluate_dataset
 from . import _worker
 from ._common import fill_layer_box, notify, unique_name
+from ._focus import RESULT_ROLES, follow, newest_of
 
 OVERLAY_COLOURS = {None: "transparent", 0: "transparent", 1: "#34c759", 2: "#ff3b30",
-                   3: "#007aff", 4: "#ff9500", 5: "#d63cff"}
-STATUS_VALUE = {"TP": 1, "FP": 2, "FN": 3, "merged": 4, "split": 5}
-OVERLAY_LEGEND = "TP green, FP red, FN blue, merged orange, split magenta"
+                   3: "#007aff"}
+#: outlines of merging and split predictions: bright on pink H&E and on the dark theme
+MERGED_COLOUR, SPLIT_COLOUR = "#ffd60a", "#00e5ff"
+OVERLAY_LEGEND = "TP green, FP red, missed blue"
+OUTLINE_LEGEND = "outlines: merged yellow, split cyan"
 HIGHLIGHT = "compare selected object"
-
-
-def merges_and_splits(pred: np.ndarray, truth: np.ndarray) -> tuple[dict, dict]:
-    """Predicted objects that merge true ones, and true objects split between predictions.
-
-    A predicted object *merges* when it covers more than half of each of two or more true
-    objects; a true object is *split* when two or more predicted objects lie more than half
-    inside it. Returns ``({pred id: [true ids]}, {true id: [pred ids]})``. (Object F1 counts
-    a merge as one TP, which is why the overlay shows it apart.)
-    """
-    ov = Overlap.of(pred, truth)
-    covers = ov.counts / ov.true_areas[ov.cols] > 0.5
-    inside = ov.counts / ov.pred_areas[ov.rows] > 0.5
-    merged: dict = {}
-    for r, c in zip(ov.rows[covers], ov.cols[covers], strict=True):
-        merged.setdefault(int(ov.pred_ids[r]), []).append(int(ov.true_ids[c]))
-    split: dict = {}
-    for r, c in zip(ov.rows[inside], ov.cols[inside], strict=True):
-        split.setdefault(int(ov.true_ids[c]), []).append(int(ov.pred_ids[r]))
-    return ({k: v for k, v in merged.items() if len(v) > 1},
-            {k: v for k, v in split.items() if len(v) > 1})
+OBJECT_COLUMNS = ["truth", "status", "prediction", "IoU", "area", "note"]
 
 
 def compare_job(pred, truth, classes=None):
     """Score a prediction against the truth in the worker thread (the caller's own copies
-    of both); yields a Progress per step and returns ``(metrics, objects, overlay)``: the
-    :func:`~napari_glandseg.metrics.evaluate` scores with ``merged`` and ``split``
-    counts, the per-object rows of the object table, and the overlay's values
-    (:data:`STATUS_VALUE`)."""
-    from ..progress import Progress
+    of both): :func:`napari_glandseg.metrics.iter_compare`."""
+    from ..metrics import iter_compare
 
-    yield Progress(0, 4, "scoring (pixels, objects, Hausdorff, AJI, PQ, mAP)…")
-    metrics = evaluate(pred, truth, classes=classes)
-    yield Progress(1, 4, "matching objects…")
-    pi, ti = ((as_instances(pred > 0), as_instances(truth > 0)) if classes and classes > 2
-              else (as_instances(pred), as_instances(truth)))
-    objects = object_status(pi, ti)
-    yield Progress(2, 4, "finding merged and split objects…")
-    merged, split = merges_and_splits(pi, ti)
-    metrics["merged"], metrics["split"] = len(merged), len(split)
-    for o in objects:
-        if o["side"] == "pred" and o["id"] in merged:
-            o["status"] = "merged"
-            o["note"] = f"covers truth {', '.join(map(str, merged[o['id']]))}"
-    if split:
-        areas = np.bincount(ti.ravel())
-        objects += [{"side": "truth", "id": t, "status": "split", "area": int(areas[t]),
-                     "match": ps[0], "iou": float("nan"),
-                     "note": f"split into {', '.join(map(str, ps))}"}
-                    for t, ps in split.items()]
-    yield Progress(3, 4, "drawing the overlay…")
-    overlay = overlay_values(pi, ti, objects, split)
-    yield Progress(4, 4, "done")
-    return metrics, objects, overlay
-
-
-def overlay_values(pred, truth, objects, split) -> np.ndarray:
-    """TP / FP / FN / merged / split (:data:`STATUS_VALUE`) per pixel."""
-    lut_p = np.zeros(int(pred.max()) + 1, np.uint8)
-    lut_t = np.zeros(int(truth.max()) + 1, np.uint8)
-    for o in objects:
-        if o["status"] != "split":
-            (lut_p if o["side"] == "pred" else lut_t)[o["id"]] = STATUS_VALUE[o["status"]]
-    overlay = lut_p[pred]
-    fn = lut_t[truth]
-    overlay[(overlay == 0) & (fn > 0)] = STATUS_VALUE["FN"]
-    if split:
-        overlay[np.isin(truth, list(split)) & (pred > 0)] = STATUS_VALUE["split"]
-    return overlay
+    return (yield from iter_compare(pred, truth, classes))
 
 
 def _table(headers) -> QTableWidget:
@@ -175,7 +111,7 @@ class CompareWidget(QWidget):
         self.stale.setWordWrap(True)
         self.stale.setStyleSheet("color: #ff9500")
         self.metric_table = _table(["metric", "value"])
-        self.object_table = _table(["side", "id", "status", "area", "match", "IoU", "note"])
+        self.object_table = _table(OBJECT_COLUMNS)
         self.copy_btn = QPushButton("Copy")
         self.csv_btn = QPushButton("Export CSV…")
         single = QWidget()
@@ -233,7 +169,15 @@ class CompareWidget(QWidget):
         self.dataset_table.cellClicked.connect(lambda r, _c: self.show_dataset_row(r))
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._overlay_removed)
+        self.viewer.layers.events.removed.connect(self._forget)
+        self._class_names = None
+        self._restore = None  # (overlay name, {layer name: visible before})
+        self._restoring: set = set()  # overlays whose visibility is watched
+        self.focus = follow(self, napari_viewer, self._follow)
         self._refresh_layers()
+        if self.focus.name:
+            self._follow(self.focus.name)
 
     # ---------------------------------------------------------------- one image
     def compute(self):
@@ -246,15 +190,7 @@ class CompareWidget(QWidget):
             return None
         try:
             pred_layer, truth_layer = self._layers()
-            classes = self.classes.value() or None
-            meta = pred_layer.metadata
-            if classes is None and meta.get("glandseg_role") == "prediction" and \
-                    len(meta.get("class_names") or ()) > 2:
-                raise GlandsegError(
-                    f"{pred_layer.name!r} is a class map ({', '.join(meta['class_names'])}), "
-                    "not objects: compare its objects layer (Segment's Objects option or "
-                    f"Post-process), or set Classes to {len(meta['class_names'])} for "
-                    "per-class scores")
+            classes, self._class_names = self._classes_of(pred_layer)
             # copies: the layers may be edited while the job runs
             pred, truth = (np.array(la.data[0] if la.multiscale else la.data, copy=True)
                            for la in (pred_layer, truth_layer))
@@ -276,7 +212,7 @@ class CompareWidget(QWidget):
             on_error=lambda msg: self.status.setText(f"Failed: {msg}"),
             on_abort=lambda: self.status.setText("Cancelled: the tables are as they were"),
             on_done=self._compare_finished, what="comparison",
-            progress_desc="GlandSeg: comparing")
+            progress_desc="GlandSeg: comparing", owner=self)
         return self.compare_worker
 
     def cancel(self) -> None:
@@ -292,23 +228,64 @@ class CompareWidget(QWidget):
         self.cancel_btn.setEnabled(False)
 
     def _compared_done(self, out, pred_layer, truth_layer) -> None:
-        metrics, objects, overlay = out
-        self.metrics, self.objects = metrics, objects
+        self.metrics, self.objects = out.metrics, out.rows
+        metrics = out.metrics
+        classes = self._class_names
         if not metrics["n_true"]:
             notify("warning", f"ground truth {truth_layer.name!r} is empty: there is "
                    "nothing to find, so every object score is 0")
-        _fill(self.metric_table, [[k, float(metrics[k])] for k in KEYS]
-              + [[k, metrics[k]] for k in ("tp", "fp", "fn", "merged", "split", "n_pred",
-                                            "n_true")])
-        _fill(self.object_table, [[o["side"], o["id"], o["status"], o["area"], o["match"],
-                                   o["iou"], o.get("note", "")] for o in objects])
+        if classes:  # a class map: per-class rows; object scores mean little here
+            per = metrics["per_class"]
+            rows = [[f"{k} {classes[c] if c < len(classes) else c}", float(per[c][k])]
+                    for c in sorted(per) for k in ("dice", "iou")]
+            rows += [["mean Dice (foreground classes)", float(metrics["dice"])],
+                     ["mean IoU (foreground classes)", float(metrics["iou"])],
+                     ["accuracy (all pixels)", float(metrics["accuracy"])]]
+        else:
+            rows = [[k, float(metrics[k])] for k in KEYS] + \
+                [[k, metrics[k]] for k in ("tp", "fp", "fn", "merged", "split", "n_pred",
+                                            "n_true")]
+        _fill(self.metric_table, rows)
+        _fill(self.object_table, [[o["truth"], o["status"], o["prediction"], o["iou"],
+                                   o["area"], o["note"]] for o in self.objects])
         if pred_layer in self.viewer.layers:
-            self._overlay(overlay, pred_layer)
+            self._overlay(out, pred_layer, truth_layer)
         self._compared = (pred_layer, truth_layer)
         self.stale.setText(self._stale_during)
         self._stale_during = ""
-        self.status.setText(f"{metrics['n_pred']} predicted and {metrics['n_true']} true "
-                            f"objects: object F1 {metrics['object_f1']:.3f}")
+        if classes:
+            per = metrics["per_class"]
+            found = [classes[c] for c in sorted(per) if c < len(classes)
+                     and per[c]["dice"] > 0 and per[c]["recall"] > 0]
+            self.status.setText(
+                "Dice per class: " + ", ".join(f"{classes[c] if c < len(classes) else c} "
+                                              f"{per[c]['dice']:.3f}" for c in sorted(per))
+                + f"; mean {metrics['dice']:.3f}. Found: "
+                + (", ".join(found) if found else "none of the classes"))
+        else:
+            self.status.setText(
+                f"{metrics['n_pred']} predicted and {metrics['n_true']} true objects: object "
+                f"F1 {metrics['object_f1']:.3f}; {metrics['merged']} merged, "
+                f"{metrics['split']} split")
+
+    def _classes_of(self, pred_layer):
+        """The number of classes to score (None: objects) and their names. A class model's
+        map is scored per class (its card's names); Classes > 0 forces a count."""
+        meta = pred_layer.metadata
+        names = list(meta.get("class_names") or ())
+        forced = self.classes.value() or None
+        if forced:
+            return (forced if forced > 2 else None,
+                    names if forced > 2 and len(names) == forced else
+                    ([f"class {c}" for c in range(forced)] if forced > 2 else None))
+        if meta.get("glandseg_role") == "prediction" and meta.get("class_model"):
+            return len(names), names
+        if meta.get("glandseg_role") == "prediction" and len(names) > 2:
+            raise GlandsegError(
+                f"{pred_layer.name!r} is a class map ({', '.join(names)}), not objects: "
+                "compare its objects layer (Segment's Objects option or Post-process), or "
+                f"set Classes to {len(names)} for per-class scores")
+        return None, None
 
     def _mark_stale(self, layer) -> None:
         text = f"{layer.name!r} was edited since these results: press Compare again"
@@ -317,20 +294,75 @@ class CompareWidget(QWidget):
         elif layer in (self._compared or ()):
             self.stale.setText(text)
 
-    def _overlay(self, overlay, like) -> None:
+    def _overlay(self, out, like, truth_layer) -> None:
+        """The TP / FP / missed overlay, and outlines of merging and split predictions,
+        drawn over the image; the prediction and truth are hidden while it shows (they
+        would mix their colours in) and come back when it is hidden or removed."""
         from napari.utils.colormaps import DirectLabelColormap
 
-        old = [la for la in self.viewer.layers if la.name.startswith(f"compare {like.name} (")]
-        name = f"compare {like.name} ({OVERLAY_LEGEND})"
-        if old:
-            old[0].data, old[0].name = overlay, name
-        else:
-            self.viewer.add_labels(overlay, name=name, scale=like.scale[-2:],
-                                   units=like.units[-2:],
-                                   translate=like.translate[-2:], opacity=0.5,
-                                   colormap=DirectLabelColormap(color_dict=OVERLAY_COLOURS),
-                                   metadata={"source_image": like.metadata.get(
-                                       "source_image")})
+        source = like.metadata.get("source_image") or truth_layer.metadata.get("source_image")
+        meta = {"glandseg_role": "compare", "source_image": source}
+        place = {"scale": like.scale[-2:], "units": like.units[-2:],
+                 "translate": like.translate[-2:]}
+        fill_name = f"compare {like.name} ({OVERLAY_LEGEND})"
+        line_name = f"compare {like.name} ({OUTLINE_LEGEND})"
+        colours = {None: "transparent", 0: "transparent"}
+        colours.update({p: MERGED_COLOUR for p in out.merged})
+        colours.update({p: SPLIT_COLOUR for ps in out.split.values() for p in ps})
+        for name, data, kwargs in (
+                (fill_name, out.overlay, {"opacity": 0.45, "colormap": DirectLabelColormap(
+                    color_dict=OVERLAY_COLOURS)}),
+                (line_name, out.outlines, {"opacity": 1.0, "colormap": DirectLabelColormap(
+                    color_dict=colours)})):
+            if name in self.viewer.layers:
+                layer = self.viewer.layers[name]
+                layer.data = data
+                layer.colormap = kwargs["colormap"]
+            else:
+                layer = self.viewer.add_labels(data, name=name, metadata=dict(meta),
+                                               **place, **kwargs)
+            if name == line_name:
+                layer.contour = 3
+            layer.visible = True
+        fill = self.viewer.layers[fill_name]
+        self._hide_under(fill, (like, truth_layer))
+
+    def _hide_under(self, overlay, layers) -> None:
+        """Hide ``layers`` while ``overlay`` is visible; put their visibility back when it
+        is hidden or removed. (Layers are known by name: napari hands a plugin proxies of
+        its layers, so identity says nothing.)"""
+        was = {la.name: la.visible for la in layers}
+        for la in layers:
+            la.visible = False
+        self._restore = (overlay.name, was)
+        if overlay.name not in self._restoring:
+            self._restoring.add(overlay.name)
+            overlay.events.visible.connect(lambda e=None, o=overlay: self._overlay_shown(o))
+
+    def _overlay_shown(self, overlay) -> None:
+        restore = self._restore
+        if restore is None or restore[0] != overlay.name:
+            return
+        for name, visible in restore[1].items():
+            if name in self.viewer.layers:
+                self.viewer.layers[name].visible = visible if not overlay.visible else False
+
+    def _forget(self, event) -> None:
+        """Let go of a removed layer: no paint callback watched, no result pointing at it."""
+        name = getattr(event.value, "name", None)
+        self._watched = [la for la in self._watched if la.name != name]
+        if self._compared and name in (la.name for la in self._compared):
+            self._compared = None
+
+    def _overlay_removed(self, event) -> None:
+        name = getattr(event.value, "name", None)
+        self._restoring.discard(name)
+        restore = self._restore
+        if restore is not None and name == restore[0]:
+            for other, visible in restore[1].items():
+                if other in self.viewer.layers:
+                    self.viewer.layers[other].visible = visible
+            self._restore = None
 
     def go_to_object(self, row: int) -> None:
         """Zoom to the object in row ``row`` of the object table and outline it."""
@@ -403,7 +435,7 @@ class CompareWidget(QWidget):
             iter_evaluate_dataset, items, on_return=self._dataset_done,
             on_yield=lambda p: self.best_worst.setText(f"{p.done}/{p.total}: {p.message}"),
             on_done=lambda: self.dataset_btn.setEnabled(True), what="evaluation",
-            progress_desc="GlandSeg: evaluating")
+            progress_desc="GlandSeg: evaluating", owner=self)
         return self.worker
 
     def _dataset_done(self, result) -> None:
@@ -473,7 +505,27 @@ class CompareWidget(QWidget):
             raise GlandsegError("choose a prediction and a ground-truth Labels layer")
         if names[0] == names[1]:
             raise GlandsegError("prediction and ground truth are the same layer")
-        return tuple(self.viewer.layers[n] for n in names)
+        pred, truth = (self.viewer.layers[n] for n in names)
+        src = [la.metadata.get("source_image") for la in (pred, truth)]
+        if all(src) and src[0] != src[1]:
+            raise GlandsegError(f"{names[0]!r} is a result of {src[0]!r} but {names[1]!r} is "
+                                f"the truth of {src[1]!r}: choose the pair of one image")
+        shapes = [tuple((la.data[0] if la.multiscale else la.data).shape[-2:])
+                  for la in (pred, truth)]
+        if shapes[0] != shapes[1]:
+            raise GlandsegError(f"{names[0]!r} has shape {shapes[0]} but {names[1]!r} has "
+                                f"{shapes[1]}: they are not of the same image")
+        return pred, truth
+
+    def _follow(self, name) -> None:
+        """Prediction and truth follow the image on show: its newest result (objects or
+        class map, whichever came last) and its truth."""
+        self._refresh_layers()
+        pred = newest_of(self.viewer, name, RESULT_ROLES)
+        truth = newest_of(self.viewer, name, ("truth",))
+        for box, layer in ((self.pred_box, pred), (self.truth_box, truth)):
+            if layer is not None and box.findText(layer.name) >= 0:
+                box.setCurrentText(layer.name)
 
     def _refresh_layers(self, event=None) -> None:
         from napari.layers import Labels

@@ -27,8 +27,12 @@ from qtpy.QtWidgets import (
 from .. import correct as core
 from ..errors import GlandsegError
 from ._common import fill_layer_box, notify, track_edits, unique_name
+from ._focus import follow, newest_of
 
 #: Tools that act on clicks, with their button text and keyboard shortcut (on the layer).
+#: pixels of background the merge tool closes between pieces (core.merge's close_gap)
+MERGE_GAP = 2
+
 TOOLS = {
     "merge": ("Merge", "Shift-M", "click two or more objects; each click merges into the first"),
     "split_line": ("Split (line)", "Shift-L", "click the two ends of a line across an object"),
@@ -62,6 +66,8 @@ class CorrectWidget(QWidget):
 
     def __init__(self, napari_viewer):
         super().__init__()
+        #: asks the user a yes/no question (a script or test may replace it)
+        self.confirm = self._ask
         self.viewer = napari_viewer
         self.tool: str | None = None
         self.clicks: list[tuple[float, float]] = []
@@ -137,9 +143,18 @@ class CorrectWidget(QWidget):
         self.labels_box.currentTextChanged.connect(self._labels_changed)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.focus = follow(self, napari_viewer, self._follow)
         self._refresh_layers()
+        if self.focus.name:
+            self._follow(self.focus.name)
 
     # ---------------------------------------------------------------- layers
+    def _ask(self, question: str) -> bool:
+        from qtpy.QtWidgets import QMessageBox
+
+        answer = QMessageBox.question(self, "Correct", question)
+        return answer == QMessageBox.StandardButton.Yes
+
     def layer(self, quiet: bool = False):
         from napari.layers import Labels
 
@@ -172,6 +187,16 @@ class CorrectWidget(QWidget):
                                 f"{tuple(layer.data.shape)}: not used")
             return None
         return np.asarray(data)
+
+    def _follow(self, name) -> None:
+        """The layer to correct follows the image on show: its newest objects (else its
+        class map)."""
+        self._refresh_layers()
+        pick = newest_of(self.viewer, name, ("objects",)) or \
+            newest_of(self.viewer, name, ("prediction",))
+        if pick is not None and self.labels_box.findText(pick.name) >= 0:
+            self.labels_box.setCurrentText(pick.name)
+            self._labels_changed(pick.name)
 
     def _refresh_layers(self, event=None) -> None:
         from napari.layers import Image, Labels
@@ -310,10 +335,18 @@ class CorrectWidget(QWidget):
                     raise GlandsegError("click on an object to merge, not on background")
                 self.status.setText(f"merge: object {obj} chosen, click the next one")
                 return None
-            first = core.object_at(data, self.clicks[0])
-            edit = core.merge(data, [first, core.object_at(data, pos)])
+            first, second = core.object_at(data, self.clicks[0]), core.object_at(data, pos)
             self.clicks = self.clicks[:1]  # keep merging into the first
-            return edit
+            if first and second and first != second:
+                gap = core.gap_between(data, first, second)
+                if gap > 2 * MERGE_GAP and not self.confirm(
+                        f"Objects {first} and {second} do not touch: {gap:.0f} px of "
+                        "background lie between them. Merge them into one object anyway "
+                        "(two separate pieces with one id)?"):
+                    self.status.setText(f"merge: {second} not merged into {first} (they "
+                                        "are apart)")
+                    return None
+            return core.merge(data, [first, second], close_gap=MERGE_GAP)
         if len(self.clicks) < 2:
             self.status.setText(f"{TOOLS[tool][0]}: first point set, click the second")
             return None

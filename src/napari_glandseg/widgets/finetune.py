@@ -27,30 +27,57 @@ from qtpy.QtWidgets import (
 from ..errors import GlandsegError
 from ..models import Architecture, list_models
 from ..stain import StainNorm
-from ..training import Loss, Target, TrainingPair, TrainParams, holdout_split, iter_train
+from ..training import Loss, Target, TrainingPair, TrainParams, iter_train
 from . import _worker
 from ._common import fill_layer_box, notify, unique_name
 from ._placement import image_under, level_data, level_of, offset_in
-from ._state import selection_for
+from ._state import dataset_of, selection_for
 
 NEW = "(train from scratch)"
+AUTO_VAL = "automatic: truth of other images"
+NO_VAL = "none: judge old and new by eye"
+#: validation images read from the open dataset's files, at most
+MAX_VAL_FILES = 6
 #: Labels with fewer foreground pixels than this (or than 0.1% of the image) are refused.
 MIN_FOREGROUND = 64
 
 
-def finetune_job(train_pairs, val_pairs, params, before_model=None):
-    """Train, then score the base and the new model on the validation images.
+def finetune_job(train_pairs, val_pairs, params, before_model=None, look=None):
+    """Train, then score the base and the new model on the validation images (ground truth
+    the model was not trained on).
 
-    Yields the training progress; returns ``(TrainResult, before_rows, after_rows)``.
+    Without validation images nothing is scored: with ``look`` (an image array and its
+    pixel size) the base and the new model segment it, for the user to judge by eye.
+    Yields the training progress; returns ``(TrainResult, before_rows, after_rows,
+    looks)``, ``looks`` a dict ``{"before": labels, "after": labels}`` (empty when scored).
     """
     from ..training import validation_report
 
     result = yield from iter_train(train_pairs, val_pairs, params)
     # on the device training used (the one chosen in the Model widget)
     before = (validation_report(before_model, val_pairs, device=params.device)
-              if before_model is not None else [])
-    after = validation_report(result.model, val_pairs, device=params.device)
-    return result, before, after
+              if before_model is not None and val_pairs else [])
+    after = validation_report(result.model, val_pairs, device=params.device) \
+        if val_pairs else []
+    looks = {}
+    if not val_pairs and look is not None:
+        from ..pipeline import FileParams, iter_segment_file
+        from ..progress import run_to_end
+
+        image, px = look
+        for key, model in (("before", before_model), ("after", result.model)):
+            if model is None:
+                continue
+            fp = FileParams(postprocess="card" if model.card.postprocess else None)
+            fp.segment.device = params.device
+            fp.segment.return_probabilities = False
+            res = run_to_end(iter_segment_file(image, model, fp, pixel_size_um=px))
+            from ..pipeline import read_into_memory
+
+            read_into_memory(res)
+            looks[key] = np.asarray(res.labels if res.labels is not None
+                                    else res.segment.labels)
+    return result, before, after, looks
 
 
 class LossPlot(QWidget):
@@ -132,9 +159,14 @@ class FinetuneWidget(QWidget):
             self.arch_box.addItem(a.label, a.value)
         self.arch_box.setCurrentIndex(self.arch_box.findData(Architecture.UNET.value))
         self.pairs_list = QListWidget()
-        self.pairs_list.setToolTip("Checked pairs train; the last fifth validates (one pair: "
-                                   "its bottom fifth)")
+        self.pairs_list.setToolTip("Checked pairs train; validation is chosen below (ground "
+                                   "truth of other images, never these)")
         self.roi_box = QComboBox()
+        self.val_box = QComboBox()
+        self.val_box.setToolTip(
+            "Ground truth to validate on, never trained on: automatic takes the truth of "
+            "other images (open truth layers, then the open dataset's mask files); none "
+            "trains without scoring and shows the old and new results side by side")
         self.name_edit = QLineEdit("")
         self.name_edit.setToolTip("A name not yet in the model store: a model is never "
                                   "replaced")
@@ -216,13 +248,16 @@ class FinetuneWidget(QWidget):
         self.use_new_btn.setVisible(False)
         self.use_new_btn.clicked.connect(self.use_new_model)
         self._checks: dict[str, bool] = {}  # the user's own ticks, by pair text
-        self._placement: dict = {}  # pair name -> (labels layer, ROI start), for val layers
+        self._placement: dict = {}  # pair name -> (labels layer, ROI start)
+        self._trained_images: dict = {}  # image layer name -> its file, of the pairs trained
+        self._val_images: dict = {}  # validation truth layer -> its image layer
 
         form = QFormLayout()
         form.addRow("Base model", self.base_box)
         form.addRow("Architecture", self.arch_box)
         form.addRow("New model name", self.name_edit)
         form.addRow("Only inside shapes", self.roi_box)
+        form.addRow("Validate on", self.val_box)
         form.addRow("Epochs", self.epochs)
         form.addRow("Steps per epoch", self.steps)
         form.addRow("Batch size", self.batch)
@@ -288,7 +323,58 @@ class FinetuneWidget(QWidget):
                 image_layer.metadata.get("pixel_size_um")
             out.append(TrainingPair(image, labels, labels_name, px))
             self._placement[labels_name] = (labels_layer, (y0, x0))
+            self._trained_images[image_name] = image_layer.metadata.get("source_path")
         return out
+
+    def validation_pairs(self) -> tuple[list[TrainingPair], str]:
+        """Ground truth to validate on and what it is, in words: the chosen truth layer, or
+        (automatic) truth layers and the open dataset's mask files of images that are not
+        trained on. Never a corrected prediction (mostly the model's own output) and never
+        a training image. Call after :meth:`pairs`."""
+        from ..io import read_pair
+
+        choice = self.val_box.currentText()
+        trained = self._trained_images
+        if choice == NO_VAL:
+            return [], "nothing (as chosen)"
+        found, names = [], []
+        truths = [la for la in self.viewer.layers if la.metadata.get("glandseg_role") ==
+                  "truth" and (choice == AUTO_VAL or la.name == choice)]
+        for layer in truths:
+            image_name = layer.metadata.get("source_image")
+            if image_name in trained or image_name not in self.viewer.layers:
+                if choice != AUTO_VAL:
+                    raise GlandsegError(f"{choice!r} is the truth of {image_name!r}, which is "
+                                        "being trained on: validate on another image")
+                continue
+            if choice == AUTO_VAL and layer.metadata.get("edited"):
+                continue  # a truth being corrected right now is not settled truth
+            image_layer = self.viewer.layers[image_name]
+            labels = np.array(layer.data[0] if layer.multiscale else layer.data, copy=True)
+            image = image_under(image_layer, layer, (0, 0), labels.shape)
+            found.append(TrainingPair(image, labels, layer.name,
+                                      layer.metadata.get("pixel_size_um")
+                                      or image_layer.metadata.get("pixel_size_um")))
+            names.append(f"{image_name}'s truth")
+            self._val_images[layer.name] = image_name
+        if choice == AUTO_VAL:
+            paths = {str(p) for p in trained.values() if p}
+            open_paths = {la.metadata.get("source_path") for la in self.viewer.layers}
+            for pair in dataset_of(self.viewer):
+                if len(names) >= MAX_VAL_FILES:
+                    break
+                if pair.mask is None or str(pair.image) in paths | open_paths or \
+                        pair.name in trained:
+                    continue
+                try:
+                    image, mask = read_pair(pair)
+                except GlandsegError:
+                    continue
+                found.append(TrainingPair(image.data, mask.data, pair.name,
+                                          image.pixel_size_um))
+                names.append(f"{pair.name} (file)")
+        return found, (", ".join(names) + " (held out)") if names else \
+            "nothing: no ground truth of another image is open"
 
     def params(self) -> TrainParams:
         base = self.base_box.currentText()
@@ -333,12 +419,21 @@ class FinetuneWidget(QWidget):
                 self.name_edit.setText(free)
                 raise GlandsegError(f"a model named {params.name!r} exists and is never "
                                     f"replaced: the name is now {free!r}; press Start again")
-            train_pairs, val_pairs = holdout_split(self.pairs())
+            self._trained_images, self._val_images = {}, {}
+            train_pairs = self.pairs()
+            if not train_pairs:
+                raise GlandsegError("no training pairs: tick at least one (image ⇐ labels)")
+            val_pairs, val_text = self.validation_pairs()
             before = None
             if params.base_model:
                 from ..models import load_model
 
                 before = load_model(params.base_model)
+            look = None
+            if not val_pairs:  # judged by eye: the first corrected region, old and new
+                first = train_pairs[0]
+                look = (first.image, first.pixel_size_um)
+                self._look_at = (first.name, next(iter(self._trained_images)))
         except GlandsegError as exc:
             notify("error", str(exc))
             return None
@@ -346,15 +441,19 @@ class FinetuneWidget(QWidget):
         self.result = None
         self.use_new_btn.setVisible(False)
         self._set_running(True)
-        self.status.setText(f"Training {params.name!r} on {len(train_pairs)} pair(s), "
-                            f"validating on {len(val_pairs)}…")
+        kinds = [("corrected" if self.viewer.layers[p.name].metadata.get("glandseg_role")
+                  != "truth" else "truth") for p in train_pairs]
+        trained = ", ".join(f"{im} ({k})" for im, k in
+                            zip(self._trained_images, kinds, strict=False))
+        self._what = (f"Trained on {len(train_pairs)} image(s) ({trained}); validated on "
+                      f"{val_text}")
+        self.status.setText(f"Training {params.name!r}: {self._what}…")
         self.worker = _worker.start(
-            finetune_job, train_pairs, val_pairs, params, before,
+            finetune_job, train_pairs, val_pairs, params, before, look,
             on_yield=self._on_progress, on_return=self._on_done,
             on_done=lambda: self._set_running(False), what="training",
             on_error=lambda msg: self.status.setText(f"Failed: {msg}"),
-            progress_desc="GlandSeg: training")
-        self.worker.aborted.connect(self._on_stopped)
+            progress_desc="GlandSeg: training", on_abort=self._on_stopped, owner=self)
         return self.worker
 
     def stop(self) -> None:
@@ -379,34 +478,66 @@ class FinetuneWidget(QWidget):
         self.status.setText(f"{p.message}{eta}")
 
     def _on_done(self, out) -> None:
-        result, before, after = out
+        result, before, after, looks = out
         self.result = out
         self._new_model = result.model
-        lines = [f"Best epoch {result.best_epoch}: validation score {result.best_score:.3f}"
-                 + (f" ({result.selected_on})" if result.selected_on else "")]
+        lines = [self._what]
         better = True
-        if before and after:
+        if after:
             from ..training import selection_score
 
+            lines.append(f"Best epoch {result.best_epoch}: validation score "
+                         f"{result.best_score:.3f}" + (f" ({result.selected_on})"
+                                                       if result.selected_on else ""))
             # both judged by what the new model was selected on (objects, not pixels)
             card = result.model.card
-            b = float(np.mean([selection_score(r, card) for r in before]))
             a = float(np.mean([selection_score(r, card) for r in after]))
-            better = a > b
             what = (result.selected_on or "val_dice").removeprefix("val_").replace("_", " ")
-            lines.append(f"Validation {what} on full images: before {b:.3f} -> after {a:.3f}")
-        if after:
-            what = (result.selected_on or "val_dice").removeprefix("val_")
-            self._show_validation(after, what.replace("image_dice", "Dice"))
+            if before:
+                b = float(np.mean([selection_score(r, card) for r in before]))
+                better = a > b
+                lines.append(f"Validation {what} on the held-out truth: before {b:.3f} -> "
+                             f"after {a:.3f}")
+            self._show_validation(after, what.replace("image dice", "Dice"))
+        else:
+            better = False  # nothing says it is better: the user judges
+            lines.append("No independent ground truth, so nothing was scored (a corrected "
+                         "result is mostly the model's own output).")
+            shown = self._show_looks(looks, result.model)
+            if shown:
+                lines.append(f"Old and new results of {self._look_at[1]!r} are in the layer "
+                             "list (" + ", ".join(repr(n) for n in shown) + "): toggle them "
+                             "to judge.")
         if better:
             self._select(result.model)
             lines.append(f"{result.model.name!r} is now the selected model")
         else:
             base = self.selection.model.name if self.selection.model else "the base model"
-            lines.append(f"not better than before: {base!r} stays selected; "
-                         f"{result.model.name!r} is saved in the store")
+            lines.append(f"{base!r} stays selected; {result.model.name!r} is saved in the "
+                         "store (Use the new model to select it)")
             self.use_new_btn.setVisible(True)
         self.status.setText("\n".join(lines))
+
+    def _show_looks(self, looks, model) -> list:
+        """The old and new models' results on the first trained region, as two layers
+        where its labels lie (the new one shown, the old one hidden: toggle to compare)."""
+        labels_name, image_name = getattr(self, "_look_at", (None, None))
+        layer, (y0, x0) = self._placement.get(labels_name, (None, (0, 0)))
+        if layer is None or layer.name not in self.viewer.layers:
+            return []
+        scale = np.asarray(layer.scale[-2:])
+        names = []
+        base = self.selection.model.name if self.selection.model else "base"
+        for key, labels in looks.items():
+            title = base if key == "before" else model.name
+            added = self.viewer.add_labels(
+                labels, opacity=0.5, visible=key == "after",
+                name=unique_name(self.viewer, f"{image_name} [{key}: {title}]"),
+                scale=scale, translate=np.asarray(layer.translate[-2:]) + np.array([y0, x0])
+                * scale, units=layer.units[-2:],
+                metadata={"glandseg_role": key, "source_image": image_name, "model": title})
+            names.append(added.name)
+        return names
 
     def use_new_model(self) -> None:
         """Select the model just trained even though it did not beat the base model."""
@@ -424,10 +555,13 @@ class FinetuneWidget(QWidget):
             else [("val", ranked[0])]
         for tag, row in picks:
             name = row["name"]
+            if name not in self._val_images:  # a file's image is not on screen
+                continue
             base, dy = name, 0
             if name.endswith(" (bottom)"):  # one pair: the bottom strip validated
                 base = name[: -len(" (bottom)")]
-            layer, (y0, x0) = self._placement.get(base, (None, (0, 0)))
+            layer = self.viewer.layers[base] if base in self.viewer.layers else None
+            y0, x0 = 0, 0
             kwargs = {}
             if layer is not None:
                 if base != name:
@@ -437,7 +571,9 @@ class FinetuneWidget(QWidget):
                 kwargs = {"scale": scale, "translate": np.asarray(layer.translate[-2:])
                           + np.array([y0 + dy, x0]) * scale}
             self.viewer.add_labels(
-                row["labels"], opacity=0.6, metadata={"glandseg_role": "validation"},
+                row["labels"], opacity=0.6,
+                metadata={"glandseg_role": "validation",
+                          "source_image": self._val_images[name]},
                 name=unique_name(self.viewer, f"{base} [{tag}: {what} {row['score']:.2f}]"),
                 **kwargs)
 
@@ -517,6 +653,9 @@ class FinetuneWidget(QWidget):
                        exclude=[la.name for la in self.viewer.layers
                                 if la.name.startswith("compare ")
                                 or la.metadata.get("glandseg_role") == "highlight"])
+        fill_layer_box(self.val_box, self.viewer, Labels, extra=(AUTO_VAL, NO_VAL),
+                       exclude=[la.name for la in self.viewer.layers
+                                if la.metadata.get("glandseg_role") != "truth"])
         self.pairs_list.blockSignals(True)
         self.pairs_list.clear()
         images = [la for la in self.viewer.layers if isinstance(la, Image)
@@ -525,7 +664,8 @@ class FinetuneWidget(QWidget):
         for labels in self.viewer.layers:
             if not isinstance(labels, Labels) or labels.name.startswith(
                     ("compare ", "postprocess")) or \
-                    labels.metadata.get("glandseg_role") == "validation":
+                    labels.metadata.get("glandseg_role") in ("validation", "before", "after",
+                                                             "compare"):
                 continue
             image = _paired_image(labels, images)
             if image is not None:

@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import GlandsegError
 from ..io import (
+    CORRECTED_FOLDER,
     IMAGE_FOLDERS,
     IMAGE_SUFFIXES,
     MASK_FOLDERS,
@@ -31,7 +32,9 @@ from ..io import (
 )
 from ..labels import paste_labels
 from ._common import notify, speak_micrometres, track_edits
+from ._focus import focus_for
 from ._placement import image_under, level_data, level_of, offset_in
+from ._state import set_dataset
 
 TRUTH_SUFFIX = " [truth]"
 AUTO = "auto"
@@ -123,6 +126,9 @@ class LoadWidget(QWidget):
                 added.append(self._add(img, truth=True, image=image))
             else:
                 added.append(self._add(img, truth=False))
+        if added:
+            self.status.setText(f"opened {len(added)} file(s): "
+                                + ", ".join(la.name for la in added))
         return added
 
     def open_dataset(self, folder) -> list[Pair]:
@@ -134,6 +140,7 @@ class LoadWidget(QWidget):
             notify("error", str(exc))
             return []
         self.pairs = pairs
+        set_dataset(self.viewer, pairs)
         self.pair_list.blockSignals(True)
         self.pair_list.clear()
         self.pair_list.addItems(
@@ -186,9 +193,14 @@ class LoadWidget(QWidget):
         self.pair_list.blockSignals(False)
         self.status.setText(
             f"{index + 1} / {len(self.pairs)}: {pair.image.name}"
-            + (f" + {pair.mask.name}" if pair.mask else " (no mask)")
+            + (f" + mask {pair.mask.parent.name}/{pair.mask.name}" if pair.mask
+               else " (no mask)")
         )
         self._update_nav()
+        image_layer = next((la for la in self._shown
+                            if la.metadata.get("glandseg_role") == "image"), None)
+        if image_layer is not None:  # every widget follows the image on show
+            focus_for(self.viewer).set(image_layer)
 
     def next(self) -> None:
         self.show_pair(self.index + 1)
@@ -228,7 +240,7 @@ class LoadWidget(QWidget):
             except (GlandsegError, OSError) as exc:
                 notify("error", f"{layer.name}: {exc}")
         if written:
-            notify("info", f"saved {len(written)} file(s): " + ", ".join(p.name for p in written))
+            notify("info", f"saved {len(written)} file(s): " + ", ".join(str(p) for p in written))
         return written
 
     def previous(self) -> None:
@@ -338,7 +350,8 @@ class LoadWidget(QWidget):
             if region is None:
                 labels = np.asarray(data)
             else:
-                labels = self._pasted(layer, image, data, region, dest)
+                base = dest if dest.exists() else self._existing_mask(Path(image_path))
+                labels = self._pasted(layer, image, data, region, base, dest)
                 px = image.metadata.get("pixel_size_um") or px
             dest.parent.mkdir(parents=True, exist_ok=True)
             written = [write_labels(dest, labels, overwrite=True, pixel_size_um=px)]
@@ -346,8 +359,9 @@ class LoadWidget(QWidget):
         layer.metadata["saved_path"] = str(written[-1])
         return written
 
-    def _pasted(self, layer, image, data, region, dest):
-        """A region's labels pasted into the whole image's mask (``dest`` when it exists)."""
+    def _pasted(self, layer, image, data, region, base, dest):
+        """A region's labels pasted into the whole image's mask ``base`` (the file being
+        replaced, else the image's truth: read, never written), or into an empty one."""
         level, offset, shape = region
         full_shape = tuple(level_data(image, 0).shape[:2])
         if level != 0 or image.multiscale:
@@ -356,10 +370,10 @@ class LoadWidget(QWidget):
                 f"({full_shape[0]} x {full_shape[1]} px) is not written beside the slide: "
                 "choose a folder (the region and the image under it are saved there as a "
                 "pair)")
-        if dest.exists():
-            full = np.asarray(read_image(dest, as_labels=True).data)
+        if base is not None and Path(base).exists():
+            full = np.asarray(read_image(base, as_labels=True).data)
             if full.shape != full_shape:
-                raise GlandsegError(f"{dest} has shape {full.shape}, not its image's "
+                raise GlandsegError(f"{base} has shape {full.shape}, not its image's "
                                     f"{full_shape}: choose a folder to save into")
         else:
             full = np.zeros(full_shape, np.uint8)
@@ -404,19 +418,30 @@ class LoadWidget(QWidget):
         return written
 
     def mask_path(self, layer) -> Path | None:
-        """Where Save corrections writes ``layer`` without a folder (None: it needs one)."""
+        """Where Save corrections writes ``layer`` without a folder (None: it needs one).
+
+        A truth layer goes back to the file it was read from (else the image's mask). A
+        corrected result (objects, class map) never replaces the truth by default: it goes
+        to ``corrected/<image stem>.tif`` beside ``images/`` (or beside the image), which
+        Load's Masks folder ``corrected`` and ``glandseg train --mask-folder corrected``
+        read; a pathologist replaces the truth only by saving into its folder on purpose.
+        """
         image_path = layer.metadata.get("image_path") or self._image_path_of(layer)
         if not image_path:
             return None
         image_path = Path(image_path)
+        root = image_path.parent.parent if image_path.parent.name.lower() in IMAGE_FOLDERS \
+            else image_path.parent
+        if layer.metadata.get("glandseg_role") != "truth":
+            return root / CORRECTED_FOLDER / f"{image_path.stem}.tif"
         src = layer.metadata.get("source_path")
-        if layer.metadata.get("glandseg_role") == "truth" and src and Path(src) != image_path:
+        if src and Path(src) != image_path:
             return Path(src)  # the file it was read from
         existing = self._existing_mask(image_path)
         if existing is not None:  # the mask Load shows with this image (and train reads)
             return existing
         if image_path.parent.name.lower() in IMAGE_FOLDERS:
-            return image_path.parent.parent / "masks" / f"{image_path.stem}.tif"
+            return root / "masks" / f"{image_path.stem}.tif"
         return image_path.with_name(f"{image_path.stem}_mask.tif")
 
     def _existing_mask(self, image_path: Path) -> Path | None:

@@ -259,10 +259,11 @@ def card_html(card, path=None) -> str:
     if card.description:
         html.append(f"<p>{escape(card.description)}</p>")
     html.append("<table>" + "".join(rows) + "</table>")
-    scores = _flat_metrics(card.metrics)
-    if scores:
-        html.append("<p style='margin-bottom:2px'><b>Validation</b></p><table>"
-                    + "".join(row(k, v) for k, v in scores) + "</table>")
+    html.append("<table>" + "".join(row(k, v) for k, v in _use_for(card)) + "</table>")
+    groups = _metric_groups(card.metrics)
+    if groups:
+        html.append("<p style='margin-bottom:2px'><b>How good it is</b></p><table>"
+                    + "".join(row(k, escape(v)) for k, v in groups) + "</table>")
     if card.training_data:
         html.append(f"<p><b>Trained on</b> {escape(card.training_data)}</p>")
     if card.licence or card.data_licence:
@@ -271,6 +272,60 @@ def card_html(card, path=None) -> str:
     if path:
         html.append(f"<p style='color:#999'>file: {escape(str(path))}</p>")
     return "".join(html)
+
+
+#: the figures a user judges a model by, in this order (objects first, pixels after)
+KEY_METRICS = (("object_f1", "object F1"), ("object_dice", "object Dice"),
+               ("object_hausdorff", "object Hausdorff (px)"), ("aji", "AJI"), ("pq", "PQ"),
+               ("dice", "Dice"), ("iou", "IoU"))
+
+
+def _use_for(card) -> list[tuple[str, str]]:
+    """What images a model is for: tissue and stain (its description's first sentence),
+    the magnification its training images had, and what input it takes."""
+    import math
+    from html import escape
+
+    out = []
+    what = card.description.split(". ")[0].rstrip(".") if card.description else ""
+    if what:
+        out.append(("use it for", escape(what)))
+    px = card.data_pixel_size_um or card.pixel_size_um
+    if px:
+        # 0.25 um/px is a 40x scan, 0.5-0.62 a 20x one: the nearest usual objective
+        mag = min((5, 10, 20, 40, 63), key=lambda m: abs(math.log(m * px / 10.0)))
+        out.append(("images at", f"{px:g} um/px (a {mag}x scan); other scales are "
+                    "rescaled when the file says its um/px"))
+    kind = {1: "grey", 3: "RGB"}.get(card.in_channels, f"{card.in_channels} channels")
+    out.append(("input", f"{kind} images"))
+    return out
+
+
+def _metric_groups(metrics: dict) -> list[tuple[str, str]]:
+    """The card's figures grouped by the images they were measured on (validation, held-out
+    test), key figures first; the training run's own validation in one line."""
+    out = []
+    for group, label in (("val", "validation"), ("test", "held-out test (measured once)")):
+        m = metrics.get(group)
+        if isinstance(m, dict):
+            n = m.get("images")
+            figures = ", ".join(f"{name} {m[k]:.3f}" if k != "object_hausdorff" else
+                                f"{name} {m[k]:.1f}" for k, name in KEY_METRICS
+                                if isinstance(m.get(k), int | float))
+            out.append((f"{label}" + (f" ({n} images)" if n else ""), figures))
+    per_group = {k[len("val_objects["):-1]: v for k, v in metrics.items()
+                 if k.startswith("val_objects[") and isinstance(v, int | float)}
+    if per_group:
+        out.append(("validation by group", ", ".join(f"{g} {v:.3f}" for g, v in
+                                                     sorted(per_group.items()))))
+    sel = metrics.get("selected_on")
+    if sel and isinstance(metrics.get(sel), int | float):
+        when = f" at epoch {metrics['epoch']}" if "epoch" in metrics else ""
+        out.append(("chosen on", f"{str(sel).removeprefix('val_').replace('_', ' ')} "
+                    f"{metrics[sel]:.3f}{when}"))
+    if not out:  # a card without grouped figures: its flat metrics, as they are
+        out = _flat_metrics(metrics)
+    return out
 
 
 def _flat_metrics(metrics: dict, prefix: str = "") -> list[tuple[str, str]]:

@@ -29,7 +29,15 @@ from ..postprocessing import (
 )
 from ..progress import Progress
 from . import _worker
-from ._common import fill_layer_box, notify, track_edits, unique_name
+from ._common import (
+    fill_layer_box,
+    label_features,
+    notify,
+    table_for_csv,
+    track_edits,
+    unique_name,
+)
+from ._focus import RESULT_ROLES, follow, newest_of
 from ._stores import StoreKeeper
 
 PREVIEW = "postprocess preview"
@@ -196,8 +204,12 @@ class PostprocessWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.inserted.connect(self._watch)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._forget)
         self.stores = StoreKeeper(self, napari_viewer)
+        self.focus = follow(self, napari_viewer, self._follow)
         self._refresh_layers()
+        if self.focus.name:
+            self._follow(self.focus.name)
 
     def params(self) -> PostprocessParams:
         return PostprocessParams(
@@ -244,7 +256,7 @@ class PostprocessWidget(QWidget):
             on_abort=lambda: self.status.setText("Cancelled: nothing was added"),
             on_discard=lambda out: self.stores.discard(out[2]),
             on_done=self._apply_done, what="post-processing",
-            progress_desc="GlandSeg: post-processing")
+            progress_desc="GlandSeg: post-processing", owner=self)
         return self.worker
 
     def cancel(self) -> None:
@@ -278,7 +290,7 @@ class PostprocessWidget(QWidget):
         new = self.viewer.add_labels(
             labels, name=name, scale=layer.scale[-2:], translate=layer.translate[-2:],
             units=layer.units[-2:], multiscale=multiscale,
-            features=table,
+            features=label_features(table),
             metadata={**meta, "glandseg_role": "objects", "source_labels": layer.name,
                       "postprocess": {k: getattr(v, "value", v)
                                       for k, v in vars(params).items()}})
@@ -295,6 +307,13 @@ class PostprocessWidget(QWidget):
             hidden = f"; {layer.name!r} hidden"
         self.status.setText(f"{len(table)} objects in {name!r}{hidden}")
 
+    def _forget(self, event) -> None:
+        """Let go of a removed layer (no re-measuring of a layer that is gone)."""
+        name = getattr(event.value, "name", None)
+        self._stale = {la for la in self._stale if la.name != name}
+        if self.last_layer is not None and self.last_layer.name == name:
+            self.last_layer = None
+
     def refresh_features(self, layers=None) -> None:
         """Re-measure the objects of layers edited since their table was made."""
         for layer in list(layers or self._stale):
@@ -308,8 +327,8 @@ class PostprocessWidget(QWidget):
                 continue
             img = self._intensity(np.shape(data))
             try:
-                layer.features = object_table(np.asarray(layer.data), img,
-                                              layer.metadata.get("pixel_size_um"))
+                layer.features = label_features(object_table(
+                    np.asarray(layer.data), img, layer.metadata.get("pixel_size_um")))
             except GlandsegError as exc:
                 self.status.setText(f"cannot re-measure {layer.name!r}: {exc}")
                 continue
@@ -370,7 +389,8 @@ class PostprocessWidget(QWidget):
             notify("error", "select a Labels layer made with Apply (it holds the object table)")
             return False
         try:
-            write_csv(layer.features, path, overwrite=True)  # the save dialog asked already
+            # the save dialog asked already
+            write_csv(table_for_csv(layer.features), path, overwrite=True)
         except (GlandsegError, OSError) as exc:
             notify("error", f"cannot write {path}: {exc}")
             return False
@@ -455,7 +475,7 @@ class PostprocessWidget(QWidget):
             on_return=lambda res: self._tuned(res, model, folder),
             on_error=lambda msg: self.status.setText(f"Tuning failed: {msg}"),
             on_abort=lambda: self.status.setText("Tuning cancelled"),
-            on_done=self._tune_done, what="tuning", progress_desc="GlandSeg: tuning")
+            on_done=self._tune_done, what="tuning", progress_desc="GlandSeg: tuning", owner=self)
         return self.tune_worker
 
     def _tune_done(self) -> None:
@@ -523,6 +543,16 @@ class PostprocessWidget(QWidget):
     def _remove_preview(self) -> None:
         if PREVIEW in self.viewer.layers:
             self.viewer.layers.remove(PREVIEW)
+
+    def _follow(self, name) -> None:
+        """The labels box follows the newest result of the image on show."""
+        self._refresh_layers()
+        pick = newest_of(self.viewer, name, RESULT_ROLES)
+        if pick is not None and self.labels_box.findText(pick.name) >= 0 and \
+                pick.name != self.labels_box.currentText():
+            self.labels_box.setCurrentText(pick.name)
+            self._adopt_defaults(pick.name)
+            self._adopt_image(pick.name)
 
     def _refresh_layers(self, event=None) -> None:
         from napari.layers import Image, Labels

@@ -25,7 +25,15 @@ from ..inference import LARGE_PIXELS, Blend, SegmentParams
 from ..io import lazy_pyramid
 from ..pipeline import entry_of, postprocess_for, read_into_memory
 from . import _worker
-from ._common import fill_layer_box, map_colormap, notify, track_edits, unique_name
+from ._common import (
+    fill_layer_box,
+    label_features,
+    map_colormap,
+    notify,
+    track_edits,
+    unique_name,
+)
+from ._focus import follow, is_source_image
 from ._state import selection_for
 from ._stores import StoreKeeper
 
@@ -89,6 +97,24 @@ def _finish(result, post, polygons):
                 image = None if result.image is None else np.asarray(result.image)
                 table = object_table(labels, image, res.pixel_size_um)
     return res, labels, table
+
+
+def class_features(table, card):
+    """A class map's hover table: one row per class present, keyed by its class value
+    (napari's ``index``), with its name, number of regions and area."""
+    import pandas as pd
+
+    rows = []
+    for c, name in enumerate(card.class_names):
+        part = table[table["class"] == c] if len(table) else table
+        if c and len(part):
+            row = {"index": c, "class": name, "regions": len(part),
+                   "area": int(part["area"].sum())}
+            if "area_um2" in part:
+                row["area_um2"] = float(part["area_um2"].sum())
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["index", "class", "regions", "area"]
+                        + (["area_um2"] if "area_um2" in table else []))
 
 
 class Region(str, Enum):
@@ -191,11 +217,14 @@ class SegmentWidget(QWidget):
         self.cancel_btn.clicked.connect(self.cancel)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._forget)
         self.viewer.layers.events.changed.connect(self._refresh_layers)
         # large results' stores: removed with their last layer, or with this widget
         self.stores = StoreKeeper(self, napari_viewer)
         self.selection.changed.connect(self._show_model)
+        self.focus = follow(self, napari_viewer, self._follow)
         self._refresh_layers()
+        self._follow(self.focus.name)
         self._show_model()
 
     # ---------------------------------------------------------------- actions a script can call
@@ -235,8 +264,7 @@ class SegmentWidget(QWidget):
             on_error=lambda msg: self.status.setText(f"Failed: {msg}"),
             on_abort=lambda: self.status.setText("Cancelled: nothing was added"),
             on_discard=lambda out: self.stores.discard(out[0].store_path),
-            progress_desc="GlandSeg: segmenting",
-        )
+            progress_desc="GlandSeg: segmenting", owner=self)
         return self.worker
 
     def cancel(self) -> None:
@@ -321,9 +349,12 @@ class SegmentWidget(QWidget):
                 # the settings the run used (controls may have changed since it started)
                 "params": res.metadata()["params"],
                 "class_names": card.class_names, "seconds": res.seconds, "device": res.device,
+                # a class map to score per class (not a boundary model's helper classes)
+                "class_model": card.num_classes > 1 and not card.boundary_class,
                 # the card's post-processing as every route reads it (pipeline's owner)
                 "postprocess_defaults": entry_of(postprocess_for(card)),
                 "scale_estimate": res.info.get("scale_estimate"),
+                "appearance_warning": res.info.get("appearance"),
                 "store_path": res.store_path,
                 # the ROI's polygons in the image's full-resolution pixels: outside them
                 # nothing was segmented (Save corrections pastes only inside)
@@ -337,11 +368,12 @@ class SegmentWidget(QWidget):
         if post is None or class_model or self.keep_classes.isChecked():
             # the class map: as predicted, or (a class model) cleaned, with its objects' table
             data, multiscale = shown(post if class_model else res.labels)
+            title = f"{card.name}: {card.legend()}" if class_model else card.name
             layer = self.viewer.add_labels(
-                data, name=unique_name(self.viewer, f"{image.name} [{card.name}]"),
+                data, name=unique_name(self.viewer, f"{image.name} [{title}]", run=True),
                 scale=scale, translate=translate, units=units, multiscale=multiscale,
                 opacity=0.5,
-                features=features if class_model else None,
+                features=class_features(features, card) if class_model else None,
                 metadata={**meta, "glandseg_role": "prediction"},
                 colormap=DirectLabelColormap(color_dict=colours))
             track_edits(layer)
@@ -349,10 +381,12 @@ class SegmentWidget(QWidget):
         if post is not None and not class_model:
             data, multiscale = shown(post)
             layer = self.viewer.add_labels(
-                data, name=unique_name(self.viewer, f"{image.name} [{card.name} objects]"),
+                data,
+                name=unique_name(self.viewer, f"{image.name} [{card.name} objects]",
+                                 run=True),
                 scale=scale, translate=translate, units=units, multiscale=multiscale,
                 opacity=0.5,
-                features=features,
+                features=label_features(features),
                 metadata={**meta, "glandseg_role": "objects",
                           "postprocess": meta["postprocess_defaults"]})  # as applied
             track_edits(layer)
@@ -369,7 +403,7 @@ class SegmentWidget(QWidget):
                 probs = da.from_zarr(probs)
                 fg = probs[0] if probs.shape[0] == 1 else 1.0 - probs[0]
             self.last_layers.append(self.viewer.add_image(
-                fg, name=unique_name(self.viewer, f"{name} probability"),
+                fg, name=unique_name(self.viewer, f"{name} probability", run=True),
                 colormap=map_colormap("#00c8ff"), blending="translucent", opacity=0.6,
                 scale=scale, translate=translate, units=units, contrast_limits=(0, 1),
                 metadata={**meta, "glandseg_role": "probability"}))
@@ -381,18 +415,29 @@ class SegmentWidget(QWidget):
                 unc = da.from_zarr(unc)
             top = float(np.nanmax(unc)) if res.store_path is None else 0.25
             self.last_layers.append(self.viewer.add_image(
-                unc, name=unique_name(self.viewer, f"{name} uncertainty"),
+                unc, name=unique_name(self.viewer, f"{name} uncertainty", run=True),
                 colormap=map_colormap("#ffe600"), blending="translucent", opacity=0.6,
                 scale=scale, translate=translate, units=units, visible=False,
                 contrast_limits=(0, max(top, 1e-3)),
                 metadata={**meta, "glandseg_role": "uncertainty"}))
         what = (f"{len(features)} objects" if features is not None
                 else f"{res.info['tiles']} tiles")
+        if class_model:  # regions per class, never "4 objects" of unnamed kinds
+            counts = features["class"].value_counts() if len(features) else {}
+            found = [f"{name} ({counts[c]} region{'s' if counts[c] > 1 else ''})"
+                     for c, name in enumerate(card.class_names) if c and c in counts]
+            what = "classes found: " + (", ".join(found) if found else "none")
+            self.viewer.text_overlay.text = f"{image.name}, {card.name}: {card.legend()}"
+            self.viewer.text_overlay.visible = True
         hidden = (f"; {earlier} layer(s) of this image hidden (its truth, earlier results: "
                   "still in the list)") if earlier else ""
         est = res.info.get("scale_estimate")
         est = f" ({est}; set Pixel size to override)" if est else ""
         self.status.setText(f"Done in {res.seconds:.1f} s on {res.device}: {what}{hidden}{est}")
+        unlike = res.info.get("appearance")
+        if unlike:  # objects on an image the model was not made for: say so, loudly
+            self.status.setText(self.status.text() + f"\nWarning: {unlike}")
+            notify("warning", f"{image.name}: {unlike}")
 
     def _hide_earlier_results(self, image) -> int:
         """Hide (never remove) the truth and the results of earlier runs on ``image``, so
@@ -416,10 +461,23 @@ class SegmentWidget(QWidget):
             self.worker = None
 
     # ---------------------------------------------------------------- layer lists
+    def _forget(self, event) -> None:
+        """Let go of a removed layer."""
+        name = getattr(event.value, "name", None)
+        self.last_layers = [la for la in self.last_layers if la.name != name]
+
+    def _follow(self, name) -> None:
+        """The image box follows the image on show."""
+        self._refresh_layers()
+        if name and self.image_box.findText(name) >= 0:
+            self.image_box.setCurrentText(name)
+
     def _refresh_layers(self, event=None) -> None:
         from napari.layers import Image, Shapes
 
-        fill_layer_box(self.image_box, self.viewer, Image)
+        fill_layer_box(self.image_box, self.viewer, Image,
+                       exclude=[la.name for la in self.viewer.layers
+                                if not is_source_image(la)])  # not probability maps
         fill_layer_box(self.shapes_box, self.viewer, Shapes,
                        exclude=[la.name for la in self.viewer.layers
                                 if la.name.startswith("compare ")
