@@ -1,6 +1,6 @@
 """Automatic scale on images of unknown um/px: validation images rescaled 0.5x-2x.
 
-    python benchmarks/bench_autoscale.py --data ../shared/data [--only wbc,glands,nuclei]
+    python benchmarks/bench_autoscale.py --data DATA [--only wbc,glands,nuclei]
         [--factors 0.5,0.71,1,1.41,2] [--json rows.json]
 
 Each validation image (never a test image) is rescaled by a factor (anti-aliased when
@@ -21,12 +21,17 @@ truth, and the estimate's median time.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
 import json
 import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
+from _common import data_default  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -85,7 +90,8 @@ def run(model, img, mode: str, f: float):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--data", type=Path, default=data_default(""),
+                    required=data_default() is None)
     ap.add_argument("--only", default="wbc,glands,nuclei")
     ap.add_argument("--factors", default="0.5,0.71,1,1.41,2")
     ap.add_argument("--max-images", type=int, default=0, help="first N images of a set")

@@ -1,7 +1,7 @@
 """A bioimage.io export run elsewhere: bioimageio.core vs napari-glandseg on the same image.
 
     python benchmarks/bench_bioimageio.py [--model glands-he] \
-        [--image ../shared/data/glas/train/images/train_1.jpg]
+        [--image DATA/glas/train/images/train_1.jpg]
 
 Exports the stored model as a bioimage.io package, then segments one image twice in the same
 process: ``ours`` (:func:`napari_glandseg.segment`, 512 px tiles, overlap 0.25, Gaussian
@@ -12,7 +12,7 @@ axis scale first, as a consumer must do, and both run on that. Prints the export
 size, both run times with their ratio, and how far the probabilities and pixel classes
 agree. The
 default image is the bundled sample made for the model (a training-split image when
-``--image`` is given from ../shared/data).
+``--image`` is given from DATA).
 """
 
 from __future__ import annotations

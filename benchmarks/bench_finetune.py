@@ -1,6 +1,6 @@
 """Why fine-tune: adapt the bundled glands-he to a new lab's staining from a few images.
 
-    python benchmarks/bench_finetune.py --data ../shared/data [--train-images 4]
+    python benchmarks/bench_finetune.py --data DATA [--train-images 4]
 
 The "new lab" is simulated (no second gland dataset is available here): the 20 GlaS
 validation images get one fixed, strong H&E stain change (haematoxylin x1.6, eosin x0.5 in
@@ -12,6 +12,10 @@ wall time. The original (unshifted) images are scored too, to show what is kept.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
 import os
 import tempfile
 import time
@@ -19,6 +23,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from _common import data_default  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -45,7 +50,8 @@ def score(model, pairs):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--data", type=Path, default=data_default(""),
+                    required=data_default() is None)
     ap.add_argument("--train-images", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--steps", type=int, default=30)

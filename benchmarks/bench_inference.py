@@ -1,6 +1,6 @@
 """Tiled inference throughput and peak memory: this engine vs MONAI vs the bare network.
 
-    python benchmarks/bench_inference.py --data ../shared/data [--size 4096] [--tile 512]
+    python benchmarks/bench_inference.py --data DATA [--size 4096] [--tile 512]
 
 One RGB mosaic of ``--size`` x ``--size`` built from GlaS training images, the same default
 U-Net (untrained weights: timing only), the same tile size, overlap 0.25 and batch 4:
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import rss_mb  # noqa: E402
+from _common import data_default, rss_mb  # noqa: E402
 
 warnings.filterwarnings("ignore")
 ENGINES = ["bare", "monai", "ours-fp32", "ours"]
@@ -98,7 +98,8 @@ def run_engine(engine: str, data: Path, size: int, tile: int) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--data", type=Path, default=data_default(""),
+                    required=data_default() is None)
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--engines", default=",".join(ENGINES))

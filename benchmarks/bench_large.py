@@ -1,6 +1,6 @@
 """Peak memory segmenting a 20000 x 20000 RGB image stored as a chunked zarr mosaic.
 
-    python benchmarks/bench_large.py --data ../shared/data [--size 20000] [--work DIR]
+    python benchmarks/bench_large.py --data DATA [--size 20000] [--work DIR]
 
 Builds the mosaic from GlaS training images on disk (zarr, 1024^2 chunks), opens it lazily
 with dask, and segments it window by window with a small U-Net (memory is what is measured:
@@ -24,6 +24,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import data_default  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import rss_mb  # noqa: E402
@@ -82,7 +85,8 @@ def run_one(path: str, size: int) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--data", type=Path, default=data_default(""),
+                    required=data_default() is None)
     ap.add_argument("--size", type=int, default=20000)
     ap.add_argument("--work", type=Path, default=None, help="where the zarr mosaics go")
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)

@@ -1,6 +1,6 @@
 """Slides block by block: workers, memory per worker, tissue detection.
 
-    python benchmarks/bench_slides.py --data ../shared/data [--only workers,memory,tissue]
+    python benchmarks/bench_slides.py --data DATA [--only workers,memory,tissue]
                                       [--size 4096] [--big 20000] [--work DIR]
 
 Three measurements, each against a baseline run in the same process:
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import rss_mb  # noqa: E402
+from _common import data_default, rss_mb  # noqa: E402
 from bench_large import build_mosaic  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -181,7 +181,8 @@ def tissue_runs(levels, out: Path, model: str, block: int, overlap: int, seg, px
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--data", type=Path, default=data_default(""),
+                    required=data_default() is None)
     ap.add_argument("--only", default="workers,memory,tissue")
     ap.add_argument("--size", type=int, default=4096, help="mosaic side for workers")
     ap.add_argument("--big", type=int, default=20000, help="largest mosaic for memory")

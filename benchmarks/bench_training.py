@@ -1,6 +1,6 @@
 """Training speed on the CPU: our loop vs a bare torch loop, same model, data and batches.
 
-    python benchmarks/bench_training.py --data ../shared/data [--steps 20]
+    python benchmarks/bench_training.py --data DATA [--steps 20]
 
 Default U-Net, batch 8 of 256x256 GlaS patches, DiceCE loss, AdamW. ``bare`` is the
 textbook loop (sample with the same sampler, forward, loss, backward, step) in fp32;
@@ -14,6 +14,10 @@ loops compare like for like.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
 import os
 import tempfile
 import time
@@ -21,13 +25,15 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from _common import data_default  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--data", type=Path, default=data_default(""),
+                    required=data_default() is None)
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args(argv)
     os.environ["GLANDSEG_MODELS_DIR"] = tempfile.mkdtemp()

@@ -1,6 +1,6 @@
 """How much another lab's smears change a white-blood-cell model: the WBC val images, shifted.
 
-    python benchmarks/bench_wbc_shift.py --data ../shared/data/wbc/dataset1 [--model wbc]
+    python benchmarks/bench_wbc_shift.py --data DATA/wbc/dataset1 [--model wbc]
         [--model FILE.safetensors ...]
 
 No second WBC dataset is available here, so another lab is simulated on the 60 validation
@@ -23,6 +23,7 @@ import numpy as np
 
 warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).parent))
+from _common import data_default  # noqa: E402
 
 SHIFTS = ("original", "restain", "zoom", "both", "hue")
 
@@ -49,7 +50,8 @@ def shifted(image: np.ndarray, mask: np.ndarray, shift: str):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("../shared/data/wbc/dataset1"))
+    ap.add_argument("--data", type=Path, default=data_default("wbc/dataset1"),
+                    required=data_default() is None)
     ap.add_argument("--model", action="append", help="store name or file (default: wbc)")
     args = ap.parse_args(argv)
 

@@ -1,6 +1,6 @@
 """Train every architecture, and U-Net with each target, on GlaS with one budget; score on testA.
 
-    python benchmarks/compare_architectures.py --data ../shared/data/glas
+    python benchmarks/compare_architectures.py --data DATA/glas
         [--steps 200] [--batch-size 4] [--patch-size 256] [--pixel-size 1.24]
         [--split testA] [--only unet,resunet] [--variants gap,mask,bce]
         [--json results.json] [--unet-features 16,16,32,64,128,16]
@@ -40,6 +40,7 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).parent))
+from _common import data_default  # noqa: E402
 
 #: the previous glands-he's post-processing (chosen on the val images by ``glandseg tune``;
 #: kept fixed so that reruns of the tables stay comparable).
@@ -115,7 +116,8 @@ def main(argv=None):
     from napari_glandseg.models import Architecture
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("../shared/data/glas"),
+    ap.add_argument("--data", type=Path, default=data_default("glas"),
+                    required=data_default() is None,
                     help="the GlaS folder (train/, testA/, split.csv)")
     ap.add_argument("--steps", type=int, default=200, help="training steps per model")
     ap.add_argument("--steps-per-epoch", type=int, default=25,

@@ -1,6 +1,6 @@
 """Organs on grey abdominal MRI (UW-Madison GI tract): architectures compared on val per class.
 
-    python benchmarks/compare_mri.py --data ../shared/data/uwm_gi_mri
+    python benchmarks/compare_mri.py --data DATA/uwm_gi_mri
         [--steps 600] [--only unet,unetpp,deeplabv3plus,effnet_unet] [--json rows.json]
         [--keep DIR]
 
@@ -29,6 +29,7 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).parent))
+from _common import data_default  # noqa: E402
 
 #: architecture -> (label, arch_kwargs / training settings): the sizes the glands models use
 RUNS = {
@@ -63,7 +64,8 @@ def score(model, pairs) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("../shared/data/uwm_gi_mri"))
+    ap.add_argument("--data", type=Path, default=data_default("uwm_gi_mri"),
+                    required=data_default() is None)
     ap.add_argument("--steps", type=int, default=600, help="training steps per model")
     ap.add_argument("--steps-per-epoch", type=int, default=50)
     ap.add_argument("--only", help="comma-separated runs (default: all)")

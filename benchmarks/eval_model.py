@@ -1,6 +1,6 @@
 """Evaluate a model on a dataset split the way the challenges do, and time it.
 
-    python benchmarks/eval_model.py --model glands-he --data ../shared/data/glas \
+    python benchmarks/eval_model.py --model glands-he --data DATA/glas \
         --truth-folder instances_cc --split test [--split val] [--bundle OUT.safetensors]
 
 Segments every image of the chosen split(s) (``suggested_split`` in ``split.csv``), applies

@@ -4,7 +4,7 @@
 # training images (GlaS: research use only; cite Sirinukunwattana et al. 2017).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${DATA:-../shared/data}
+DATA=${DATA:?set DATA to the folder of public data sets (docs/data.md)}
 mkdir -p .gpu/wheels .gpu/data
 python3 -m pip download -q --only-binary=:all: --python-version 3.12 --no-deps \
   --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \

@@ -4,7 +4,7 @@ Importing the package is cheap and never loads Qt or napari; the public API belo
 on first use.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.4.0"
 
 _API = {
     "read_image": "napari_glandseg.io",
