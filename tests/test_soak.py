@@ -50,7 +50,7 @@ def sets(tmp_path, data_dir):
                         iio.imread(root / "images" / f"{stem}.png")[::-1])
             iio.imwrite(root / "masks" / f"{stem}_flip.png",
                         iio.imread(root / "masks" / f"{stem}.png")[::-1])
-    # grey MRI-like slices: a bright organ on dark background
+    # grey MRI-like slices as RGB (as in the crash report): a bright organ on dark background
     root = tmp_path / "mri"
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
@@ -58,7 +58,7 @@ def sets(tmp_path, data_dir):
         img = np.full((96, 96), 40, np.uint8)
         img[20 + i * 5:60, 30:70] = 180
         mask = (img > 100).astype(np.uint8)
-        iio.imwrite(root / "images" / f"slice_{i}.png", img)
+        iio.imwrite(root / "images" / f"slice_{i}.png", np.stack([img] * 3, -1))
         iio.imwrite(root / "masks" / f"slice_{i}.png", mask)
     out = {k: tmp_path / k for k in ("glands", "nuclei", "wbc", "mri")}
     return out

@@ -69,10 +69,15 @@ def test_after_next_segment_and_compare_take_the_image_on_show(session, qtbot):
     # a prediction of one image against the truth of another is refused, in one line
     cmp.pred_box.setCurrentText(first.name)
     assert cmp.compute() is None
-    # back to the first image: its kept correction is offered again
+    # back to the first image: its kept correction is offered again, and the scores of
+    # the second image are no longer shown beside it
+    assert cmp.metric_table.rowCount() > 0
     load.previous()
     assert seg.image_box.currentText() == STEMS[0]
     assert cmp.pred_box.currentText() == first.name
+    assert cmp.metrics is None and cmp.metric_table.rowCount() == 0
+    assert f"press Compare for {STEMS[0]!r}" in cmp.status.text()
+    assert first.visible and not viewer.layers[f"{STEMS[0]} [truth]"].visible
 
 
 def test_compare_refuses_a_pair_of_two_images_in_one_line(session, notes):
@@ -147,6 +152,12 @@ def test_compare_scores_a_class_model_per_class_with_its_names(make_napari_viewe
     assert rows["mean Dice (foreground classes)"] == pytest.approx(
         (nucleus + 2 * 800 / 1650) / 2, abs=1e-4)
     assert "object_f1" not in rows
+    from napari_glandseg.metrics import STATUS_VALUE
+
+    overlay = next(la for la in viewer.layers if "wrong class orange" in la.name).data
+    assert (overlay[15:25, 15:20] == STATUS_VALUE["wrong class"]).all()
+    assert (overlay[15:25, 20:25] == STATUS_VALUE["TP"]).all() and overlay[0, 0] == 0
+    assert not any("outlines" in la.name for la in viewer.layers)
     assert "nucleus 0.667" in cmp.status.text() and "Found: cytoplasm, nucleus" in \
         cmp.status.text()
 
@@ -172,11 +183,12 @@ def test_compare_overlay_hides_prediction_and_truth_and_restores_them(session, q
     statuses = [cmp.object_table.item(r, 1).text() for r in range(cmp.object_table.rowCount())]
     headers = [cmp.object_table.horizontalHeaderItem(c).text()
                for c in range(cmp.object_table.columnCount())]
-    assert headers[:3] == ["truth", "status", "prediction"]
+    assert headers[:2] == ["truth", "status"]
     n_true = len(np.unique(truth.data)) - 1
     assert sum(cmp.object_table.item(r, 0).text() != "" for r in range(len(statuses))) == \
         n_true
-    assert "merged" in statuses  # all-foreground: one object merging the glands
+    # all-foreground: one object merging the glands, said in the status column itself
+    assert any(st.startswith("merged with ") for st in statuses)
 
 
 def test_save_corrections_of_a_result_never_replaces_the_truth_by_default(session, qtbot,

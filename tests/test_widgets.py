@@ -650,7 +650,8 @@ def test_gui_opens_each_sample_with_its_bundled_model(sample, model, image, make
               "mri": ": large bowel red, small bowel green, stomach blue"}.get(sample, "")
     assert layer.name == f"{image} [{model}{' objects' if sample == 'em' else legend}]"
     if legend:  # a class map names its classes and colours, in its name and on the canvas
-        assert viewer.text_overlay.visible and legend[2:] in viewer.text_overlay.text
+        text = viewer.canvas.overlays.text
+        assert text.visible and legend[2:] in text.text
         assert "classes found:" in w.status.text() and "objects" not in w.status.text()
     assert len(layer.features) >= 1  # measured
     labels = layer.data

@@ -25,6 +25,7 @@ import sys
 
 from .enums import Loss, Precision, Selection, Split, StainNorm, Target
 from .errors import GlandsegError, OutputExistsError
+from .params import SegmentParams
 from .progress import run_to_end
 
 EXIT_BAD_INPUT = 2
@@ -135,7 +136,6 @@ class _Bar:
 def _segment_blockwise(args) -> int:
     """``--ome-zarr`` / ``--workers`` / ``--scheduler``: slides block by block into OME-Zarr
     (napari_glandseg.slides), on dask.distributed when workers or a scheduler are given."""
-    from .inference import SegmentParams
     from .io import iter_image_files
     from .slides import SlideParams
 
@@ -195,7 +195,6 @@ def _segment(args) -> int:
         return _segment_blockwise(args)
     from pathlib import Path
 
-    from .inference import SegmentParams
     from .io import iter_image_files
     from .models import load_model
     from .pipeline import FileParams, iter_segment_files, postprocess_for
@@ -556,18 +555,8 @@ def _architectures():
     return list(Architecture)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="glandseg",
-        description="Deep-learning segmentation of glands, nuclei, cells and membranes.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Examples::", 1)[1],
-    )
-    from . import __version__
-
-    p.add_argument("--version", action="version", version=f"napari-glandseg {__version__}")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
-
+def _add_models(sub) -> None:
+    """The ``models`` subcommand."""
     m = sub.add_parser(
         "models", help="list, show, import, export or delete models",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -598,6 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(repeat for several)")
     m.set_defaults(func=_models)
 
+
+def _add_segment(sub) -> None:
+    """The ``segment`` subcommand."""
     s = sub.add_parser(
         "segment", help="segment images, folders or globs into label files",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -609,14 +601,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     s.add_argument("--model", required=True, help="store name or checkpoint file")
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
-    s.add_argument("--precision", default="auto", choices=_values(Precision),
+    seg = SegmentParams()  # the defaults are the settings' own (one place)
+    s.add_argument("--device", default=seg.device, choices=["auto", "cuda", "mps", "cpu"])
+    s.add_argument("--precision", default=seg.precision.value, choices=_values(Precision),
                    help=_PRECISION_HELP)
-    s.add_argument("--tile", type=int, default=512, help="tile size (default 512)")
-    s.add_argument("--overlap", type=float, default=0.25, help="tile overlap (default 0.25)")
-    s.add_argument("--batch", type=int, default=4, help="tiles per batch (default 4)")
+    s.add_argument("--tile", type=int, default=seg.tile_size,
+                   help=f"tile size (default {seg.tile_size})")
+    s.add_argument("--overlap", type=float, default=seg.overlap,
+                   help=f"tile overlap (default {seg.overlap})")
+    s.add_argument("--batch", type=int, default=seg.batch_size,
+                   help=f"tiles per batch (default {seg.batch_size})")
     s.add_argument("--tta", action="store_true", help="test-time augmentation (8x slower)")
-    s.add_argument("--threshold", type=float, default=0.5, help="binary threshold")
+    s.add_argument("--threshold", type=float, default=seg.threshold,
+                   help=f"binary threshold (default {seg.threshold})")
     s.add_argument("--split", choices=_values(Split),
                    help="separate touching objects (default: the model card's)")
     s.add_argument("--min-size", type=int, help="remove objects smaller than this (px); "
@@ -651,6 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="halo around each block; larger than the objects (default 256)")
     s.set_defaults(func=_segment)
 
+
+def _add_evaluate(sub) -> None:
+    """The ``evaluate`` subcommand."""
     e = sub.add_parser(
         "evaluate", help="compare predictions with ground truth, paired by file stem",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -668,6 +668,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_evaluate)
 
+
+def _add_train(sub) -> None:
+    """The ``train`` subcommand."""
     t = sub.add_parser(
         "train", help="train or fine-tune a model on a dataset folder",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -733,6 +736,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
 
+
+def _add_tune(sub) -> None:
+    """The ``tune`` subcommand."""
     u = sub.add_parser(
         "tune", help="choose post-processing on validation images by object scores",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -766,6 +772,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--quiet", action="store_true", help="no progress bar")
     u.set_defaults(func=_tune)
 
+
+
+def _add_gui(sub) -> None:
+    """The ``gui`` subcommand."""
     from .samples import SAMPLES
 
     g = sub.add_parser(
@@ -779,8 +789,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bundled sample data to open, with its bundled model selected: "
                         + ", ".join(f"{k} ({v})" for k, v in SAMPLES.items())
                         + " (default: glas)")
-    g.add_argument("--screenshot", metavar="PNG", help="save a screenshot of the window and exit")
+    g.add_argument("--screenshot", metavar="PNG",
+                   help="save a screenshot of the window and exit")
     g.set_defaults(func=_gui)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="glandseg",
+        description="Deep-learning segmentation of glands, nuclei, cells and membranes.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Examples::", 1)[1],
+    )
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"napari-glandseg {__version__}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    _add_models(sub)
+    _add_segment(sub)
+    _add_evaluate(sub)
+    _add_train(sub)
+    _add_tune(sub)
+    _add_gui(sub)
     return p
 
 

@@ -45,8 +45,9 @@ import numpy as np
 import torch
 
 from .enums import Blend  # noqa: F401  (defined with the other modes)
-from .errors import GlandsegError, as_enum
+from .errors import GlandsegError
 from .models import Model, describe_device, resolve_device
+from .params import SegmentParams  # noqa: F401  (defined torch-free, for the CLI)
 from .precision import Precision, autocast_dtype
 from .precision import resolve as resolve_precision
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, to_standard, value_range  # noqa: F401  (and the 3 below: old names)
@@ -57,81 +58,6 @@ from .scale import working_scale
 
 #: Images with more pixels than this (or lazy inputs) get their labels in a zarr store.
 LARGE_PIXELS = 64 * 2**20
-
-
-@dataclass
-class SegmentParams:
-    """Settings for :func:`iter_segment` (every field is also a keyword of :func:`segment`).
-
-    Attributes
-    ----------
-    tile_size : int
-        Side of the square tiles the network sees (>= 16).
-    overlap : float
-        Fraction of a tile shared with its neighbour, in [0, 0.9].
-    batch_size : int
-        Tiles per forward pass; halved automatically on GPU out-of-memory.
-    blend : Blend
-    tta : bool
-        Average over the 8 flips/rotations and return an uncertainty map.
-    threshold : float
-        Probability above which a binary model's pixel is foreground.
-    device : str
-        ``auto``, ``cuda``, ``mps`` or ``cpu``.
-    precision : Precision
-        ``auto`` as :func:`napari_glandseg.precision.resolve` decides (bf16 on a CPU only
-        where it is measurably faster than fp32); ``fp32``, ``bf16``, ``fp16`` force it.
-    channels_last : bool or None
-        None: on (1.4-1.7x faster on this project's CPU and on CUDA convolutions).
-    window_size : int
-        Side of the windows a large image is read in.
-    rescale : bool
-        Resample to the model card's um/px when the image's pixel size is known.
-    return_probabilities : bool
-        Keep the probability map (for large images, in the zarr store as float16).
-    store_dir : str or None
-        Folder for a large result's zarr store (None: the system's temporary folder). The
-        command line puts it beside its outputs.
-    stain_normalization : bool
-        Apply the card's stain normalisation, if it has one: the image's H&E stains are
-        estimated once (from a subsample of the region) and every tile is mapped onto the
-        card's reference stains with that estimate.
-    """
-
-    tile_size: int = 512
-    overlap: float = 0.25
-    batch_size: int = 4
-    blend: Blend = Blend.GAUSSIAN
-    tta: bool = False
-    threshold: float = 0.5
-    device: str = "auto"
-    precision: Precision = Precision.AUTO
-    channels_last: bool | None = None
-    window_size: int = 4096
-    rescale: bool = True
-    return_probabilities: bool = True
-    stain_normalization: bool = True
-    store_dir: str | None = None
-    scale: float | None = None
-
-    def __post_init__(self):
-        if self.scale is not None and (isinstance(self.scale, bool) or not isinstance(
-                self.scale, int | float) or not 0.01 <= self.scale <= 100):
-            raise GlandsegError(f"scale must be a number of model pixels per image pixel in "
-                                f"[0.01, 100], got {self.scale!r}")
-        if not isinstance(self.tile_size, int) or self.tile_size < 16:
-            raise GlandsegError(f"tile_size must be an integer >= 16, got {self.tile_size!r}")
-        if not 0 <= self.overlap <= 0.9:
-            raise GlandsegError(f"overlap must be in [0, 0.9], got {self.overlap!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise GlandsegError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if not 0 < self.threshold < 1:
-            raise GlandsegError(f"threshold must be in (0, 1), got {self.threshold!r}")
-        if self.window_size < self.tile_size:
-            raise GlandsegError(f"window_size {self.window_size} is smaller than tile_size "
-                                f"{self.tile_size}")
-        self.blend = as_enum(Blend, self.blend, "blend")
-        self.precision = as_enum(Precision, self.precision, "precision")
 
 
 @dataclass

@@ -520,8 +520,9 @@ def _evaluate(pred, truth, classes, hausdorff, p_inst, t_inst, ov) -> dict:
     return out
 
 
-#: overlay values of :func:`iter_compare`: each pixel's fate
-STATUS_VALUE = {"TP": 1, "FP": 2, "FN": 3}
+#: overlay values of :func:`iter_compare`: each pixel's fate (class maps: TP is the right
+#: class, "wrong class" a foreground pixel given another foreground class)
+STATUS_VALUE = {"TP": 1, "FP": 2, "FN": 3, "wrong class": 4}
 
 
 @dataclass
@@ -538,7 +539,8 @@ class Comparison:
         ``side`` and ``id`` (the object to show), ``truth``, ``prediction`` (ids as text),
         ``iou`` and ``area``.
     overlay : ndarray
-        Per pixel :data:`STATUS_VALUE` (TP and FP predictions, missed truth).
+        Per pixel :data:`STATUS_VALUE` (TP and FP predictions, missed truth; for class maps
+        the right class, a false or missed foreground pixel, or the wrong class).
     outlines : ndarray
         Predicted objects that merge truths or split one, with their own ids (0 elsewhere),
         for outlines; ``merged`` and ``split`` say which ids are which.
@@ -579,6 +581,14 @@ def iter_compare(pred, truth, classes: int | None = None):
     overlay = lut_p[p_inst]
     fn = lut_t[t_inst]
     overlay[(overlay == 0) & (fn > 0)] = STATUS_VALUE["FN"]
+    if classes is not None and classes > 2:  # per pixel and class, not per object
+        overlay = np.zeros(pred.shape, np.uint8)
+        fg_p, fg_t = pred > 0, truth > 0
+        overlay[fg_p & fg_t & (pred == truth)] = STATUS_VALUE["TP"]
+        overlay[fg_p & ~fg_t] = STATUS_VALUE["FP"]
+        overlay[~fg_p & fg_t] = STATUS_VALUE["FN"]
+        overlay[fg_p & fg_t & (pred != truth)] = STATUS_VALUE["wrong class"]
+        merged, split = {}, {}
     outlined = sorted(set(merged) | {p for ps in split.values() for p in ps})
     keep = np.zeros_like(lut_p, dtype=bool)
     keep[outlined] = True

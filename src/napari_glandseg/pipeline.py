@@ -426,6 +426,45 @@ def iter_objects(image, model, params: FileParams | None = None, region=None,
     return result  # a large result's store is the caller's (the file pipeline removes it)
 
 
+def mask_to_polygons(result: FileResult, polygons) -> None:
+    """Keep only what lies inside ``polygons`` (full-resolution pixel coordinates of the
+    image, as a Shapes ROI gives them) in an in-memory result: the classes, the objects,
+    the probability and uncertainty maps (nothing is claimed outside the ROI); objects cut
+    by a polygon are measured again, a class map's objects kept when still inside."""
+    from skimage.draw import polygon2mask
+
+    from .postprocessing import object_table
+
+    res = result.segment
+    h, w = res.labels.shape
+    inside = np.zeros((h, w), bool)
+    for poly in polygons:
+        inside |= polygon2mask((h, w), (np.asarray(poly) - np.asarray(res.offset))
+                               / res.downsample)
+    res.labels = np.where(inside, res.labels, 0).astype(res.labels.dtype)
+    if res.probabilities is not None:
+        probs = np.where(inside, res.probabilities, 0).astype(np.float32)
+        if probs.shape[0] > 1:
+            probs[0][~inside] = 1.0  # background, for a softmax model
+        res.probabilities = probs
+    if res.uncertainty is not None:
+        res.uncertainty = np.where(inside, res.uncertainty, 0).astype(np.float32)
+    if result.labels is not None and result.labels is not res.labels:
+        result.labels = np.where(inside, result.labels, 0).astype(result.labels.dtype)
+    elif result.labels is not None:
+        result.labels = res.labels
+    table = result.table
+    if table is not None and result.labels is not None:
+        if "class" in table:  # a class map's objects: keep those still inside
+            from skimage.measure import label as cc_label
+
+            kept = np.unique(cc_label(result.labels > 0, connectivity=2))
+            result.table = table[table["label"].isin(kept[kept > 0])].reset_index(drop=True)
+        else:  # objects cut by the polygon are measured again
+            image = None if result.image is None else np.asarray(result.image)
+            result.table = object_table(result.labels, image, res.pixel_size_um)
+
+
 def read_into_memory(result: FileResult) -> None:
     """Replace a result's zarr arrays (its labels, the network's classes, probabilities and
     uncertainty) by NumPy arrays and remove its store (a result small enough for memory)."""

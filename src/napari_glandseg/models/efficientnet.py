@@ -219,7 +219,7 @@ def wheel_weights_file(variant: int) -> Path:
 
 
 def _cache_file(variant: int) -> Path:
-    from .store import user_dir
+    from .paths import user_dir
 
     return user_dir() / "encoders" / f"efficientnet-lite{variant}-imagenet.safetensors"
 

@@ -22,10 +22,8 @@ Examples
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +31,8 @@ from .._files import atomic_path
 from ..errors import CheckpointError, GlandsegError, OutputExistsError
 from .card import ModelCard
 from .checkpoint import Model, load_checkpoint, read_card, save_checkpoint
+from .paths import BUNDLED_DIR, ENV_VAR, user_dir  # noqa: F401  (the store's public names)
 
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled_models"
-ENV_VAR = "GLANDSEG_MODELS_DIR"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _cache: dict[tuple, Model] = {}
 
@@ -54,21 +51,6 @@ class ModelEntry:
     @property
     def broken(self) -> bool:
         return self.card is None
-
-
-def user_dir() -> Path:
-    """The user's model folder (created on first use)."""
-    if os.environ.get(ENV_VAR):
-        base = Path(os.environ[ENV_VAR]).expanduser()
-    elif sys.platform == "win32":
-        base = Path(os.environ.get("APPDATA", Path.home())) / "napari-glandseg" / "models"
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Application Support" / "napari-glandseg" / "models"
-    else:
-        xdg = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-        base = Path(xdg) / "napari-glandseg" / "models"
-    base.mkdir(parents=True, exist_ok=True)
-    return base
 
 
 def _entries(folder: Path, source: str) -> list[ModelEntry]:

@@ -29,13 +29,16 @@ from ._common import fill_layer_box, notify, unique_name
 from ._focus import RESULT_ROLES, follow, newest_of
 
 OVERLAY_COLOURS = {None: "transparent", 0: "transparent", 1: "#34c759", 2: "#ff3b30",
-                   3: "#007aff"}
+                   3: "#007aff", 4: "#ff9500"}
 #: outlines of merging and split predictions: bright on pink H&E and on the dark theme
 MERGED_COLOUR, SPLIT_COLOUR = "#ffd60a", "#00e5ff"
 OVERLAY_LEGEND = "TP green, FP red, missed blue"
+CLASS_LEGEND = "right class green, FP red, missed blue, wrong class orange"
 OUTLINE_LEGEND = "outlines: merged yellow, split cyan"
 HIGHLIGHT = "compare selected object"
-OBJECT_COLUMNS = ["truth", "status", "prediction", "IoU", "area", "note"]
+#: the status column says the fate in words (split into ..., merged with ...): readable
+#: without scrolling the table sideways
+OBJECT_COLUMNS = ["truth", "status", "IoU", "prediction", "area"]
 
 
 def compare_job(pred, truth, classes=None):
@@ -44,6 +47,14 @@ def compare_job(pred, truth, classes=None):
     from ..metrics import iter_compare
 
     return (yield from iter_compare(pred, truth, classes))
+
+
+def _fate(row: dict) -> str:
+    """An object row's status in words: "TP", "FP", "missed", "split into 4, 6", "merged
+    with 9 in prediction 7"."""
+    if row["status"] in ("split", "merged"):
+        return row["note"]
+    return row["status"]
 
 
 def _table(headers) -> QTableWidget:
@@ -246,8 +257,8 @@ class CompareWidget(QWidget):
                 [[k, metrics[k]] for k in ("tp", "fp", "fn", "merged", "split", "n_pred",
                                             "n_true")]
         _fill(self.metric_table, rows)
-        _fill(self.object_table, [[o["truth"], o["status"], o["prediction"], o["iou"],
-                                   o["area"], o["note"]] for o in self.objects])
+        _fill(self.object_table, [[o["truth"], _fate(o), o["iou"], o["prediction"],
+                                   o["area"]] for o in self.objects])
         if pred_layer in self.viewer.layers:
             self._overlay(out, pred_layer, truth_layer)
         self._compared = (pred_layer, truth_layer)
@@ -267,6 +278,14 @@ class CompareWidget(QWidget):
                 f"{metrics['n_pred']} predicted and {metrics['n_true']} true objects: object "
                 f"F1 {metrics['object_f1']:.3f}; {metrics['merged']} merged, "
                 f"{metrics['split']} split")
+
+    def _clear_results(self, why: str) -> None:
+        """Empty the tables (their numbers belong to layers no longer on show) and say so."""
+        self.metrics, self.objects, self._compared = None, [], None
+        self.metric_table.setRowCount(0)
+        self.object_table.setRowCount(0)
+        self.stale.setText("")
+        self.status.setText(why)
 
     def _classes_of(self, pred_layer):
         """The number of classes to score (None: objects) and their names. A class model's
@@ -304,16 +323,18 @@ class CompareWidget(QWidget):
         meta = {"glandseg_role": "compare", "source_image": source}
         place = {"scale": like.scale[-2:], "units": like.units[-2:],
                  "translate": like.translate[-2:]}
-        fill_name = f"compare {like.name} ({OVERLAY_LEGEND})"
+        legend = CLASS_LEGEND if self._class_names else OVERLAY_LEGEND
+        fill_name = f"compare {like.name} ({legend})"
         line_name = f"compare {like.name} ({OUTLINE_LEGEND})"
         colours = {None: "transparent", 0: "transparent"}
         colours.update({p: MERGED_COLOUR for p in out.merged})
         colours.update({p: SPLIT_COLOUR for ps in out.split.values() for p in ps})
-        for name, data, kwargs in (
-                (fill_name, out.overlay, {"opacity": 0.45, "colormap": DirectLabelColormap(
-                    color_dict=OVERLAY_COLOURS)}),
-                (line_name, out.outlines, {"opacity": 1.0, "colormap": DirectLabelColormap(
-                    color_dict=colours)})):
+        layers = [(fill_name, out.overlay, {"opacity": 0.45, "colormap": DirectLabelColormap(
+            color_dict=OVERLAY_COLOURS)})]
+        if not self._class_names:  # a class map has no merges or splits to outline
+            layers.append((line_name, out.outlines, {"opacity": 1.0, "colormap":
+                                                     DirectLabelColormap(color_dict=colours)}))
+        for name, data, kwargs in layers:
             if name in self.viewer.layers:
                 layer = self.viewer.layers[name]
                 layer.data = data
@@ -521,6 +542,12 @@ class CompareWidget(QWidget):
         """Prediction and truth follow the image on show: its newest result (objects or
         class map, whichever came last) and its truth."""
         self._refresh_layers()
+        shown = self._compared
+        if shown and shown[0].metadata.get("source_image") not in (None, name):
+            # the tables hold another image's numbers: never beside this one
+            self._clear_results(f"The scores shown were of "
+                                f"{shown[0].metadata.get('source_image')!r}: press Compare "
+                                f"for {name!r}")
         pred = newest_of(self.viewer, name, RESULT_ROLES)
         truth = newest_of(self.viewer, name, ("truth",))
         for box, layer in ((self.pred_box, pred), (self.truth_box, truth)):

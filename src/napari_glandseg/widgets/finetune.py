@@ -30,6 +30,7 @@ from ..stain import StainNorm
 from ..training import Loss, Target, TrainingPair, TrainParams, iter_train
 from . import _worker
 from ._common import fill_layer_box, notify, unique_name
+from ._focus import focus_for
 from ._placement import image_under, level_data, level_of, offset_in
 from ._state import dataset_of, selection_for
 
@@ -507,7 +508,9 @@ class FinetuneWidget(QWidget):
             if shown:
                 lines.append(f"Old and new results of {self._look_at[1]!r} are in the layer "
                              "list (" + ", ".join(repr(n) for n in shown) + "): toggle them "
-                             "to judge.")
+                             "to judge" + ("." if focus_for(self.viewer).name ==
+                                           self._look_at[1] else
+                                           f" when {self._look_at[1]!r} is on show."))
         if better:
             self._select(result.model)
             lines.append(f"{result.model.name!r} is now the selected model")
@@ -528,10 +531,11 @@ class FinetuneWidget(QWidget):
         scale = np.asarray(layer.scale[-2:])
         names = []
         base = self.selection.model.name if self.selection.model else "base"
+        on_show = focus_for(self.viewer).name == image_name  # else shown when it is
         for key, labels in looks.items():
             title = base if key == "before" else model.name
             added = self.viewer.add_labels(
-                labels, opacity=0.5, visible=key == "after",
+                labels, opacity=0.5, visible=key == "after" and on_show,
                 name=unique_name(self.viewer, f"{image_name} [{key}: {title}]"),
                 scale=scale, translate=np.asarray(layer.translate[-2:]) + np.array([y0, x0])
                 * scale, units=layer.units[-2:],
@@ -674,13 +678,14 @@ class FinetuneWidget(QWidget):
         # truth is not ticked as well (two targets for one image)
         corrected = {im.name for im, la in found if la.metadata.get("edited")
                      and la.metadata.get("glandseg_role") != "truth"}
+        # once there are corrections, the untouched truth of other images is left unticked:
+        # it is what the automatic validation scores on (independent ground truth)
         for image, labels in found:
             text = f"{image.name} ⇐ {labels.name}"
             item = QListWidgetItem(text)
             item.setData(Qt.ItemDataRole.UserRole, (image.name, labels.name))
             meta = labels.metadata
-            default = (meta.get("glandseg_role") == "truth" and (
-                image.name not in corrected or bool(meta.get("edited")))) or \
+            default = (meta.get("glandseg_role") == "truth" and not corrected) or \
                 bool(meta.get("edited"))
             checked = self._checks.get(text, default)
             if meta.get("edited") and not self._checks.get(f"{text} edited", False):

@@ -174,13 +174,16 @@ class LoadWidget(QWidget):
         self._clear_shown()
         self.index = index
         kept = self._kept_for(pair.image)
-        if kept:  # back on an image whose edits were kept: show those, not the file's
-            for layer in kept:
-                layer.visible = True
+        if kept:  # back on an image whose edits were kept: show the image and the edits
+            for layer in kept:  # (its other layers stay in the list, hidden)
+                layer.visible = layer is kept[0] or bool(layer.metadata.get("edited"))
             self._shown.extend(kept)
             if not any(la.metadata.get("glandseg_role") == "truth" for la in kept) and \
                     truth is not None:
-                self._shown.append(self._add(truth, truth=True, image=kept[0]))
+                added = self._add(truth, truth=True, image=kept[0])
+                # under a correction the truth would mix its colours in: there, hidden
+                added.visible = not any(la.metadata.get("edited") for la in kept[1:])
+                self._shown.append(added)
         else:
             image_layer = self._add(image, truth=False)
             self._shown.append(image_layer)

@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 from ..errors import GlandsegError
 from ..inference import LARGE_PIXELS, Blend, SegmentParams
 from ..io import lazy_pyramid
-from ..pipeline import entry_of, postprocess_for, read_into_memory
+from ..pipeline import entry_of, mask_to_polygons, postprocess_for, read_into_memory
 from . import _worker
 from ._common import (
     fill_layer_box,
@@ -33,7 +33,7 @@ from ._common import (
     track_edits,
     unique_name,
 )
-from ._focus import follow, is_source_image
+from ._focus import RESULT_ROLES, follow, is_source_image, newest_of
 from ._state import selection_for
 from ._stores import StoreKeeper
 
@@ -56,47 +56,38 @@ def segment_job(data, model, pixel_size_um, region, params, polygons=None, post=
                                 objects_csv=post, auto_scale=auto_scale),
         region=region, pixel_size_um=pixel_size_um)
     try:
-        return _finish(result, post, polygons)
+        if result.segment.labels.size <= LARGE_PIXELS:
+            read_into_memory(result)
+        if polygons and result.segment.store_path is None:
+            mask_to_polygons(result, polygons)
+        res = result.segment
+        return (res, result.labels, result.table) if post else (res, None, None)
     except BaseException:  # the result is never shown: its store goes now
         if result.segment.store_path is not None:
             shutil.rmtree(result.segment.store_path, ignore_errors=True)
         raise
 
 
-def _finish(result, post, polygons):
-    """Read a small result out of its store, and mask it to the polygons."""
-    from ..postprocessing import object_table
+def _show_legend(viewer, text: str | None) -> None:
+    """The class legend in the canvas's top-left corner (hidden for None)."""
+    canvas = getattr(viewer, "canvas", None)  # napari >= 0.9; viewer.text_overlay before
+    overlay = canvas.overlays.text if canvas is not None else viewer.text_overlay
+    if text:
+        overlay.text = text
+        overlay.position = "top_left"
+        overlay.font_size = 12
+    overlay.visible = bool(text)
 
-    res = result.segment
-    h, w = res.labels.shape
-    if h * w <= LARGE_PIXELS:
-        read_into_memory(result)
-    labels, table = (result.labels, result.table) if post else (None, None)
-    if polygons and res.store_path is None:
-        from skimage.draw import polygon2mask
 
-        inside = np.zeros((h, w), bool)
-        for poly in polygons:
-            inside |= polygon2mask((h, w), (poly - np.asarray(res.offset)) / res.downsample)
-        res.labels = np.where(inside, res.labels, 0).astype(res.labels.dtype)
-        if res.probabilities is not None:  # maps too: nothing is claimed outside the ROI
-            probs = np.where(inside, res.probabilities, 0).astype(np.float32)
-            if probs.shape[0] > 1:
-                probs[0][~inside] = 1.0  # background, for a softmax model
-            res.probabilities = probs
-        if res.uncertainty is not None:
-            res.uncertainty = np.where(inside, res.uncertainty, 0).astype(np.float32)
-        if labels is not None:
-            labels = np.where(inside, labels, 0).astype(labels.dtype)
-            if "class" in table:  # a class map's objects: keep those still inside
-                from skimage.measure import label as cc_label
-
-                kept = np.unique(cc_label(labels > 0, connectivity=2))
-                table = table[table["label"].isin(kept[kept > 0])].reset_index(drop=True)
-            else:  # objects cut by the polygon are measured again
-                image = None if result.image is None else np.asarray(result.image)
-                table = object_table(labels, image, res.pixel_size_um)
-    return res, labels, table
+def _classes_found(class_map, card) -> str:
+    """The classes a class map holds, with their share of the image: "small bowel 2.1 %,
+    stomach 0.4 %" (a lazy map: not counted, "see the layer")."""
+    if not isinstance(class_map, np.ndarray):
+        return "see the layer"
+    counts = np.bincount(class_map.ravel(), minlength=len(card.class_names))
+    found = [f"{name} {100 * counts[c] / class_map.size:.1f} %"
+             for c, name in enumerate(card.class_names) if c and counts[c]]
+    return ", ".join(found) if found else "none"
 
 
 def class_features(table, card):
@@ -115,6 +106,10 @@ def class_features(table, card):
             rows.append(row)
     return pd.DataFrame(rows, columns=["index", "class", "regions", "area"]
                         + (["area_um2"] if "area_um2" in table else []))
+
+
+#: the controls start at the settings' own defaults (one place: SegmentParams)
+DEFAULTS = SegmentParams()
 
 
 class Region(str, Enum):
@@ -147,20 +142,20 @@ class SegmentWidget(QWidget):
         self.tile = QSpinBox()
         self.tile.setRange(64, 4096)
         self.tile.setSingleStep(64)
-        self.tile.setValue(512)
+        self.tile.setValue(DEFAULTS.tile_size)
         self.overlap = QDoubleSpinBox()
         self.overlap.setRange(0.0, 0.75)
         self.overlap.setSingleStep(0.05)
-        self.overlap.setValue(0.25)
+        self.overlap.setValue(DEFAULTS.overlap)
         self.batch = QSpinBox()
         self.batch.setRange(1, 64)
-        self.batch.setValue(4)
+        self.batch.setValue(DEFAULTS.batch_size)
         self.blend = QComboBox()
         self.blend.addItems([b.value for b in Blend])
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.01, 0.99)
         self.threshold.setSingleStep(0.05)
-        self.threshold.setValue(0.5)
+        self.threshold.setValue(DEFAULTS.threshold)
         self.tta = QCheckBox("Test-time augmentation (8x slower, gives uncertainty)")
         self.show_probs = QCheckBox("Add probability map")
         self.objects = QCheckBox("Objects (the model card's post-processing)")
@@ -351,6 +346,7 @@ class SegmentWidget(QWidget):
                 "class_names": card.class_names, "seconds": res.seconds, "device": res.device,
                 # a class map to score per class (not a boundary model's helper classes)
                 "class_model": card.num_classes > 1 and not card.boundary_class,
+                "legend": f"{image.name}, {card.name}: {card.legend()}",
                 # the card's post-processing as every route reads it (pipeline's owner)
                 "postprocess_defaults": entry_of(postprocess_for(card)),
                 "scale_estimate": res.info.get("scale_estimate"),
@@ -422,13 +418,9 @@ class SegmentWidget(QWidget):
                 metadata={**meta, "glandseg_role": "uncertainty"}))
         what = (f"{len(features)} objects" if features is not None
                 else f"{res.info['tiles']} tiles")
-        if class_model:  # regions per class, never "4 objects" of unnamed kinds
-            counts = features["class"].value_counts() if len(features) else {}
-            found = [f"{name} ({counts[c]} region{'s' if counts[c] > 1 else ''})"
-                     for c, name in enumerate(card.class_names) if c and c in counts]
-            what = "classes found: " + (", ".join(found) if found else "none")
-            self.viewer.text_overlay.text = f"{image.name}, {card.name}: {card.legend()}"
-            self.viewer.text_overlay.visible = True
+        if class_model:  # the classes present, never "4 objects" of unnamed kinds
+            what = "classes found: " + _classes_found(post, card)
+            _show_legend(self.viewer, f"{image.name}, {card.name}: {card.legend()}")
         hidden = (f"; {earlier} layer(s) of this image hidden (its truth, earlier results: "
                   "still in the list)") if earlier else ""
         est = res.info.get("scale_estimate")
@@ -467,10 +459,14 @@ class SegmentWidget(QWidget):
         self.last_layers = [la for la in self.last_layers if la.name != name]
 
     def _follow(self, name) -> None:
-        """The image box follows the image on show."""
+        """The image box follows the image on show; the canvas shows the legend of its
+        newest class map, if it has one."""
         self._refresh_layers()
         if name and self.image_box.findText(name) >= 0:
             self.image_box.setCurrentText(name)
+        newest = newest_of(self.viewer, name, RESULT_ROLES)
+        meta = newest.metadata if newest is not None else {}
+        _show_legend(self.viewer, meta.get("legend") if meta.get("class_model") else None)
 
     def _refresh_layers(self, event=None) -> None:
         from napari.layers import Image, Shapes
