@@ -353,11 +353,11 @@ _TRAIN_FLAGS = {"name": "name", "arch": "architecture", "base": "base_model",
 _DATA_KEYS = ("data", "split_csv", "mask_folder", "val_fraction", "val_every", "group_column")
 
 
-def _train(args) -> int:
-    from dataclasses import fields
+def _train_settings(args):
+    """``(config, data, split_csv, run_dir, resume)`` of a ``train`` command: a new run's
+    config (file, then flags), or a run folder's own (``--resume DIR``; flags may change
+    what a resumed run allows, anything else is named when the state is read)."""
     from pathlib import Path
-
-    from .training import TrainParams, iter_train, split_pairs
 
     run_dir, resume = args.run_dir, bool(args.resume)
     if isinstance(args.resume, str):  # --resume DIR: the run folder says everything
@@ -365,30 +365,33 @@ def _train(args) -> int:
             raise GlandsegError("give the run folder once: --resume DIR (or --run-dir DIR "
                                 "--resume)")
         run_dir = args.resume
+    given = {key: getattr(args, flag) for flag, key in _TRAIN_FLAGS.items()
+             if getattr(args, flag) is not None}
+    if args.validate_every is not None:
+        given["validate_every"] = args.validate_every
     saved = _read_run_file(run_dir) if resume and run_dir else None
     if saved is not None:
-        config, given = dict(saved["config"]), {}
-        for flag, key in _TRAIN_FLAGS.items():
-            if getattr(args, flag) is not None:
-                given[key] = getattr(args, flag)
-        if args.validate_every is not None:
-            given["validate_every"] = args.validate_every
-        config.update(given)  # a changed setting the run cannot take is named on resume
+        config = {**saved["config"], **given}
         data = Path(args.data or saved["data"])
         split_csv = args.split_csv or saved.get("split_csv")
     else:
-        config = _load_config(args.config) if args.config else {}
-        for flag, key in _TRAIN_FLAGS.items():
-            if getattr(args, flag) is not None:
-                config[key] = getattr(args, flag)
-        if args.validate_every is not None:
-            config["validate_every"] = args.validate_every
+        config = {**(_load_config(args.config) if args.config else {}), **given}
         if args.freeze_encoder:
             config["freeze_encoder"] = True
         if args.pretrained:
             config["pretrained"] = True
         data = Path(args.data or config.get("data") or "")
         split_csv = args.split_csv or config.get("split_csv")
+    return config, data, split_csv, run_dir, resume
+
+
+def _train(args) -> int:
+    from dataclasses import fields
+    from pathlib import Path
+
+    from .training import TrainParams, iter_train, split_pairs
+
+    config, data, split_csv, run_dir, resume = _train_settings(args)
     if not str(data) or not data.is_dir():
         raise GlandsegError(f"--data must be a dataset folder, got {str(data)!r}")
     if split_csv and not Path(split_csv).is_absolute() and not Path(split_csv).exists():

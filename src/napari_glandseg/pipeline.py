@@ -382,21 +382,8 @@ def iter_objects(image, model, params: FileParams | None = None, region=None,
         seg = replace(seg, return_probabilities=True)
     if params.out_dir is not None:
         seg = replace(seg, store_dir=str(params.out_dir))
-    default_px, estimate = params.pixel_size_um, None
-    if params.auto_scale and pixel_size_um is None and default_px is None and \
-            seg.scale is None and stats is None and model.card.scale_reference and \
-            isinstance(image, np.ndarray):
-        # nobody says the image's scale: estimate it. Only for an image in memory: a slide
-        # (a pyramid, a lazy array) is taken at the card's scale, as its blocks are (they
-        # have the whole slide's stats and the plan's scale), so both routes agree
-        from .autoscale import estimate_scale
-
-        yield Progress(0, 1, "estimating the image's scale")
-        estimate = estimate_scale(image, model.card)
-        if estimate.pixel_size_um is not None:
-            default_px = estimate.pixel_size_um
-        elif estimate.factor != 1.0:
-            seg = replace(seg, scale=estimate.scale)
+    default_px, seg, estimate = yield from _estimated_scale(image, model, params, seg,
+                                                            pixel_size_um, stats)
     res = yield from iter_segment(image, model, pixel_size_um=pixel_size_um,
                                   default_pixel_size_um=default_px, region=region,
                                   params=seg, stats=stats)
@@ -463,6 +450,26 @@ def mask_to_polygons(result: FileResult, polygons) -> None:
         else:  # objects cut by the polygon are measured again
             image = None if result.image is None else np.asarray(result.image)
             result.table = object_table(result.labels, image, res.pixel_size_um)
+
+
+def _estimated_scale(image, model, params, seg, pixel_size_um, stats):
+    """``(default_pixel_size_um, seg, estimate)``: when nobody says the image's scale, an
+    estimate of it (:mod:`napari_glandseg.autoscale`). Only for an image in memory: a slide
+    (a pyramid, a lazy array) is taken at the card's scale, as its blocks are (they have the
+    whole slide's stats and the plan's scale), so both routes agree."""
+    default_px, estimate = params.pixel_size_um, None
+    if params.auto_scale and pixel_size_um is None and default_px is None and \
+            seg.scale is None and stats is None and model.card.scale_reference and \
+            isinstance(image, np.ndarray):
+        from .autoscale import estimate_scale
+
+        yield Progress(0, 1, "estimating the image's scale")
+        estimate = estimate_scale(image, model.card)
+        if estimate.pixel_size_um is not None:
+            default_px = estimate.pixel_size_um
+        elif estimate.factor != 1.0:
+            seg = replace(seg, scale=estimate.scale)
+    return default_px, seg, estimate
 
 
 def read_into_memory(result: FileResult) -> None:

@@ -218,6 +218,23 @@ def _scale_reference(pairs, params: TrainParams, card) -> dict:
     return scale_reference(at_data[::max(1, len(at_data) // 16)]) if at_data else {}
 
 
+def _targets(work_train, work_val, card, params: TrainParams):
+    """The training and validation targets (at the working scale), whether the data mix
+    instance labels with binary masks, and the gap width of the separation weight."""
+    target_kind = Target.BOUNDARY if card.boundary_class else params.target
+    # mixed data: binary masks among instance labels teach foreground, not the boundary
+    mixed = target_kind is Target.BOUNDARY and \
+        any(is_instance_mask(p.mask) for p in work_train) and \
+        not all(is_instance_mask(p.mask) for p in work_train + work_val)
+    gap_width = params.gap_width if params.gap_weight and target_kind is Target.BOUNDARY else 0
+
+    def target(p):
+        return make_target(p.mask, target_kind, card.num_classes,
+                           partial=mixed and not is_instance_mask(p.mask), gap_width=gap_width)
+
+    return [target(p) for p in work_train], [target(p) for p in work_val], mixed, gap_width
+
+
 def _setup(train_pairs, val_pairs, params: TrainParams) -> _Run:
     """Card, network, data at working scale, targets, optimiser: a run ready for epoch 0."""
     from ..models import list_models
@@ -259,18 +276,7 @@ def _setup(train_pairs, val_pairs, params: TrainParams) -> _Run:
     net.to(device)
     if params.freeze_encoder:
         freeze_encoder(net, card.architecture)
-    target_kind = Target.BOUNDARY if card.boundary_class else params.target
-    # mixed data: binary masks among instance labels teach foreground, not the boundary
-    mixed = target_kind is Target.BOUNDARY and \
-        any(is_instance_mask(p.mask) for p in work_train) and \
-        not all(is_instance_mask(p.mask) for p in work_train + work_val)
-    gap_width = params.gap_width if params.gap_weight and target_kind is Target.BOUNDARY else 0
-    tr_targets = [make_target(p.mask, target_kind, card.num_classes,
-                              partial=mixed and not is_instance_mask(p.mask),
-                              gap_width=gap_width) for p in work_train]
-    va_targets = [make_target(p.mask, target_kind, card.num_classes,
-                              partial=mixed and not is_instance_mask(p.mask),
-                              gap_width=gap_width) for p in work_val]
+    tr_targets, va_targets, mixed, gap_width = _targets(work_train, work_val, card, params)
     sampler = PatchSampler(work_train, tr_targets, params, card.normalization, rng)
     val_set = []
     if work_val:

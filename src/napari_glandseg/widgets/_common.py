@@ -7,6 +7,48 @@ from napari.utils.notifications import show_error, show_info, show_warning
 _SHOW = {"info": show_info, "warning": show_warning, "error": show_error}
 
 
+def spin(lo, hi, value, step=None, decimals=None, tooltip: str = "", special: str = ""):
+    """A spin box in one call: integer, or decimal when ``decimals`` is given."""
+    from qtpy.QtWidgets import QDoubleSpinBox, QSpinBox
+
+    box = QDoubleSpinBox() if decimals is not None else QSpinBox()
+    if decimals is not None:
+        box.setDecimals(decimals)
+    box.setRange(lo, hi)
+    if step is not None:
+        box.setSingleStep(step)
+    box.setValue(value)
+    if tooltip:
+        box.setToolTip(tooltip)
+    if special:
+        box.setSpecialValueText(special)
+    return box
+
+
+def check(text: str, checked: bool = False, tooltip: str = ""):
+    """A check box in one call."""
+    from qtpy.QtWidgets import QCheckBox
+
+    box = QCheckBox(text)
+    box.setChecked(checked)
+    if tooltip:
+        box.setToolTip(tooltip)
+    return box
+
+
+def choices(values, current=None, tooltip: str = ""):
+    """A combo box of ``values`` (an enum's values, names...) in one call."""
+    from qtpy.QtWidgets import QComboBox
+
+    box = QComboBox()
+    box.addItems([getattr(v, "value", v) for v in values])
+    if current is not None:
+        box.setCurrentText(getattr(current, "value", current))
+    if tooltip:
+        box.setToolTip(tooltip)
+    return box
+
+
 def notify(level: str, message: str) -> None:
     """Show a napari notification (``level`` is info, warning or error)."""
     _SHOW[level](message)

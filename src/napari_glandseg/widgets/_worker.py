@@ -81,28 +81,8 @@ def start(gen_func: Callable, *args, on_yield=None, on_return=None, on_done=None
                            _ignore_errors=True, _worker_class=JobWorker, **kwargs)
     worker.discard = on_discard
     if owner is not None:
-        alive = {"yes": True}
-
-        def _owner_gone(*_):
-            alive["yes"] = False
-            worker.quit()
-
-        owner.destroyed.connect(_owner_gone)
-
-        def guard(cb):
-            return None if cb is None else (lambda *a: cb(*a) if alive["yes"] else None)
-
-        shown = on_return
-
-        def on_return_or_discard(value):  # a result the closed widget cannot show
-            if alive["yes"]:
-                shown(value)
-            elif on_discard is not None:
-                on_discard(value)
-
-        on_yield, on_done, on_error, on_abort = (
-            guard(cb) for cb in (on_yield, on_done, on_error, on_abort))
-        on_return = on_return_or_discard if on_return is not None else None
+        on_yield, on_return, on_done, on_error, on_abort = _guarded_by(
+            owner, worker, on_yield, on_return, on_done, on_error, on_abort, on_discard)
     relay = getattr(worker, "_relay_error", None)
     if relay is not None:  # napari may relay errors to its exception hook: we notify instead
         try:
@@ -143,6 +123,31 @@ def start(gen_func: Callable, *args, on_yield=None, on_return=None, on_done=None
         worker.finished.connect(on_done)
     QTimer.singleShot(0, worker.start)
     return worker
+
+
+def _guarded_by(owner, worker, on_yield, on_return, on_done, on_error, on_abort,
+                on_discard):
+    """The callbacks, silenced once ``owner`` (a QWidget) is deleted; the job is stopped
+    then, and a result it still returns is discarded (its store removed), never shown."""
+    alive = {"yes": True}
+
+    def _owner_gone(*_):
+        alive["yes"] = False
+        worker.quit()
+
+    owner.destroyed.connect(_owner_gone)
+
+    def guard(cb):
+        return None if cb is None else (lambda *a: cb(*a) if alive["yes"] else None)
+
+    def returned(value):
+        if alive["yes"]:
+            on_return(value)
+        elif on_discard is not None:
+            on_discard(value)
+
+    return (guard(on_yield), returned if on_return is not None else None, guard(on_done),
+            guard(on_error), guard(on_abort))
 
 
 def _attach_progress_bar(worker, desc: str) -> None:

@@ -105,6 +105,29 @@ class CompareWidget(QWidget):
         self._compared = None
         self._watched: list = []
 
+        self._build_tabs()
+
+        self.compute_btn.clicked.connect(self.compute)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.copy_btn.clicked.connect(self.copy)
+        self.csv_btn.clicked.connect(self._choose_csv)
+        self.object_table.cellClicked.connect(lambda r, _c: self.go_to_object(r))
+        self.dataset_btn.clicked.connect(self.evaluate_folders)
+        self.dataset_table.cellClicked.connect(lambda r, _c: self.show_dataset_row(r))
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._overlay_removed)
+        self.viewer.layers.events.removed.connect(self._forget)
+        self._class_names = None
+        self._restore = None  # (overlay name, {layer name: visible before})
+        self._restoring: set = set()  # overlays whose visibility is watched
+        self.focus = follow(self, napari_viewer, self._follow)
+        self._refresh_layers()
+        if self.focus.name:
+            self._follow(self.focus.name)
+
+    def _build_tabs(self) -> None:
+        """The one-image tab (layers, tables, overlay) and the dataset tab (two folders)."""
         # --- one image
         self.pred_box, self.truth_box = QComboBox(), QComboBox()
         self.classes = QSpinBox()
@@ -170,25 +193,6 @@ class CompareWidget(QWidget):
         tabs.addTab(single, "Layers")
         tabs.addTab(dataset, "Dataset")
         QVBoxLayout(self).addWidget(tabs)
-
-        self.compute_btn.clicked.connect(self.compute)
-        self.cancel_btn.clicked.connect(self.cancel)
-        self.copy_btn.clicked.connect(self.copy)
-        self.csv_btn.clicked.connect(self._choose_csv)
-        self.object_table.cellClicked.connect(lambda r, _c: self.go_to_object(r))
-        self.dataset_btn.clicked.connect(self.evaluate_folders)
-        self.dataset_table.cellClicked.connect(lambda r, _c: self.show_dataset_row(r))
-        self.viewer.layers.events.inserted.connect(self._refresh_layers)
-        self.viewer.layers.events.removed.connect(self._refresh_layers)
-        self.viewer.layers.events.removed.connect(self._overlay_removed)
-        self.viewer.layers.events.removed.connect(self._forget)
-        self._class_names = None
-        self._restore = None  # (overlay name, {layer name: visible before})
-        self._restoring: set = set()  # overlays whose visibility is watched
-        self.focus = follow(self, napari_viewer, self._follow)
-        self._refresh_layers()
-        if self.focus.name:
-            self._follow(self.focus.name)
 
     # ---------------------------------------------------------------- one image
     def compute(self):
@@ -373,7 +377,8 @@ class CompareWidget(QWidget):
         name = getattr(event.value, "name", None)
         self._watched = [la for la in self._watched if la.name != name]
         if self._compared and name in (la.name for la in self._compared):
-            self._compared = None
+            # the scores shown belong to a layer that is gone: never leave them on screen
+            self._clear_results(f"{name!r} was removed: its scores are cleared")
 
     def _overlay_removed(self, event) -> None:
         name = getattr(event.value, "name", None)

@@ -84,21 +84,7 @@ class CorrectWidget(QWidget):
         form.addRow("Probability", self.prob_box)
         form.addRow("Uncertainty", self.unc_box)
 
-        self.tool_buttons: dict[str, QPushButton] = {}
-        self.group = QButtonGroup(self)
-        self.group.setExclusive(False)
-        grid = QGridLayout()
-        for k, (name, (text, key, tip)) in enumerate(TOOLS.items()):
-            b = QPushButton(f"{text} [{key}]")
-            b.setCheckable(True)
-            b.setToolTip(tip)
-            b.clicked.connect(lambda on, name=name: self.set_tool(name if on else None))
-            self.tool_buttons[name] = b
-            self.group.addButton(b)
-            grid.addWidget(b, k // 2, k % 2)
-        self.relabel_btn = QPushButton(f"Relabel 1..N [{KEYS['relabel']}]")
-        self.relabel_btn.clicked.connect(self.relabel)
-        grid.addWidget(self.relabel_btn, 3, 0, 1, 2)
+        grid = self._tool_grid()
 
         self.rank_btn = QPushButton("Rank objects for review")
         self.prev_btn = QPushButton(f"Previous [{KEYS['previous']}]")
@@ -149,6 +135,26 @@ class CorrectWidget(QWidget):
             self._follow(self.focus.name)
 
     # ---------------------------------------------------------------- layers
+    def _tool_grid(self) -> QGridLayout:
+        """One checkable button per tool (a tool stays on until another is chosen) and
+        Relabel."""
+        self.tool_buttons: dict[str, QPushButton] = {}
+        self.group = QButtonGroup(self)
+        self.group.setExclusive(False)
+        grid = QGridLayout()
+        for k, (name, (text, key, tip)) in enumerate(TOOLS.items()):
+            b = QPushButton(f"{text} [{key}]")
+            b.setCheckable(True)
+            b.setToolTip(tip)
+            b.clicked.connect(lambda on, name=name: self.set_tool(name if on else None))
+            self.tool_buttons[name] = b
+            self.group.addButton(b)
+            grid.addWidget(b, k // 2, k % 2)
+        self.relabel_btn = QPushButton(f"Relabel 1..N [{KEYS['relabel']}]")
+        self.relabel_btn.clicked.connect(self.relabel)
+        grid.addWidget(self.relabel_btn, 3, 0, 1, 2)
+        return grid
+
     def _ask(self, question: str) -> bool:
         from qtpy.QtWidgets import QMessageBox
 

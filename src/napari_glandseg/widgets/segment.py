@@ -68,6 +68,26 @@ def segment_job(data, model, pixel_size_um, region, params, polygons=None, post=
         raise
 
 
+def _result_metadata(res, image, card, polygons) -> dict:
+    """What a result layer records: its source image and model, the settings the run used
+    (the controls may have changed since it started), the card's post-processing as every
+    route reads it, the scale estimate, the out-of-domain warning, its store, and the ROI's
+    polygons in the image's full-resolution pixels (outside them nothing was segmented)."""
+    return {"model": card.name, "source_image": image.name,
+            "image_path": image.metadata.get("source_path"),
+            "pixel_size_um": res.pixel_size_um, "params": res.metadata()["params"],
+            "class_names": card.class_names, "seconds": res.seconds, "device": res.device,
+            # a class map to score per class (not a boundary model's helper classes)
+            "class_model": card.num_classes > 1 and not card.boundary_class,
+            "legend": f"{image.name}, {card.name}: {card.legend()}",
+            "postprocess_defaults": entry_of(postprocess_for(card)),
+            "scale_estimate": res.info.get("scale_estimate"),
+            "appearance_warning": res.info.get("appearance"),
+            "store_path": res.store_path,
+            "roi_polygons": None if not polygons else
+            [np.asarray(p, float).tolist() for p in polygons]}
+
+
 def _show_legend(viewer, text: str | None) -> None:
     """The class legend in the canvas's top-left corner (hidden for None)."""
     canvas = getattr(viewer, "canvas", None)  # napari >= 0.9; viewer.text_overlay before
@@ -183,6 +203,24 @@ class SegmentWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)  # a long message must not widen the dock
 
+        self._lay_out()
+
+        self.run_btn.clicked.connect(self.run)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._forget)
+        self.viewer.layers.events.changed.connect(self._refresh_layers)
+        # large results' stores: removed with their last layer, or with this widget
+        self.stores = StoreKeeper(self, napari_viewer)
+        self.selection.changed.connect(self._show_model)
+        self.focus = follow(self, napari_viewer, self._follow)
+        self._refresh_layers()
+        self._follow(self.focus.name)
+        self._show_model()
+
+    def _lay_out(self) -> None:
+        """The form, the switches, the buttons, the progress and the status."""
         form = QFormLayout()
         form.addRow("Image", self.image_box)
         form.addRow("Model", self.model_label)
@@ -207,20 +245,6 @@ class SegmentWidget(QWidget):
         layout.addLayout(row)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
-
-        self.run_btn.clicked.connect(self.run)
-        self.cancel_btn.clicked.connect(self.cancel)
-        self.viewer.layers.events.inserted.connect(self._refresh_layers)
-        self.viewer.layers.events.removed.connect(self._refresh_layers)
-        self.viewer.layers.events.removed.connect(self._forget)
-        self.viewer.layers.events.changed.connect(self._refresh_layers)
-        # large results' stores: removed with their last layer, or with this widget
-        self.stores = StoreKeeper(self, napari_viewer)
-        self.selection.changed.connect(self._show_model)
-        self.focus = follow(self, napari_viewer, self._follow)
-        self._refresh_layers()
-        self._follow(self.focus.name)
-        self._show_model()
 
     # ---------------------------------------------------------------- actions a script can call
     def params(self) -> SegmentParams:
@@ -338,24 +362,7 @@ class SegmentWidget(QWidget):
         scale = np.asarray(image.scale[-2:]) * res.downsample
         units = tuple(image.units[-2:])  # the image's (um on a slide): napari warns on a mix
         translate = np.asarray(image.translate[-2:]) + np.asarray(res.offset) * image.scale[-2:]
-        meta = {"model": card.name, "source_image": image.name,
-                "image_path": image.metadata.get("source_path"),
-                "pixel_size_um": res.pixel_size_um,
-                # the settings the run used (controls may have changed since it started)
-                "params": res.metadata()["params"],
-                "class_names": card.class_names, "seconds": res.seconds, "device": res.device,
-                # a class map to score per class (not a boundary model's helper classes)
-                "class_model": card.num_classes > 1 and not card.boundary_class,
-                "legend": f"{image.name}, {card.name}: {card.legend()}",
-                # the card's post-processing as every route reads it (pipeline's owner)
-                "postprocess_defaults": entry_of(postprocess_for(card)),
-                "scale_estimate": res.info.get("scale_estimate"),
-                "appearance_warning": res.info.get("appearance"),
-                "store_path": res.store_path,
-                # the ROI's polygons in the image's full-resolution pixels: outside them
-                # nothing was segmented (Save corrections pastes only inside)
-                "roi_polygons": None if not polygons else
-                [np.asarray(p, float).tolist() for p in polygons]}
+        meta = _result_metadata(res, image, card, polygons)
         colours = {None: "transparent", 0: "transparent"}
         colours.update({i: c for i, c in enumerate(card.class_colours) if i})
         class_model = features is not None and "class" in features
@@ -387,35 +394,8 @@ class SegmentWidget(QWidget):
                           "postprocess": meta["postprocess_defaults"]})  # as applied
             track_edits(layer)
             self.last_layers.insert(0, layer)
-        name = f"{image.name} [{card.name}]"
-        if res.probabilities is not None and res.params.return_probabilities:
-            probs = res.probabilities
-            if res.store_path is None:
-                probs = np.asarray(probs, dtype=np.float32)
-                fg = probs[0] if probs.shape[0] == 1 else 1.0 - probs[0]
-            else:
-                import dask.array as da
-
-                probs = da.from_zarr(probs)
-                fg = probs[0] if probs.shape[0] == 1 else 1.0 - probs[0]
-            self.last_layers.append(self.viewer.add_image(
-                fg, name=unique_name(self.viewer, f"{name} probability", run=True),
-                colormap=map_colormap("#00c8ff"), blending="translucent", opacity=0.6,
-                scale=scale, translate=translate, units=units, contrast_limits=(0, 1),
-                metadata={**meta, "glandseg_role": "probability"}))
-        if res.uncertainty is not None:
-            unc = res.uncertainty
-            if res.store_path is not None:
-                import dask.array as da
-
-                unc = da.from_zarr(unc)
-            top = float(np.nanmax(unc)) if res.store_path is None else 0.25
-            self.last_layers.append(self.viewer.add_image(
-                unc, name=unique_name(self.viewer, f"{name} uncertainty", run=True),
-                colormap=map_colormap("#ffe600"), blending="translucent", opacity=0.6,
-                scale=scale, translate=translate, units=units, visible=False,
-                contrast_limits=(0, max(top, 1e-3)),
-                metadata={**meta, "glandseg_role": "uncertainty"}))
+        self._add_maps(res, f"{image.name} [{card.name}]", meta,
+                       {"scale": scale, "translate": translate, "units": units})
         what = (f"{len(features)} objects" if features is not None
                 else f"{res.info['tiles']} tiles")
         if class_model:  # the classes present, never "4 objects" of unnamed kinds
@@ -430,6 +410,38 @@ class SegmentWidget(QWidget):
         if unlike:  # objects on an image the model was not made for: say so, loudly
             self.status.setText(self.status.text() + f"\nWarning: {unlike}")
             notify("warning", f"{image.name}: {unlike}")
+
+    def _add_maps(self, res, name: str, meta: dict, place: dict) -> None:
+        """The probability map (when asked for) and the TTA uncertainty map, as images over
+        the result, each tinting the tissue in one colour."""
+        if res.probabilities is not None and res.params.return_probabilities:
+            probs = res.probabilities
+            if res.store_path is None:
+                probs = np.asarray(probs, dtype=np.float32)
+                fg = probs[0] if probs.shape[0] == 1 else 1.0 - probs[0]
+            else:
+                import dask.array as da
+
+                probs = da.from_zarr(probs)
+                fg = probs[0] if probs.shape[0] == 1 else 1.0 - probs[0]
+            self.last_layers.append(self.viewer.add_image(
+                fg, name=unique_name(self.viewer, f"{name} probability", run=True),
+                colormap=map_colormap("#00c8ff"), blending="translucent", opacity=0.6,
+                **place, contrast_limits=(0, 1),
+                metadata={**meta, "glandseg_role": "probability"}))
+        if res.uncertainty is not None:
+            unc = res.uncertainty
+            if res.store_path is not None:
+                import dask.array as da
+
+                unc = da.from_zarr(unc)
+            top = float(np.nanmax(unc)) if res.store_path is None else 0.25
+            self.last_layers.append(self.viewer.add_image(
+                unc, name=unique_name(self.viewer, f"{name} uncertainty", run=True),
+                colormap=map_colormap("#ffe600"), blending="translucent", opacity=0.6,
+                **place, visible=False,
+                contrast_limits=(0, max(top, 1e-3)),
+                metadata={**meta, "glandseg_role": "uncertainty"}))
 
     def _hide_earlier_results(self, image) -> int:
         """Hide (never remove) the truth and the results of earlier runs on ``image``, so
