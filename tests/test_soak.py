@@ -100,11 +100,11 @@ def test_a_long_session_does_not_crash_leak_or_hold_dead_layers(make_napari_view
                 corr.set_tool("delete")
                 ys, xs = np.nonzero(np.asarray(result.data) == ids[-1])
                 corr.click((ys[0], xs[0]))
-            worker = cmp.compute()
-            if worker is not None:
-                with qtbot.waitSignal(worker.finished, timeout=60000):
-                    pass
-            if step == 0:
+            if step == 0:  # compare, then Next (whose image is segmented in step 1)
+                worker = cmp.compute()
+                if worker is not None:
+                    with qtbot.waitSignal(worker.finished, timeout=60000):
+                        pass
                 load.next()
         viewer.layers.select_all()
         viewer.layers.remove_selected()

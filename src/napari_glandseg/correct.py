@@ -239,8 +239,8 @@ def gap_between(labels, a: int, b: int) -> float:
     pixels less one, in pixels (0 when they touch, 8-connected).
 
     >>> lab = np.zeros((1, 8), int); lab[0, :2] = 1; lab[0, 6:] = 2
-    >>> gap_between(lab, 1, 2)
-    3.0
+    >>> gap_between(lab, 1, 2)  # columns 2, 3, 4, 5 lie between them
+    4.0
     """
     labels = _check_labels(labels)
     a, b = _ids(labels, [a, b], minimum=2)
