@@ -62,6 +62,7 @@ def evaluate_split(model, data: Path, split: str, truth_folder: str, tta: bool,
         items.append((pair.name, pred, read_image(pair.mask, as_labels=True).data))
     rows, summary = evaluate_dataset(items, classes=classes)
     summary["seconds_per_image"] = seconds / max(len(items), 1)
+    summary["items"] = items
     return rows, summary
 
 
@@ -75,6 +76,10 @@ def main(argv=None):
     ap.add_argument("--val-every", type=int, help="no split.csv: ids divisible by N validate")
     ap.add_argument("--val-fraction", type=float, default=0.2,
                     help="no split.csv: the last fraction (name order) validates")
+    ap.add_argument("--group-column", metavar="COLUMN",
+                    help="a column of split.csv (GlaS: grade_glas): each group of a split "
+                         "is also scored on its own (the card keeps them)")
+    ap.add_argument("--version", help="the card's version (e.g. 0.4 for a new release)")
     ap.add_argument("--bundle", type=Path, help="write the model with metrics here (fp16)")
     ap.add_argument("--bundle-name", help="the bundled model's name in its card (e.g. the "
                                           "store name glands-he-r2 ships as glands-he)")
@@ -96,6 +101,20 @@ def main(argv=None):
         metrics[split]["images"] = s["n_images"]
         print(f"| {split} | {s['n_images']} | " + " | ".join(f"{s[k]:.3f}" for k in keys)
               + f" | {s['seconds_per_image']:.2f} |")
+        if args.group_column:
+            from napari_glandseg.metrics import evaluate_dataset
+            from napari_glandseg.training import read_groups
+
+            groups = read_groups(args.data / "split.csv", args.group_column)
+            for g in sorted(set(groups.values())):
+                part = [it for it in s["items"] if groups.get(it[0]) == g]
+                if not part:
+                    continue
+                _, sg = evaluate_dataset(part, classes=None)
+                metrics[f"{split}[{g}]"] = {k: round(float(sg[k]), 4) for k in keys}
+                metrics[f"{split}[{g}]"]["images"] = len(part)
+                print(f"| {split} {g} | {len(part)} | "
+                      + " | ".join(f"{sg[k]:.3f}" for k in keys) + " | |")
         for c, cm in s.get("per_class", {}).items():
             name = model.card.class_names[c]
             metrics[split][f"dice_{name}"] = round(float(cm["dice"]), 4)
@@ -114,6 +133,8 @@ def main(argv=None):
         card.metrics = {**card.metrics, **metrics}
         if args.bundle_name:
             card.name = args.bundle_name
+        if args.version:
+            card.version = args.version
         save_checkpoint(args.bundle, model.net, card, half=True, overwrite=True)
         print(f"wrote {args.bundle} ({args.bundle.stat().st_size / 1e6:.1f} MB)")
 

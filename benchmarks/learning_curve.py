@@ -1,55 +1,78 @@
-"""Learning curves of a training run: validation object scores per epoch.
+"""Learning curves of a training run: whole-image validation scores against steps.
 
-    python benchmarks/learning_curve.py --name glands-he-r2 --png docs/images/curve-glands.png
+    python benchmarks/learning_curve.py --run ~/glandseg-runs/glands-mine --png curve.png
+    python benchmarks/learning_curve.py --name my-model        # a run without --run-dir
 
-Reads the run's saved state (``<store>/training/<name>.state.pt``, written after every
-epoch by ``glandseg train``) and prints a Markdown table of the per-epoch validation scores;
-with ``--png`` also draws them (matplotlib, no display needed).
+Reads the run folder's ``history.jsonl`` (``glandseg train --run-dir``), or the saved
+state of a run without one (``<store>/training/<name>.state.pt``), and prints a Markdown
+table of the validation epochs; with ``--png`` also draws them (matplotlib, no display
+needed). Per-group scores (``objects[benign]``, ``objects[malignant]``) are drawn dashed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+KEYS = ("val_image_dice", "val_object_f1", "val_object_dice", "val_aji", "val_pq",
+        "val_objects_worst")
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--name", required=True, help="the run's model name")
-    ap.add_argument("--png", help="write a plot here")
-    ap.add_argument("--every", type=int, default=1, help="print every N-th epoch")
-    args = ap.parse_args(argv)
-
+def read_history(run: str | None, name: str | None) -> list[dict]:
+    """One record per epoch, from a run folder or a run's saved state."""
+    if run:
+        path = Path(run).expanduser() / "history.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     import torch
 
     from napari_glandseg.training import state_path_for
 
-    st = torch.load(state_path_for(args.name), map_location="cpu", weights_only=True)
-    hist = st["history"]
-    keys = [k for k in ("train_loss", "val_loss", "val_image_dice", "val_object_f1",
-                        "val_object_dice", "val_aji", "val_pq") if k in hist[0]]
-    print("| epoch | " + " | ".join(keys) + " | kept |")
-    print("|---:|" + "---:|" * len(keys) + "---|")
+    st = torch.load(state_path_for(name), map_location="cpu", weights_only=True)
+    return list(st["history"])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="a run folder (glandseg train --run-dir)")
+    src.add_argument("--name", help="the model name of a run without a run folder")
+    ap.add_argument("--png", help="write a plot here")
+    ap.add_argument("--title", help="the plot's title (default: the run's name)")
+    args = ap.parse_args(argv)
+
+    hist = [h for h in read_history(args.run, args.name) if h.get("score") is not None]
+    if not hist:
+        raise SystemExit("no validation epoch in this run yet")
+    keys = [k for k in KEYS if k in hist[0]]
+    groups = sorted({k for h in hist for k in h if k.startswith("val_objects[")})
+    best = max(hist, key=lambda h: h["score"])
+    cols = keys + groups
+    print("| step | " + " | ".join(c.removeprefix("val_") for c in cols) + " | kept |")
+    print("|---:|" + "---:|" * len(cols) + "---|")
     for h in hist:
-        if h["epoch"] % args.every == 0 or h["best"] or h is hist[-1]:
-            print(f"| {h['epoch']} | " + " | ".join(f"{h[k]:.3f}" for k in keys)
-                  + f" | {'best so far' if h['best'] else ''} |")
-    print(f"selected on {st['select']}: best {st['best']:.4f} at epoch {st['best_epoch'] + 1}")
+        print(f"| {h['step']} | " + " | ".join(f"{h.get(k, float('nan')):.3f}" for k in cols)
+              + f" | {'best so far' if h.get('best') else ''} |")
+    print(f"best score {best['score']:.4f} at step {best['step']} (epoch {best['epoch']})")
     if args.png:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-        ep = [h["epoch"] for h in hist]
+        fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+        steps = [h["step"] for h in hist]
         for k in keys:
-            if k.startswith("val_") and k != "val_loss":
-                ax.plot(ep, [h[k] for h in hist], label=k.removeprefix("val_"))
-        ax.axvline(st["best_epoch"] + 1, color="grey", ls=":", label="kept")
-        ax.set_xlabel("epoch")
+            ax.plot(steps, [h[k] for h in hist], label=k.removeprefix("val_"), lw=1.2)
+        for k in groups:
+            ax.plot(steps, [h.get(k, float("nan")) for h in hist], ls="--", lw=1.0,
+                    label=k.removeprefix("val_"))
+        ax.axvline(best["step"], color="grey", ls=":", label="kept")
+        ax.set_xlabel("training step (batch of 8)")
         ax.set_ylabel("validation score")
-        ax.set_title(f"{args.name}: whole validation images, after post-processing")
-        ax.legend(fontsize=8)
+        title = args.title or Path(args.run or args.name).name
+        ax.set_title(f"{title}: whole validation images, after post-processing", fontsize=9)
+        ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         fig.savefig(args.png)
         print(f"wrote {args.png}")

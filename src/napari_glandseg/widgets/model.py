@@ -305,7 +305,12 @@ def _metric_groups(metrics: dict) -> list[tuple[str, str]]:
     """The card's figures grouped by the images they were measured on (validation, held-out
     test), key figures first; the training run's own validation in one line."""
     out = []
-    for group, label in (("val", "validation"), ("test", "held-out test (measured once)")):
+    sets = [("val", "validation"), ("test", "held-out test (measured once)")]
+    for key in sorted(metrics):  # images scored by group: "val[malignant]"
+        for group, label in list(sets[:2]):
+            if key.startswith(f"{group}[") and isinstance(metrics[key], dict):
+                sets.append((key, f"{label}, {key[len(group) + 1:-1]}"))
+    for group, label in sets:
         m = metrics.get(group)
         if isinstance(m, dict):
             n = m.get("images")
