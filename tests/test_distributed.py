@@ -27,10 +27,10 @@ def _disks(seed, shape=(384, 320)):
 class Failing(ClassMapPredictor):
     """Raises on the slide whose pixels are all 7 (a stand-in for a corrupt slide)."""
 
-    def __call__(self, levels, box):
+    def __call__(self, levels, box, working=None, stats=None):
         if int(np.asarray(levels[0][:1, :1])[0, 0]) == 7:
             raise RuntimeError("corrupt tile")
-        return super().__call__(levels, box)
+        return super().__call__(levels, box, working, stats)
 
 
 @pytest.fixture(scope="module")

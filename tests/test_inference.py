@@ -109,9 +109,25 @@ def test_dask_input_goes_window_by_window_into_zarr(smooth_image):
     eager = segment(smooth_image, model, tile_size=64, window_size=128)
     import zarr
 
-    assert isinstance(lazy.labels, zarr.Array) and os.path.isdir(lazy.store_path)
-    np.testing.assert_array_equal(np.asarray(lazy.labels), eager.labels)
-    np.testing.assert_allclose(np.asarray(lazy.probabilities), eager.probabilities, atol=1e-3)
+    store = lazy.store_path
+    with lazy:  # the result owns its store: gone on leaving the block
+        assert isinstance(lazy.labels, zarr.Array) and os.path.isdir(store)
+        np.testing.assert_array_equal(np.asarray(lazy.labels), eager.labels)
+        np.testing.assert_allclose(np.asarray(lazy.probabilities), eager.probabilities,
+                                   atol=1e-3)
+    assert not os.path.exists(store) and lazy.store_path is None
+
+
+def test_a_large_result_read_into_memory_leaves_no_store(smooth_image):
+    lazy = segment(da.from_array(smooth_image, chunks=100), _model(), tile_size=64,
+                   window_size=128, tta=True)
+    store = lazy.store_path
+    assert os.path.isdir(store)
+    assert lazy.to_memory() is lazy and lazy.store_path is None
+    assert not os.path.exists(store)
+    assert all(isinstance(a, np.ndarray) and a.size
+               for a in (lazy.labels, lazy.probabilities, lazy.uncertainty))
+    lazy.discard()  # nothing left to remove: no error
 
 
 def test_region_and_offset(smooth_image):

@@ -274,7 +274,7 @@ class DarkPredictor(ClassMapPredictor):
     """Foreground where the tissue is dark (no model: the test is about reading); full
     resolution as it is, as the model-free predictor's geometry says."""
 
-    def __call__(self, levels, box):
+    def __call__(self, levels, box, working=None, stats=None):
         y0, x0, y1, x1 = box
         fg = (np.asarray(levels[0][y0:y1, x0:x1]).mean(-1) < 170).astype(np.uint8)
         return fg, fg.astype(np.float32)

@@ -51,7 +51,7 @@ def test_the_same_pixels_in_any_dtype_give_the_same_objects(crop, glands):
     values in uint16 1 each (normalise divided by the dtype's maximum). Now bit for bit
     alike."""
     ref, n = _objects(crop, glands)
-    assert n >= 3
+    assert n >= 2  # objects to lose (glands-he 0.4 finds 2 glands on this crop)
     same = {"float32 0..255": crop.astype(np.float32), "float64 0..1": crop / 255.0,
             "int64": crop.astype(np.int64), "uint16 holding 8-bit": crop.astype(np.uint16),
             "uint16 v*257": crop.astype(np.uint16) * 257}
@@ -73,7 +73,7 @@ def test_a_16bit_original_segments_as_its_8bit_export(crop, glands, tmp_path):
     iio.imwrite(tmp_path / "export.png", x8)
     a, na = _objects(tmp_path / "original.tif", glands)
     b, nb = _objects(tmp_path / "export.png", glands)
-    assert na == nb and na >= 3
+    assert na == nb and na >= 2
     assert np.mean((a > 0) == (b > 0)) > 0.999
     # the same objects: each of a's objects has its counterpart in b (IoU > 0.9)
     for k in range(1, na + 1):
@@ -120,8 +120,10 @@ def test_blocks_use_the_whole_images_range(crop, glands):
     np.testing.assert_array_equal(roi, whole[:128])
     # the Slides path asks for the whole slide's statistics for any non-8-bit slide
     predictor = ModelPredictor("glands-he")
-    assert predictor.image_stats([x16]).value_range == value_range(x16)
-    assert predictor.image_stats([crop]) is None  # 8-bit, fixed normalisation: nothing to read
+    working = predictor.geometry([x16], None)
+    assert predictor.image_stats([x16], working).value_range == value_range(x16)
+    # 8-bit, fixed normalisation: nothing to read
+    assert predictor.image_stats([crop], working) is None
 
 
 def test_training_normalises_by_the_same_rule(crop):

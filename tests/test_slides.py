@@ -11,6 +11,7 @@ from napari_glandseg.metrics import Overlap, object_f1
 from napari_glandseg.postprocessing import postprocess
 from napari_glandseg.slides import (
     ClassMapPredictor,
+    ModelPredictor,
     SlideParams,
     iter_segment_slide,
     plan_slide,
@@ -191,11 +192,11 @@ def test_rerun_resumes_skipping_finished_blocks(tmp_path):
     class Counting(ClassMapPredictor):
         calls = 0
 
-        def __call__(self, levels, box):
+        def __call__(self, levels, box, working=None, stats=None):
             Counting.calls += 1
             if Counting.calls == 5:
                 raise RuntimeError("worker lost")
-            return super().__call__(levels, box)
+            return super().__call__(levels, box, working, stats)
 
     with pytest.raises(RuntimeError):
         segment_slide(mask, tmp_path, predictor=Counting(), params=params, post=post)
@@ -354,3 +355,24 @@ def test_a_block_of_another_shape_is_an_error_not_cropped():
     assert _fit(np.ones((4, 5)), (4, 5)).shape == (4, 5)
     with pytest.raises(RuntimeError, match=r"\(8, 10\).*\(4, 5\)"):
         _fit(np.ones((8, 10)), (4, 5))
+
+
+def test_a_block_is_segmented_at_the_working_scale_it_is_handed(fg_model_factory):
+    """The plan decides the level and rescale once (scale.resolve) and every block runs at
+    exactly that: a predictor handed level 0 reads level 0, even where its own geometry
+    would choose level 1 (no second decision, no level round trip)."""
+    from napari_glandseg.inference import SegmentParams
+    from napari_glandseg.scale import resolve
+
+    name = fg_model_factory("half2", pixel_size_um=1.0, data_pixel_size_um=0.5)
+    full = np.full((256, 192, 3), 200, np.uint8)
+    levels = [full, full[::2, ::2]]
+    pred = ModelPredictor(name, SegmentParams(tile_size=64, device="cpu", precision="fp32"))
+    own = pred.geometry(levels, None)
+    assert own.level == 1 and own == resolve(levels, pred.card)
+    classes, prob = pred(levels, (0, 0, 64, 96), own, None)
+    assert classes.shape == prob.shape == (64, 96)
+    level0 = resolve(levels, pred.card, 1.0)  # pixels at the model's scale: level 0
+    assert level0.level == 0 and level0.scale == 1.0
+    classes, prob = pred(levels, (0, 0, 200, 150), level0, None)
+    assert classes.shape == prob.shape == (200, 150) and (classes > 0).all()

@@ -54,7 +54,7 @@ from .preprocess import IMAGENET_MEAN, IMAGENET_STD, to_standard, value_range  #
 from .preprocess import norm_stats as _norm_stats
 from .preprocess import normalise as _normalise
 from .progress import Progress, run_to_end
-from .scale import working_scale
+from .scale import WorkingScale, working_scale
 
 #: Images with more pixels than this (or lazy inputs) get their labels in a zarr store.
 LARGE_PIXELS = 64 * 2**20
@@ -79,7 +79,9 @@ class SegmentResult:
     downsample : float
         Full-resolution pixels per output pixel (1 unless a coarser pyramid level was used).
     store_path : str or None
-        The zarr folder holding a large result (the caller owns it).
+        The zarr folder holding a large result. The result owns it: :meth:`discard`
+        removes it, :meth:`to_memory` reads it into NumPy and removes it, and ``with``
+        removes it on leaving the block.
     params : SegmentParams or None
         The settings this result was made with (what a layer's metadata should record).
     model : str
@@ -99,6 +101,31 @@ class SegmentResult:
     params: SegmentParams | None = None
     model: str = ""
 
+    def discard(self) -> None:
+        """Remove the zarr store of a large result (its arrays go with it); nothing for a
+        result in memory."""
+        if self.store_path is not None:
+            remove_store(self.store_path)
+            self.store_path = None
+
+    def to_memory(self) -> SegmentResult:
+        """Read a large result's arrays into NumPy and remove its store (a result small
+        enough for memory); returns itself."""
+        if self.store_path is not None:
+            self.labels = np.asarray(self.labels)
+            if self.probabilities is not None:
+                self.probabilities = np.asarray(self.probabilities, np.float32)
+            if self.uncertainty is not None:
+                self.uncertainty = np.asarray(self.uncertainty, np.float32)
+            self.discard()
+        return self
+
+    def __enter__(self) -> SegmentResult:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
+
     def metadata(self) -> dict:
         """What to record with the result (a napari layer's metadata, a sidecar): model,
         settings, output pixel size, device and time, all plain values."""
@@ -107,6 +134,34 @@ class SegmentResult:
         return {"model": self.model, "params": params, "pixel_size_um": self.pixel_size_um,
                 "downsample": self.downsample, "offset": tuple(self.offset),
                 "seconds": self.seconds, "device": self.device}
+
+
+@dataclass(frozen=True)
+class Window:
+    """One window of a tiled run, in pixels of the level read, relative to the region.
+
+    Attributes
+    ----------
+    core : (y, x, h, w)
+        The labels it writes.
+    read : (y0, x0, y1, x1)
+        What it reads: the core and a halo of context (half a tile) around it.
+    model_shape : (h, w)
+        ``read`` rescaled to the model's scale.
+    tiles : list of (y, x, h, w)
+        The network's tiles over ``model_shape``.
+    """
+
+    core: tuple[int, int, int, int]
+    read: tuple[int, int, int, int]
+    model_shape: tuple[int, int]
+    tiles: list
+
+
+def remove_store(path: str) -> None:
+    """Remove a result's temporary zarr store: the one place such a store is deleted
+    (:meth:`SegmentResult.discard`, and the widgets' layers that show one)."""
+    shutil.rmtree(path, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,7 +183,7 @@ def iter_segment(
     region: tuple[int, int, int, int] | None = None,
     params: SegmentParams | None = None,
     stats: ImageStats | None = None,
-    default_pixel_size_um: float | None = None,
+    working: WorkingScale | None = None,
     **kwargs,
 ) -> Generator[Progress, None, SegmentResult]:
     """Segment an image tile by tile, yielding :class:`Progress` after each batch.
@@ -143,7 +198,8 @@ def iter_segment(
         normalisation and input scale.
     pixel_size_um : float, optional
         The image's um/px (full resolution). With the card's, sets the pyramid level and the
-        rescale factor (:func:`~napari_glandseg.scale.working_scale`).
+        rescale factor (:func:`~napari_glandseg.scale.working_scale`); ignored when
+        ``working`` is given.
     region : (y0, x0, y1, x1), optional
         Full-resolution bounding box to segment; the result's ``offset`` is ``(y0, x0)``.
     params : SegmentParams, optional
@@ -152,8 +208,9 @@ def iter_segment(
         The whole image's stains and normalisation statistics (:func:`image_stats`), for a
         region that is one part of a larger image (a slide's block); default: estimated
         from the region itself.
-    default_pixel_size_um : float, optional
-        The user's um/px for an image whose ``pixel_size_um`` is not known (``--pixel-size``).
+    working : WorkingScale, optional
+        The level and rescale decided by the caller (:func:`napari_glandseg.scale.resolve`,
+        which also weighs the user's pixel size and automatic scale), taken as it is.
 
     Returns
     -------
@@ -168,10 +225,11 @@ def iter_segment(
     base_shape = _check_image(levels[0], card.in_channels)
     y0, x0, y1, x1 = _check_region(region, base_shape[:2])
 
-    # the level read and the rescale to the model's scale: scale.working_scale's choice
-    # (an image of unknown scale is taken to be at the training data's, the card's)
-    ws = working_scale(levels, card, pixel_size_um, default_pixel_size_um,
-                       rescale=params.rescale, scale=params.scale)
+    # the level read and the rescale to the model's scale: the caller's (scale.resolve),
+    # or scale.working_scale's (an image of unknown scale is taken to be at the training
+    # data's, the card's)
+    ws = working or working_scale(levels, card, pixel_size_um, rescale=params.rescale,
+                                  scale=params.scale)
     level, downsample, scale = ws.level, ws.downsample, ws.scale
     data = levels[level]
     ly0, lx0, ly1, lx1 = ws.to_level((y0, x0, y1, x1), data.shape)
@@ -198,9 +256,9 @@ def iter_segment(
                        _zarr_uncertainty(store_path, out_h, out_w, params.window_size))
 
     halo = params.tile_size // 2
-    windows = _grid(out_h, out_w, params.window_size, 0)
-    plans = []
-    for wy, wx, wh, ww in windows:
+    grid = _grid(out_h, out_w, params.window_size, 0)
+    plans: list[Window] = []
+    for wy, wx, wh, ww in grid:
         # the halo reaches past a region's edge into the image around it (context), so a
         # region gets the labels the whole-image run gives there
         ry0, rx0 = max(-ly0, wy - halo), max(-lx0, wx - halo)
@@ -210,19 +268,21 @@ def iter_segment(
         mh, mw = max(1, round((ry1 - ry0) * scale)), max(1, round((rx1 - rx0) * scale))
         tiles = _grid(mh, mw, params.tile_size, params.overlap)
         aligned = None
-        if region is not None and len(windows) == 1:
+        if region is not None and len(grid) == 1:
             aligned = _aligned_plan(data.shape[:2], (ly0, lx0, ly1, lx1), scale, params)
         if aligned is not None:
             (ry0, rx0, ry1, rx1), (mh, mw), tiles = aligned
-        plans.append(((wy, wx, wh, ww), (ry0, rx0, ry1, rx1), (mh, mw), tiles))
-    total = sum(len(p[3]) for p in plans)
+        plans.append(Window((wy, wx, wh, ww), (ry0, rx0, ry1, rx1), (mh, mw), tiles))
+    total = sum(len(w.tiles) for w in plans)
     state = {"batch": params.batch_size, "done": 0, "t0": time.perf_counter()}
     info = {"level": level, "scale": scale, "tiles": total, "precision": precision,
             "batch_size": params.batch_size, "stain": stain_note}
 
     finished = False
     try:
-        for (wy, wx, wh, ww), (ry0, rx0, ry1, rx1), (mh, mw), tiles in plans:
+        for win in plans:
+            (wy, wx, wh, ww), (ry0, rx0, ry1, rx1) = win.core, win.read
+            (mh, mw), tiles = win.model_shape, win.tiles
             raw = to_standard(data[ly0 + ry0: ly0 + ry1, lx0 + rx0: lx0 + rx1], vrange)
             if stain is not None:
                 raw = stain(raw)
@@ -253,7 +313,7 @@ def iter_segment(
         finished = True
     finally:
         if not finished and store_path:
-            shutil.rmtree(store_path, ignore_errors=True)
+            remove_store(store_path)
 
     info["batch_size_used"] = state["batch"]
     return SegmentResult(
@@ -446,18 +506,20 @@ def _estimate_stats(data, box, card, params) -> ImageStats:
 
 def image_stats(image, model: Model, pixel_size_um: float | None = None,
                 params: SegmentParams | None = None, grid: int = 8,
-                tile: int = 256) -> ImageStats:
+                tile: int = 256, working: WorkingScale | None = None) -> ImageStats:
     """Stains and normalisation statistics of a whole (multiscale) image, estimated once on
     the pyramid level :func:`segment` reads for ``model`` (stains and percentiles change
     when pixels are averaged into a coarser level), from a ``grid`` x ``grid`` mosaic of
     ``tile`` px tiles spread over it: a few MB read, whatever the slide's size, instead of
     per block from each block's own pixels (which normalises a pale block and a dark block
     differently, so objects change at the seams). Pass the result to :func:`segment` as
-    ``stats`` for each region."""
+    ``stats`` for each region, with the same ``working`` scale (its level is read here)."""
     params = params or SegmentParams()
     levels = list(image) if isinstance(image, list | tuple) else [image]
     card = model.card
-    data = levels[working_scale(levels, card, pixel_size_um).level]
+    ws = working or working_scale(levels, card, pixel_size_um, rescale=params.rescale,
+                                  scale=params.scale)
+    data = levels[ws.level]
     h, w = int(data.shape[0]), int(data.shape[1])
     if h * w <= (grid * tile) ** 2:
         return _estimate_stats(data, (0, 0, h, w), card, params)

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -63,6 +62,7 @@ from .postprocessing import (
     write_csv,
 )
 from .progress import Progress, run_to_end
+from .scale import WorkingScale
 
 #: Output file names: ``<stem><suffix>``.
 OUTPUT_SUFFIXES = {"labels": "_labels.tif", "probabilities": "_probabilities.tif",
@@ -342,6 +342,7 @@ def objects_from_image(image, model, params: FileParams | None = None, **kwargs)
 
 def iter_objects(image, model, params: FileParams | None = None, region=None,
                  pixel_size_um: float | None = None, stats=None, in_memory: bool = False,
+                 working: WorkingScale | None = None,
                  ) -> Generator[Progress, None, FileResult]:
     """The one route from pixels to objects: segment
     (:func:`~napari_glandseg.inference.iter_segment`, at the level and scale
@@ -367,6 +368,10 @@ def iter_objects(image, model, params: FileParams | None = None, region=None,
     in_memory : bool
         Return NumPy arrays: a lazy input's zarr store is read and removed, and its labels
         post-processed whole (a block, a validation image), not window by window.
+    working : WorkingScale, optional
+        The level and rescale, decided already (a slide's plan); default:
+        :func:`napari_glandseg.scale.resolve` of the file's pixel size, the user's
+        (``params.pixel_size_um``) and, for a whole image in memory, automatic scale.
 
     Returns
     -------
@@ -382,11 +387,11 @@ def iter_objects(image, model, params: FileParams | None = None, region=None,
         seg = replace(seg, return_probabilities=True)
     if params.out_dir is not None:
         seg = replace(seg, store_dir=str(params.out_dir))
-    default_px, seg, estimate = yield from _estimated_scale(image, model, params, seg,
-                                                            pixel_size_um, stats)
-    res = yield from iter_segment(image, model, pixel_size_um=pixel_size_um,
-                                  default_pixel_size_um=default_px, region=region,
-                                  params=seg, stats=stats)
+    if working is None:
+        working = yield from _working_scale(image, model.card, params, pixel_size_um, stats)
+    estimate = working.estimate
+    res = yield from iter_segment(image, model, region=region, params=seg, stats=stats,
+                                  working=working)
     if estimate is not None:
         res.info["scale_estimate"] = estimate.describe()
     card = model.card
@@ -407,8 +412,7 @@ def iter_objects(image, model, params: FileParams | None = None, region=None,
         else:
             yield from _post_windows(result, class_map, params)
     except BaseException:  # failed or cancelled (the generator closed): no store is left
-        if res.store_path is not None:
-            shutil.rmtree(res.store_path, ignore_errors=True)
+        res.discard()
         raise
     return result  # a large result's store is the caller's (the file pipeline removes it)
 
@@ -452,24 +456,18 @@ def mask_to_polygons(result: FileResult, polygons) -> None:
             result.table = object_table(result.labels, image, res.pixel_size_um)
 
 
-def _estimated_scale(image, model, params, seg, pixel_size_um, stats):
-    """``(default_pixel_size_um, seg, estimate)``: when nobody says the image's scale, an
-    estimate of it (:mod:`napari_glandseg.autoscale`). Only for an image in memory: a slide
-    (a pyramid, a lazy array) is taken at the card's scale, as its blocks are (they have the
-    whole slide's stats and the plan's scale), so both routes agree."""
-    default_px, estimate = params.pixel_size_um, None
-    if params.auto_scale and pixel_size_um is None and default_px is None and \
-            seg.scale is None and stats is None and model.card.scale_reference and \
-            isinstance(image, np.ndarray):
-        from .autoscale import estimate_scale
+def _working_scale(image, card, params: FileParams, file_px, stats):
+    """:func:`napari_glandseg.scale.resolve` for one run, saying when it estimates the
+    scale. A slide's block (``stats`` given) is never estimated on its own: it runs at its
+    plan's scale, as the whole slide does."""
+    from .scale import can_estimate, resolve
 
+    seg = params.segment
+    auto = params.auto_scale and stats is None
+    if auto and can_estimate(card, image, file_px, params.pixel_size_um, seg.scale):
         yield Progress(0, 1, "estimating the image's scale")
-        estimate = estimate_scale(image, model.card)
-        if estimate.pixel_size_um is not None:
-            default_px = estimate.pixel_size_um
-        elif estimate.factor != 1.0:
-            seg = replace(seg, scale=estimate.scale)
-    return default_px, seg, estimate
+    return resolve(image, card, file_px, params.pixel_size_um, auto=auto,
+                   rescale=seg.rescale, scale=seg.scale)
 
 
 def read_into_memory(result: FileResult) -> None:
@@ -479,15 +477,10 @@ def read_into_memory(result: FileResult) -> None:
     if res.store_path is None:
         return
     same = result.labels is res.labels
-    res.labels = np.asarray(res.labels)
-    result.labels = res.labels if same else (
-        None if result.labels is None else np.asarray(result.labels))
-    if res.probabilities is not None:
-        res.probabilities = np.asarray(res.probabilities, np.float32)
-    if res.uncertainty is not None:
-        res.uncertainty = np.asarray(res.uncertainty, np.float32)
-    shutil.rmtree(res.store_path, ignore_errors=True)
-    res.store_path = None
+    # the objects first: they may live in the same store
+    labels = None if result.labels is None or same else np.asarray(result.labels)
+    res.to_memory()
+    result.labels = res.labels if same else labels
 
 
 def _run(path, data, px, model, params: FileParams, region):
@@ -505,7 +498,7 @@ def _run(path, data, px, model, params: FileParams, region):
             yield Progress(1, 1, "written")
     finally:
         if out_dir is not None and res.store_path is not None:
-            shutil.rmtree(res.store_path, ignore_errors=True)
+            res.discard()
             result.labels = None
     return result
 

@@ -26,12 +26,24 @@ Examples
 >>> ws = working_scale(levels, card, 0.25)      # the file says 0.25 um/px
 >>> ws.level, ws.scale, ws.output_pixel_size_um
 (2, 1.0, 1.0)
+>>> resolve(levels, card, user_px=0.5).level    # the user's size, for a file without one
+1
+
+:func:`resolve` is what the routes call: it adds the user's pixel size and, where nobody
+says the image's scale, the estimate of :mod:`napari_glandseg.autoscale`; inference then
+takes the :class:`WorkingScale` as it is.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .autoscale import ScaleEstimate
 
 #: A level (or a rescale) within this fraction of the model's pixel size counts as it.
 SLACK = 0.1
@@ -53,6 +65,8 @@ class WorkingScale:
         The image's full-resolution um/px when known (its file's, or the user's).
     assumed_pixel_size_um : float or None
         ``pixel_size_um``, or for an image of unknown size the card's data scale.
+    estimate : ScaleEstimate or None
+        What automatic scale found, when it chose the rescale (:func:`resolve`).
     """
 
     level: int = 0
@@ -60,6 +74,7 @@ class WorkingScale:
     scale: float = 1.0
     pixel_size_um: float | None = None
     assumed_pixel_size_um: float | None = None
+    estimate: ScaleEstimate | None = field(default=None, compare=False)
 
     @property
     def output_pixel_size_um(self) -> float | None:
@@ -143,4 +158,54 @@ def working_scale(levels, card, pixel_size_um: float | None = None,
                         assumed_pixel_size_um=assumed)
 
 
-__all__ = ["WorkingScale", "working_scale"]
+def can_estimate(card, image, file_px: float | None = None,
+                 user_px: float | None = None, scale: float | None = None) -> bool:
+    """Whether :func:`resolve` with ``auto`` estimates the scale: nobody gives it (no file
+    or user pixel size, no explicit rescale), the card has a scale reference, and the image
+    is in memory (a slide or a lazy array is taken at the card's scale, as its blocks are,
+    so both routes agree)."""
+    return (file_px is None and user_px is None and scale is None and card is not None
+            and bool(card.scale_reference) and isinstance(image, np.ndarray))
+
+
+def resolve(levels, card, file_px: float | None = None, user_px: float | None = None, *,
+            auto: bool = False, image=None, rescale: bool = True,
+            scale: float | None = None) -> WorkingScale:
+    """The working scale of one run: the one place where the file's pixel size, the
+    user's, the automatic estimate and an explicit rescale meet.
+
+    Parameters
+    ----------
+    levels : array or list of arrays
+        The image, or its pyramid (full resolution first).
+    card : ModelCard or None
+        The model's card (None: full resolution as it is).
+    file_px : float, optional
+        The image's um/px as its file states it.
+    user_px : float, optional
+        The user's um/px for an image whose file does not say it (``--pixel-size``).
+    auto : bool
+        Estimate the scale from ``image`` when nobody gives it (:func:`can_estimate`,
+        :func:`napari_glandseg.autoscale.estimate_scale`); the estimate is kept in the
+        result's ``estimate``.
+    image : array, optional
+        The pixels the estimate reads (default: ``levels`` when it is one array).
+    rescale, scale
+        As :func:`working_scale` (``SegmentParams.rescale`` / ``SegmentParams.scale``).
+    """
+    if image is None and not isinstance(levels, list | tuple):
+        image = levels
+    estimate = None
+    if auto and can_estimate(card, image, file_px, user_px, scale):
+        from .autoscale import estimate_scale
+
+        estimate = estimate_scale(image, card)
+        if estimate.pixel_size_um is not None:
+            user_px = estimate.pixel_size_um
+        elif estimate.factor != 1.0:
+            scale = estimate.scale
+    ws = working_scale(levels, card, file_px, user_px, rescale=rescale, scale=scale)
+    return replace(ws, estimate=estimate) if estimate is not None else ws
+
+
+__all__ = ["WorkingScale", "can_estimate", "resolve", "working_scale"]

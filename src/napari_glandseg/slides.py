@@ -55,6 +55,7 @@ from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -62,6 +63,10 @@ from ._files import atomic_path
 from .errors import GlandsegError, OutputExistsError
 from .postprocessing import PostprocessParams
 from .progress import Progress
+from .scale import WorkingScale
+
+if TYPE_CHECKING:
+    from .inference import ImageStats
 
 LABEL_NAME = "glandseg"
 #: Columns of the per-object table (lengths in um, areas in um^2; px columns when no scale).
@@ -202,6 +207,40 @@ def tissue_mask(image, max_side: int = 2048) -> TissueMask:
 # predictors: what turns a box of the slide into classes and a foreground probability
 
 
+@runtime_checkable
+class Predictor(Protocol):
+    """What turns a box of a slide into classes and a foreground probability: the plan
+    asks it for the working scale and the whole slide's statistics once, then each block
+    calls it with both."""
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def class_names(self) -> tuple: ...
+
+    @property
+    def class_map(self) -> bool:
+        """True: the classes are kept and their regions are the objects; False: the
+        foreground is split into objects by the post-processing."""
+        ...
+
+    def geometry(self, levels, file_px: float | None,
+                 user_px: float | None = None) -> WorkingScale:
+        """The pyramid level and rescale the blocks are segmented at."""
+        ...
+
+    def image_stats(self, levels, working: WorkingScale) -> ImageStats | None:
+        """The whole slide's stains and normalisation statistics (None: not needed)."""
+        ...
+
+    def __call__(self, levels, box, working: WorkingScale,
+                 stats: ImageStats | None) -> tuple[np.ndarray, np.ndarray]:
+        """Classes and foreground probability over ``box`` (pixels of ``working``'s
+        level)."""
+        ...
+
+
 class ClassMapPredictor:
     """The image is already a class map (or mask): classes = the image, probability = 1
     on foreground. For tests and for re-stitching an existing prediction."""
@@ -210,14 +249,17 @@ class ClassMapPredictor:
     class_names = ("background", "foreground")
     class_map = False  # foreground, split into objects by the post-processing
 
-    def geometry(self, levels, pixel_size_um, default_pixel_size_um=None):
-        """Full resolution as it is (:func:`~napari_glandseg.scale.working_scale` without
-        a model)."""
-        from .scale import working_scale
+    def geometry(self, levels, file_px, user_px=None) -> WorkingScale:
+        """Full resolution as it is (:func:`~napari_glandseg.scale.resolve` without a
+        model)."""
+        from .scale import resolve
 
-        return working_scale(levels, None, pixel_size_um, default_pixel_size_um)
+        return resolve(levels, None, file_px, user_px)
 
-    def __call__(self, levels, box):
+    def image_stats(self, levels, working) -> None:
+        return None
+
+    def __call__(self, levels, box, working=None, stats=None):
         y0, x0, y1, x1 = box
         classes = np.asarray(levels[0][y0:y1, x0:x1])
         return classes, (classes > 0).astype(np.float32)
@@ -256,17 +298,18 @@ class ModelPredictor:
         names = list(self.card.class_names)
         return tuple(names if len(names) >= 2 else ["background", *names])
 
-    def geometry(self, levels, pixel_size_um, default_pixel_size_um=None):
+    def geometry(self, levels, file_px, user_px=None) -> WorkingScale:
         """The pyramid level and rescale inference reads the slide at
-        (:func:`~napari_glandseg.scale.working_scale`, the one owner of that choice)."""
+        (:func:`~napari_glandseg.scale.resolve`, the one owner of that choice; a slide is
+        taken at the card's scale when nobody gives its own, never estimated)."""
         from .inference import SegmentParams
-        from .scale import working_scale
+        from .scale import resolve
 
         seg = self.seg or SegmentParams()
-        return working_scale(levels, self.card, pixel_size_um, default_pixel_size_um,
-                             rescale=seg.rescale, scale=seg.scale)
+        return resolve(levels, self.card, file_px, user_px, rescale=seg.rescale,
+                       scale=seg.scale)
 
-    def image_stats(self, levels, pixel_size_um=None):
+    def image_stats(self, levels, working):
         """The whole slide's stains and normalisation statistics, read once from a grid of
         tiles of the level the blocks are segmented on
         (:func:`~napari_glandseg.inference.image_stats`); None when the card uses
@@ -280,26 +323,21 @@ class ModelPredictor:
                 or getattr(card.normalization, "value", card.normalization) in IMAGE_LEVEL
                 or np.dtype(levels[0].dtype) != np.uint8):
             return None
-        return image_stats(levels, _cached_model(self.model), pixel_size_um, seg)
+        return image_stats(levels, _cached_model(self.model), params=seg, working=working)
 
-    def __call__(self, levels, box, scale=None, stats=None):
-        """The network's classes and foreground probability over ``box`` (pixels of the
-        level ``scale`` chose, a :class:`~napari_glandseg.scale.WorkingScale` from
-        :meth:`geometry`), through the route from image to objects
-        (:func:`napari_glandseg.pipeline.iter_objects`)."""
+    def __call__(self, levels, box, working=None, stats=None):
+        """The network's classes and foreground probability over ``box`` (pixels of
+        ``working``'s level, the :class:`~napari_glandseg.scale.WorkingScale` of
+        :meth:`geometry`, handed through to inference as it is), through the route from
+        image to objects (:func:`napari_glandseg.pipeline.iter_objects`)."""
         from .pipeline import FileParams, objects_from_image
-        from .scale import WorkingScale
 
-        scale = scale or WorkingScale()
+        working = working or self.geometry(levels, None)
         params = FileParams(segment=self.seg_params(), postprocess=None)
         y0, x0, y1, x1 = box
-        region = scale.to_full(box, levels[0].shape)
+        region = working.to_full(box, levels[0].shape)
         res = objects_from_image(levels, _cached_model(self.model), params, region=region,
-                                 pixel_size_um=scale.pixel_size_um, stats=stats,
-                                 in_memory=True).segment
-        if res.info["level"] != scale.level:
-            raise RuntimeError(f"block {box}: segmented on level {res.info['level']}, "
-                               f"planned on level {scale.level}")
+                                 stats=stats, in_memory=True, working=working).segment
         classes = _fit(np.asarray(res.labels), (y1 - y0, x1 - x0))
         probs = np.asarray(res.probabilities, np.float32)
         fg = probs[0] if probs.shape[0] == 1 else 1.0 - probs[0]
@@ -346,7 +384,7 @@ class SlidePlan:
     image_pixel_size_um: float | None
     params: SlideParams
     post: PostprocessParams
-    predictor: object
+    predictor: Predictor
     grid: tuple
     todo: list
     n_levels: int
@@ -356,9 +394,9 @@ class SlidePlan:
     info: dict = field(default_factory=dict)
     #: the whole slide's stains / normalisation statistics (ModelPredictor.image_stats),
     #: shared by every block so that blocks are normalised alike
-    image_stats: object = None
-    #: the level and rescale (scale.WorkingScale) the blocks are segmented at
-    scale: object = None
+    image_stats: ImageStats | None = None
+    #: the level and rescale the blocks are segmented at
+    scale: WorkingScale | None = None
 
     @property
     def geojson_path(self) -> Path:
@@ -491,7 +529,7 @@ def plan_slide(source, out, predictor, params: SlideParams | None = None,
         shutil.rmtree(out / f"{name}.glandseg-work", ignore_errors=True)
     elif (plan_store / "glandseg_done.json").exists():
         raise OutputExistsError(plan_store)
-    # the level and scale inference reads: one choice (scale.working_scale) for both
+    # the level and scale inference reads: one choice (scale.resolve), handed to every block
     ws = predictor.geometry(levels, file_px, pixel_size_um)
     level, ds, out_px = ws.level, ws.downsample, ws.output_pixel_size_um
     shape = ws.level_shape(levels[0].shape, levels[level].shape)
@@ -521,11 +559,11 @@ def plan_slide(source, out, predictor, params: SlideParams | None = None,
     for iy, ix in plan.blocks():
         if tm is None or tm.any_in(tuple(v * ds for v in plan.core(iy, ix))):
             plan.todo.append((iy, ix))
-    if isinstance(predictor, ModelPredictor) and plan.todo:
+    if plan.todo:
         import dask
 
         with dask.config.set(scheduler="synchronous"):  # as the tissue mask above
-            plan.image_stats = predictor.image_stats(levels, ws.pixel_size_um)
+            plan.image_stats = predictor.image_stats(levels, ws)
     _check_resume(plan)
     return plan
 
@@ -570,15 +608,12 @@ def run_block(plan: SlidePlan, iy: int, ix: int) -> bool:
     # a lazy slide's pixels are read in this thread: inside a dask.distributed task, dask's
     # default would send every small read through the scheduler (measured 4x slower)
     with dask.config.set(scheduler="synchronous"):
-        if isinstance(pred, ModelPredictor):
-            classes, prob = pred(levels, box, plan.scale, plan.image_stats)
-        else:
-            classes, prob = pred(levels, box)
+        classes, prob = pred(levels, box, plan.scale, plan.image_stats)
     # the route's post-processing step (pipeline.objects_of), as a whole-image run's
     if classes.any():
         from .pipeline import objects_of
 
-        out = objects_of(classes, plan.post, class_map=getattr(pred, "class_map", False))
+        out = objects_of(classes, plan.post, class_map=pred.class_map)
         labels, classes = out.labels, (classes if out.classes is None else out.classes)
     else:
         labels = np.zeros(classes.shape, np.int32)
@@ -972,8 +1007,9 @@ def iter_segment_slide(
         Output folder: ``name.ome.zarr``, ``name_objects.csv`` go there.
     model : str, optional
         Store name or checkpoint (or give ``predictor``).
-    predictor : callable, optional
-        ``predictor(levels, box) -> (classes, foreground probability)``, e.g.
+    predictor : Predictor, optional
+        ``predictor(levels, box, working, stats) -> (classes, foreground probability)``
+        with its ``geometry`` and ``image_stats`` (:class:`Predictor`), e.g.
         :class:`ClassMapPredictor`.
     seg : SegmentParams, optional
         Inference settings for ``model``.

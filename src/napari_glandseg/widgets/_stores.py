@@ -8,15 +8,16 @@ fails, is cancelled, or its result is never shown.
 from __future__ import annotations
 
 import atexit
-import shutil
 from functools import partial
+
+from .. import inference
 
 #: Stores of results shown as layers; removed with their layer or at exit.
 STORES: set[str] = set()
 
 
 def remove_store(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+    inference.remove_store(path)
     STORES.discard(path)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from enum import Enum
 
 import numpy as np
@@ -63,8 +62,7 @@ def segment_job(data, model, pixel_size_um, region, params, polygons=None, post=
         res = result.segment
         return (res, result.labels, result.table) if post else (res, None, None)
     except BaseException:  # the result is never shown: its store goes now
-        if result.segment.store_path is not None:
-            shutil.rmtree(result.segment.store_path, ignore_errors=True)
+        result.segment.discard()
         raise
 
 
