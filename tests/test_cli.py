@@ -130,6 +130,12 @@ def test_train_from_config_then_resume(tmp_path, data_dir, capsys):
     assert cli.main(["train", "--config", str(cfg), "--data", str(data), "--epochs", "2",
                      "--resume", "--quiet"]) == 0
     assert "epoch 2:" in capsys.readouterr().err
+    # a run folder: the import line it prints runs as printed
+    assert cli.main(["train", "--config", str(cfg), "--data", str(data), "--name", "cli-run",
+                     "--run-dir", str(tmp_path / "run"), "--quiet"]) == 0
+    printed = capsys.readouterr().out.split("make it a model with: glandseg ")[1].split()
+    assert printed[:2] == ["models", "import"] and printed[-2:] == ["--as", "cli-run"]
+    assert cli.main(printed) == 0
     cfg.write_text(json.dumps({"name": "x", "learning_rate": 1}))
     assert cli.main(["train", "--config", str(cfg), "--data", str(data)]) == 2
     assert "unknown training settings: learning_rate" in capsys.readouterr().err

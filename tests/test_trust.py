@@ -232,6 +232,9 @@ def test_finetune_validates_on_other_images_truth_and_says_so(session, qtbot, no
     assert f"Trained on 1 image(s) ({STEMS[0]} (corrected))" in text
     assert f"validated on {STEMS[1]} (file) (held out)" in text
     assert "before" in text and "after" in text
+    # one figure per model: training's own score (at the working scale) is not shown too
+    assert "Kept epoch 1, the best on the held-out truth" in text
+    assert "validation score" not in text
 
 
 def test_finetune_without_independent_truth_scores_nothing_and_shows_both(

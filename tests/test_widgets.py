@@ -490,6 +490,18 @@ def test_finetune_pairs_follow_the_user_and_the_source_image(make_napari_viewer)
                      "glas_testA_5 ⇐ pred": Qt.CheckState.Unchecked}
 
 
+def test_finetune_shows_the_base_models_own_architecture(make_napari_viewer):
+    """The greyed Architecture box said U-Net for glands-he, an EfficientNet-Lite U-Net."""
+    viewer, _, w = _finetune_setup(make_napari_viewer)
+    w.base_box.setCurrentText("glands-he")
+    assert w.arch_box.currentData() == "effnet_unet" and not w.arch_box.isEnabled()
+    w.base_box.setCurrentText("nuclei-he")
+    from napari_glandseg.models import find_model
+
+    arch = find_model("nuclei-he").card.architecture
+    assert w.arch_box.currentData() == getattr(arch, "value", arch)
+
+
 def test_job_failure_is_one_line_and_resets_the_status(make_napari_viewer, qtbot, notes,
                                                        all_foreground_model, monkeypatch):
     import napari_glandseg.inference as inf

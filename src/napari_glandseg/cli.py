@@ -12,7 +12,7 @@ Examples::
     glandseg evaluate --pred out/ --truth masks/ --csv per_image.csv --json summary.json
     glandseg models                         # list bundled and user models with their cards
     glandseg models show glands-he
-    glandseg models import my_unet.safetensors --name my-unet
+    glandseg models import my_unet.safetensors --as my-unet
     glandseg models import weights.pt --card card.json
     glandseg gui --sample glas              # napari with the plugin docked on sample data
 """
@@ -434,7 +434,7 @@ def _train(args) -> int:
     where = f"model {params.name!r} in {result.checkpoint}"
     if run_dir:
         where = (f"best checkpoint {result.checkpoint}; make it a model with: glandseg "
-                 f"models import {result.checkpoint} --name {params.name}")
+                 f"models import {result.checkpoint} --as {params.name}")
     print(f"best {result.selected_on} {result.best_score:.4f} at epoch {result.best_epoch}; "
           f"{where}")
     return 0

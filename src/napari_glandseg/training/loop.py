@@ -466,7 +466,7 @@ def iter_train(train_pairs, val_pairs, params: TrainParams | None = None, resume
     run_dir : str or Path, optional
         Keep the whole run in this folder: ``state.pt`` (with ``state.prev.pt``, the one
         before), ``best.safetensors`` (the best checkpoint so far: a model at any time,
-        ``glandseg models import DIR/best.safetensors --name NAME``), ``history.jsonl``
+        ``glandseg models import DIR/best.safetensors --as NAME``), ``history.jsonl``
         (the validation curve) and ``log.txt``. Without it the checkpoint goes into the
         model store under ``params.name``.
 

@@ -466,9 +466,9 @@ class FinetuneWidget(QWidget):
         if after:
             from ..training import selection_score
 
-            lines.append(f"Best epoch {result.best_epoch}: validation score "
-                         f"{result.best_score:.3f}" + (f" ({result.selected_on})"
-                                                       if result.selected_on else ""))
+            # one figure per model, on the truth as the user has it (training's own
+            # validation runs at the working scale: its score is not shown beside these)
+            lines.append(f"Kept epoch {result.best_epoch}, the best on the held-out truth")
             # both judged by what the new model was selected on (objects, not pixels)
             card = result.model.card
             a = float(np.mean([selection_score(r, card) for r in after]))
@@ -614,6 +614,17 @@ class FinetuneWidget(QWidget):
 
     def _base_changed(self, base: str) -> None:
         self.arch_box.setEnabled(base == NEW)
+        if base != NEW:  # a base model's own architecture, shown (greyed) as it is
+            from ..errors import GlandsegError
+            from ..models import find_model
+
+            try:
+                arch = find_model(base).card.architecture
+            except GlandsegError:  # a broken model is named when training starts
+                arch = None
+            i = self.arch_box.findData(getattr(arch, "value", arch))
+            if i >= 0:
+                self.arch_box.setCurrentIndex(i)
         name = self.name_edit.text().strip()
         if not name or getattr(self, "_auto_name", None) == name:  # not typed by the user
             root = "my-model" if base == NEW else re.sub(r"-tuned(-\d+)*$", "", base)
