@@ -16,7 +16,7 @@ test: setup
 	$(VENV)/ruff check src tests benchmarks examples
 	$(VENV)/mypy
 	NO_MKDOCS_2_WARNING=1 $(VENV)/mkdocs build --strict --quiet
-	$(VENV)/python -m pytest
+	$(VENV)/python -m pytest -n 2
 
 # The docs site (MkDocs Material + mkdocstrings), offline, into build/site.
 docs: setup
