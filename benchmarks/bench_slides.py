@@ -57,7 +57,7 @@ def _worker_setup(model):
     import torch
 
     from napari_glandseg.inference import segment
-    from napari_glandseg.slides import _cached_model
+    from napari_glandseg.slides.predictors import _cached_model
 
     torch.set_num_threads(1)
     segment(np.zeros((64, 64, 3), np.uint8), _cached_model(model), tile_size=64,
@@ -73,9 +73,9 @@ def run_cohort(slides, out, model, workers, block, overlap, tissue=False):
     import dask
     from distributed import Client, LocalCluster
 
-    from napari_glandseg.distributed import segment_cohort, worker_environment
     from napari_glandseg.inference import SegmentParams
     from napari_glandseg.slides import SlideParams
+    from napari_glandseg.slides.cohort import segment_cohort, worker_environment
 
     # one core per worker, as the embedded cluster of --workers N gives on N cores
     with dask.config.set(worker_environment(workers, cores=workers)):
@@ -103,7 +103,8 @@ def in_process(path, out, model):
     import torch
 
     from napari_glandseg.inference import SegmentParams, segment
-    from napari_glandseg.slides import SlideParams, _cached_model, segment_slide
+    from napari_glandseg.slides import SlideParams, segment_slide
+    from napari_glandseg.slides.predictors import _cached_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

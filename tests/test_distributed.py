@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from napari_glandseg.distributed import CohortParams, iter_segment_cohort, segment_cohort
 from napari_glandseg.errors import GlandsegError
 from napari_glandseg.slides import ClassMapPredictor, SlideParams, read_labels, segment_slide
+from napari_glandseg.slides.cohort import CohortParams, iter_segment_cohort, segment_cohort
 
 PARAMS = SlideParams(block_size=128, overlap=32, tissue=False)
 POST = {"split": "distance", "h": 2.0, "min_size": 30}
@@ -77,9 +77,10 @@ def test_rerun_skips_finished_slides_and_blocks(tmp_path, client):
                            post=POST, client=client)
     assert again.skipped == ["image0", "image1"] and not again.done
     # a half-done slide: its finished blocks keep their markers and are not run again
-    from napari_glandseg.slides import plan_slide, run_block
+    from napari_glandseg.slides import SlideJob, plan_slide, run_block
 
-    plan = plan_slide(_disks(5), tmp_path, ClassMapPredictor(), PARAMS, POST, name="image2")
+    job = SlideJob.make(predictor=ClassMapPredictor(), params=PARAMS, post=POST)
+    plan = plan_slide(_disks(5), tmp_path, job, name="image2")
     for iy, ix in plan.todo[:5]:
         run_block(plan, iy, ix)
     third = segment_cohort([*images, _disks(5)], tmp_path, predictor=ClassMapPredictor(),

@@ -71,7 +71,7 @@ evaluate(objects, truth)
 write_labels(sys.argv[1], truth, pixel_size_um=0.5)
 assert read_image(sys.argv[1], as_labels=True).pixel_size_um == 0.5
 assert cli.main(["gui"]) == 2
-from napari_glandseg.distributed import CohortParams, open_client
+from napari_glandseg.slides.cohort import CohortParams, open_client
 from napari_glandseg.errors import GlandsegError
 try:
     open_client(CohortParams())

@@ -197,7 +197,8 @@ def test_tiff_dispatch_follows_openslides_format(tmp_path, monkeypatch, fmt, rea
 
 def test_vendor_slides_are_found_in_folders_and_by_the_napari_reader(tmp_path, tissue):
     from napari_glandseg import _napari
-    from napari_glandseg.slides import _open_path, open_source
+    from napari_glandseg.slides import open_source
+    from napari_glandseg.slides.plan import _open_path
 
     _write_ndpi(tmp_path / "a.ndpi", tissue)
     assert io.iter_image_files([tmp_path]) == [tmp_path / "a.ndpi"]
@@ -283,8 +284,8 @@ class DarkPredictor(ClassMapPredictor):
 def test_an_ndpi_segments_block_by_block_and_on_distributed_as_its_pixels_do(tmp_path, tissue):
     from distributed import Client, LocalCluster
 
-    from napari_glandseg.distributed import segment_cohort
     from napari_glandseg.slides import SlideParams, read_labels, segment_slide
+    from napari_glandseg.slides.cohort import segment_cohort
 
     path = _write_ndpi(tmp_path / "a.ndpi", tissue)
     params = SlideParams(block_size=256, overlap=32, tissue=False)

@@ -12,6 +12,7 @@ from napari_glandseg.postprocessing import postprocess
 from napari_glandseg.slides import (
     ClassMapPredictor,
     ModelPredictor,
+    SlideJob,
     SlideParams,
     iter_segment_slide,
     plan_slide,
@@ -181,7 +182,7 @@ def test_ome_zarr_pyramid_and_scale_read_back(tmp_path):
     # no work files left, the finished store refuses to be replaced silently
     assert not (tmp_path / "image.glandseg-work").exists()
     with pytest.raises(GlandsegError, match="exists"):
-        plan_slide(mask, tmp_path, ClassMapPredictor())
+        plan_slide(mask, tmp_path, SlideJob.make(predictor=ClassMapPredictor()))
 
 
 def test_rerun_resumes_skipping_finished_blocks(tmp_path):
@@ -205,6 +206,14 @@ def test_rerun_resumes_skipping_finished_blocks(tmp_path):
     with pytest.raises(GlandsegError, match="other settings.*overlap"):
         segment_slide(mask, tmp_path, predictor=Counting(), post=post,
                       params=SlideParams(block_size=128, overlap=48, tissue=False))
+
+    class Other(ClassMapPredictor):  # another model: its blocks are not this run's
+        identity = "another model"
+
+    with pytest.raises(GlandsegError, match=r"other settings \(predictor\)"):
+        segment_slide(mask, tmp_path, predictor=Other(), params=params, post=post)
+    with pytest.raises(GlandsegError, match="give a model"):
+        SlideJob.make(post=post, params=params)
     res = segment_slide(mask, tmp_path, predictor=Counting(), params=params, post=post)
     assert Counting.calls == 5 + 9 - 4 and res.blocks_run == 5
     stitched = np.asarray(read_labels(res.store)[0][0])
@@ -227,15 +236,17 @@ def test_tissue_mask_skips_glass_blocks_and_keeps_all_tissue(tmp_path):
     rng = np.random.default_rng(0)
     img = np.full((512, 512, 3), 235, np.uint8) + rng.integers(0, 8, (512, 512, 3), np.uint8)
     img[40:200, 60:220] = (160, 70, 140)  # tissue in the top-left blocks only
-    plan = plan_slide(img, tmp_path, ClassMapPredictor(),
-                      SlideParams(block_size=128, overlap=16, tissue_side=128))
+    plan = plan_slide(img, tmp_path, SlideJob.make(
+        predictor=ClassMapPredictor(),
+        params=SlideParams(block_size=128, overlap=16, tissue_side=128)))
     assert plan.todo == [(0, 0), (0, 1), (1, 0), (1, 1)]
     # no glass: Otsu would split tissue in two, so everything is tissue
     tissue_only = np.full((256, 256, 3), (170, 80, 150), np.uint8)
     tissue_only[::7] = (90, 30, 80)
     assert tissue_mask(tissue_only).fraction == 1.0
-    assert len(plan_slide(img, tmp_path / "b", ClassMapPredictor(),
-                          SlideParams(block_size=128, overlap=16, tissue=False)).todo) == 16
+    no_tissue = SlideJob.make(predictor=ClassMapPredictor(),
+                              params=SlideParams(block_size=128, overlap=16, tissue=False))
+    assert len(plan_slide(img, tmp_path / "b", no_tissue).todo) == 16
 
 
 def test_bad_parameters_name_the_value():
@@ -350,7 +361,7 @@ def test_unknown_pixel_size_slide_gives_what_segment_gives(tmp_path, fg_model_fa
 
 
 def test_a_block_of_another_shape_is_an_error_not_cropped():
-    from napari_glandseg.slides import _fit
+    from napari_glandseg.slides.predictors import _fit
 
     assert _fit(np.ones((4, 5)), (4, 5)).shape == (4, 5)
     with pytest.raises(RuntimeError, match=r"\(8, 10\).*\(4, 5\)"):

@@ -150,7 +150,7 @@ def _segment_blockwise(args) -> int:
     if not files:
         raise GlandsegError("no input images found")
     if args.workers is not None or args.scheduler:
-        from .distributed import CohortParams, iter_segment_cohort
+        from .slides.cohort import CohortParams, iter_segment_cohort
 
         cohort = CohortParams(workers=2 if args.workers is None else args.workers,
                               scheduler=args.scheduler)

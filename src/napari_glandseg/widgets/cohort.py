@@ -1,4 +1,4 @@
-"""Slides widget: segment a folder of slides in the background (napari_glandseg.distributed).
+"""Slides widget: segment a folder of slides in the background (napari_glandseg.slides.cohort).
 
 Every slide is segmented block by block, tissue only, into ``NAME.ome.zarr`` (labels
 pyramid), ``NAME_objects.csv`` and ``NAME_objects.geojson`` in the output folder. The blocks
@@ -131,8 +131,8 @@ class CohortWidget(QWidget):
 
     def run(self):
         """Start the cohort in the background; returns the worker (None on bad input)."""
-        from ..distributed import CohortParams, iter_segment_cohort
         from ..slides import SlideParams
+        from ..slides.cohort import CohortParams, iter_segment_cohort
 
         try:
             files = self._slides()

@@ -35,24 +35,18 @@ import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .errors import GlandsegError, require
-from .postprocessing import PostprocessParams
-from .progress import Progress, run_to_end
-from .slides import (
-    SlideParams,
-    SlidePlan,
-    SlideResult,
-    _predictor_and_post,
-    create_store,
-    finish_slide,
-    link_block,
-    measure_block,
-    plan_slide,
-    resolve,
-    run_block,
-    write_block,
-)
+from ..errors import GlandsegError, require
+from ..postprocessing import PostprocessParams
+from ..progress import Progress, run_to_end
+from .blocks import link_block, resolve, run_block
+from .output import SlideResult, create_store, finish_slide, measure_block, write_block
+from .plan import SlideJob, SlideParams, SlidePlan, plan_slide
+
+if TYPE_CHECKING:
+    from ..inference import SegmentParams
+    from .predictors import Predictor
 
 
 @dataclass
@@ -102,9 +96,8 @@ class CohortResult:
 # task bodies (module-level so that workers can unpickle them)
 
 
-def _plan_task(source, out, predictor, params, post, name, overwrite, pixel_size_um=None):
-    return plan_slide(source, out, predictor, params, post, name=name,
-                      pixel_size_um=pixel_size_um, overwrite=overwrite)
+def _plan_task(source, out: str, job: SlideJob, name: str) -> SlidePlan:
+    return plan_slide(source, out, job, name=name)
 
 
 def _block_task(plan: SlidePlan, iy: int, ix: int) -> bool:
@@ -185,9 +178,9 @@ def iter_segment_cohort(
     out,
     model: str | None = None,
     *,
-    predictor=None,
+    predictor: Predictor | None = None,
     params: SlideParams | None = None,
-    seg=None,
+    seg: SegmentParams | None = None,
     post: PostprocessParams | dict | None = None,
     cohort: CohortParams | None = None,
     overwrite: bool = False,
@@ -219,8 +212,8 @@ def iter_segment_cohort(
     from distributed import as_completed
 
     cohort = cohort or CohortParams()
-    params = params or SlideParams()
-    predictor, post = _predictor_and_post(model, predictor, seg, post)
+    job = SlideJob.make(model, predictor=predictor, seg=seg, post=post, params=params,
+                        pixel_size_um=pixel_size_um, overwrite=overwrite)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -250,8 +243,8 @@ def iter_segment_cohort(
         for s, name in todo:
             src = str(s) if isinstance(s, str | Path) else s
             label_of[name] = str(s) if isinstance(s, str | Path) else name
-            f = client.submit(_plan_task, src, str(out), predictor, params, post, name,
-                              overwrite, pixel_size_um, key=f"plan-{name}", pure=False)
+            f = client.submit(_plan_task, src, str(out), job, name, key=f"plan-{name}",
+                              pure=False)
             futures[f] = (name, "plan")
             slide_futs[name] = [f]
             ac.add(f)
