@@ -119,14 +119,20 @@ def test_dask_input_goes_window_by_window_into_zarr(smooth_image):
 
 
 def test_a_large_result_read_into_memory_leaves_no_store(smooth_image):
-    lazy = segment(da.from_array(smooth_image, chunks=100), _model(), tile_size=64,
+    model = _model()
+    lazy = segment(da.from_array(smooth_image, chunks=100), model, tile_size=64,
                    window_size=128, tta=True)
+    eager = segment(smooth_image, model, tile_size=64, window_size=128, tta=True)
     store = lazy.store_path
     assert os.path.isdir(store)
     assert lazy.to_memory() is lazy and lazy.store_path is None
     assert not os.path.exists(store)
     assert all(isinstance(a, np.ndarray) and a.size
                for a in (lazy.labels, lazy.probabilities, lazy.uncertainty))
+    # every window's core went to its place in the store, the TTA spread too
+    assert eager.uncertainty.max() > 0
+    np.testing.assert_allclose(lazy.uncertainty, eager.uncertainty, atol=1e-3)
+    np.testing.assert_array_equal(lazy.labels, eager.labels)
     lazy.discard()  # nothing left to remove: no error
 
 

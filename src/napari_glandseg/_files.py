@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 @contextmanager
-def atomic_path(dest, suffix: str = "") -> Iterator[str]:
+def atomic_path(dest: str | os.PathLike[str], suffix: str = "") -> Iterator[str]:
     """Yield a temporary path beside ``dest``; on success it is renamed onto ``dest``.
 
     The temporary file lives in the destination's folder (so the rename is atomic) and is

@@ -30,12 +30,17 @@ Two touching squares, merged into one object and split again along a line:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import GlandsegError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Box = tuple[int, int, int, int]  # y0, x0, y1, x1 (exclusive)
 
@@ -117,7 +122,7 @@ def _point(labels: np.ndarray, point) -> tuple[int, int]:
     return y, x
 
 
-def object_at(labels, point) -> int:
+def object_at(labels: np.ndarray, point: Sequence[float]) -> int:
     """The id of the object under ``point`` (y, x); 0 on background."""
     labels = _check_labels(labels)
     return int(labels[_point(labels, point)])
@@ -149,7 +154,7 @@ def _bbox(labels: np.ndarray, ids, pad: int = 0) -> Box:
             min(int(rows[-1]) + 1 + pad, h), min(int(cols[-1]) + 1 + pad, w))
 
 
-def next_label(labels, n: int = 1) -> int:
+def next_label(labels: np.ndarray, n: int = 1) -> int:
     """The smallest id above every id in use (room for ``n`` new ids is checked)."""
     labels = _check_labels(labels)
     new = int(labels.max(initial=0)) + 1
@@ -209,7 +214,7 @@ def _attach_orphans(crop_ids: np.ndarray, fill: np.ndarray) -> np.ndarray:
 # tools
 
 
-def merge(labels, ids, close_gap: int = 2) -> Edit:
+def merge(labels: np.ndarray, ids: Iterable[int], close_gap: int = 2) -> Edit:
     """Merge objects ``ids`` into the first one.
 
     ``close_gap`` (pixels) also fills background gaps up to about twice that width between
@@ -234,7 +239,7 @@ def merge(labels, ids, close_gap: int = 2) -> Edit:
     return Edit("merge", box, before, after, kept=[target], removed=ids[1:])
 
 
-def gap_between(labels, a: int, b: int) -> float:
+def gap_between(labels: np.ndarray, a: int, b: int) -> float:
     """The background between objects ``a`` and ``b``: the shortest distance between their
     pixels less one, in pixels (0 when they touch, 8-connected).
 
@@ -254,7 +259,7 @@ def gap_between(labels, a: int, b: int) -> float:
     return 0.0 if nearest < 1.5 else nearest - 1.0
 
 
-def delete(labels, ids) -> Edit:
+def delete(labels: np.ndarray, ids: Iterable[int]) -> Edit:
     """Remove objects ``ids`` (set them to background)."""
     labels = _check_labels(labels)
     ids = _ids(labels, ids)
@@ -286,7 +291,8 @@ def _number_pieces(before, obj, comps, big, label, new_id, fill):
     return after, [label, *range(new_id, new_id + len(big) - 1)]
 
 
-def split_line(labels, line, label: int | None = None, min_piece: int = 10) -> Edit:
+def split_line(labels: np.ndarray, line: Sequence[Sequence[float]], label: int | None = None,
+               min_piece: int = 10) -> Edit:
     """Split an object along a polyline ``line`` of (y, x) points drawn across it.
 
     The object is ``label``, or the one the line crosses most. The line's pixels and pieces
@@ -332,7 +338,8 @@ def split_line(labels, line, label: int | None = None, min_piece: int = 10) -> E
     return Edit("split", box, before, after, kept=kept)
 
 
-def split_seeds(labels, seeds, probabilities=None, label: int | None = None) -> Edit:
+def split_seeds(labels: np.ndarray, seeds: Sequence[Sequence[float]],
+                probabilities: np.ndarray | None = None, label: int | None = None) -> Edit:
     """Split an object into as many pieces as ``seeds`` (two or more (y, x) points inside it)
     by a seeded watershed on its distance map, weighted by the foreground probability when
     given (so the cut follows low-probability valleys as well as the object's necks)."""
@@ -378,7 +385,7 @@ def split_seeds(labels, seeds, probabilities=None, label: int | None = None) -> 
     return Edit("split", box, before, after, kept=kept)
 
 
-def fill_holes(labels, label: int) -> Edit:
+def fill_holes(labels: np.ndarray, label: int) -> Edit:
     """Fill the holes of one object (only background pixels; objects inside it stay)."""
     labels = _check_labels(labels)
     label = _ids(labels, [label])[0]
@@ -390,7 +397,7 @@ def fill_holes(labels, label: int) -> Edit:
     return Edit("fill", box, before, after, kept=[label])
 
 
-def relabel(labels) -> Edit:
+def relabel(labels: np.ndarray) -> Edit:
     """Number the objects 1..N keeping their order (whole image).
 
     The ids in use come from ``bincount`` (about 3x faster than scikit-image's
@@ -412,7 +419,7 @@ def relabel(labels) -> Edit:
                 kept=kept, removed=gone)
 
 
-def typical_radius(labels) -> float:
+def typical_radius(labels: np.ndarray) -> float:
     """Equivalent radius of the median object (pixels); 20 when there are no objects."""
     labels = _check_labels(labels)
     sizes = np.bincount(labels.ravel())[1:]
@@ -420,8 +427,9 @@ def typical_radius(labels) -> float:
     return float(np.sqrt(np.median(sizes) / np.pi)) if sizes.size else 20.0
 
 
-def add_object(labels, point, probabilities=None, image=None, radius: float | None = None,
-               level: float = 0.5, min_size: int = 5) -> Edit:
+def add_object(labels: np.ndarray, point: Sequence[float],
+               probabilities: np.ndarray | None = None, image: np.ndarray | None = None,
+               radius: float | None = None, level: float = 0.5, min_size: int = 5) -> Edit:
     """Add the object under a click on background, grown from the probability map or, when
     there is none, from the image.
 
@@ -523,9 +531,10 @@ def _robust_z(values: np.ndarray) -> np.ndarray:
     return np.abs(values - med) / max(mad, 1e-6)
 
 
-def rank_objects(labels, probabilities=None, uncertainty=None, boundary_class: int | None = None,
-                 classes=None, region: Box | None = None,
-                 weights: ReviewWeights | None = None):
+def rank_objects(labels: np.ndarray, probabilities: np.ndarray | None = None,
+                 uncertainty: np.ndarray | None = None, boundary_class: int | None = None,
+                 classes: np.ndarray | None = None, region: Box | None = None,
+                 weights: ReviewWeights | None = None) -> pd.DataFrame:
     """Rank the objects by how likely they are wrong, most suspicious first.
 
     Signals (each a column, higher = more suspicious; the score averages their percentile
@@ -644,7 +653,7 @@ class ReviewQueue:
     '1 of 3 reviewed'
     """
 
-    def __init__(self, table, status: dict | None = None):
+    def __init__(self, table: pd.DataFrame, status: dict | None = None) -> None:
         self.table = table.reset_index(drop=True)
         self.position = -1
         self.status = {int(k): v for k, v in (status or {}).items() if v}

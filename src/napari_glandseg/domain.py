@@ -17,9 +17,16 @@ the distance exceeds :data:`MARGIN` times the largest distance of a training ima
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+from ._types import Levels, as_levels
 from .errors import GlandsegError
+
+if TYPE_CHECKING:
+    from .models.card import ModelCard
 
 FEATURES = ("od_mean_0", "od_mean_1", "od_mean_2", "od_std_0", "od_std_1", "od_std_2",
             "saturation_mean", "saturation_std", "tissue_fraction", "contrast_3px",
@@ -35,7 +42,7 @@ def _view(image) -> np.ndarray:
     smallest level that is still that large, subsampled."""
     from .preprocess import standardise
 
-    levels = image if isinstance(image, list | tuple) else [image]
+    levels = as_levels(image)
     level = levels[0]
     for lv in levels:
         if max(lv.shape[:2]) >= VIEW:
@@ -49,7 +56,7 @@ def _view(image) -> np.ndarray:
     return np.asarray(view[..., :3], np.float32)
 
 
-def appearance(image) -> np.ndarray:
+def appearance(image: Levels) -> np.ndarray:
     """The appearance vector of an image (a NumPy or lazy array, or a pyramid's levels),
     ordered as :data:`FEATURES`."""
     from scipy import ndimage as ndi
@@ -69,7 +76,7 @@ def appearance(image) -> np.ndarray:
     return np.r_[t.mean(0), t.std(0), sat.mean(), sat.std(), tissue.mean(), contrast]
 
 
-def reference(images) -> dict:
+def reference(images: Iterable[Levels]) -> dict:
     """A card's ``appearance`` entry from its training images: the mean and spread of each
     entry of the vector and the flagging threshold."""
     feats = np.array([appearance(im) for im in images])
@@ -83,14 +90,14 @@ def reference(images) -> dict:
             "threshold": round(float(MARGIN * own.max()), 3), "images": len(feats)}
 
 
-def distance(image, entry: dict) -> float:
+def distance(image: Levels, entry: dict) -> float:
     """An image's distance from a card's reference: its largest deviation, in spreads."""
     check_entry(entry)
     f = appearance(image)
     return float(np.abs((f - np.asarray(entry["mean"])) / np.asarray(entry["spread"])).max())
 
 
-def warning(image, card) -> str | None:
+def warning(image: Levels, card: ModelCard) -> str | None:
     """One line when ``image`` looks unlike ``card``'s training images (None otherwise, and
     for a card without a reference)."""
     entry = getattr(card, "appearance", None)

@@ -4,6 +4,15 @@ Every message names the offending value (a file, a shape, a parameter) so the GU
 as a notification and the command line can print it as one line and exit with code 2.
 """
 
+from __future__ import annotations
+
+import os
+from enum import Enum
+from types import ModuleType
+from typing import Any, TypeVar
+
+E = TypeVar("E", bound=Enum)
+
 
 class GlandsegError(ValueError):
     """Bad input to a napari-glandseg function: the message says what and how to fix it."""
@@ -16,7 +25,8 @@ class ImageReadError(GlandsegError):
 class OutputExistsError(GlandsegError):
     """An output file or folder exists and the caller did not ask to replace it."""
 
-    def __init__(self, path, how: str = "pass overwrite to replace it"):
+    def __init__(self, path: str | os.PathLike[str],
+                 how: str = "pass overwrite to replace it") -> None:
         self.path = path
         super().__init__(f"{path}: exists; {how}")
 
@@ -25,7 +35,7 @@ class CheckpointError(GlandsegError):
     """A model file is missing, corrupt, unsafe or does not match its card."""
 
 
-def require(module: str, extra: str, what: str):
+def require(module: str, extra: str, what: str) -> ModuleType:
     """Import an optional dependency, or raise a GlandsegError saying which extra of
     napari-glandseg installs it (the core installs without napari, Qt, matplotlib and
     dask.distributed)."""
@@ -38,7 +48,7 @@ def require(module: str, extra: str, what: str):
                             f"pip install 'napari-glandseg[{extra}]'") from None
 
 
-def as_enum(cls, value, name: str):
+def as_enum(cls: type[E], value: Any, name: str) -> E:
     """``cls(value)`` for a string Enum, or a GlandsegError naming the bad value and the
     choices (MONAI's habit: validate early, say what would have been right)."""
     try:

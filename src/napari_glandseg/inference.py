@@ -37,16 +37,18 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
 
+from ._types import Box, Levels, as_levels
 from .enums import Blend  # noqa: F401  (defined with the other modes)
 from .errors import GlandsegError
-from .models import Model, describe_device, resolve_device
+from .models import Model, ModelCard, describe_device, resolve_device
 from .params import SegmentParams  # noqa: F401  (defined torch-free, for the CLI)
 from .precision import Precision, autocast_dtype
 from .precision import resolve as resolve_precision
@@ -160,31 +162,104 @@ class Window:
 
 def remove_store(path: str) -> None:
     """Remove a result's temporary zarr store: the one place such a store is deleted
-    (:meth:`SegmentResult.discard`, and the widgets' layers that show one)."""
+    (:meth:`SegmentResult.discard`, :meth:`Output.discard`, and the widgets' layers that
+    show one)."""
     shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class Output:
+    """Where a run writes its result while it runs, in memory or, for a large image, in a
+    temporary zarr store: the one owner of those arrays until they become a
+    :class:`SegmentResult` (as MONAI's ``Merger`` is for its sliding windows).
+
+    Make one with :meth:`allocate`; :meth:`write` puts a window's blended core in place
+    (labels, probabilities when asked for, TTA uncertainty); :meth:`discard` removes an
+    unfinished run's store; :meth:`result` hands the arrays and the store to a result.
+    """
+
+    labels: Any
+    probabilities: Any = None
+    uncertainty: Any = None
+    store_path: str | None = None
+    threshold: float = 0.5
+
+    @classmethod
+    def allocate(cls, h: int, w: int, n: int, params: SegmentParams, *,
+                 large: bool) -> Output:
+        """Arrays for an ``h x w`` result of ``n`` probability channels: NumPy, or (``large``)
+        a zarr store in ``params.store_dir`` chunked as the windows are written."""
+        tta = bool(params.tta)
+        if not large:
+            return cls(labels=np.zeros((h, w), np.uint8),
+                       probabilities=(np.zeros((n, h, w), np.float32)
+                                      if params.return_probabilities else None),
+                       uncertainty=np.zeros((h, w), np.float32) if tta else None,
+                       threshold=params.threshold)
+        import zarr
+
+        path = tempfile.mkdtemp(prefix="glandseg-", suffix=".zarr", dir=params.store_dir)
+        c = min(1024, params.window_size)
+        root = zarr.open_group(path, mode="w")
+
+        def array(name, shape, dtype):
+            return root.create_array(name, shape=shape, chunks=(1,) * (len(shape) - 2)
+                                     + (c, c), dtype=dtype, fill_value=0)
+
+        return cls(labels=array("labels", (h, w), "uint8"),
+                   probabilities=(array("probabilities", (n, h, w), "float16")
+                                  if params.return_probabilities else None),
+                   uncertainty=array("uncertainty", (h, w), "float16") if tta else None,
+                   store_path=path, threshold=params.threshold)
+
+    def write(self, core: tuple[int, int, int, int], probs: np.ndarray,
+              uncertainty: np.ndarray | None = None) -> None:
+        """Write a window's core ``(y, x, h, w)``: ``probs`` ``(C, h, w)`` become labels
+        (threshold, or argmax over classes) and, when kept, probabilities."""
+        y, x, h, w = core
+        self.labels[y: y + h, x: x + w] = _to_labels(probs, self.threshold)
+        if self.probabilities is not None:
+            self.probabilities[:, y: y + h, x: x + w] = probs.astype(
+                self.probabilities.dtype, copy=False)
+        if self.uncertainty is not None and uncertainty is not None:
+            self.uncertainty[y: y + h, x: x + w] = uncertainty.astype(
+                self.uncertainty.dtype, copy=False)
+
+    def discard(self) -> None:
+        """Remove the store of a run that did not finish (nothing for memory)."""
+        if self.store_path is not None:
+            remove_store(self.store_path)
+            self.store_path = None
+
+    def result(self, **kwargs) -> SegmentResult:
+        """The finished arrays as a :class:`SegmentResult`, which owns the store from now
+        on; ``kwargs`` are its other fields."""
+        return SegmentResult(labels=self.labels, probabilities=self.probabilities,
+                             uncertainty=self.uncertainty, store_path=self.store_path,
+                             **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
 # public entry points
 
 
-def segment(image, model: Model, pixel_size_um: float | None = None, region=None,
-            params: SegmentParams | None = None, stats: ImageStats | None = None,
-            **kwargs) -> SegmentResult:
+def segment(image: Levels, model: Model, pixel_size_um: float | None = None,
+            region: Box | None = None, params: SegmentParams | None = None,
+            stats: ImageStats | None = None, **kwargs: Any) -> SegmentResult:
     """Segment ``image`` with ``model`` (blocking). See :func:`iter_segment`."""
     return run_to_end(iter_segment(image, model, pixel_size_um=pixel_size_um, region=region,
                                    params=params, stats=stats, **kwargs))
 
 
 def iter_segment(
-    image,
+    image: Levels,
     model: Model,
     pixel_size_um: float | None = None,
-    region: tuple[int, int, int, int] | None = None,
+    region: Box | None = None,
     params: SegmentParams | None = None,
     stats: ImageStats | None = None,
     working: WorkingScale | None = None,
-    **kwargs,
+    **kwargs: Any,
 ) -> Generator[Progress, None, SegmentResult]:
     """Segment an image tile by tile, yielding :class:`Progress` after each batch.
 
@@ -221,7 +296,7 @@ def iter_segment(
     elif kwargs:
         params = replace(params, **kwargs)
     card = model.card
-    levels = list(image) if isinstance(image, list | tuple) else [image]
+    levels = as_levels(image)
     base_shape = _check_image(levels[0], card.in_channels)
     y0, x0, y1, x1 = _check_region(region, base_shape[:2])
 
@@ -248,12 +323,7 @@ def iter_segment(
 
     out_h, out_w = ly1 - ly0, lx1 - lx0
     large = not isinstance(data, np.ndarray) or out_h * out_w > LARGE_PIXELS
-    n_out = card.num_classes
-    labels, probs, store_path = _allocate(out_h, out_w, n_out, large, params)
-    uncertainty = None
-    if params.tta:
-        uncertainty = (np.zeros((out_h, out_w), np.float32) if store_path is None else
-                       _zarr_uncertainty(store_path, out_h, out_w, params.window_size))
+    output = Output.allocate(out_h, out_w, card.num_classes, params, large=large)
 
     halo = params.tile_size // 2
     grid = _grid(out_h, out_w, params.window_size, 0)
@@ -303,25 +373,18 @@ def iter_segment(
                 if wunc is not None:
                     wunc = _resize(wunc[None], (ry1 - ry0, rx1 - rx0))[0]
             cy, cx = wy - ry0, wx - rx0
-            core = wprob[:, cy: cy + wh, cx: cx + ww]
-            labels[wy: wy + wh, wx: wx + ww] = _to_labels(core, params.threshold)
-            if probs is not None:
-                probs[:, wy: wy + wh, wx: wx + ww] = core.astype(probs.dtype, copy=False)
-            if uncertainty is not None and wunc is not None:
-                uncertainty[wy: wy + wh, wx: wx + ww] = wunc[cy: cy + wh, cx: cx + ww].astype(
-                    uncertainty.dtype, copy=False)
+            output.write(win.core, wprob[:, cy: cy + wh, cx: cx + ww],
+                         None if wunc is None else wunc[cy: cy + wh, cx: cx + ww])
         finished = True
     finally:
-        if not finished and store_path:
-            remove_store(store_path)
+        if not finished:
+            output.discard()
 
     info["batch_size_used"] = state["batch"]
-    return SegmentResult(
-        labels=labels, probabilities=probs, uncertainty=uncertainty,
-        offset=(y0, x0), pixel_size_um=out_px, downsample=downsample, store_path=store_path,
+    return output.result(
+        offset=(y0, x0), pixel_size_um=out_px, downsample=downsample,
         device=describe_device(device), seconds=time.perf_counter() - state["t0"], info=info,
-        params=params, model=card.name,
-    )
+        params=params, model=card.name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -367,25 +430,6 @@ def _check_region(region, hw) -> tuple[int, int, int, int]:
     return y0, x0, y1, x1
 
 
-def _allocate(h, w, n, large, params):
-    if not large:
-        labels = np.zeros((h, w), np.uint8)
-        probs = np.zeros((n, h, w), np.float32) if params.return_probabilities else None
-        return labels, probs, None
-    import zarr
-
-    path = tempfile.mkdtemp(prefix="glandseg-", suffix=".zarr", dir=params.store_dir)
-    chunk = min(1024, params.window_size)
-    root = zarr.open_group(path, mode="w")
-    labels = root.create_array("labels", shape=(h, w), chunks=(chunk, chunk), dtype="uint8",
-                               fill_value=0)
-    probs = None
-    if params.return_probabilities:
-        probs = root.create_array("probabilities", shape=(n, h, w), chunks=(1, chunk, chunk),
-                                  dtype="float16", fill_value=0)
-    return labels, probs, path
-
-
 def _aligned_plan(hw, box, scale, params):
     """For a region of an image that the whole-image run reads as one window: that run's
     tiles which touch the region, the extent they read (relative to the region's corner)
@@ -415,15 +459,6 @@ def _aligned_plan(hw, box, scale, params):
     local = [(min(max(0, ty - oy), max(0, mh - th)), min(max(0, tx - ox), max(0, mw - tw)),
               min(th, mh), min(tw, mw)) for ty, tx, th, tw in tiles]
     return (ey0 - y0, ex0 - x0, ey1 - y0, ex1 - x0), (mh, mw), local
-
-
-def _zarr_uncertainty(path, h, w, window_size):
-    """The TTA uncertainty map of a large result, in its zarr store beside the labels."""
-    import zarr
-
-    chunk = min(1024, window_size)
-    return zarr.open_group(path, mode="a").create_array(
-        "uncertainty", shape=(h, w), chunks=(chunk, chunk), dtype="float16", fill_value=0)
 
 
 def _grid(h: int, w: int, size: int, overlap: float) -> list[tuple[int, int, int, int]]:
@@ -463,7 +498,8 @@ class ImageStats:
     stain_note: str = "none"
     value_range: tuple | None = None
 
-    def mapping(self, card, params):
+    def mapping(self, card: ModelCard,
+                params: SegmentParams) -> Callable[[np.ndarray], np.ndarray] | None:
         """The per-tile stain mapping (raw RGB -> RGB on the card's reference), or None."""
         if self.stains is None or not (card.stain_normalization and params.stain_normalization):
             return None
@@ -504,7 +540,7 @@ def _estimate_stats(data, box, card, params) -> ImageStats:
                       vrange)
 
 
-def image_stats(image, model: Model, pixel_size_um: float | None = None,
+def image_stats(image: Levels, model: Model, pixel_size_um: float | None = None,
                 params: SegmentParams | None = None, grid: int = 8,
                 tile: int = 256, working: WorkingScale | None = None) -> ImageStats:
     """Stains and normalisation statistics of a whole (multiscale) image, estimated once on
@@ -515,7 +551,7 @@ def image_stats(image, model: Model, pixel_size_um: float | None = None,
     differently, so objects change at the seams). Pass the result to :func:`segment` as
     ``stats`` for each region, with the same ``working`` scale (its level is read here)."""
     params = params or SegmentParams()
-    levels = list(image) if isinstance(image, list | tuple) else [image]
+    levels = as_levels(image)
     card = model.card
     ws = working or working_scale(levels, card, pixel_size_um, rescale=params.rescale,
                                   scale=params.scale)
@@ -681,6 +717,7 @@ def _to_labels(probs: np.ndarray, threshold: float) -> np.ndarray:
 
 
 __all__ = [
-    "Blend", "Precision", "Progress", "SegmentParams", "SegmentResult", "blend_window",
+    "Blend", "Output", "Precision", "Progress", "SegmentParams", "SegmentResult", "Window",
+    "blend_window",
     "iter_segment", "segment",
 ]

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._types import Array
 from .errors import GlandsegError
 
 
-def as_instances(labels) -> np.ndarray:
+def as_instances(labels: Array) -> np.ndarray:
     """Instance labels: a boolean or 0/1 mask is split into 8-connected objects; anything
     else is taken as instance labels already and returned as it is."""
     labels = np.asarray(labels)
@@ -48,7 +49,7 @@ def dtype_for_max(top: int) -> np.dtype:
     raise GlandsegError(f"label value {top} does not fit in uint32")
 
 
-def labels_dtype(labels) -> np.dtype:
+def labels_dtype(labels: Array) -> np.dtype:
     """The smallest unsigned type that holds ``labels`` (uint8, uint16 or uint32)."""
     labels = np.asarray(labels)
     if labels.size and labels.min() < 0:
@@ -56,7 +57,8 @@ def labels_dtype(labels) -> np.dtype:
     return dtype_for_max(int(labels.max()) if labels.size else 0)
 
 
-def paste_labels(full, part, offset, inside=None) -> np.ndarray:
+def paste_labels(full: np.ndarray, part: np.ndarray, offset: tuple[int, int],
+                 inside: np.ndarray | None = None) -> np.ndarray:
     """``full`` with ``part`` pasted at ``offset`` (row, column): where ``inside`` (default:
     all of ``part``) the pixels become ``part``'s, its objects numbered after ``full``'s
     largest id, so none takes an id an object outside still has; outside, ``full`` stays as

@@ -21,12 +21,19 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Generator, Iterable, Sequence, Sized
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import GlandsegError
 from .labels import as_instances, relabel
+
+if TYPE_CHECKING:
+    from scipy.sparse import csr_array
+
+    from .progress import Progress
 
 IOU_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
 KEYS = ("dice", "iou", "accuracy", "precision", "recall", "object_f1", "object_dice",
@@ -86,7 +93,7 @@ class Overlap:
                    np.bincount(t, minlength=n_t)[1:], rows - 1, cols - 1, counts)
 
     @property
-    def inter(self):
+    def inter(self) -> csr_array:
         """The intersections as a scipy sparse ``(n_pred, n_true)`` matrix."""
         from scipy.sparse import csr_array
 
@@ -146,7 +153,7 @@ def match(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
 # pixel metrics
 
 
-def pixel_metrics(pred, truth, classes: int | None = None) -> dict:
+def pixel_metrics(pred: np.ndarray, truth: np.ndarray, classes: int | None = None) -> dict:
     """Dice, IoU (Jaccard), accuracy, precision and recall of pixels.
 
     Binary (``classes`` None): foreground is any label > 0 on each side.
@@ -207,7 +214,8 @@ def object_f1(ov: Overlap) -> dict:
     return {"tp": tp, "fp": fp, "fn": fn, "object_f1": _ratio(2 * tp, 2 * tp + fp + fn)}
 
 
-def object_status(pred, truth, ov: Overlap | None = None) -> list[dict]:
+def object_status(pred: np.ndarray | None, truth: np.ndarray | None,
+                  ov: Overlap | None = None) -> list[dict]:
     """Each object's fate under the GlaS object-F1 rule, for overlays and object tables.
 
     Returns one dict per predicted object (``side="pred"``, ``status`` TP or FP) and per
@@ -414,7 +422,8 @@ def panoptic_quality(ov: Overlap) -> dict:
     return {"pq": dq * sq, "dq": dq, "sq": sq}
 
 
-def average_precision(ov: Overlap, thresholds=IOU_THRESHOLDS) -> dict:
+def average_precision(ov: Overlap,
+                      thresholds: Sequence[float] | np.ndarray = IOU_THRESHOLDS) -> dict:
     """Mean average precision as the 2018 Data Science Bowl defined it.
 
     At each IoU threshold t in 0.5:0.05:0.95, precision(t) = TP / (TP + FP + FN) with
@@ -453,7 +462,7 @@ def object_scores(ov: Overlap) -> dict:
     return out
 
 
-def summarise_objects(rows) -> dict:
+def summarise_objects(rows: list[dict]) -> dict:
     """Object scores of many images as :data:`AGGREGATION` says: ``object_f1`` pooled over
     all objects (TP/FP/FN summed, as GlaS), ``object_dice``, ``aji`` and ``pq`` averaged
     per image; ``objects`` is the mean of object F1 and object Dice (what glands are
@@ -473,7 +482,8 @@ def _pooled_object_f1(rows) -> float:
     return _ratio(2 * tp, 2 * tp + fp + fn)
 
 
-def evaluate(pred, truth, classes: int | None = None, hausdorff: bool = True) -> dict:
+def evaluate(pred: np.ndarray, truth: np.ndarray, classes: int | None = None,
+             hausdorff: bool = True) -> dict:
     """Every metric for one image.
 
     Parameters
@@ -556,7 +566,8 @@ class Comparison:
     split: dict
 
 
-def iter_compare(pred, truth, classes: int | None = None):
+def iter_compare(pred: np.ndarray, truth: np.ndarray,
+                 classes: int | None = None) -> Generator[Progress, None, Comparison]:
     """Score a prediction against the truth for Compare, yielding a Progress per step;
     returns a :class:`Comparison`. One overlap table serves every object metric, the
     object rows, the merges and splits."""
@@ -657,15 +668,19 @@ AGGREGATION = {
 }
 
 
-def evaluate_dataset(items, classes: int | None = None, hausdorff: bool = True):
+def evaluate_dataset(items: Iterable[tuple[str, np.ndarray, np.ndarray]],
+                     classes: int | None = None,
+                     hausdorff: bool = True) -> tuple[list[dict], dict]:
     """Evaluate many images (blocking); see :func:`iter_evaluate_dataset`."""
     from .progress import run_to_end
 
     return run_to_end(iter_evaluate_dataset(items, classes=classes, hausdorff=hausdorff))
 
 
-def iter_evaluate_dataset(items, classes: int | None = None, hausdorff: bool = True,
-                          total: int | None = None):
+def iter_evaluate_dataset(items: Iterable[tuple[str, np.ndarray, np.ndarray]],
+                          classes: int | None = None, hausdorff: bool = True,
+                          total: int | None = None,
+                          ) -> Generator[Progress, None, tuple[list[dict], dict]]:
     """Evaluate many images, yielding a Progress after each; returns ``(rows, summary)``.
 
     Parameters
@@ -689,7 +704,7 @@ def iter_evaluate_dataset(items, classes: int | None = None, hausdorff: bool = T
 
     from .progress import Progress
 
-    total = total if total is not None else (len(items) if hasattr(items, "__len__") else 0)
+    total = total if total is not None else (len(items) if isinstance(items, Sized) else 0)
     rows, pooled, t0 = [], np.zeros(4, np.int64), time.perf_counter()
     per_class = {c: np.zeros(4, np.int64) for c in range(1, classes or 0)} \
         if classes and classes > 2 else {}
@@ -711,7 +726,7 @@ def iter_evaluate_dataset(items, classes: int | None = None, hausdorff: bool = T
     return rows, summary
 
 
-def summarise(rows: list[dict], pooled=None) -> dict:
+def summarise(rows: list[dict], pooled: Sequence[int] | np.ndarray | None = None) -> dict:
     """Aggregate per-image rows as :data:`AGGREGATION` says (the top-level keys).
 
     Both aggregations are also given whole, for tables that must say which is which:

@@ -45,12 +45,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._types import Array, Box, Levels, PathType, as_levels
 from .errors import GlandsegError
 from .inference import SegmentParams, SegmentResult, iter_segment
 from .postprocessing import (
@@ -63,6 +65,10 @@ from .postprocessing import (
 )
 from .progress import Progress, run_to_end
 from .scale import WorkingScale
+
+if TYPE_CHECKING:
+    from .inference import ImageStats
+    from .models import Model, ModelCard
 
 #: Output file names: ``<stem><suffix>``.
 OUTPUT_SUFFIXES = {"labels": "_labels.tif", "probabilities": "_probabilities.tif",
@@ -171,7 +177,9 @@ class FileResult:
         return meta
 
 
-def postprocess_for(card, post="card", **overrides) -> PostprocessParams | None:
+def postprocess_for(card: ModelCard | None,
+                    post: PostprocessParams | dict | str | None = "card",
+                    **overrides: Any) -> PostprocessParams | None:
     """The post-processing that turns ``card``'s network output into objects: the one
     owner of it, so that the CLI, the Segment and Post-process widgets, training's
     checkpoint selection, tuning and slides all make the same objects.
@@ -250,9 +258,9 @@ class Objects:
         return int(self.labels.max()) if self.labels.size else 0
 
 
-def objects_of(labels, post: PostprocessParams | None, *, class_map: bool = False,
-               objects: bool = False, image=None, pixel_size_um: float | None = None,
-               table: bool = False) -> Objects:
+def objects_of(labels: np.ndarray, post: PostprocessParams | None, *, class_map: bool = False,
+               objects: bool = False, image: Array | None = None,
+               pixel_size_um: float | None = None, table: bool = False) -> Objects:
     """The post-processing step of the route from image to objects (:func:`iter_objects`),
     on labels already there: a network's classes (a slide's block, tuning's candidates)
     or a Labels layer (the Post-process widget).
@@ -281,7 +289,7 @@ def objects_of(labels, post: PostprocessParams | None, *, class_map: bool = Fals
     return out
 
 
-def outputs_for(path, out_dir, params: FileParams) -> dict[str, Path]:
+def outputs_for(path: PathType, out_dir: PathType, params: FileParams) -> dict[str, Path]:
     """The files :func:`iter_segment_file` writes for input ``path``, by name."""
     stem = Path(path).stem
     names = ["labels"] + (["probabilities"] if params.probabilities else []) + \
@@ -289,12 +297,14 @@ def outputs_for(path, out_dir, params: FileParams) -> dict[str, Path]:
     return {k: Path(out_dir) / f"{stem}{OUTPUT_SUFFIXES[k]}" for k in names}
 
 
-def segment_file(source, model, params: FileParams | None = None, **kwargs) -> FileResult:
+def segment_file(source: PathType, model: Model, params: FileParams | None = None,
+                 **kwargs: Any) -> FileResult:
     """Blocking twin of :func:`iter_segment_file`."""
     return run_to_end(iter_segment_file(source, model, params, **kwargs))
 
 
-def iter_segment_file(source, model, params: FileParams | None = None, region=None,
+def iter_segment_file(source: PathType, model: Model, params: FileParams | None = None,
+                      region: Box | None = None,
                       pixel_size_um: float | None = None,
                       ) -> Generator[Progress, None, FileResult]:
     """Read, segment, post-process and (with ``params.out_dir``) write one image.
@@ -335,13 +345,15 @@ def iter_segment_file(source, model, params: FileParams | None = None, region=No
         raise GlandsegError(f"{path}: {exc}") from exc
 
 
-def objects_from_image(image, model, params: FileParams | None = None, **kwargs) -> FileResult:
+def objects_from_image(image: Levels, model: Model, params: FileParams | None = None,
+                       **kwargs: Any) -> FileResult:
     """Blocking twin of :func:`iter_objects`."""
     return run_to_end(iter_objects(image, model, params, **kwargs))
 
 
-def iter_objects(image, model, params: FileParams | None = None, region=None,
-                 pixel_size_um: float | None = None, stats=None, in_memory: bool = False,
+def iter_objects(image: Levels, model: Model, params: FileParams | None = None,
+                 region: Box | None = None, pixel_size_um: float | None = None,
+                 stats: ImageStats | None = None, in_memory: bool = False,
                  working: WorkingScale | None = None,
                  ) -> Generator[Progress, None, FileResult]:
     """The one route from pixels to objects: segment
@@ -417,7 +429,7 @@ def iter_objects(image, model, params: FileParams | None = None, region=None,
     return result  # a large result's store is the caller's (the file pipeline removes it)
 
 
-def mask_to_polygons(result: FileResult, polygons) -> None:
+def mask_to_polygons(result: FileResult, polygons: Sequence[np.ndarray]) -> None:
     """Keep only what lies inside ``polygons`` (full-resolution pixel coordinates of the
     image, as a Shapes ROI gives them) in an in-memory result: the classes, the objects,
     the probability and uncertainty maps (nothing is claimed outside the ROI); objects cut
@@ -505,7 +517,7 @@ def _run(path, data, px, model, params: FileParams, region):
 
 def _image_level(data, res: SegmentResult):
     """The pixels under the result's labels (the pyramid level and region segmented)."""
-    levels = data if isinstance(data, list | tuple) else [data]
+    levels = as_levels(data)
     level = levels[res.info.get("level", 0)]
     y0, x0 = (int(round(v / res.downsample)) for v in res.offset)
     h, w = res.labels.shape
@@ -611,14 +623,15 @@ class BatchReport:
     failed: list = field(default_factory=list)  # (path, reason)
 
 
-def segment_files(files: Iterable, model, params: FileParams,
+def segment_files(files: Iterable[PathType], model: Model, params: FileParams,
                   on_file: Callable | None = None) -> BatchReport:
     """Blocking twin of :func:`iter_segment_files`."""
     return run_to_end(iter_segment_files(files, model, params, on_file))
 
 
-def iter_segment_files(files: Iterable, model, params: FileParams,
-                       on_file: Callable | None = None):
+def iter_segment_files(files: Iterable[PathType], model: Model, params: FileParams,
+                       on_file: Callable | None = None,
+                       ) -> Generator[Progress, None, BatchReport]:
     """Segment many files with :func:`iter_segment_file`; a bad file is recorded and the
     batch goes on. Yields each file's Progress with ``metrics={"file": i, "files": n,
     "name": ...}``; returns a :class:`BatchReport`. ``on_file(event, path, detail)`` hears

@@ -21,15 +21,23 @@ Two touching disks are one connected object; the watershed splits them:
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from ._files import atomic_path
+from ._types import Array, PathType
 from .enums import Split  # noqa: F401  (defined with the other modes)
 from .errors import GlandsegError, OutputExistsError, as_enum
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .progress import Progress
 
 
 @dataclass
@@ -89,8 +97,8 @@ def _fill_holes(mask: np.ndarray, max_size: int) -> np.ndarray:
         return morphology.remove_small_holes(mask, area_threshold=max_size + 1)
 
 
-def postprocess(labels, params: PostprocessParams | None = None, *, objects: bool = False,
-                **kwargs) -> np.ndarray:
+def postprocess(labels: np.ndarray, params: PostprocessParams | None = None, *,
+                objects: bool = False, **kwargs: Any) -> np.ndarray:
     """Turn a prediction into instance labels.
 
     Parameters
@@ -178,7 +186,8 @@ def _contacts(labels: np.ndarray) -> np.ndarray:
     return (labels > 0) & mixed_neighbourhood(labels, 3)
 
 
-def clean_class_map(labels, params: PostprocessParams | None = None, **kwargs) -> np.ndarray:
+def clean_class_map(labels: np.ndarray, params: PostprocessParams | None = None,
+                    **kwargs: Any) -> np.ndarray:
     """Clean a class map (0 = background, 1..K-1 = classes) and keep its classes.
 
     :func:`postprocess` numbers objects and so forgets which class each pixel had; a model
@@ -210,10 +219,11 @@ def clean_class_map(labels, params: PostprocessParams | None = None, **kwargs) -
     return out
 
 
-def iter_postprocess_windows(src, dst, params: PostprocessParams, window: int = 2048,
-                             halo: int = 256, class_map: bool = False, image=None,
-                             pixel_size_um: float | None = None, table: bool = True,
-                             objects: bool = False):
+def iter_postprocess_windows(src: Array, dst: Array, params: PostprocessParams,
+                             window: int = 2048, halo: int = 256, class_map: bool = False,
+                             image: Array | None = None, pixel_size_um: float | None = None,
+                             table: bool = True, objects: bool = False,
+                             ) -> Generator[Progress, None, tuple[int, pd.DataFrame | None]]:
     """Post-process a label array too large for memory, window by window; a generator that
     yields a Progress per window and returns ``(n_objects, table)``.
 
@@ -298,7 +308,8 @@ OBJECT_COLUMNS = ("label", "area", "perimeter", "eccentricity", "solidity", "cen
                   "centroid_x", "mean_intensity")
 
 
-def object_table(labels, image=None, pixel_size_um: float | None = None):
+def object_table(labels: np.ndarray, image: Array | None = None,
+                 pixel_size_um: float | None = None) -> pd.DataFrame:
     """One row per object: label, area, perimeter, eccentricity, solidity, centroid, mean
     intensity (of the grey level, or the mean of the RGB channels).
 
@@ -332,7 +343,7 @@ def object_table(labels, image=None, pixel_size_um: float | None = None):
     return df
 
 
-def write_csv(table, path, overwrite: bool = False) -> Path:
+def write_csv(table: pd.DataFrame, path: PathType, overwrite: bool = False) -> Path:
     """Write a table to CSV atomically (refuses to replace a file unless ``overwrite``)."""
     p = Path(path)
     if p.exists() and not overwrite:

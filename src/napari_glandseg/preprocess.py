@@ -59,9 +59,12 @@ napari_glandseg.errors.GlandsegError: image has 1 NaN or infinite pixel value(s)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
+import numpy.typing as npt
 
+from ._types import Array, Box
 from .errors import GlandsegError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -72,7 +75,7 @@ IMAGE_LEVEL = ("zscore", "percentile")
 STATS_PIXELS = 2**22
 
 
-def dtype_top(dtype) -> float:
+def dtype_top(dtype: npt.DTypeLike) -> float:
     """The value that means "full intensity" *in the standard form* (:func:`to_standard`)
     and in alpha channels: the integer type's maximum, else 1.0. Not a rule for raw images
     (a uint16 image may hold 8-bit values): see :func:`value_range`.
@@ -96,7 +99,7 @@ def _subsample(data, box=None) -> np.ndarray:
     return drop_alpha(np.asarray(data[y0:y1:step, x0:x1:step]))
 
 
-def value_range(data, box=None) -> tuple[float, float]:
+def value_range(data: Array, box: Box | None = None) -> tuple[float, float]:
     """The raw values that mean black and white for the whole image ``data[box]`` (a
     subsample of it, see :func:`_subsample`), by the rule in this module's docstring.
 
@@ -149,7 +152,7 @@ def to_standard(x: np.ndarray, vrange: tuple[float, float]) -> np.ndarray:
     return np.clip(y, 0.0, 1.0, out=y)
 
 
-def standardise(image) -> np.ndarray:
+def standardise(image: Array) -> np.ndarray:
     """A whole image in its standard form: :func:`to_standard` with its own
     :func:`value_range`. (For a part of an image, pass the whole image's range to
     :func:`to_standard` instead.)"""
@@ -183,7 +186,9 @@ def check_finite(x: np.ndarray, what: str = "image") -> None:
         )
 
 
-def norm_stats(data, box, mode: str, transform=None):
+def norm_stats(data: Array, box: Box, mode: str,
+               transform: Callable[[np.ndarray], np.ndarray] | None = None,
+               ) -> tuple[np.ndarray, np.ndarray] | None:
     """Per-channel statistics for image-level normalisations, from a subsample of the region
     in its standard form (:func:`standardise`, after ``transform``: e.g. the whole image's
     :func:`to_standard` then stain normalisation), so that every window and every training
@@ -205,7 +210,8 @@ def norm_stats(data, box, mode: str, transform=None):
     return lo, np.maximum(hi - lo, np.float32(1e-6))
 
 
-def normalise(raw: np.ndarray, mode: str, stats) -> np.ndarray:
+def normalise(raw: np.ndarray, mode: str,
+              stats: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
     """``(Y, X[, C])`` in the standard form (:func:`to_standard`) -> float32 ``(C, Y, X)``
     as the model card says. Data not in the standard form is taken to be a whole image and
     mapped by its own :func:`value_range` (a tile must be mapped by its image's range first).

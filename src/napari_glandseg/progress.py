@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -24,7 +28,8 @@ class Progress:
         return self.elapsed / self.done * (self.total - self.done)
 
 
-def run_to_end(gen, on_progress=None):
+def run_to_end(gen: Generator[Progress, None, T],
+               on_progress: Callable[[Progress], object] | None = None) -> T:
     """Drive a progress generator to its end and return what it returns.
 
     The blocking twin of every ``iter_*`` function; ``on_progress`` (optional) sees each

@@ -37,13 +37,17 @@ takes the :class:`WorkingScale` as it is.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ._types import Array, Box, Levels, as_levels
+
 if TYPE_CHECKING:
     from .autoscale import ScaleEstimate
+    from .models.card import ModelCard
 
 #: A level (or a rescale) within this fraction of the model's pixel size counts as it.
 SLACK = 0.1
@@ -81,7 +85,7 @@ class WorkingScale:
         """um/px of the labels (the level's); None when the image's size is not known."""
         return self.pixel_size_um * self.downsample if self.pixel_size_um else None
 
-    def to_level(self, box, level_shape) -> tuple[int, int, int, int]:
+    def to_level(self, box: Box, level_shape: Sequence[int]) -> tuple[int, int, int, int]:
         """A full-resolution box ``(y0, x0, y1, x1)`` in the level's pixels (at least one
         pixel, inside ``level_shape``)."""
         y0, x0, y1, x1 = box
@@ -91,7 +95,7 @@ class WorkingScale:
         lx1 = max(lx0 + 1, min(int(level_shape[1]), math.ceil(x1 / d)))
         return ly0, lx0, ly1, lx1
 
-    def to_full(self, box, full_shape) -> tuple[int, int, int, int]:
+    def to_full(self, box: Box, full_shape: Sequence[int]) -> tuple[int, int, int, int]:
         """The full-resolution box that :meth:`to_level` maps back to exactly ``box`` (a box
         of the level's pixels inside :meth:`level_shape`), whatever the float rounding."""
         d = self.downsample
@@ -105,7 +109,8 @@ class WorkingScale:
         x1 += (x1 < full_shape[1] and math.ceil(x1 / d) < box[3]) - (math.ceil(x1 / d) > box[3])
         return y0, x0, y1, x1
 
-    def level_shape(self, full_shape, level_shape) -> tuple[int, int]:
+    def level_shape(self, full_shape: Sequence[int],
+                    level_shape: Sequence[int]) -> tuple[int, int]:
         """The labels' shape of a whole-image run: the level's pixels that full-resolution
         boxes reach (a level whose sides were rounded otherwise than its height can have a
         column more)."""
@@ -113,7 +118,7 @@ class WorkingScale:
         return box[2], box[3]
 
 
-def working_scale(levels, card, pixel_size_um: float | None = None,
+def working_scale(levels: Levels, card: ModelCard | None, pixel_size_um: float | None = None,
                   default_pixel_size_um: float | None = None, *, rescale: bool = True,
                   scale: float | None = None) -> WorkingScale:
     """The pyramid level and rescale at which ``card``'s model segments an image.
@@ -136,7 +141,7 @@ def working_scale(levels, card, pixel_size_um: float | None = None,
         Model pixels per full-resolution pixel given by the caller; replaces the rescale
         the pixel sizes imply (the level is chosen as usual).
     """
-    levels = list(levels) if isinstance(levels, list | tuple) else [levels]
+    levels = as_levels(levels)
     known = pixel_size_um or default_pixel_size_um or None
     assumed = known or (card.data_pixel_size_um if card is not None else None) or None
     model_px = card.pixel_size_um if card is not None else None
@@ -158,7 +163,7 @@ def working_scale(levels, card, pixel_size_um: float | None = None,
                         assumed_pixel_size_um=assumed)
 
 
-def can_estimate(card, image, file_px: float | None = None,
+def can_estimate(card: ModelCard | None, image: Array | None, file_px: float | None = None,
                  user_px: float | None = None, scale: float | None = None) -> bool:
     """Whether :func:`resolve` with ``auto`` estimates the scale: nobody gives it (no file
     or user pixel size, no explicit rescale), the card has a scale reference, and the image
@@ -168,8 +173,9 @@ def can_estimate(card, image, file_px: float | None = None,
             and bool(card.scale_reference) and isinstance(image, np.ndarray))
 
 
-def resolve(levels, card, file_px: float | None = None, user_px: float | None = None, *,
-            auto: bool = False, image=None, rescale: bool = True,
+def resolve(levels: Levels, card: ModelCard | None, file_px: float | None = None,
+            user_px: float | None = None, *, auto: bool = False,
+            image: Array | None = None, rescale: bool = True,
             scale: float | None = None) -> WorkingScale:
     """The working scale of one run: the one place where the file's pixel size, the
     user's, the automatic estimate and an explicit rescale meet.
@@ -194,7 +200,7 @@ def resolve(levels, card, file_px: float | None = None, user_px: float | None = 
         As :func:`working_scale` (``SegmentParams.rescale`` / ``SegmentParams.scale``).
     """
     if image is None and not isinstance(levels, list | tuple):
-        image = levels
+        image = as_levels(levels)[0]
     estimate = None
     if auto and can_estimate(card, image, file_px, user_px, scale):
         from .autoscale import estimate_scale

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +31,10 @@ from .errors import GlandsegError, as_enum
 from .postprocessing import PostprocessParams, Split
 from .progress import Progress, run_to_end
 from .training import Selection
+
+if TYPE_CHECKING:
+    from .models import Model
+    from .training import TrainingPair
 
 #: What tuning maximises: the scores training selects checkpoints on
 #: (:class:`~napari_glandseg.training.Selection`) but ``pixel_dice``, which has no objects;
@@ -122,8 +129,10 @@ def choose(rows: list[dict], key: str, tie: float = TIE) -> list[dict]:
     return [best, *[r for r in rows if r is not best]]
 
 
-def iter_tune(model, pairs, metric: TuneMetric | str = TuneMetric.AUTO, grid=None,
-              tile_size: int = 512, tie: float = TIE):
+def iter_tune(model: Model, pairs: list[TrainingPair],
+              metric: TuneMetric | str = TuneMetric.AUTO,
+              grid: list[PostprocessParams] | None = None, tile_size: int = 512,
+              tie: float = TIE) -> Generator[Progress, None, TuneResult]:
     """Search post-processing on validation ``pairs``, yielding Progress; returns a
     :class:`TuneResult`.
 
@@ -204,13 +213,14 @@ def _same(row: dict, entry: dict) -> bool:
     return all(row.get(k) == v for k, v in entry.items())
 
 
-def tune(model, pairs, metric: TuneMetric | str = TuneMetric.AUTO, grid=None,
-         tile_size: int = 512, tie: float = TIE) -> TuneResult:
+def tune(model: Model, pairs: list[TrainingPair], metric: TuneMetric | str = TuneMetric.AUTO,
+         grid: list[PostprocessParams] | None = None, tile_size: int = 512,
+         tie: float = TIE) -> TuneResult:
     """Blocking twin of :func:`iter_tune`."""
     return run_to_end(iter_tune(model, pairs, metric, grid, tile_size, tie))
 
 
-def save_tuned(model, result: TuneResult, name: str, data: str = ""):
+def save_tuned(model: Model, result: TuneResult, name: str, data: str = "") -> Path:
     """Write ``model`` with the tuned post-processing into the store as ``name`` (a copy:
     the original model is never changed; an existing ``name`` is refused). Returns the
     path."""

@@ -24,8 +24,7 @@ def run_block(plan: SlidePlan, iy: int, ix: int) -> bool:
     import dask
 
     box = plan.padded(iy, ix)
-    src = open_source(plan.source)
-    levels = src[0] if isinstance(plan.source, str) else src
+    levels, _ = open_source(plan.source)
     pred = plan.job.predictor
     # a lazy slide's pixels are read in this thread: inside a dask.distributed task, dask's
     # default would send every small read through the scheduler (measured 4x slower)

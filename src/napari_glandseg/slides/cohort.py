@@ -32,11 +32,12 @@ Examples
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from .._types import Levels, PathType
 from ..errors import GlandsegError, require
 from ..postprocessing import PostprocessParams
 from ..progress import Progress, run_to_end
@@ -96,7 +97,7 @@ class CohortResult:
 # task bodies (module-level so that workers can unpickle them)
 
 
-def _plan_task(source, out: str, job: SlideJob, name: str) -> SlidePlan:
+def _plan_task(source: PathType | Levels, out: str, job: SlideJob, name: str) -> SlidePlan:
     return plan_slide(source, out, job, name=name)
 
 
@@ -131,7 +132,7 @@ def _name_of(source, i: int) -> str:
     return Path(source).stem if isinstance(source, str | Path) else f"image{i}"
 
 
-def open_client(cohort: CohortParams):
+def open_client(cohort: CohortParams) -> tuple[Any, Any]:
     """A dask.distributed Client: on ``cohort.scheduler``, or on a new LocalCluster. Returns
     ``(client, cluster_or_None)``; close both when done."""
     require("distributed", "distributed", "segmenting on dask workers")
@@ -174,8 +175,8 @@ def worker_environment(workers: int, cores: int | None = None) -> dict:
 
 
 def iter_segment_cohort(
-    slides,
-    out,
+    slides: Sequence[PathType | Levels],
+    out: PathType,
     model: str | None = None,
     *,
     predictor: Predictor | None = None,
@@ -184,7 +185,7 @@ def iter_segment_cohort(
     post: PostprocessParams | dict | None = None,
     cohort: CohortParams | None = None,
     overwrite: bool = False,
-    client=None,
+    client: Any = None,
     pixel_size_um: float | None = None,
 ) -> Generator[Progress, None, CohortResult]:
     """Segment many slides block by block on dask.distributed.
@@ -326,7 +327,8 @@ def _submit_slide(client, plan: SlidePlan, t0: float) -> list:
     return out
 
 
-def segment_cohort(slides, out, model: str | None = None, **kwargs) -> CohortResult:
+def segment_cohort(slides: Sequence[PathType | Levels], out: PathType, model: str | None = None,
+                   **kwargs: Any) -> CohortResult:
     """Blocking twin of :func:`iter_segment_cohort`."""
     return run_to_end(iter_segment_cohort(slides, out, model, **kwargs))
 

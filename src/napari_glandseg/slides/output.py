@@ -8,14 +8,18 @@ import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._files import atomic_path
+from .._types import Array, PathType
 from ..errors import GlandsegError
 from .blocks import _load_labels
 from .plan import SlidePlan
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LABEL_NAME = "glandseg"
 #: Columns of the per-object table (lengths in um, areas in um^2; px columns when no scale).
@@ -128,7 +132,7 @@ def measure_block(plan: SlidePlan, iy: int, ix: int, objects: dict) -> dict:
     return {"perimeter": perimeter, "features": features}
 
 
-def object_table(plan: SlidePlan, objects: dict, perimeters: dict):
+def object_table(plan: SlidePlan, objects: dict, perimeters: dict) -> pd.DataFrame:
     """One row per object (see :data:`TABLE_COLUMNS`); lengths in um when the scale is known."""
     import pandas as pd
 
@@ -203,7 +207,7 @@ def finish_slide(plan: SlidePlan, objects: dict, measures: list, blocks_run: int
 # reading the result back
 
 
-def read_labels(store, level: int = 0):
+def read_labels(store: PathType, level: int = 0) -> tuple[list[Array], float | None]:
     """The labels of a finished ``.ome.zarr`` as a lazy multiscale list (dask arrays, full
     resolution first) and their um/px (None when unknown)."""
     import dask.array as da
@@ -222,7 +226,7 @@ def read_labels(store, level: int = 0):
     return levels, (float(scale) if unit == "micrometer" else None)
 
 
-def labels_layer_data(store) -> tuple:
+def labels_layer_data(store: PathType) -> tuple[list[Array], dict[str, Any], str]:
     """A napari LayerDataTuple for a finished store (multiscale Labels, scale in um)."""
     levels, px = read_labels(store)
     metadata: dict[str, Any] = {"source_path": str(store)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._files import atomic_path
+from .._types import Array, Levels, PathType, as_levels
 from ..errors import GlandsegError, OutputExistsError
 from ..postprocessing import PostprocessParams
 from ..scale import WorkingScale
@@ -73,7 +75,7 @@ class SlidePlan:
     ``(iy, ix)`` with tissue; the others are left empty.
     """
 
-    source: object
+    source: str | Levels
     name: str
     out: str
     shape: tuple
@@ -136,25 +138,26 @@ class SlidePlan:
     def blocks(self) -> list[tuple[int, int]]:
         return [(iy, ix) for iy in range(self.grid[0]) for ix in range(self.grid[1])]
 
-def open_source(source):
-    """The image levels of a path (opened once per process) or of an array / list."""
-    if isinstance(source, str | Path):
+def open_source(source: PathType | Levels) -> tuple[list[Array], float | None]:
+    """The image levels (full resolution first) and um/px (None when unknown) of a path
+    (opened once per process), or of an array / multiscale list (um/px unknown)."""
+    if isinstance(source, str | os.PathLike):
         return _open_path(str(source))
-    return list(source) if isinstance(source, list | tuple) else [source]
+    return as_levels(source), None
 
 
 @lru_cache(maxsize=8)
-def _open_path(path: str):
+def _open_path(path: str) -> tuple[list[Array], float | None]:
     if Path(path).is_dir() and path.rstrip("/").endswith(".zarr"):
         return _open_zarr(path)
     from ..io import read_image
 
     img = read_image(path, as_labels=False)
-    levels = img.data if img.multiscale else [img.data]
-    return levels, img.pixel_size_um
+    data: Any = img.data  # a multiscale list, or one array
+    return as_levels(data), img.pixel_size_um
 
 
-def _open_zarr(path: str):
+def _open_zarr(path: str) -> tuple[list[Array], float | None]:
     """A zarr array, a group of levels ``0, 1, ...``, or an OME-Zarr image (NGFF
     multiscales; channel axis moved last, singleton t/z dropped) as lazy levels + um/px."""
     import dask.array as da
@@ -244,7 +247,8 @@ class SlideJob:
                    overwrite=overwrite)
 
 
-def plan_slide(source, out, job: SlideJob, name: str | None = None) -> SlidePlan:
+def plan_slide(source: PathType | Levels, out: PathType, job: SlideJob,
+               name: str | None = None) -> SlidePlan:
     """Plan a slide: output geometry, block grid, tissue mask, blocks to run.
 
     ``source`` is a file path (read with :func:`napari_glandseg.io.read_image`) or an
@@ -255,13 +259,11 @@ def plan_slide(source, out, job: SlideJob, name: str | None = None) -> SlidePlan
     ``job.overwrite`` is False (a half-finished run is resumed instead).
     """
     params, predictor = job.params, job.predictor
-    file_px = None
-    if isinstance(source, str | Path):
-        levels, file_px = open_source(source)
+    levels, file_px = open_source(source)
+    if isinstance(source, str | os.PathLike):
         name = name or Path(source).stem
         source = str(source)
     else:
-        levels = open_source(source)
         name = name or "image"
     out = Path(out)
     plan_store = out / f"{name}.ome.zarr"
@@ -298,7 +300,8 @@ def plan_slide(source, out, job: SlideJob, name: str | None = None) -> SlidePlan
     elif params.tissue:
         plan.info["tissue"] = "off: not a colour image"
     for iy, ix in plan.blocks():
-        if tm is None or tm.any_in(tuple(v * ds for v in plan.core(iy, ix))):
+        y0, x0, y1, x1 = plan.core(iy, ix)
+        if tm is None or tm.any_in((y0 * ds, x0 * ds, y1 * ds, x1 * ds)):
             plan.todo.append((iy, ix))
     if plan.todo:
         import dask

@@ -5,16 +5,19 @@ the whole slide's statistics, and each block calls it with both."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
+from .._types import Array, Box
 from ..scale import WorkingScale
 
 if TYPE_CHECKING:
     from ..inference import ImageStats, SegmentParams
+    from ..models import Model, ModelCard
 
 
 @runtime_checkable
@@ -27,7 +30,7 @@ class Predictor(Protocol):
     def num_classes(self) -> int: ...
 
     @property
-    def class_names(self) -> tuple: ...
+    def class_names(self) -> tuple[str, ...]: ...
 
     @property
     def class_map(self) -> bool:
@@ -40,16 +43,17 @@ class Predictor(Protocol):
         """What a rerun must match to take over an unfinished run's blocks."""
         ...
 
-    def geometry(self, levels, file_px: float | None,
+    def geometry(self, levels: Sequence[Array], file_px: float | None,
                  user_px: float | None = None) -> WorkingScale:
         """The pyramid level and rescale the blocks are segmented at."""
         ...
 
-    def image_stats(self, levels, working: WorkingScale) -> ImageStats | None:
+    def image_stats(self, levels: Sequence[Array],
+                    working: WorkingScale) -> ImageStats | None:
         """The whole slide's stains and normalisation statistics (None: not needed)."""
         ...
 
-    def __call__(self, levels, box, working: WorkingScale,
+    def __call__(self, levels: Sequence[Array], box: Box, working: WorkingScale,
                  stats: ImageStats | None) -> tuple[np.ndarray, np.ndarray]:
         """Classes and foreground probability over ``box`` (pixels of ``working``'s
         level)."""
@@ -65,24 +69,26 @@ class ClassMapPredictor:
     class_map = False  # foreground, split into objects by the post-processing
     identity = "ClassMapPredictor"
 
-    def geometry(self, levels, file_px, user_px=None) -> WorkingScale:
+    def geometry(self, levels: Sequence[Array], file_px: float | None,
+                 user_px: float | None = None) -> WorkingScale:
         """Full resolution as it is (:func:`~napari_glandseg.scale.resolve` without a
         model)."""
         from ..scale import resolve
 
         return resolve(levels, None, file_px, user_px)
 
-    def image_stats(self, levels, working) -> None:
+    def image_stats(self, levels: Sequence[Array], working: WorkingScale) -> None:
         return None
 
-    def __call__(self, levels, box, working=None, stats=None):
+    def __call__(self, levels: Sequence[Array], box: Box, working: WorkingScale | None = None,
+                 stats: ImageStats | None = None) -> tuple[np.ndarray, np.ndarray]:
         y0, x0, y1, x1 = box
         classes = np.asarray(levels[0][y0:y1, x0:x1])
         return classes, (classes > 0).astype(np.float32)
 
 
 @lru_cache(maxsize=4)
-def _cached_model(name: str):
+def _cached_model(name: str) -> Model:
     from ..models import load_model
 
     return load_model(name)
@@ -97,7 +103,7 @@ class ModelPredictor:
     seg: SegmentParams | None = None
 
     @property
-    def card(self):
+    def card(self) -> ModelCard:
         return _cached_model(self.model).card
 
     @property
@@ -114,11 +120,12 @@ class ModelPredictor:
         return self.card.num_classes > 1 and not self.card.boundary_class
 
     @property
-    def class_names(self):
+    def class_names(self) -> tuple[str, ...]:
         names = list(self.card.class_names)
         return tuple(names if len(names) >= 2 else ["background", *names])
 
-    def geometry(self, levels, file_px, user_px=None) -> WorkingScale:
+    def geometry(self, levels: Sequence[Array], file_px: float | None,
+                 user_px: float | None = None) -> WorkingScale:
         """The pyramid level and rescale inference reads the slide at
         (:func:`~napari_glandseg.scale.resolve`, the one owner of that choice; a slide is
         taken at the card's scale when nobody gives its own, never estimated)."""
@@ -129,7 +136,8 @@ class ModelPredictor:
         return resolve(levels, self.card, file_px, user_px, rescale=seg.rescale,
                        scale=seg.scale)
 
-    def image_stats(self, levels, working):
+    def image_stats(self, levels: Sequence[Array],
+                    working: WorkingScale) -> ImageStats | None:
         """The whole slide's stains and normalisation statistics, read once from a grid of
         tiles of the level the blocks are segmented on
         (:func:`~napari_glandseg.inference.image_stats`); None when the card uses
@@ -145,7 +153,8 @@ class ModelPredictor:
             return None
         return image_stats(levels, _cached_model(self.model), params=seg, working=working)
 
-    def __call__(self, levels, box, working=None, stats=None):
+    def __call__(self, levels: Sequence[Array], box: Box, working: WorkingScale | None = None,
+                 stats: ImageStats | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The network's classes and foreground probability over ``box`` (pixels of
         ``working``'s level, the :class:`~napari_glandseg.scale.WorkingScale` of
         :meth:`geometry`, handed through to inference as it is), through the route from
@@ -163,7 +172,7 @@ class ModelPredictor:
         fg = probs[0] if probs.shape[0] == 1 else 1.0 - probs[0]
         return classes, _fit(fg, (y1 - y0, x1 - x0))
 
-    def seg_params(self):
+    def seg_params(self) -> SegmentParams:
         """The inference settings, with probabilities (a block's table needs them)."""
         from dataclasses import replace
 
@@ -172,7 +181,7 @@ class ModelPredictor:
         return replace(self.seg or SegmentParams(), return_probabilities=True)
 
 
-def _fit(a: np.ndarray, hw) -> np.ndarray:
+def _fit(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """``a``, which must have shape ``hw``: a block segmented at another size than planned
     is an error, never cropped or padded into place."""
     if tuple(a.shape[:2]) != tuple(hw):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from .._types import Levels, PathType
 from ..postprocessing import PostprocessParams
 from ..progress import Progress
 from .blocks import link_block, resolve, run_block
@@ -18,8 +19,8 @@ if TYPE_CHECKING:
 
 
 def iter_segment_slide(
-    source,
-    out,
+    source: PathType | Levels,
+    out: PathType,
     model: str | None = None,
     *,
     predictor: Predictor | None = None,
@@ -91,7 +92,8 @@ def iter_segment_slide(
     return result
 
 
-def segment_slide(source, out, model: str | None = None, **kwargs) -> SlideResult:
+def segment_slide(source: PathType | Levels, out: PathType, model: str | None = None,
+                  **kwargs: Any) -> SlideResult:
     """Blocking twin of :func:`iter_segment_slide`."""
     from ..progress import run_to_end
 

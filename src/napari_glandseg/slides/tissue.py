@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._types import Levels, as_levels
+
 
 @dataclass
 class TissueMask:
@@ -22,7 +24,7 @@ class TissueMask:
     def fraction(self) -> float:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
-    def any_in(self, box, margin: int = 1) -> bool:
+    def any_in(self, box: tuple[float, float, float, float], margin: int = 1) -> bool:
         """Whether the full-resolution box ``(y0, x0, y1, x1)`` holds tissue."""
         y0, x0, y1, x1 = box
         d = self.downsample
@@ -35,7 +37,7 @@ class TissueMask:
 GLASS_GREY = 200
 
 
-def tissue_mask(image, max_side: int = 2048) -> TissueMask:
+def tissue_mask(image: Levels, max_side: int = 2048) -> TissueMask:
     """Tissue versus glass by Otsu's threshold on the grey level of a low-resolution level.
 
     Parameters
@@ -59,7 +61,7 @@ def tissue_mask(image, max_side: int = 2048) -> TissueMask:
     from scipy import ndimage as ndi
     from skimage.filters import threshold_otsu
 
-    levels = list(image) if isinstance(image, list | tuple) else [image]
+    levels = as_levels(image)
     full_h = levels[0].shape[0]
     pick = next((lv for lv in levels if max(lv.shape[:2]) <= max_side), levels[-1])
     step = max(1, math.ceil(max(pick.shape[:2]) / max_side))

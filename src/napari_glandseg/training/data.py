@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from .._types import PathType
 from ..errors import GlandsegError
 from ..io import find_pairs, read_pair
 from ..preprocess import standardise
@@ -38,7 +40,7 @@ class TrainingPair:
                                 f"{self.mask.dtype}")
 
 
-def read_split(csv_path) -> dict[str, str]:
+def read_split(csv_path: PathType) -> dict[str, str]:
     """``name -> split`` from a split CSV (``name`` and ``suggested_split`` or ``split``)."""
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -51,7 +53,7 @@ def read_split(csv_path) -> dict[str, str]:
     return {r["name"]: r[col] for r in rows}
 
 
-def read_groups(csv_path, column: str) -> dict[str, str]:
+def read_groups(csv_path: PathType, column: str) -> dict[str, str]:
     """``name -> group`` from column ``column`` of a split CSV (GlaS: ``grade_glas``)."""
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -61,7 +63,8 @@ def read_groups(csv_path, column: str) -> dict[str, str]:
     return {r["name"]: r[column] for r in rows if r[column]}
 
 
-def pairs_from_folder(folder, split_csv=None, splits=("train",), mask_folder=None,
+def pairs_from_folder(folder: PathType, split_csv: PathType | None = None,
+                      splits: Sequence[str] = ("train",), mask_folder: str | None = None,
                       limit: int | None = None,
                       group_column: str | None = None) -> list[TrainingPair]:
     """Read image/mask pairs from a dataset folder (layouts of :func:`~napari_glandseg.io.
@@ -94,8 +97,10 @@ def pairs_from_folder(folder, split_csv=None, splits=("train",), mask_folder=Non
     return pairs
 
 
-def split_pairs(folder, split_csv=None, mask_folder=None, val_fraction: float = 0.2,
-                val_every: int | None = None, group_column: str | None = None):
+def split_pairs(folder: PathType, split_csv: PathType | None = None,
+                mask_folder: str | None = None, val_fraction: float = 0.2,
+                val_every: int | None = None, group_column: str | None = None,
+                ) -> tuple[list[TrainingPair], list[TrainingPair]]:
     """Training and validation pairs of a dataset folder.
 
     With a split CSV: its ``train`` and ``val`` rows. With ``val_every`` = N: the pairs whose
@@ -146,7 +151,8 @@ def _id_divisible(name: str, n: int) -> bool:
     return bool(m) and int(m.group(1)) % n == 0
 
 
-def holdout_split(pairs: list[TrainingPair], val_fraction: float = 0.2):
+def holdout_split(pairs: list[TrainingPair], val_fraction: float = 0.2,
+                  ) -> tuple[list[TrainingPair], list[TrainingPair]]:
     """Training and validation pairs from what a user corrected in napari.
 
     Several pairs: the last ``val_fraction`` of them validate. One pair: its bottom

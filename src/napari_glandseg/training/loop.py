@@ -8,14 +8,16 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from .._files import atomic_path
+from .._types import PathType
 from ..errors import GlandsegError
 from ..models import (
     Model,
@@ -87,8 +89,9 @@ def freeze_encoder(net: torch.nn.Module, architecture: str) -> int:
     return n
 
 
-def train(train_pairs, val_pairs, params: TrainParams | None = None, resume=None,
-          run_dir=None, **kwargs) -> TrainResult:
+def train(train_pairs: list[TrainingPair], val_pairs: list[TrainingPair],
+          params: TrainParams | None = None, resume: PathType | None = None,
+          run_dir: PathType | None = None, **kwargs: Any) -> TrainResult:
     """Train to the end (blocking); see :func:`iter_train`."""
     return run_to_end(iter_train(train_pairs, val_pairs, params, resume=resume,
                                  run_dir=run_dir, **kwargs))
@@ -430,8 +433,10 @@ def _jsonable(record: dict) -> dict:
     return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in record.items()}
 
 
-def iter_train(train_pairs, val_pairs, params: TrainParams | None = None, resume=None,
-               run_dir=None, **kwargs):
+def iter_train(train_pairs: list[TrainingPair], val_pairs: list[TrainingPair],
+               params: TrainParams | None = None, resume: PathType | None = None,
+               run_dir: PathType | None = None,
+               **kwargs: Any) -> Generator[Progress, None, TrainResult]:
     """Train or fine-tune, yielding :class:`~napari_glandseg.progress.Progress`.
 
     Yields one record per step (``metrics={"loss": ...}``) and one per epoch (``metrics``

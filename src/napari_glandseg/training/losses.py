@@ -3,6 +3,8 @@ instance and binary masks."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..enums import Loss  # noqa: F401  (defined with the other modes)
@@ -10,7 +12,8 @@ from ..errors import GlandsegError
 from .targets import GAP, UNKNOWN_FG
 
 
-def make_loss(loss: Loss, num_classes: int, partial: bool = False, gap_weight: float = 0.0):
+def make_loss(loss: Loss, num_classes: int, partial: bool = False, gap_weight: float = 0.0,
+              ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The loss module for logits (N, K, H, W) and integer targets (N, H, W).
 
     ``partial``: targets of a background / interior / boundary model may hold
@@ -57,8 +60,8 @@ def make_loss(loss: Loss, num_classes: int, partial: bool = False, gap_weight: f
     return compute
 
 
-def partial_boundary_loss(logits, target, dice: bool = True, gap_weight: float = 0.0,
-                          eps: float = 1e-5):
+def partial_boundary_loss(logits: torch.Tensor, target: torch.Tensor, dice: bool = True,
+                          gap_weight: float = 0.0, eps: float = 1e-5) -> torch.Tensor:
     """Cross-entropy (+ soft Dice) for background / interior / boundary logits whose targets
     may be :data:`UNKNOWN_FG` or :data:`GAP`.
 

@@ -3,6 +3,9 @@ does (the scores checkpoints are selected on)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
@@ -11,10 +14,14 @@ from ..models import Model, ModelCard
 from .data import TrainingPair
 from .targets import GAP, UNKNOWN_FG
 
+if TYPE_CHECKING:
+    from ..postprocessing import PostprocessParams
+
 
 def iter_validation_rows(model: Model, pairs: list[TrainingPair], tile_size: int = 512,
-                         postprocess_params=None, stain_normalization: bool = True,
-                         device: str = "auto"):
+                         postprocess_params: PostprocessParams | dict | None = None,
+                         stain_normalization: bool = True,
+                         device: str = "auto") -> Iterator[dict]:
     """Segment each validation image in full, as inference does (at its own pixel size),
     and score it; yields one row per pair. The one owner of "how a model scores on
     validation images": training's checkpoint selection (:func:`validate_images`) and
@@ -52,14 +59,14 @@ def iter_validation_rows(model: Model, pairs: list[TrainingPair], tile_size: int
         row = {"name": p.name, "group": p.group, "dice": m["dice"], "iou": m["iou"],
                "accuracy": m["accuracy"], "pixels": counts, "labels": pred}
         if post is not None:
-            row.update(object_scores(Overlap.of(as_instances(res.labels),
+            row.update(object_scores(Overlap.of(as_instances(np.asarray(res.labels)),
                                                 as_instances(p.mask))))
         row["score"] = selection_score(row, card)
         yield row
 
 
 def validation_report(model: Model, pairs: list[TrainingPair], tile_size: int = 256,
-                      device: str = "auto"):
+                      device: str = "auto") -> list[dict]:
     """Rows of :func:`iter_validation_rows` for each validation image, scored as training
     selects checkpoints (so a before/after comparison judges what training optimised),
     run on ``device``."""
@@ -115,7 +122,7 @@ def _validate(net, val_set, loss_fn, device, num_classes) -> dict:
 
 
 def validate_images(model: Model, pairs: list[TrainingPair], tile_size: int = 512,
-                    postprocess_params=None) -> dict:
+                    postprocess_params: PostprocessParams | dict | None = None) -> dict:
     """Whole-image validation scores of :func:`iter_validation_rows` (pairs already
     stain-normalised by training), aggregated over the images.
 
@@ -143,7 +150,7 @@ def validate_images(model: Model, pairs: list[TrainingPair], tile_size: int = 51
         groups = sorted({r["group"] for r in rows if r["group"]})
         worst = out["val_objects"] if not groups else 1.0
         for g in groups:
-            sg = summarise_objects(r for r in rows if r["group"] == g)
+            sg = summarise_objects([r for r in rows if r["group"] == g])
             out.update({f"val_{k}[{g}]": float(sg[k]) for k in
                         ("objects", "object_f1", "object_dice")})
             worst = min(worst, float(sg["objects"]))
