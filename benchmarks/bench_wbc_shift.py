@@ -10,6 +10,11 @@ higher magnification), ``both``, and ``hue`` (hue turned by 0.08 of the colour c
 saturation x0.7: a stain of another colour). Each model segments each version as Segment
 does (card defaults); printed: cell Dice (cytoplasm + nucleus vs background) and the Dice of
 each class, pooled over the images.
+
+``--sweep 0.33,0.5,1,2,3`` instead rescales the val images by each factor (cells that many
+times their size, no pixel size given) and segments each as Segment does with automatic
+scale on and off (:func:`napari_glandseg.pipeline.objects_from_image`); printed: cell Dice
+per factor, and the worst factor's.
 """
 
 from __future__ import annotations
@@ -53,7 +58,10 @@ def main(argv=None):
     ap.add_argument("--data", type=Path, default=data_default("wbc/dataset1"),
                     required=data_default() is None)
     ap.add_argument("--model", action="append", help="store name or file (default: wbc)")
+    ap.add_argument("--sweep", help="comma-separated zoom factors, e.g. 0.33,0.5,1,2,3")
     args = ap.parse_args(argv)
+    if args.sweep:
+        return sweep(args, [float(f) for f in args.sweep.split(",")])
 
     from napari_glandseg.inference import segment
     from napari_glandseg.metrics import evaluate_dataset
@@ -77,6 +85,46 @@ def main(argv=None):
             _, s = evaluate_dataset(items, classes=3, hausdorff=False)
             print(f"| {Path(name).stem} | {shift} | {s['dice']:.3f} | "
                   f"{s['per_class'][1]['dice']:.3f} | {s['per_class'][2]['dice']:.3f} |",
+                  flush=True)
+
+
+def rescaled(image: np.ndarray, mask: np.ndarray, factor: float):
+    """``(image, mask)`` with cells ``factor`` times their size (training's resampling)."""
+    from napari_glandseg.training import TrainingPair, resample_pairs
+
+    if factor == 1.0:
+        return image, mask
+    (z,) = resample_pairs([TrainingPair(image, mask, "", factor)], 1.0)
+    return z.image, z.mask
+
+
+def sweep(args, factors):
+    from napari_glandseg.metrics import evaluate_dataset
+    from napari_glandseg.models import load_model
+    from napari_glandseg.pipeline import FileParams, objects_from_image
+    from napari_glandseg.training import pairs_from_folder, split_names
+
+    pairs = pairs_from_folder(args.data)
+    split = split_names([p.name for p in pairs], val_every=5)
+    val = [p for p in pairs if split[p.name] == "val"]
+    print(f"{len(val)} WBC validation images, rescaled; cell Dice (cytoplasm + nucleus)\n")
+    print("| model | automatic scale | " + " | ".join(f"x{f:g}" for f in factors)
+          + " | worst |")
+    print("|---|---|" + "---:|" * (len(factors) + 1))
+    for name in args.model or ["wbc"]:
+        model = load_model(name, device="cpu")
+        for auto in (True, False):
+            dice = []
+            for f in factors:
+                items = []
+                for p in val:
+                    image, mask = rescaled(p.image, p.mask, f)
+                    res = objects_from_image(image, model, FileParams(auto_scale=auto))
+                    items.append((p.name, np.asarray(res.segment.labels), mask))
+                _, s = evaluate_dataset(items, classes=3, hausdorff=False)
+                dice.append(s["dice"])
+            print(f"| {Path(name).stem} | {'on' if auto else 'off'} | "
+                  + " | ".join(f"{d:.3f}" for d in dice) + f" | {min(dice):.3f} |",
                   flush=True)
 
 

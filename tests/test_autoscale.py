@@ -100,6 +100,39 @@ def test_the_reference_picks_the_percentile_that_varies_least(data_dir):
     assert ref["sigma_p10"] <= ref["sigma_px"] <= ref["sigma_p90"]
 
 
+def test_a_bad_peak_rule_is_named():
+    with pytest.raises(GlandsegError, match="peak must be 'nearest' or 'strongest'"):
+        _card({"sigma_px": 20.0, "peak": "biggest"})
+
+
+# two smears on which the peak nearest the reference is wrong at 1/3x (the whole field) and
+# at 3x (a cell's texture), while the strongest is right
+SMEARS = ("wbc/dataset1_025.png", "wbc/dataset1_040.png")
+
+
+def test_the_reference_chooses_the_peak_that_recovers_its_images_rescaled(data_dir):
+    ref = autoscale.scale_reference([_img(data_dir, rel) for rel in SMEARS])
+    assert ref["peak"] == "strongest"
+
+
+@pytest.mark.parametrize("f", [1 / 3, 3.0])
+def test_a_smear_a_third_or_three_times_its_size_is_estimated(data_dir, f):
+    """The bundled wbc card takes the strongest blob response (its reference says so);
+    cells 3x their size have sigma ~70 px, beyond 64 px (the old largest sigma, which gave
+    a factor 0.358 instead of 1/3)."""
+    from napari_glandseg.models import load_model
+
+    card = load_model("wbc").card
+    assert card.scale_reference["peak"] == "strongest"
+    for rel in SMEARS:
+        est = autoscale.estimate_scale(_shrink(_img(data_dir, rel), f), card)
+        assert est.factor == pytest.approx(1 / f, rel=0.05), rel
+    nearest = _card({k: v for k, v in card.scale_reference.items() if k != "peak"},
+                    pixel_size_um=card.pixel_size_um)
+    est = autoscale.estimate_scale(_shrink(_img(data_dir, SMEARS[0]), f), nearest)
+    assert abs(np.log(est.factor * f)) > 0.5  # the rule is what makes the difference
+
+
 # ------------------------------------------------------------------ through the one route
 
 

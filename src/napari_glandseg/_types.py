@@ -29,6 +29,13 @@ class Array(Protocol):
     def __getitem__(self, key: Any, /) -> Any: ...
 
 
+@runtime_checkable
+class MutableArray(Array, Protocol):
+    """An array the core writes into window by window (NumPy, zarr)."""
+
+    def __setitem__(self, key: Any, value: Any, /) -> None: ...
+
+
 #: An image, or its pyramid as a list (full resolution first).
 Levels: TypeAlias = "Array | Sequence[Array]"
 
@@ -54,4 +61,4 @@ def as_levels(image: Levels) -> list[Array]:
     return [cast(Array, image)]
 
 
-__all__ = ["Array", "Box", "Levels", "PathType", "as_levels"]
+__all__ = ["Array", "Box", "Levels", "MutableArray", "PathType", "as_levels"]

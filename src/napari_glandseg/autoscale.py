@@ -44,18 +44,33 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ._types import Array
 from .errors import GlandsegError
 
-#: Sigmas tried (px): 1 .. 64 in quarter-octave steps.
-SIGMAS = tuple(2 ** (k / 4) for k in range(0, 25))
+if TYPE_CHECKING:
+    from .models.card import ModelCard
+
+#: Sigmas tried (px): 1 .. 128 in quarter-octave steps (a white blood cell 3x its training
+#: size has sigma ~70 px).
+SIGMAS = tuple(2 ** (k / 4) for k in range(0, 29))
 #: Longest side of the centre crop measured (px of the image).
 MAX_SIDE = 1024
 #: Estimates within this fraction of the assumed scale are taken as it.
 SNAP = 0.15
+#: How a reference picks the image's peak: ``nearest`` (the local maximum of the response
+#: closest to the reference sigma: glands, whose lumens often respond more strongly than
+#: their nuclei) or ``strongest`` (the global maximum: a smear of single cells, where the
+#: nearest peak at 3x or 1/3x is a cell's texture or its whole field). Cards without the
+#: key take ``nearest``.
+PEAKS = ("nearest", "strongest")
+#: Rescalings of its own images on which :func:`scale_reference` chooses the peak rule.
+CHECK_FACTORS = (1 / 3, 0.5, 2.0, 3.0)
 
 
 @dataclass
@@ -100,7 +115,8 @@ def _darkness(image: np.ndarray) -> np.ndarray:
     return np.clip((hi - g) / max(float(hi - lo), 1e-6), 0, 1)
 
 
-def blob_sigma(image, near: float | None = None, q: float = 99.0, sigmas=SIGMAS) -> float:
+def blob_sigma(image: Array, near: float | None = None, q: float = 99.0,
+               sigmas: Sequence[float] = SIGMAS) -> float:
     """The sigma (px) of the scale-normalised LoG with the strongest response (``q``-th
     percentile over the image) of the image's dark blobs; see the module's docstring. With
     ``near``, the local maximum of the response closest to it (in octaves): an image of glands
@@ -152,14 +168,14 @@ def _crop(image, side: int = MAX_SIDE) -> np.ndarray:
     return np.asarray(image[y0:y0 + side, x0:x0 + side])
 
 
-def model_scale(card, pixel_size_um) -> float:
+def model_scale(card: ModelCard, pixel_size_um: float | None) -> float:
     """Model pixels per image pixel for an image at ``pixel_size_um`` (1: scale-free)."""
     if card.pixel_size_um and pixel_size_um:
         return pixel_size_um / card.pixel_size_um
     return 1.0
 
 
-def estimate_scale(image, card, snap: float = SNAP) -> ScaleEstimate:
+def estimate_scale(image: Array, card: ModelCard, snap: float = SNAP) -> ScaleEstimate:
     """Estimate the scale of ``image`` (Y, X[, C]; a pyramid list: its full resolution) for
     the model of ``card`` (a :class:`~napari_glandseg.models.ModelCard` or a model).
 
@@ -175,7 +191,9 @@ def estimate_scale(image, card, snap: float = SNAP) -> ScaleEstimate:
                             "give the image's pixel size instead")
     t0 = time.perf_counter()
     data = image[0] if isinstance(image, list | tuple) else image
-    sigma = blob_sigma(_crop(data), near=ref, q=card.scale_reference.get("q", 99.0))
+    peak = card.scale_reference.get("peak", "nearest")
+    sigma = blob_sigma(_crop(data), near=ref if peak == "nearest" else None,
+                       q=card.scale_reference.get("q", 99.0))
     factor = ref / sigma  # image px size / training data's px size
     lo = card.scale_reference.get("sigma_p10", ref)
     hi = card.scale_reference.get("sigma_p90", ref)
@@ -197,15 +215,28 @@ def estimate_scale(image, card, snap: float = SNAP) -> ScaleEstimate:
 QUANTILES = (90.0, 97.0, 99.0, 99.7)
 
 
-def scale_reference(images) -> dict:
+def scale_reference(images: Iterable[Array]) -> dict:
     """The card's ``scale_reference`` from training images at the training data's scale: the
     percentile ``q`` (of :data:`QUANTILES`) whose blob sigma varies least between the images
     (a smear of single cells is best told by its 90th, tissue full of nuclei by its 99th),
-    the median sigma at it, and its spread (10th-90th percentile over the images)."""
-    curves = [_responses(_crop(np.asarray(img)), SIGMAS, QUANTILES) for img in images]
+    the median sigma at it, and its spread (10th-90th percentile over the images); and the
+    ``peak`` rule (of :data:`PEAKS`) that best recovers known rescalings of these images
+    (:data:`CHECK_FACTORS`, up to 8 of them: the mean error in octaves, so that the rare
+    image a rule gets wrong by an octave or more counts).
+
+    >>> yy, xx = np.mgrid[:240, :240]
+    >>> img = np.full((240, 240), 230.0)
+    >>> for cy, cx in [(60, 60), (60, 180), (180, 60), (180, 180)]:
+    ...     img[(yy - cy) ** 2 + (xx - cx) ** 2 < 20 ** 2] = 40
+    >>> ref = scale_reference([img])
+    >>> ref["peak"] in PEAKS, 15 < ref["sigma_px"] < 30  # discs of radius 20
+    (True, True)
+    """
+    crops = [_crop(np.asarray(img)) for img in images]
+    curves = [_responses(img, SIGMAS, QUANTILES) for img in crops]
     if not curves:
         raise GlandsegError("a scale reference needs at least one image")
-    best = None
+    best: tuple[float, dict] | None = None
     for j, q in enumerate(QUANTILES):
         sig = np.array([_peak(c[j], SIGMAS, None) for c in curves])
         med = float(np.median(sig))
@@ -216,4 +247,29 @@ def scale_reference(images) -> dict:
             best = (spread, {"q": q, "sigma_px": round(float(p50), 3),
                              "sigma_p10": round(float(p10), 3),
                              "sigma_p90": round(float(p90), 3), "images": len(curves)})
-    return best[1]
+    assert best is not None  # one entry per quantile, at least one image
+    ref = best[1]
+    ref["peak"] = _peak_rule(crops[:: max(1, len(crops) // 8)], ref)
+    return ref
+
+
+def _peak_rule(images: list[np.ndarray], ref: dict) -> str:
+    """The peak rule (of :data:`PEAKS`) whose scale estimates of ``images`` rescaled by
+    :data:`CHECK_FACTORS` are closest to the truth (mean error in octaves; ties:
+    ``nearest``)."""
+    from skimage.transform import rescale
+
+    errors: dict[str, list[float]] = {p: [] for p in PEAKS}
+    for img in images:
+        grey = _darkness(img)
+        for f in CHECK_FACTORS:
+            small = rescale(grey, f, order=1, anti_aliasing=f < 1)
+            if min(small.shape) < 16:
+                continue
+            resp = _responses(1.0 - small, SIGMAS, (ref["q"],))[0]
+            for p in PEAKS:
+                sigma = _peak(resp, SIGMAS, ref["sigma_px"] if p == "nearest" else None)
+                # the image's pixels are 1/f of the training data's: factor should be 1/f
+                errors[p].append(abs(math.log2(ref["sigma_px"] / sigma * f)))
+    mean = {p: float(np.mean(e)) if e else 0.0 for p, e in errors.items()}
+    return "strongest" if mean["strongest"] < mean["nearest"] else "nearest"

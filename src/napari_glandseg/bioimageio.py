@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from ._files import atomic_path
+from ._types import PathType
 from .errors import CheckpointError, GlandsegError, OutputExistsError
 from .models import (
     Architecture,
@@ -106,9 +107,9 @@ def _spec():
 
 def export_bioimageio(
     name: str,
-    dest,
+    dest: PathType,
     *,
-    sample=None,
+    sample: np.ndarray | PathType | None = None,
     authors: list[str] | None = None,
     tile_size: int | None = None,
     overlap: float | None = None,
@@ -148,9 +149,9 @@ def export_bioimageio(
 
 def iter_export_bioimageio(
     name: str,
-    dest,
+    dest: PathType,
     *,
-    sample=None,
+    sample: np.ndarray | PathType | None = None,
     authors: list[str] | None = None,
     tile_size: int | None = None,
     overlap: float | None = None,
@@ -570,7 +571,8 @@ def _documentation(card: ModelCard, entry: ModelEntry, tile_size, overlap, halo,
 # import
 
 
-def import_bioimageio(package, name: str | None = None, overwrite: bool = False) -> ModelEntry:
+def import_bioimageio(package: PathType, name: str | None = None,
+                      overwrite: bool = False) -> ModelEntry:
     """Read a bioimage.io model package into the store.
 
     Accepted: packages exported by napari-glandseg, and packages whose ``pytorch_state_dict``

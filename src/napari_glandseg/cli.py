@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 
 from .enums import Loss, Precision, Selection, Split, StainNorm, Target
 from .errors import GlandsegError, OutputExistsError
@@ -59,6 +60,7 @@ def _models(args) -> int:
     if args.action == "show":
         _need(args, "name", "glandseg models show NAME")
         entry = models.find_model(args.name)
+        assert entry.card is not None  # find_model raises on a broken file
         print(entry.card.summary())
         print(f"file: {entry.path} ({entry.source})")
         return 0
@@ -817,7 +819,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

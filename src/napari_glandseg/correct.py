@@ -190,6 +190,7 @@ def _fg_crop(probabilities, box: Box) -> np.ndarray | None:
     if probabilities.ndim == 3 and probabilities.shape[0] > 1:
         return 1.0 - np.asarray(probabilities[0, y0:y1, x0:x1], np.float32)
     fg = _foreground(probabilities)
+    assert fg is not None  # (C > 1, Y, X) class maps returned above
     return np.asarray(fg[y0:y1, x0:x1], np.float32)
 
 
@@ -307,12 +308,12 @@ def split_line(labels: np.ndarray, line: Sequence[Sequence[float]], label: int |
         raise GlandsegError(f"a split line needs at least two (y, x) points, got {line!r}")
     pts = np.round(pts[:, -2:]).astype(int)
     h, w = labels.shape
-    rr, cc = [], []
+    rows, cols = [], []
     for (ya, xa), (yb, xb) in zip(pts[:-1], pts[1:], strict=True):
         r, c = draw_line(ya, xa, yb, xb)
-        rr.append(r)
-        cc.append(c)
-    rr, cc = np.concatenate(rr), np.concatenate(cc)
+        rows.append(r)
+        cols.append(c)
+    rr, cc = np.concatenate(rows), np.concatenate(cols)
     ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
     rr, cc = rr[ok], cc[ok]
     if label is None:
@@ -476,6 +477,7 @@ def add_object(labels: np.ndarray, point: Sequence[float],
         from skimage.filters import sobel
         from skimage.segmentation import watershed
 
+        assert image is not None  # no probabilities: the image was required above
         y0, x0, y1, x1 = box
         grey = np.asarray(image[y0:y1, x0:x1], np.float32)
         if grey.ndim == 3:
@@ -598,7 +600,9 @@ def rank_objects(labels: np.ndarray, probabilities: np.ndarray | None = None,
     probs = probabilities
     if probs is not None:
         _check_same_plane(labels, probs, "probabilities")
-        fg = _fg_crop(probs, box).astype(np.float64)
+        crop = _fg_crop(probs, box)
+        assert crop is not None  # probs is given
+        fg = crop.astype(np.float64)
         table["low_probability"] = 1.0 - mean_in(fg)
         outline = find_boundaries(lab, mode="inner") & (lab > 0)
         if boundary_class is not None and np.ndim(probs) == 3 and \

@@ -39,14 +39,23 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._files import atomic_path
+from ._types import PathType
 from .errors import GlandsegError, OutputExistsError, as_enum
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .models import ModelCard
+    from .pipeline import FileResult
 
 #: Default classification colour (QuPath's red) for objects without a class colour.
 DEFAULT_COLOUR = (200, 0, 0)
@@ -128,10 +137,12 @@ def _object_classes(labels: np.ndarray, slices, classes) -> dict[int, int]:
     return out
 
 
-def labels_to_geojson(labels, classes=None, class_names=None, class_colours=None,
-                      pixel_size_um: float | None = None, offset=(0, 0),
+def labels_to_geojson(labels: np.ndarray, classes: np.ndarray | dict | None = None,
+                      class_names: Sequence[str] | None = None,
+                      class_colours: Sequence[str | Sequence[int]] | None = None,
+                      pixel_size_um: float | None = None, offset: Sequence[float] = (0, 0),
                       downsample: float = 1.0, object_type: ObjectType | str = "annotation",
-                      simplify: float = 0.0, table=None) -> dict:
+                      simplify: float = 0.0, table: pd.DataFrame | None = None) -> dict:
     """A GeoJSON FeatureCollection of the objects of ``labels`` (QuPath's flavour).
 
     Parameters
@@ -256,7 +267,7 @@ def _extra_measurements(table) -> dict[int, dict]:
     return out
 
 
-def write_geojson(path, collection: dict, overwrite: bool = False) -> Path:
+def write_geojson(path: PathType, collection: dict, overwrite: bool = False) -> Path:
     """Write a FeatureCollection atomically (refuses to replace a file unless ``overwrite``)."""
     p = Path(path)
     if p.exists() and not overwrite:
@@ -267,7 +278,8 @@ def write_geojson(path, collection: dict, overwrite: bool = False) -> Path:
     return p
 
 
-def export_geojson(labels, path, overwrite: bool = False, **kwargs) -> Path:
+def export_geojson(labels: np.ndarray, path: PathType, overwrite: bool = False,
+                   **kwargs: Any) -> Path:
     """:func:`labels_to_geojson` written to ``path`` (see :func:`write_geojson`)."""
     return write_geojson(path, labels_to_geojson(labels, **kwargs), overwrite=overwrite)
 
@@ -300,7 +312,7 @@ class ImportedObjects:
     skipped: int = 0
     review: dict = field(default_factory=dict)
 
-    def class_map(self, class_names) -> np.ndarray:
+    def class_map(self, class_names: Sequence[str]) -> np.ndarray:
         """A class-index map for training truth: each object's pixels take the index of its
         classification in ``class_names`` (objects of other classes stay 0)."""
         index = {n: k for k, n in enumerate(class_names)}
@@ -310,7 +322,7 @@ class ImportedObjects:
         return lut[self.labels]
 
 
-def read_geojson(source) -> list[dict]:
+def read_geojson(source: PathType | dict | list) -> list[dict]:
     """The features of a GeoJSON file, string or object (FeatureCollection, list of
     features, one feature or a bare geometry)."""
     if isinstance(source, str | os.PathLike) and not str(source).lstrip().startswith(("{", "[")):
@@ -364,8 +376,9 @@ def _source_name(source) -> str:
     return ""
 
 
-def geojson_to_labels(source, shape, offset=(0, 0), downsample: float = 1.0,
-                      object_types=None) -> ImportedObjects:
+def geojson_to_labels(source: PathType | dict | list, shape: Sequence[int],
+                      offset: Sequence[float] = (0, 0), downsample: float = 1.0,
+                      object_types: Iterable[str] | None = None) -> ImportedObjects:
     """Rasterise GeoJSON polygons (e.g. QuPath annotations) into instance labels.
 
     ``shape`` (Y, X) is the label image's, ``offset`` its level-0 corner and ``downsample``
@@ -430,7 +443,8 @@ def geojson_to_labels(source, shape, offset=(0, 0), downsample: float = 1.0,
     return out
 
 
-def fill_rings(rings, shape) -> tuple[np.ndarray, np.ndarray]:
+def fill_rings(rings: Sequence[np.ndarray],
+               shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Rows and columns of the pixels whose centres lie inside ``rings`` (even-odd rule, so
     holes are rings too), clipped to ``shape``; each ring is an (N, 2) array of (row, col)
     in index coordinates (pixel centres at integers).
@@ -487,7 +501,7 @@ def _int_rgb(v: int) -> list[int]:
 GEOJSON_SUFFIX = "_objects.geojson"
 
 
-def card_classification(card) -> tuple[list, list, bool]:
+def card_classification(card: ModelCard) -> tuple[list, list, bool]:
     """Class names and colours for a model's objects, and whether its labels are a class map.
 
     A class model (several classes, no boundary class) names each object by its class; an
@@ -501,7 +515,8 @@ def card_classification(card) -> tuple[list, list, bool]:
     return ["background", card.name], [None, colour], False
 
 
-def pipeline_writer(card, object_type: ObjectType | str = "annotation"):
+def pipeline_writer(card: ModelCard, object_type: ObjectType | str = "annotation",
+                    ) -> Callable[[FileResult], dict]:
     """An extra output step for :class:`napari_glandseg.pipeline.FileParams` ``writers``:
     writes ``<stem>_objects.geojson`` beside the labels, in level-0 pixel coordinates of the
     input (region offset and pyramid level accounted for)."""

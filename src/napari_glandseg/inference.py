@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -57,6 +57,9 @@ from .preprocess import norm_stats as _norm_stats
 from .preprocess import normalise as _normalise
 from .progress import Progress, run_to_end
 from .scale import WorkingScale, working_scale
+
+if TYPE_CHECKING:
+    from .stain import MacenkoStains
 
 #: Images with more pixels than this (or lazy inputs) get their labels in a zarr store.
 LARGE_PIXELS = 64 * 2**20
@@ -319,7 +322,7 @@ def iter_segment(
     stain, stain_note = stats.mapping(card, params), stats.stain_note
     # the whole image's value range (preprocess.value_range), the same for every window
     vrange = stats.value_range or value_range(data, (ly0, lx0, ly1, lx1))
-    stats = stats.norm
+    norm = stats.norm
 
     out_h, out_w = ly1 - ly0, lx1 - lx0
     large = not isinstance(data, np.ndarray) or out_h * out_w > LARGE_PIXELS
@@ -357,14 +360,14 @@ def iter_segment(
             if stain is not None:
                 raw = stain(raw)
             if scale != 1.0:
-                x = _resize(_normalise(raw, card.normalization, stats), (mh, mw))
+                x = _resize(_normalise(raw, card.normalization, norm), (mh, mw))
 
                 def tile_of(y, x0, th, tw, x=x):
                     return x[:, y: y + th, x0: x0 + tw]
             else:  # normalise tile by tile: the window stays in its (small) standard dtype
 
                 def tile_of(y, x0, th, tw, raw=raw):
-                    return _normalise(raw[y: y + th, x0: x0 + tw], card.normalization, stats)
+                    return _normalise(raw[y: y + th, x0: x0 + tw], card.normalization, norm)
             wprob, wunc = yield from _predict_window(
                 tile_of, (mh, mw), tiles, model, params, device, precision, channels_last,
                 state, total)
@@ -493,8 +496,8 @@ class ImageStats:
     :func:`image_stats`, so blocks match at their seams. Small and picklable (dask workers
     receive it)."""
 
-    stains: object = None
-    norm: tuple | None = None
+    stains: MacenkoStains | None = None
+    norm: tuple[np.ndarray, np.ndarray] | None = None
     stain_note: str = "none"
     value_range: tuple | None = None
 

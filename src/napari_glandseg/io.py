@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ._files import atomic_path
+from ._types import Array, PathType
 from .errors import GlandsegError, ImageReadError, OutputExistsError
 from .labels import dtype_for_max, labels_dtype
 
@@ -382,7 +383,7 @@ def open_tiff_levels(path: str | os.PathLike) -> list:
     return lazy_pyramid([node[k] for k in sorted(node.array_keys(), key=int)])
 
 
-def lazy_pyramid(levels) -> list:
+def lazy_pyramid(levels: Sequence[Array]) -> list:
     """Add strided 2x views to a list of lazy levels until the smallest side is under
     :data:`MIN_PYRAMID_SIDE`, so napari can show a large image zoomed out cheaply."""
     import dask.array as da
@@ -730,7 +731,7 @@ class StemPairing:
     truth_only: list[Path]
 
 
-def match_stems(pred_dir, truth_dir) -> StemPairing:
+def match_stems(pred_dir: PathType, truth_dir: PathType) -> StemPairing:
     """Pair two folders' image files by stem (``a_labels.tif`` pairs with ``a.png``) and list
     the files left without a partner on either side.
 
@@ -752,7 +753,7 @@ def match_stems(pred_dir, truth_dir) -> StemPairing:
     return StemPairing({k: (found[0][k], found[1][k]) for k in keys}, only[0], only[1])
 
 
-def pair_by_stem(pred_dir, truth_dir) -> dict[str, tuple[Path, Path]]:
+def pair_by_stem(pred_dir: PathType, truth_dir: PathType) -> dict[str, tuple[Path, Path]]:
     """The pairs of :func:`match_stems` (files without a partner are left out)."""
     return match_stems(pred_dir, truth_dir).pairs
 
@@ -763,11 +764,11 @@ def pair_by_stem(pred_dir, truth_dir) -> dict[str, tuple[Path, Path]]:
 
 def write_labels(
     path: str | os.PathLike,
-    labels,
+    labels: Array,
     overwrite: bool = True,
     pixel_size_um: float | None = None,
     max_label: int | None = None,
-    translate=None,
+    translate: Sequence[float] | None = None,
 ) -> Path:
     """Write a label image to a compressed TIFF or PNG, atomically.
 
@@ -835,7 +836,7 @@ def write_labels(
     return p
 
 
-def write_probabilities(path: str | os.PathLike, probabilities, overwrite: bool = True,
+def write_probabilities(path: str | os.PathLike, probabilities: Array, overwrite: bool = True,
                         pixel_size_um: float | None = None) -> Path:
     """Write a ``(C, Y, X)`` probability map as a float32 compressed TIFF, atomically; a
     lazy (zarr or dask) array is written tile by tile."""

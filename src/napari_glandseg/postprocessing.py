@@ -30,7 +30,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ._files import atomic_path
-from ._types import Array, PathType
+from ._types import Array, MutableArray, PathType
 from .enums import Split  # noqa: F401  (defined with the other modes)
 from .errors import GlandsegError, OutputExistsError, as_enum
 
@@ -219,7 +219,7 @@ def clean_class_map(labels: np.ndarray, params: PostprocessParams | None = None,
     return out
 
 
-def iter_postprocess_windows(src: Array, dst: Array, params: PostprocessParams,
+def iter_postprocess_windows(src: Array, dst: MutableArray, params: PostprocessParams,
                              window: int = 2048, halo: int = 256, class_map: bool = False,
                              image: Array | None = None, pixel_size_um: float | None = None,
                              table: bool = True, objects: bool = False,
@@ -289,6 +289,7 @@ def iter_postprocess_windows(src: Array, dst: Array, params: PostprocessParams,
                 t["centroid_y"] += y0
                 t["centroid_x"] += x0
                 if class_map:
+                    assert classes is not None  # a class map's windows keep their classes
                     counts = np.zeros((len(own) + 1, int(classes.max()) + 1), np.int64)
                     np.add.at(counts, (mine[mine > 0] - n, classes[mine > 0]), 1)
                     t["class"] = counts[t["label"].to_numpy() - n].argmax(1)

@@ -202,7 +202,8 @@ def resolve(levels: Levels, card: ModelCard | None, file_px: float | None = None
     if image is None and not isinstance(levels, list | tuple):
         image = as_levels(levels)[0]
     estimate = None
-    if auto and can_estimate(card, image, file_px, user_px, scale):
+    if auto and card is not None and image is not None and \
+            can_estimate(card, image, file_px, user_px, scale):
         from .autoscale import estimate_scale
 
         estimate = estimate_scale(image, card)

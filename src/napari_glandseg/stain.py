@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._types import Array
 from .enums import StainNorm  # noqa: F401  (defined with the other modes)
 from .errors import GlandsegError
 
@@ -65,7 +66,8 @@ class MacenkoStains:
     @classmethod
     def standard(cls) -> MacenkoStains:
         """The reference of Macenko's and torchstain's reference implementation."""
-        return cls([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]], [1.9705, 1.0308])
+        return cls(np.array([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]]),
+                   np.array([1.9705, 1.0308]))
 
     def to_card(self, source: str = "") -> dict:
         """The form kept in ``ModelCard.stain_normalization``."""
@@ -106,7 +108,7 @@ def _as_uint8_scale(rgb: np.ndarray) -> tuple[np.ndarray, float]:
     return rgb[..., :3], 255.0 / dtype_top(rgb.dtype)
 
 
-def tissue_sample(rgb, max_pixels: int = 2**20) -> np.ndarray:
+def tissue_sample(rgb: Array, max_pixels: int = 2**20) -> np.ndarray:
     """Up to about ``max_pixels`` RGB pixels (N, 3) of ``rgb`` on a regular grid, in the
     0..255 scale; works on dask and zarr arrays without reading everything."""
     h, w = rgb.shape[:2]
@@ -115,7 +117,7 @@ def tissue_sample(rgb, max_pixels: int = 2**20) -> np.ndarray:
     return (arr.reshape(-1, 3).astype(np.float64) * factor)
 
 
-def fit_macenko(rgb, max_pixels: int = 2**20) -> MacenkoStains:
+def fit_macenko(rgb: Array, max_pixels: int = 2**20) -> MacenkoStains:
     """Estimate an image's stain vectors and maximum concentrations.
 
     Parameters
@@ -131,9 +133,9 @@ def fit_macenko(rgb, max_pixels: int = 2**20) -> MacenkoStains:
         When the image is not RGB, or fewer than ``MIN_TISSUE_PIXELS`` pixels are stained
         (a blank or background image gives no stain estimate).
     """
-    if np.ndim(rgb) != 3:
+    if len(rgb.shape) != 3:
         raise GlandsegError(f"stain normalisation needs an RGB image (..., 3), got shape "
-                            f"{np.shape(rgb)}")
+                            f"{tuple(rgb.shape)}")
     return fit_macenko_pixels(tissue_sample(rgb, max_pixels))
 
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -84,7 +84,8 @@ def candidate_grid(current: dict | PostprocessParams | None,
     out = []
     for min_size in sizes:
         for fill, hole in holes:
-            common = dict(min_size=int(min_size), fill_holes=fill, max_hole_size=int(hole))
+            common: dict[str, Any] = dict(min_size=int(min_size), fill_holes=fill,
+                                          max_hole_size=int(hole))
             out.append(PostprocessParams(split=Split.NONE, **common))
             for h in (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0):
                 out.append(PostprocessParams(split=Split.DISTANCE, h=h, **common))
@@ -190,7 +191,7 @@ def iter_tune(model: Model, pairs: list[TrainingPair],
         # groups of images (GlaS benign / malignant) apart, and the worse of them
         for g in named:
             s[f"objects[{g}]"] = summarise_objects(
-                r for r, gr in zip(scores, groups, strict=True) if gr == g)["objects"]
+                [r for r, gr in zip(scores, groups, strict=True) if gr == g])["objects"]
         s["objects_worst"] = min((s[f"objects[{g}]"] for g in named), default=s["objects"])
         rows.append({**_entry(params), **s})
         yield Progress(len(pairs) + j + 1, total, f"setting {j + 1}/{len(grid)}",

@@ -286,6 +286,10 @@ def _check_field_types(card: ModelCard) -> None:
                             f"{_short(card.boundary_class)}")
     for key, value in card.arch_kwargs.items():
         _check_arch_value(key, value)
+    peak = card.scale_reference.get("peak", "nearest")
+    if peak not in ("nearest", "strongest"):
+        raise GlandsegError(f"card field scale_reference: peak must be 'nearest' or "
+                            f"'strongest', got {_short(peak)}")
     size = card.scale_reference.get("sigma_px")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int | float)
                              or not math.isfinite(size) or not 0 < size <= 1e5):

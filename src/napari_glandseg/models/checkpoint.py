@@ -8,6 +8,7 @@ file ``<name>.card.json`` beside it); anything else is refused.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from .._files import atomic_path
+from .._types import PathType
 from ..errors import CheckpointError, GlandsegError, OutputExistsError
 from .card import ModelCard
 from .registry import build_from_card
@@ -37,17 +39,14 @@ class Model:
     card: ModelCard
     path: Path | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    _family: dict = field(default=None, init=False, repr=False)
-    _lock: object = field(default=None, init=False, repr=False)
+    _family: dict = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
-    def __post_init__(self):
-        import threading
-
+    def __post_init__(self) -> None:
         self.device = torch.device(self.device)
         self._family = {self.device: self}  # this model's instances by device
-        self._lock = threading.Lock()
 
-    def on(self, device) -> Model:
+    def on(self, device: str | torch.device) -> Model:
         """This model on ``device``: itself when it is there, else its instance there (a
         copy of the network, made on first use and reused). ``self`` is never moved."""
         device = torch.device(device)
@@ -63,7 +62,7 @@ class Model:
                 self._family[device] = other
         return other
 
-    def to(self, device) -> Model:
+    def to(self, device: str | torch.device) -> Model:
         """The model on ``device`` (:meth:`on`); use the instance returned, ``self`` stays
         where it is."""
         return self.on(device)
@@ -73,7 +72,7 @@ class Model:
         return self.card.name
 
 
-def save_checkpoint(path, net: nn.Module, card: ModelCard, half: bool = False,
+def save_checkpoint(path: PathType, net: nn.Module, card: ModelCard, half: bool = False,
                     overwrite: bool = False) -> Path:
     """Write ``net``'s weights and ``card`` to a ``.safetensors`` file, atomically.
 
@@ -97,7 +96,7 @@ def save_checkpoint(path, net: nn.Module, card: ModelCard, half: bool = False,
     return p
 
 
-def read_card(path) -> ModelCard:
+def read_card(path: PathType) -> ModelCard:
     """The card stored in a ``.safetensors`` checkpoint, without reading the weights."""
     from safetensors import safe_open
 
@@ -120,7 +119,7 @@ def read_card(path) -> ModelCard:
         raise CheckpointError(f"{p}: bad model card: {type(exc).__name__}: {exc}") from None
 
 
-def load_checkpoint(path, card: ModelCard | dict | None = None) -> Model:
+def load_checkpoint(path: PathType, card: ModelCard | dict | None = None) -> Model:
     """Build the network a checkpoint describes and load its weights (CPU, eval mode).
 
     Parameters

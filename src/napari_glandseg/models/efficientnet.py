@@ -59,8 +59,8 @@ _TAPS = (0, 1, 2, 4, 6)
 
 
 def _round_filters(c: int, width: float, divisor: int = 8) -> int:
-    c *= width
-    new = max(divisor, int(c + divisor / 2) // divisor * divisor)
+    scaled = c * width
+    new = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
     if new < 0.9 * c:
         new += divisor
     return int(new)
@@ -124,7 +124,7 @@ class EfficientNetLiteEncoder(nn.Module):
         self._blocks = nn.ModuleList(blocks)
         self._taps = {self._ends[i] for i in _TAPS}
 
-    def forward(self, x) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = F.relu6(self._bn0(self._conv_stem(x)))
         feats = []
         for i, block in enumerate(self._blocks):

@@ -194,7 +194,7 @@ class ResNetEncoder(nn.Module):
                     if m.kernel_size == (3, 3):
                         m.dilation, m.padding = (2, 2), (2, 2)
 
-    def forward(self, x) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = [self.stem(x)]
         x = self.pool(feats[0])
         for stage in self.stages:

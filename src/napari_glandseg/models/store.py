@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._files import atomic_path
+from .._types import PathType
 from ..errors import CheckpointError, GlandsegError, OutputExistsError
 from .card import ModelCard
 from .checkpoint import Model, load_checkpoint, read_card, save_checkpoint
@@ -92,14 +93,15 @@ def find_model(name: str) -> ModelEntry:
     raise GlandsegError(f"no model named {name!r} in the store (available: {names})")
 
 
-def load_model(name_or_path, device=None, card: ModelCard | dict | None = None) -> Model:
+def load_model(name_or_path: PathType, device: str | None = None,
+               card: ModelCard | dict | None = None) -> Model:
     """Load a model by store name or file path; loaded models are cached.
 
     Parameters
     ----------
     name_or_path : str or Path
         A name from :func:`list_models` or a checkpoint file.
-    device : str or torch.device, optional
+    device : str, optional
         Return the model's instance on that device (``"auto"``, ``"cuda"``, ``"mps"``,
         ``"cpu"``; :meth:`Model.on`): the cached instance is never moved.
     card : ModelCard or dict, optional
@@ -127,7 +129,7 @@ def load_model(name_or_path, device=None, card: ModelCard | dict | None = None) 
     return model
 
 
-def check_model_name(name) -> str:
+def check_model_name(name: str) -> str:
     """``name`` if it can name a model in the store (a file name that stays inside it), else
     a GlandsegError that says what is allowed. Training, the Fine-tune widget and import all
     call this before writing anything.
@@ -150,7 +152,7 @@ def check_model_name(name) -> str:
 _check_name = check_model_name  # the old private name
 
 
-def import_model(path, name: str | None = None, card: ModelCard | dict | None = None,
+def import_model(path: PathType, name: str | None = None, card: ModelCard | dict | None = None,
                  overwrite: bool = False) -> ModelEntry:
     """Copy a checkpoint into the user's store (a .pt/.pth is converted to .safetensors).
 
@@ -169,7 +171,7 @@ def import_model(path, name: str | None = None, card: ModelCard | dict | None = 
     return ModelEntry(name, dest, "user", model.card)
 
 
-def export_model(name: str, dest, overwrite: bool = False) -> Path:
+def export_model(name: str, dest: PathType, overwrite: bool = False) -> Path:
     """Copy a stored model to ``dest`` (a file or folder), atomically."""
     entry = find_model(name)
     d = Path(dest)

@@ -10,13 +10,15 @@ import numpy as np
 from ..preprocess import norm_stats, normalise, standardise
 
 if TYPE_CHECKING:
+    from .data import TrainingPair
     from .params import TrainParams
 
 
 class PatchSampler:
     """Random patches from pairs, centred on foreground with ``foreground_fraction``."""
 
-    def __init__(self, pairs, targets, params: TrainParams, normalization: str, rng):
+    def __init__(self, pairs: list[TrainingPair], targets: list[np.ndarray],
+                 params: TrainParams, normalization: str, rng: np.random.Generator) -> None:
         self.pairs, self.targets, self.p, self.norm, self.rng = pairs, targets, params, \
             normalization, rng
         self.fg = [np.flatnonzero(t > 0) for t in targets]
@@ -54,7 +56,7 @@ def _crop_pad(a: np.ndarray, cy: int, cx: int, size: int) -> np.ndarray:
     if any(p != (0, 0) for p in pad):
         mode = "reflect" if all(p[0] < a.shape[k] and p[1] < a.shape[k]
                                 for k, p in enumerate(pad[:2])) else "edge"
-        a = np.pad(a, pad, mode=mode)
+        a = np.pad(a, pad, mode="reflect" if mode == "reflect" else "edge")
         y0, x0 = y0 + pad[0][0], x0 + pad[1][0]
     return a[y0:y0 + size, x0:x0 + size]
 

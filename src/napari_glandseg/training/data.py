@@ -87,8 +87,9 @@ def pairs_from_folder(folder: PathType, split_csv: PathType | None = None,
         if p.mask is None or (split is not None and split.get(p.name) not in splits):
             continue
         image, mask = read_pair(p)
-        pairs.append(TrainingPair(image.data, mask.data, p.name, image.pixel_size_um,
-                                  groups.get(p.name)))
+        assert mask is not None  # pairs without a mask were skipped above
+        pairs.append(TrainingPair(np.asarray(image.data), np.asarray(mask.data), p.name,
+                                  image.pixel_size_um, groups.get(p.name)))
         if limit and len(pairs) >= limit:
             break
     if not pairs:
@@ -148,7 +149,7 @@ def split_names(names: list[str], val_fraction: float = 0.2,
 
 def _id_divisible(name: str, n: int) -> bool:
     m = re.search(r"(\d+)$", name)
-    return bool(m) and int(m.group(1)) % n == 0
+    return m is not None and int(m.group(1)) % n == 0
 
 
 def holdout_split(pairs: list[TrainingPair], val_fraction: float = 0.2,
@@ -220,7 +221,7 @@ def stain_reference(pairs: list[TrainingPair], reference: str | None = None) -> 
     if reference:
         from ..io import read_image
 
-        return fit_macenko(standardise(read_image(reference).data)).to_card(
+        return fit_macenko(standardise(np.asarray(read_image(reference).data))).to_card(
             Path(reference).name)
     if any(p.image.ndim != 3 or p.image.shape[-1] not in (3, 4) for p in pairs):
         raise GlandsegError("stain normalisation needs RGB training images")

@@ -35,6 +35,7 @@ def make_loss(loss: Loss, num_classes: int, partial: bool = False, gap_weight: f
 
         return compute_partial
     binary = num_classes == 1
+    bce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     if binary:
         dice = DiceLoss(sigmoid=True)
         focal = FocalLoss(gamma=2.0)
