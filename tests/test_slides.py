@@ -179,6 +179,9 @@ def test_ome_zarr_pyramid_and_scale_read_back(tmp_path):
 
     data, kwargs, kind = labels_layer_data(res.store)
     assert kind == "labels" and kwargs["scale"] == (0.25, 0.25) and kwargs["multiscale"]
+    # in um from the start, as the reader gives the slide (units set after the layer is added
+    # left napari's canvas warning of mixed units, with no unit on the scale bar)
+    assert kwargs["units"] == ("um", "um")
     # no work files left, the finished store refuses to be replaced silently
     assert not (tmp_path / "image.glandseg-work").exists()
     with pytest.raises(GlandsegError, match="exists"):

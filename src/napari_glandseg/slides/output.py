@@ -233,6 +233,9 @@ def labels_layer_data(store: PathType) -> tuple[list[Array], dict[str, Any], str
     kwargs: dict[str, Any] = {"name": f"{Path(store).name.removesuffix('.ome.zarr')} [labels]",
                               "multiscale": True, "metadata": metadata}
     if px:
+        # in micrometres from the start, as the reader gives the slide: a layer whose units
+        # change after it is added leaves napari's canvas with mixed units (no scale bar)
         kwargs["scale"] = (px, px)
+        kwargs["units"] = ("um", "um")
         metadata["pixel_size_um"] = px
     return (levels, kwargs, "labels")
