@@ -17,11 +17,13 @@ def atomic_path(dest: str | os.PathLike[str], suffix: str = "") -> Iterator[str]
     removed if the block raises. ``suffix`` keeps an extension writers look at.
 
     >>> import tempfile, pathlib
-    >>> dest = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> dest = pathlib.Path(folder.name) / "a.txt"
     >>> with atomic_path(dest) as tmp:
     ...     _ = pathlib.Path(tmp).write_text("done")
     >>> dest.read_text(), sorted(p.name for p in dest.parent.iterdir())
     ('done', ['a.txt'])
+    >>> folder.cleanup()
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -9,10 +9,12 @@ Examples
 >>> import numpy as np, tempfile, os
 >>> from napari_glandseg.io import read_image, write_labels
 >>> labels = np.zeros((32, 48), dtype=np.uint16); labels[4:10, 4:10] = 300
->>> path = write_labels(os.path.join(tempfile.mkdtemp(), "cells_mask.tif"), labels)
+>>> folder = tempfile.TemporaryDirectory()
+>>> path = write_labels(os.path.join(folder.name, "cells_mask.tif"), labels)
 >>> img = read_image(path)
 >>> img.kind, img.data.shape, img.data.dtype.name, int(img.data.max())
 ('labels', (32, 48), 'uint16', 300)
+>>> folder.cleanup()
 """
 
 from __future__ import annotations

@@ -7,17 +7,19 @@ named after the model, carrying its card.
 Examples
 --------
 >>> import os, tempfile
->>> os.environ["GLANDSEG_MODELS_DIR"] = tempfile.mkdtemp()
+>>> store, work = tempfile.TemporaryDirectory(), tempfile.TemporaryDirectory()
+>>> os.environ["GLANDSEG_MODELS_DIR"] = store.name  # a store of its own for this example
 >>> from napari_glandseg.models import ModelCard, build_model, save_checkpoint
 >>> card = ModelCard(name="tiny", architecture="base_cnn", in_channels=3, num_classes=1,
 ...                  arch_kwargs={"widths": [4, 8]})
->>> path = save_checkpoint(os.path.join(tempfile.mkdtemp(), "tiny.safetensors"),
+>>> path = save_checkpoint(os.path.join(work.name, "tiny.safetensors"),
 ...                        build_model("base_cnn", 3, 1, widths=[4, 8]), card)
 >>> entry = import_model(path)
 >>> [m.name for m in list_models() if m.source == "user"]
 ['tiny']
 >>> load_model("tiny").card.architecture
 'base_cnn'
+>>> del os.environ["GLANDSEG_MODELS_DIR"]; store.cleanup(); work.cleanup()
 """
 
 from __future__ import annotations

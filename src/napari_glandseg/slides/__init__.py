@@ -46,11 +46,13 @@ Examples
 >>> import numpy as np, tempfile
 >>> from napari_glandseg.slides import ClassMapPredictor, SlideParams, segment_slide
 >>> img = np.zeros((300, 300), np.uint8); img[100:200, 40:260] = 1   # crosses 2 blocks
->>> res = segment_slide(img, tempfile.mkdtemp(), predictor=ClassMapPredictor(),
+>>> out = tempfile.TemporaryDirectory()
+>>> res = segment_slide(img, out.name, predictor=ClassMapPredictor(),
 ...                     params=SlideParams(block_size=128, overlap=32, tissue=False),
 ...                     post={"split": "none", "min_size": 1})
 >>> res.n_objects, res.labels_shape
 (1, (300, 300))
+>>> out.cleanup()
 """
 
 from __future__ import annotations

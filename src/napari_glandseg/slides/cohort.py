@@ -21,12 +21,14 @@ Examples
 >>> import numpy as np, tempfile
 >>> from napari_glandseg.slides import ClassMapPredictor, SlideParams
 >>> img = np.zeros((256, 256), np.uint8); img[60:200, 60:200] = 1
->>> res = segment_cohort([img], tempfile.mkdtemp(), predictor=ClassMapPredictor(),
+>>> out = tempfile.TemporaryDirectory()
+>>> res = segment_cohort([img], out.name, predictor=ClassMapPredictor(),
 ...                      params=SlideParams(block_size=128, overlap=32, tissue=False),
 ...                      post={"split": "none", "min_size": 1},
 ...                      cohort=CohortParams(workers=1, processes=False))
 >>> [r.n_objects for r in res.done], res.failed
 ([1], [])
+>>> out.cleanup()
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ beside it (optimiser, epoch, history) lets a run resume. Stopping the generator 
 Examples
 --------
 >>> import numpy as np, os, tempfile
->>> os.environ["GLANDSEG_MODELS_DIR"] = tempfile.mkdtemp()
+>>> store = tempfile.TemporaryDirectory()  # a model store of its own for this example
+>>> os.environ["GLANDSEG_MODELS_DIR"] = store.name
 >>> rng = np.random.default_rng(0)
 >>> image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
 >>> mask = np.zeros((64, 64), np.uint8); mask[16:48, 16:48] = 1
@@ -24,6 +25,7 @@ Examples
 ...                steps_per_epoch=2, val_patches=2))
 >>> result.checkpoint.name, len(result.history)
 ('doc-demo.safetensors', 1)
+>>> del os.environ["GLANDSEG_MODELS_DIR"]; store.cleanup()
 """
 
 from .augment import PatchSampler
