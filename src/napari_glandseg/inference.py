@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ._types import Box, Levels, as_levels
+from ._types import Box, Levels, MutableArray, as_levels
 from .enums import Blend  # noqa: F401  (defined with the other modes)
 from .errors import GlandsegError
 from .models import Model, ModelCard, describe_device, resolve_device
@@ -93,9 +93,9 @@ class SegmentResult:
         The model card's name.
     """
 
-    labels: object
-    probabilities: object = None
-    uncertainty: object = None
+    labels: MutableArray
+    probabilities: MutableArray | None = None
+    uncertainty: MutableArray | None = None
     offset: tuple = (0, 0)
     pixel_size_um: float | None = None
     downsample: float = 1.0

@@ -75,7 +75,7 @@ class ImageData:
         The last axis holds RGB colour.
     """
 
-    data: object
+    data: Array | list[Array]
     kind: str
     path: Path
     pixel_size_um: float | None = None

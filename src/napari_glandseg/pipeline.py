@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._types import Array, Box, Levels, PathType, as_levels
+from ._types import Array, Box, Levels, MutableArray, PathType, as_levels
 from .errors import GlandsegError
 from .inference import SegmentParams, SegmentResult, iter_segment
 from .postprocessing import (
@@ -67,6 +67,9 @@ from .progress import Progress, run_to_end
 from .scale import WorkingScale
 
 if TYPE_CHECKING:
+    import pandas as pd
+
+    from .autoscale import ScaleEstimate
     from .inference import ImageStats
     from .models import Model, ModelCard
 
@@ -153,15 +156,15 @@ class FileResult:
     """
 
     path: Path | None
-    labels: object
+    labels: MutableArray | None
     segment: SegmentResult
     postprocess: PostprocessParams | None = None
-    table: object = None
+    table: pd.DataFrame | None = None
     n_objects: int | None = None
     outputs: dict = field(default_factory=dict)
-    image: object = None  # the segmented image (level), for writers that need pixels
+    image: Levels | None = None  # the segmented image (level), for writers that need pixels
     max_label: int | None = None  # known largest label of a large result
-    scale_estimate: object = None  # autoscale.ScaleEstimate, when the scale was estimated
+    scale_estimate: ScaleEstimate | None = None  # when the scale was estimated
 
     @property
     def pixel_size_um(self) -> float | None:
@@ -251,7 +254,7 @@ class Objects:
 
     labels: np.ndarray
     classes: np.ndarray | None = None
-    table: object = None
+    table: pd.DataFrame | None = None
 
     @property
     def n(self) -> int:

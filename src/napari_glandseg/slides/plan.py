@@ -138,6 +138,7 @@ class SlidePlan:
     def blocks(self) -> list[tuple[int, int]]:
         return [(iy, ix) for iy in range(self.grid[0]) for ix in range(self.grid[1])]
 
+
 def open_source(source: PathType | Levels) -> tuple[list[Array], float | None]:
     """The image levels (full resolution first) and um/px (None when unknown) of a path
     (opened once per process), or of an array / multiscale list (um/px unknown)."""
