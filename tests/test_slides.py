@@ -390,3 +390,20 @@ def test_a_block_is_segmented_at_the_working_scale_it_is_handed(fg_model_factory
     assert level0.level == 0 and level0.scale == 1.0
     classes, prob = pred(levels, (0, 0, 200, 150), level0, None)
     assert classes.shape == prob.shape == (200, 150) and (classes > 0).all()
+
+
+def test_a_slide_unlike_the_models_training_images_is_named_and_a_like_one_is_not(tmp_path):
+    """Squamous skin (the bundled SVS) is not colon glands: planning it with glands-he says
+    so, as Segment does for an image; a GlaS image planned as a slide does not."""
+    from skimage.io import imread
+
+    from napari_glandseg._napari import SAMPLE_DIR
+
+    job = SlideJob.make("glands-he", params=SlideParams(tissue=False))
+    skin = plan_slide(str(SVS), tmp_path / "skin", job)
+    assert "looks unlike glands-he" in skin.info["appearance"]
+    glas = imread(SAMPLE_DIR / "glas_testA_5.jpg")[..., :3]
+    assert "appearance" not in plan_slide(glas, tmp_path / "glas", job).info
+    # what a ClassMapPredictor cannot say, it does not
+    plain = SlideJob.make(predictor=ClassMapPredictor(), params=SlideParams(tissue=False))
+    assert "appearance" not in plan_slide(glas[..., 0], tmp_path / "plain", plain).info

@@ -182,6 +182,8 @@ def _segment_blockwise(args) -> int:
     for r in done:
         print(f"{r.name} -> {r.store} ({r.n_objects} objects, {r.blocks_run}/{r.blocks} "
               f"blocks run, {r.blocks_skipped_tissue} without tissue)", file=sys.stderr)
+        if r.info.get("appearance"):
+            print(f"  warning: {r.name}: {r.info['appearance']}", file=sys.stderr)
     print(f"{len(done)} segmented, {len(skipped)} skipped (finished before), "
           f"{len(failures)} failed")
     for f, why in failures:

@@ -309,6 +309,9 @@ def plan_slide(source: PathType | Levels, out: PathType, job: SlideJob,
 
         with dask.config.set(scheduler="synchronous"):  # as the tissue mask above
             plan.image_stats = predictor.image_stats(levels, ws)
+            looks = predictor.appearance(levels)
+        if looks:
+            plan.info["appearance"] = looks
     _check_resume(plan)
     return plan
 

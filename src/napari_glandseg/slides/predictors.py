@@ -53,6 +53,11 @@ class Predictor(Protocol):
         """The whole slide's stains and normalisation statistics (None: not needed)."""
         ...
 
+    def appearance(self, levels: Sequence[Array]) -> str | None:
+        """One line when the slide looks unlike the model's training images (None: it
+        does not, or the predictor cannot say)."""
+        ...
+
     def __call__(self, levels: Sequence[Array], box: Box, working: WorkingScale,
                  stats: ImageStats | None) -> tuple[np.ndarray, np.ndarray]:
         """Classes and foreground probability over ``box`` (pixels of ``working``'s
@@ -78,6 +83,9 @@ class ClassMapPredictor:
         return resolve(levels, None, file_px, user_px)
 
     def image_stats(self, levels: Sequence[Array], working: WorkingScale) -> None:
+        return None
+
+    def appearance(self, levels: Sequence[Array]) -> None:
         return None
 
     def __call__(self, levels: Sequence[Array], box: Box, working: WorkingScale | None = None,
@@ -171,6 +179,13 @@ class ModelPredictor:
         probs = np.asarray(res.probabilities, np.float32)
         fg = probs[0] if probs.shape[0] == 1 else 1.0 - probs[0]
         return classes, _fit(fg, (y1 - y0, x1 - x0))
+
+    def appearance(self, levels: Sequence[Array]) -> str | None:
+        """:func:`napari_glandseg.domain.warning` on the slide (a pyramid level of about
+        512 px), as Segment says it of an image."""
+        from ..domain import warning
+
+        return warning(list(levels), self.card)
 
     def seg_params(self) -> SegmentParams:
         """The inference settings, with probabilities (a block's table needs them)."""

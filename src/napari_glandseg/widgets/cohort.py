@@ -168,8 +168,15 @@ class CohortWidget(QWidget):
                 f"{len(result.failed)} failed ({result.seconds:.0f} s)")
         for path, why in result.failed:
             text += f"\nfailed: {Path(path).name}: {why}"
+        unlike = [(r.name, r.info["appearance"]) for r in result.done
+                  if r.info.get("appearance")]
+        for name, why in unlike:
+            text += f"\n{name}: {why}"
         self.status.setText(text)
-        notify("warning" if result.failed else "info", text.splitlines()[0])
+        notify("warning" if result.failed or unlike else "info",
+               text.splitlines()[0] if not unlike or result.failed else
+               f"{text.splitlines()[0]}; {len(unlike)} look unlike the model's training "
+               "images (see the Slides panel)")
         self.open_btn.setEnabled(bool(result.done or result.skipped))
 
     def _done(self) -> None:
