@@ -151,6 +151,11 @@ def test_model_card_says_what_the_model_is_for_and_groups_its_figures(make_napar
     assert all(line.count("object F1") <= 1 for line in lines)
     w.select("nuclei-he")
     assert "0.25 um/px (a 40x scan)" in w.card_view.toPlainText()
+    # a smear model's figure at other magnifications (no pixel size, automatic scale)
+    w.select("wbc")
+    lines = w.card_view.toPlainText().splitlines()
+    rescaled = lines[lines.index("validation rescaled, no pixel size given") + 1]
+    assert rescaled == "0.33x to 3x with automatic scale: cell Dice 0.957 or better"
 
 
 def test_model_widget_lists_store_and_shares_selection(make_napari_viewer, tmp_path, notes):

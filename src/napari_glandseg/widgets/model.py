@@ -323,6 +323,12 @@ def _metric_groups(metrics: dict) -> list[tuple[str, str]]:
     if per_group:
         out.append(("validation by group", ", ".join(f"{g} {v:.3f}" for g, v in
                                                      sorted(per_group.items()))))
+    rescaled = metrics.get("val_rescaled_auto_scale")  # the same images at other scales
+    if isinstance(rescaled, dict) and rescaled.get("factors") and rescaled.get("cell_dice"):
+        f, d = rescaled["factors"], rescaled["cell_dice"]
+        out.append(("validation rescaled, no pixel size given",
+                    f"{min(f):g}x to {max(f):g}x with automatic scale: cell Dice "
+                    f"{min(d):.3f} or better"))
     sel = metrics.get("selected_on")
     if sel and isinstance(metrics.get(sel), int | float):
         when = f" at epoch {metrics['epoch']}" if "epoch" in metrics else ""
