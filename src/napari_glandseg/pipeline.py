@@ -48,11 +48,12 @@ import os
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from ._types import Array, Box, Levels, MutableArray, PathType, as_levels
+from .enums import Split
 from .errors import GlandsegError
 from .inference import SegmentParams, SegmentResult, iter_segment
 from .postprocessing import (
@@ -71,6 +72,7 @@ if TYPE_CHECKING:
 
     from .autoscale import ScaleEstimate
     from .inference import ImageStats
+    from .io import ImageData
     from .models import Model, ModelCard
 
 #: Output file names: ``<stem><suffix>``.
@@ -162,7 +164,7 @@ class FileResult:
     table: pd.DataFrame | None = None
     n_objects: int | None = None
     outputs: dict = field(default_factory=dict)
-    image: Levels | None = None  # the segmented image (level), for writers that need pixels
+    image: Array | None = None  # the segmented image (level), for writers that need pixels
     max_label: int | None = None  # known largest label of a large result
     scale_estimate: ScaleEstimate | None = None  # when the scale was estimated
 
@@ -243,7 +245,7 @@ def entry_of(params: PostprocessParams | None) -> dict:
 def connected_components() -> PostprocessParams:
     """The objects of labels given no post-processing: connected foreground, nothing
     filled or removed."""
-    return PostprocessParams(split="none", min_size=0, fill_holes=False)
+    return PostprocessParams(split=Split.NONE, min_size=0, fill_holes=False)
 
 
 @dataclass
@@ -300,14 +302,14 @@ def outputs_for(path: PathType, out_dir: PathType, params: FileParams) -> dict[s
     return {k: Path(out_dir) / f"{stem}{OUTPUT_SUFFIXES[k]}" for k in names}
 
 
-def segment_file(source: PathType, model: Model, params: FileParams | None = None,
-                 **kwargs: Any) -> FileResult:
+def segment_file(source: PathType | ImageData | Levels, model: Model,
+                 params: FileParams | None = None, **kwargs: Any) -> FileResult:
     """Blocking twin of :func:`iter_segment_file`."""
     return run_to_end(iter_segment_file(source, model, params, **kwargs))
 
 
-def iter_segment_file(source: PathType, model: Model, params: FileParams | None = None,
-                      region: Box | None = None,
+def iter_segment_file(source: PathType | ImageData | Levels, model: Model,
+                      params: FileParams | None = None, region: Box | None = None,
                       pixel_size_um: float | None = None,
                       ) -> Generator[Progress, None, FileResult]:
     """Read, segment, post-process and (with ``params.out_dir``) write one image.
@@ -335,12 +337,14 @@ def iter_segment_file(source: PathType, model: Model, params: FileParams | None 
     if isinstance(source, ImageData):
         path = source.path
     try:
-        if path is not None and not isinstance(source, ImageData):
-            source = read_image(path, as_labels=False)
+        data: Levels
         if isinstance(source, ImageData):
             data, px = source.data, source.pixel_size_um or pixel_size_um
+        elif path is not None:
+            img = read_image(path, as_labels=False)
+            data, px = img.data, img.pixel_size_um or pixel_size_um
         else:
-            data, px = source, pixel_size_um
+            data, px = cast(Levels, source), pixel_size_um
         return (yield from _run(path, data, px, model, params, region))
     except GlandsegError as exc:
         if path is None or str(exc).startswith(str(path)):
@@ -442,33 +446,35 @@ def mask_to_polygons(result: FileResult, polygons: Sequence[np.ndarray]) -> None
     from .postprocessing import object_table
 
     res = result.segment
-    h, w = res.labels.shape
+    labels = np.asarray(res.labels)  # an in-memory result
+    h, w = labels.shape
     inside = np.zeros((h, w), bool)
     for poly in polygons:
         inside |= polygon2mask((h, w), (np.asarray(poly) - np.asarray(res.offset))
                                / res.downsample)
-    res.labels = np.where(inside, res.labels, 0).astype(res.labels.dtype)
+    res.labels = np.where(inside, labels, 0).astype(labels.dtype)
     if res.probabilities is not None:
-        probs = np.where(inside, res.probabilities, 0).astype(np.float32)
+        probs = np.where(inside, np.asarray(res.probabilities), 0).astype(np.float32)
         if probs.shape[0] > 1:
             probs[0][~inside] = 1.0  # background, for a softmax model
         res.probabilities = probs
     if res.uncertainty is not None:
-        res.uncertainty = np.where(inside, res.uncertainty, 0).astype(np.float32)
-    if result.labels is not None and result.labels is not res.labels:
-        result.labels = np.where(inside, result.labels, 0).astype(result.labels.dtype)
-    elif result.labels is not None:
-        result.labels = res.labels
+        res.uncertainty = np.where(inside, np.asarray(res.uncertainty), 0).astype(np.float32)
+    objects = None
+    if result.labels is not None:  # the objects (or the classes themselves)
+        kept_in = np.asarray(result.labels)
+        objects = np.where(inside, kept_in, 0).astype(kept_in.dtype)
+    result.labels = objects
     table = result.table
-    if table is not None and result.labels is not None:
+    if table is not None and objects is not None:
         if "class" in table:  # a class map's objects: keep those still inside
             from skimage.measure import label as cc_label
 
-            kept = np.unique(cc_label(result.labels > 0, connectivity=2))
+            kept = np.unique(cc_label(objects > 0, connectivity=2))
             result.table = table[table["label"].isin(kept[kept > 0])].reset_index(drop=True)
         else:  # objects cut by the polygon are measured again
             image = None if result.image is None else np.asarray(result.image)
-            result.table = object_table(result.labels, image, res.pixel_size_um)
+            result.table = object_table(objects, image, res.pixel_size_um)
 
 
 def _working_scale(image, card, params: FileParams, file_px, stats):
@@ -502,7 +508,7 @@ def _run(path, data, px, model, params: FileParams, region):
     out_dir = params.out_dir
     outputs = outputs_for(path or "image", out_dir, params) if out_dir is not None else {}
     if out_dir is not None:
-        _check_writable(out_dir)
+        _check_writable(Path(out_dir))
     result = yield from iter_objects(data, model, params, region=region, pixel_size_um=px)
     result.path, result.outputs = path, outputs
     res = result.segment
@@ -532,8 +538,8 @@ def _post_in_memory(result: FileResult, class_map: bool, table: bool) -> None:
     if post is None and not table:  # the network's labels, as they are
         result.labels = np.asarray(result.labels)
         return
-    out = objects_of(result.labels, post, class_map=class_map, image=result.image,
-                     pixel_size_um=result.pixel_size_um, table=table)
+    out = objects_of(np.asarray(result.labels), post, class_map=class_map,
+                     image=result.image, pixel_size_um=result.pixel_size_um, table=table)
     result.labels = out.classes if class_map else out.labels
     result.n_objects, result.table = out.n, out.table
 
@@ -556,7 +562,7 @@ def _post_windows(result: FileResult, class_map: bool, params: FileParams):
     post = post or connected_components()
     import zarr
 
-    src = result.labels
+    src: Any = result.labels  # the zarr labels of a large result
     root = zarr.open_group(result.segment.store_path, mode="r+")
     dst = root.create_array("instances", shape=src.shape, dtype="uint32", fill_value=0,
                             chunks=src.chunks)
@@ -608,6 +614,7 @@ def _write_outputs(result: FileResult, params: FileParams) -> None:
     for writer in params.writers:
         result.outputs.update(writer(result) or {})
     # last: an existing labels file means the whole file is done
+    assert result.labels is not None  # discarded only after writing
     write_labels(out["labels"], result.labels, overwrite=True, pixel_size_um=px,
                  max_label=result.max_label)
 
@@ -642,17 +649,17 @@ def iter_segment_files(files: Iterable[PathType], model: Model, params: FilePara
     they happen."""
     if params.out_dir is None:
         raise GlandsegError("a batch needs an output folder")
-    _check_writable(params.out_dir)
-    files = [Path(f) for f in files]
+    _check_writable(Path(params.out_dir))
+    paths = [Path(f) for f in files]
     report = BatchReport()
     tell = on_file or (lambda *a: None)
-    for i, f in enumerate(files, 1):
+    for i, f in enumerate(paths, 1):
         dest = outputs_for(f, params.out_dir, params)["labels"]
         if dest.exists() and not params.overwrite:
             report.skipped.append(f)
             tell("skip", f, dest)
             continue
-        info = {"file": i, "files": len(files), "name": f.name}
+        info = {"file": i, "files": len(paths), "name": f.name}
         gen = iter_segment_file(f, model, params)
         try:
             while True:
