@@ -353,7 +353,8 @@ _TRAIN_FLAGS = {"name": "name", "arch": "architecture", "base": "base_model",
                 "patience": "patience", "stain_norm": "stain_normalization",
                 "stain_reference": "stain_reference", "select": "select",
                 "pixel_size": "pixel_size_um", "data_pixel_size": "data_pixel_size_um",
-                "gap_weight": "gap_weight", "encoder": "encoder", "precision": "precision"}
+                "gap_weight": "gap_weight", "encoder": "encoder", "precision": "precision",
+                "levels": "levels"}
 _DATA_KEYS = ("data", "split_csv", "mask_folder", "val_fraction", "val_every", "group_column")
 
 
@@ -712,7 +713,10 @@ def _add_train(sub) -> None:
     t.add_argument("--loss", choices=_values(Loss))
     t.add_argument("--target", choices=_values(Target))
     t.add_argument("--gap-weight", type=float, metavar="W",
-                   help="boundary target: gaps between objects weigh 1 + W in the loss")
+                   help="boundary or levels target: gaps between objects weigh 1 + W in the "
+                        "loss")
+    t.add_argument("--levels", type=int, metavar="L",
+                   help="levels target: distance levels per object (default 4)")
     t.add_argument("--num-classes", type=int, help="classes of a class-map mask")
     t.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"])
     t.add_argument("--precision", choices=_values(Precision), help=_PRECISION_HELP)

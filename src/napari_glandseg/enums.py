@@ -17,13 +17,17 @@ class Split(str, Enum):
     - ``peaks``: watershed from distance peaks at least ``min_distance`` apart;
     - ``boundary``: markers are connected regions of the interior class (label 1) of a
       background / interior / boundary model, grown over interior + boundary (a map with no
-      boundary pixels is thus split into its connected interiors).
+      boundary pixels is thus split into its connected interiors);
+    - ``levels``: markers are connected regions at or above distance level ``marker_level``
+      of a distance-levels model (labels 0..L, :attr:`Target.LEVELS`), grown downhill over
+      the lower levels (the deep watershed transform).
     """
 
     NONE = "none"
     DISTANCE = "distance"
     PEAKS = "peaks"
     BOUNDARY = "boundary"
+    LEVELS = "levels"
 
 
 class Loss(str, Enum):
@@ -44,12 +48,16 @@ class Loss(str, Enum):
 
 
 class Target(str, Enum):
-    """What the model learns: ``mask`` (foreground, or the classes of a class map) or
+    """What the model learns: ``mask`` (foreground, or the classes of a class map),
     ``boundary`` (background / interior / boundary from instance labels, for splitting
-    touching objects)."""
+    touching objects) or ``levels`` (background and L levels of each object's distance to
+    its own edge, relative to the object's deepest point, from instance labels: a quantised
+    distance map whose top levels seed one object each; Bai and Urtasun's deep watershed
+    transform, CVPR 2017)."""
 
     MASK = "mask"
     BOUNDARY = "boundary"
+    LEVELS = "levels"
 
 
 class Selection(str, Enum):

@@ -508,7 +508,7 @@ def card_classification(card: ModelCard) -> tuple[list, list, bool]:
     instance model (binary or background / interior / boundary) has one class of objects,
     named after the model.
     """
-    class_map = card.num_classes > 1 and not card.boundary_class
+    class_map = card.class_map
     if class_map:
         return list(card.class_names), list(card.class_colours), True
     colour = card.class_colours[1] if len(card.class_colours) > 1 else None

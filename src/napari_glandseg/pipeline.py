@@ -418,7 +418,7 @@ def iter_objects(image: Levels, model: Model, params: FileParams | None = None,
         from .domain import warning
 
         res.info["appearance"] = warning(image, card)
-    class_map = card.num_classes > 1 and not card.boundary_class
+    class_map = card.class_map
     post = postprocess_for(card, params.postprocess)
     result = FileResult(path=None, labels=res.labels, segment=res, postprocess=post,
                         scale_estimate=estimate,

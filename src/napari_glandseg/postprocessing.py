@@ -56,6 +56,10 @@ class PostprocessParams:
         Height of the distance-transform maxima that seed objects (``distance``).
     min_distance : int
         Minimum distance between seeds (``peaks``).
+    marker_level : int
+        The lowest distance level that seeds objects (``levels``): each connected region at
+        or above it is one object's seed. Higher splits touching objects more readily and
+        can lose small ones (whose top level is lower, where the network is unsure).
     """
 
     fill_holes: bool = True
@@ -64,15 +68,23 @@ class PostprocessParams:
     split: Split = Split.DISTANCE
     h: float = 2.0
     min_distance: int = 7
+    marker_level: int = 2
 
     def __post_init__(self):
         self.split = as_enum(Split, self.split, "split")
-        for name in ("max_hole_size", "min_size", "min_distance"):
+        for name in ("max_hole_size", "min_size", "min_distance", "marker_level"):
             v = getattr(self, name)
             if not isinstance(v, int | np.integer) or v < 0:
                 raise GlandsegError(f"{name} must be a non-negative integer, got {v!r}")
         if not self.h > 0:
             raise GlandsegError(f"h must be positive, got {self.h!r}")
+        if not 1 <= self.marker_level <= MAX_LEVELS:
+            raise GlandsegError(f"marker_level must be in 1..{MAX_LEVELS}, got "
+                                f"{self.marker_level!r}")
+
+
+#: The most distance levels a ``levels`` map may have (a card's ``levels`` is at most this).
+MAX_LEVELS = 64
 
 
 def _remove_small_objects(mask: np.ndarray, min_size: int) -> np.ndarray:
@@ -104,8 +116,9 @@ def postprocess(labels: np.ndarray, params: PostprocessParams | None = None, *,
     Parameters
     ----------
     labels : array-like, (Y, X)
-        A binary mask, instance labels, or a background / interior / boundary class map
-        (0/1/2) for ``split="boundary"``.
+        A binary mask, instance labels, a background / interior / boundary class map
+        (0/1/2) for ``split="boundary"``, or a distance-levels map (0 background, 1..L
+        levels rising towards each object's centre) for ``split="levels"``.
     params : PostprocessParams, optional
         Or its fields as keywords.
     objects : bool
@@ -142,7 +155,18 @@ def postprocess(labels: np.ndarray, params: PostprocessParams | None = None, *,
         out = label(fg, connectivity=2)
     else:
         dist = ndi.distance_transform_edt(fg)
-        if params.split is Split.BOUNDARY:
+        if params.split is Split.LEVELS:
+            if arr.max() > MAX_LEVELS:
+                raise GlandsegError(f"split 'levels' needs a distance-levels map (labels "
+                                    f"0..L, L <= {MAX_LEVELS}), got labels up to "
+                                    f"{int(arr.max())}")
+            # flood downhill from each seed region; the distance transform orders the pixels
+            # of one level (between 0 and 1, so it never outweighs a level step)
+            seeds = _remove_small_objects((arr >= params.marker_level) & fg,
+                                          max(params.min_size // 4, 1))
+            markers = label(seeds, connectivity=1)
+            dist = arr.astype(np.float64) + dist / (dist.max() + 1.0)
+        elif params.split is Split.BOUNDARY:
             if arr.max() > 2:
                 raise GlandsegError(f"split 'boundary' needs a background/interior/boundary "
                                     f"map (labels 0/1/2), got labels up to {int(arr.max())}")

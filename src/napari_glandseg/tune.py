@@ -66,13 +66,14 @@ def _card_metric(card) -> TuneMetric:
 
 
 def candidate_grid(current: dict | PostprocessParams | None,
-                   boundary: bool) -> list[PostprocessParams]:
+                   boundary: bool, levels: int = 0) -> list[PostprocessParams]:
     """Settings to try around the card's ``current`` ones (a card entry, read as
     :func:`~napari_glandseg.pipeline.postprocess_for` reads it, or settings): connected
     components, the distance watershed over a range of ``h``, distance peaks over a range of
-    minimum distances, and (for background / interior / boundary models) the boundary-class
-    split, each with minimum sizes from a quarter to four times the current one and hole
-    filling on or off."""
+    minimum distances, for background / interior / boundary models the boundary-class
+    split, and for models of ``levels`` distance levels the levels split seeded at each
+    level from 2 to the top, each with minimum sizes from a quarter to four times the
+    current one and hole filling on or off."""
     from .pipeline import from_entry
 
     if isinstance(current, dict):
@@ -93,6 +94,8 @@ def candidate_grid(current: dict | PostprocessParams | None,
                 out.append(PostprocessParams(split=Split.PEAKS, min_distance=d, **common))
             if boundary:
                 out.append(PostprocessParams(split=Split.BOUNDARY, **common))
+            for level in range(2, levels + 1):
+                out.append(PostprocessParams(split=Split.LEVELS, marker_level=level, **common))
     if cur not in out:
         out.append(cur)
     return out
@@ -106,6 +109,8 @@ def _entry(p: PostprocessParams) -> dict:
         keep.add("h")
     if p.split is Split.PEAKS:
         keep.add("min_distance")
+    if p.split is Split.LEVELS:
+        keep.add("marker_level")
     return {k: v for k, v in d.items() if k in keep}
 
 
@@ -160,7 +165,7 @@ def iter_tune(model: Model, pairs: list[TrainingPair],
         raise GlandsegError("tuning scores objects: choose objects, object_f1, object_dice, "
                             "aji or pq, not pixel_dice")
     card = model.card
-    if card.num_classes > 1 and not card.boundary_class:
+    if card.class_map:
         raise GlandsegError(f"{card.name}: a class-map model has no object split to tune")
     if not pairs:
         raise GlandsegError("tuning needs at least one validation pair")
@@ -168,7 +173,8 @@ def iter_tune(model: Model, pairs: list[TrainingPair],
         metric = _card_metric(card)
     # the card's objects as every route makes them (pipeline.postprocess_for)
     card_post = postprocess_for(card)
-    grid = list(grid) if grid is not None else candidate_grid(card_post, card.boundary_class)
+    grid = list(grid) if grid is not None else \
+        candidate_grid(card_post, card.boundary_class, card.levels)
     t0 = time.perf_counter()
     total = len(pairs) + len(grid)
     predictions, groups = [], []

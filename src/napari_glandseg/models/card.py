@@ -107,6 +107,10 @@ class ModelCard:
         (:mod:`napari_glandseg.stain`).
     boundary_class : bool
         Classes are background / interior / boundary, for splitting touching objects.
+    levels : int
+        0, or L: classes are background and L distance levels of each object (a quantised
+        distance map, ``num_classes = L + 1``), for splitting touching objects
+        (``split="levels"``).
     scale_reference : dict
         Reference for automatic scale (:mod:`napari_glandseg.autoscale`): ``sigma_px``, the
         median characteristic blob sigma of the training images at the training data's scale
@@ -126,6 +130,7 @@ class ModelCard:
     normalization: str = Normalization.IMAGENET.value
     stain_normalization: dict = field(default_factory=dict)
     boundary_class: bool = False
+    levels: int = 0
     description: str = ""
     training_data: str = ""
     data_licence: str = ""
@@ -201,6 +206,13 @@ class ModelCard:
             raise GlandsegError(f"model card is not valid JSON: {exc}") from None
         return cls.from_dict(data)
 
+    @property
+    def class_map(self) -> bool:
+        """Whether the labels are semantic classes (kept as classes, objects are their
+        connected regions) rather than foreground to split into objects (binary,
+        boundary and distance-levels models)."""
+        return self.num_classes > 1 and not self.boundary_class and not self.levels
+
     def summary(self) -> str:
         """A few human-readable lines for the Model widget and ``glandseg models show``."""
         arch = Architecture(self.architecture).label
@@ -208,7 +220,9 @@ class ModelCard:
         if self.description:
             lines.append(self.description)
         lines.append(f"classes: {', '.join(self.class_names)}"
-                     + ("  [background/interior/boundary]" if self.boundary_class else ""))
+                     + ("  [background/interior/boundary]" if self.boundary_class else "")
+                     + (f"  [background + {self.levels} distance levels]" if self.levels
+                        else ""))
         scale = f"{self.pixel_size_um:g} um/px" if self.pixel_size_um else "any"
         lines.append(f"input: {self.in_channels} channel(s), scale {scale}, "
                      f"normalisation {self.normalization}")
@@ -284,6 +298,14 @@ def _check_field_types(card: ModelCard) -> None:
     if not isinstance(card.boundary_class, bool):
         raise GlandsegError(f"card field boundary_class must be true or false, got "
                             f"{_short(card.boundary_class)}")
+    if isinstance(card.levels, bool) or not isinstance(card.levels, int) or \
+            card.levels not in (0, *range(2, 65)):
+        raise GlandsegError(f"card field levels must be 0 or an integer in 2..64, got "
+                            f"{_short(card.levels)}")
+    if card.levels and (card.boundary_class or card.num_classes != card.levels + 1):
+        raise GlandsegError(f"card says {card.levels} distance levels, so num_classes must be "
+                            f"{card.levels + 1} and boundary_class false (got "
+                            f"{card.num_classes}, {card.boundary_class})")
     for key, value in card.arch_kwargs.items():
         _check_arch_value(key, value)
     peak = card.scale_reference.get("peak", "nearest")

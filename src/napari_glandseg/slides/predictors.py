@@ -125,7 +125,7 @@ class ModelPredictor:
     @property
     def class_map(self) -> bool:
         """A class model: its classes are kept, its regions are the objects."""
-        return self.card.num_classes > 1 and not self.card.boundary_class
+        return self.card.class_map
 
     @property
     def class_names(self) -> tuple[str, ...]:

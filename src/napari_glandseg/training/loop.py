@@ -107,20 +107,26 @@ def _prepare(train_pairs, params):
         return card, net
     in_ch = params.in_channels or (1 if train_pairs[0].image.ndim == 2 else
                                    train_pairs[0].image.shape[-1])
-    if params.num_classes:
+    levels = params.levels if params.target is Target.LEVELS else 0
+    if levels:
+        k = levels + 1
+    elif params.num_classes:
         k = params.num_classes
     elif params.target is Target.BOUNDARY:
         k = 3
     else:
         k = 1
-    names = params.class_names or (["background", "interior", "boundary"]
-                                   if params.target is Target.BOUNDARY else None)
+    names = params.class_names
+    if not names and params.target is Target.BOUNDARY:
+        names = ["background", "interior", "boundary"]
+    elif not names and levels:
+        names = ["background"] + [f"level {i}" for i in range(1, levels + 1)]
     card = ModelCard(name=params.name, architecture=params.architecture, in_channels=in_ch,
                      num_classes=k, arch_kwargs=dict(params.arch_kwargs),
                      class_names=names or [], normalization=params.normalization,
                      pixel_size_um=params.pixel_size_um,
                      data_pixel_size_um=params.data_pixel_size_um,
-                     boundary_class=params.target is Target.BOUNDARY)
+                     boundary_class=params.target is Target.BOUNDARY, levels=levels)
     net = build_from_card(card)
     if params.pretrained:
         from ..models.efficientnet import load_imagenet_encoder
@@ -224,12 +230,13 @@ def _scale_reference(pairs, params: TrainParams, card) -> dict:
 def _targets(work_train, work_val, card, params: TrainParams):
     """The training and validation targets (at the working scale), whether the data mix
     instance labels with binary masks, and the gap width of the separation weight."""
-    target_kind = Target.BOUNDARY if card.boundary_class else params.target
+    target_kind = Target.BOUNDARY if card.boundary_class else \
+        Target.LEVELS if card.levels else params.target
+    objects = target_kind in (Target.BOUNDARY, Target.LEVELS)
     # mixed data: binary masks among instance labels teach foreground, not the boundary
-    mixed = target_kind is Target.BOUNDARY and \
-        any(is_instance_mask(p.mask) for p in work_train) and \
+    mixed = objects and any(is_instance_mask(p.mask) for p in work_train) and \
         not all(is_instance_mask(p.mask) for p in work_train + work_val)
-    gap_width = params.gap_width if params.gap_weight and target_kind is Target.BOUNDARY else 0
+    gap_width = params.gap_width if params.gap_weight and objects else 0
 
     def target(p):
         return make_target(p.mask, target_kind, card.num_classes,
@@ -299,7 +306,7 @@ def _setup(train_pairs, val_pairs, params: TrainParams) -> _Run:
         card.postprocess = dict(params.postprocess)
     select = params.select
     if select is Selection.AUTO:
-        classes = card.num_classes > 1 and not card.boundary_class
+        classes = card.class_map
         select = Selection.PIXEL_DICE if classes or not card.postprocess else \
             Selection.OBJECTS
     names = [p.name for p in train_pairs]
@@ -570,8 +577,10 @@ def _restore(run: _Run, path) -> None:
         raise GlandsegError(f"{path}: cannot resume: the run selected on {st.get('select')!r}, "
                             f"this one on {run.select.value!r}")
     if st.get("settings"):
-        was = json.loads(st["settings"])
         now = json.loads(json.dumps(_settings(run.params), default=str))
+        # a setting newer than the state was at its default then
+        was = {**json.loads(json.dumps(_settings(TrainParams()), default=str)),
+               **json.loads(st["settings"])}
         changed = [k for k in sorted(set(was) | set(now))
                    if k not in _RESUMABLE_CHANGES and was.get(k) != now.get(k)]
         if changed:

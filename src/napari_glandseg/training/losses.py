@@ -1,5 +1,5 @@
-"""Training losses: MONAI's and the partial background / interior / boundary loss for mixed
-instance and binary masks."""
+"""Training losses: MONAI's and the partial loss of background / interior / boundary and
+distance-levels models for mixed instance and binary masks and gap weights."""
 
 from __future__ import annotations
 
@@ -16,18 +16,18 @@ def make_loss(loss: Loss, num_classes: int, partial: bool = False, gap_weight: f
               ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The loss module for logits (N, K, H, W) and integer targets (N, H, W).
 
-    ``partial``: targets of a background / interior / boundary model may hold
-    :data:`UNKNOWN_FG` (foreground of unknown class); ``gap_weight``: they may hold
+    ``partial``: targets of a background / interior / boundary (or distance-levels) model
+    may hold :data:`UNKNOWN_FG` (foreground of unknown class); ``gap_weight``: they may hold
     :data:`GAP`. Only ``dice_ce`` and ``bce`` support these (:func:`partial_boundary_loss`).
     """
     from monai.losses import DiceCELoss, DiceLoss, FocalLoss
 
     if partial or gap_weight:
-        if num_classes != 3 or loss not in (Loss.DICE_CE, Loss.BCE):
+        if num_classes < 3 or loss not in (Loss.DICE_CE, Loss.BCE):
             what = "mixed instance and binary masks" if partial else "gap_weight"
             raise GlandsegError(
-                f"{what} trains a background/interior/boundary model with loss 'dice_ce' or "
-                f"'bce', not {loss.value!r} with {num_classes} classes")
+                f"{what} trains a background/interior/boundary or distance-levels model with "
+                f"loss 'dice_ce' or 'bce', not {loss.value!r} with {num_classes} classes")
         with_dice = loss is Loss.DICE_CE
 
         def compute_partial(logits, target):
@@ -63,13 +63,15 @@ def make_loss(loss: Loss, num_classes: int, partial: bool = False, gap_weight: f
 
 def partial_boundary_loss(logits: torch.Tensor, target: torch.Tensor, dice: bool = True,
                           gap_weight: float = 0.0, eps: float = 1e-5) -> torch.Tensor:
-    """Cross-entropy (+ soft Dice) for background / interior / boundary logits whose targets
-    may be :data:`UNKNOWN_FG` or :data:`GAP`.
+    """Cross-entropy (+ soft Dice) for background / foreground-class logits (interior /
+    boundary, or distance levels 1..L) whose targets may be :data:`UNKNOWN_FG` or
+    :data:`GAP`.
 
     Known pixels take the usual cross-entropy; an unknown foreground pixel takes
-    ``-log(p_interior + p_boundary)``, so it teaches "foreground" without claiming which
-    class. A gap pixel is background weighing ``1 + gap_weight``. Dice: foreground (interior
-    + boundary) on every pixel, and interior and boundary each on the known pixels.
+    ``-log(sum of the foreground classes' p)``, so it teaches "foreground" without claiming
+    which class. A gap pixel is background weighing ``1 + gap_weight``. Dice: foreground
+    (all foreground classes) on every pixel, and each foreground class on the known pixels,
+    averaged.
     """
     logp = torch.log_softmax(logits.float(), 1)
     gap = target == GAP
@@ -77,7 +79,7 @@ def partial_boundary_loss(logits: torch.Tensor, target: torch.Tensor, dice: bool
     known = target != UNKNOWN_FG
     y = torch.where(known, target, torch.zeros_like(target)).long()
     nll = -logp.gather(1, y[:, None])[:, 0]
-    fg_nll = -torch.logsumexp(logp[:, 1:3], 1)
+    fg_nll = -torch.logsumexp(logp[:, 1:], 1)
     w = 1.0 + gap_weight * gap.float()
     ce = (torch.where(known, nll, fg_nll) * w).sum() / w.sum()
     if not dice:
@@ -90,7 +92,7 @@ def partial_boundary_loss(logits: torch.Tensor, target: torch.Tensor, dice: bool
         return 1 - (2 * inter + eps) / ((prob * weight).sum() + (truth * weight).sum() + eps)
 
     fg_truth = (target > 0).float()
-    d = soft_dice(p[:, 1] + p[:, 2], fg_truth, torch.ones_like(k))
-    d = d + soft_dice(p[:, 1], (target == 1).float(), k)
-    d = d + soft_dice(p[:, 2], (target == 2).float(), k)
-    return ce + d / 3
+    d = soft_dice(p[:, 1:].sum(1), fg_truth, torch.ones_like(k))
+    for c in range(1, p.shape[1]):
+        d = d + soft_dice(p[:, c], (target == c).float(), k)
+    return ce + d / p.shape[1]

@@ -28,7 +28,12 @@ class TrainParams:
         For training from scratch.
     num_classes : int or None
         None: 1 (binary: foreground vs background) for ``target="mask"``, 3 for
-        ``target="boundary"``. Give K > 1 for a class map with labels 0..K-1.
+        ``target="boundary"``, ``levels + 1`` for ``target="levels"``. Give K > 1 for a
+        class map with labels 0..K-1.
+    levels : int
+        Distance levels of a ``target="levels"`` model (2..64): each object's pixels are
+        quantised by their distance to its edge relative to its centre
+        (:func:`~napari_glandseg.training.targets.distance_levels`).
     freeze_encoder : bool
         Train only the decoder of a fine-tuned model.
     patch_size, batch_size, epochs, steps_per_epoch : int
@@ -107,6 +112,7 @@ class TrainParams:
     num_classes: int | None = None
     class_names: list | None = None
     target: Target = Target.MASK
+    levels: int = 4
     normalization: str = Normalization.IMAGENET.value
     pixel_size_um: float | None = None
     data_pixel_size_um: float | None = None
@@ -164,8 +170,16 @@ class TrainParams:
         if not (isinstance(self.gap_width, int) and 1 <= self.gap_width <= 50):
             raise GlandsegError(f"gap_width must be an integer in [1, 50], got "
                                 f"{self.gap_width!r}")
-        if self.gap_weight and self.target is not Target.BOUNDARY and not self.base_model:
-            raise GlandsegError("gap_weight needs target='boundary' (objects to keep apart)")
+        if self.gap_weight and self.target is Target.MASK and not self.base_model:
+            raise GlandsegError("gap_weight needs target='boundary' or 'levels' (objects to "
+                                "keep apart)")
+        if isinstance(self.levels, bool) or not isinstance(self.levels, int) or \
+                not 2 <= self.levels <= 64:
+            raise GlandsegError(f"levels must be an integer in 2..64, got {self.levels!r}")
+        if self.target is Target.LEVELS and self.num_classes not in (None, self.levels + 1):
+            raise GlandsegError(f"a levels target with {self.levels} levels has "
+                                f"{self.levels + 1} classes, not num_classes="
+                                f"{self.num_classes}")
         if not (isinstance(self.zoom, int | float) and 1 <= self.zoom <= 4):
             raise GlandsegError(f"zoom must be in [1, 4], got {self.zoom!r}")
         for k in ("colour_jitter", "blur", "stain_jitter"):

@@ -42,7 +42,7 @@ def iter_validation_rows(model: Model, pairs: list[TrainingPair], tile_size: int
     from ..pipeline import FileParams, objects_from_image, postprocess_for
 
     card = model.card
-    classes = card.num_classes if card.num_classes > 1 and not card.boundary_class else None
+    classes = card.num_classes if card.class_map else None
     # the objects users get: the card's post-processing as every route has it
     post = postprocess_for(card, postprocess_params or "card") if not classes else None
     params = FileParams(segment=SegmentParams(

@@ -249,6 +249,9 @@ def card_html(card, path=None) -> str:
                 f"version {escape(card.version)}")]
     if card.boundary_class:
         rows.append(row("boundary", "a class of its own between touching objects"))
+    if card.levels:
+        rows.append(row("distance levels", f"{card.levels}, rising from each object's edge "
+                        "to its centre: the top levels seed one object each"))
     if card.postprocess:
         rows.append(row("post-processing", escape(", ".join(
             f"{k} {v}" for k, v in card.postprocess.items()))))

@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (
 from ..errors import GlandsegError
 from ..pipeline import FileParams, from_entry, objects_of
 from ..postprocessing import (
+    MAX_LEVELS,
     PostprocessParams,
     Split,
     iter_postprocess_windows,
@@ -137,6 +138,12 @@ class PostprocessWidget(QWidget):
         self.min_distance = QSpinBox()
         self.min_distance.setRange(1, 200)
         self.min_distance.setValue(7)
+        self.marker_level = QSpinBox()
+        self.marker_level.setRange(1, MAX_LEVELS)
+        self.marker_level.setValue(2)
+        self.marker_level.setToolTip(
+            "distance-levels models: each connected region at or above this level seeds one "
+            "object (higher splits touching objects more readily)")
         self.preview = QCheckBox("Live preview")
         self.apply_btn = QPushButton("Apply")
         self.cancel_btn = QPushButton("Cancel")
@@ -182,6 +189,7 @@ class PostprocessWidget(QWidget):
         form.addRow("Max hole size (px)", self.max_hole)
         form.addRow("h (distance)", self.h)
         form.addRow("Min distance (peaks)", self.min_distance)
+        form.addRow("Marker level (levels)", self.marker_level)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.preview)
@@ -206,7 +214,7 @@ class PostprocessWidget(QWidget):
         self._measure_timer.setSingleShot(True)
         self._measure_timer.setInterval(500)
         self._measure_timer.timeout.connect(self.refresh_features)
-        for w in (self.min_size, self.max_hole, self.min_distance):
+        for w in (self.min_size, self.max_hole, self.min_distance, self.marker_level):
             w.valueChanged.connect(self._schedule)
         self.h.valueChanged.connect(self._schedule)
         self.split_box.currentTextChanged.connect(self._schedule)
@@ -220,7 +228,8 @@ class PostprocessWidget(QWidget):
         return PostprocessParams(
             fill_holes=self.fill_holes.isChecked(), max_hole_size=self.max_hole.value(),
             min_size=self.min_size.value(), split=self.split_box.currentText(),
-            h=self.h.value(), min_distance=self.min_distance.value())
+            h=self.h.value(), min_distance=self.min_distance.value(),
+            marker_level=self.marker_level.value())
 
     # ---------------------------------------------------------------- actions a script can call
     def apply(self):
@@ -443,6 +452,7 @@ class PostprocessWidget(QWidget):
         self.max_hole.setValue(p.max_hole_size)
         self.h.setValue(p.h)
         self.min_distance.setValue(p.min_distance)
+        self.marker_level.setValue(p.marker_level)
 
     # ---------------------------------------------------------------- tuning on validation images
     def tune_folder(self, folder):

@@ -76,7 +76,7 @@ def _result_metadata(res, image, card, polygons) -> dict:
             "pixel_size_um": res.pixel_size_um, "params": res.metadata()["params"],
             "class_names": card.class_names, "seconds": res.seconds, "device": res.device,
             # a class map to score per class (not a boundary model's helper classes)
-            "class_model": card.num_classes > 1 and not card.boundary_class,
+            "class_model": card.class_map,
             "legend": f"{image.name}, {card.name}: {card.legend()}",
             "postprocess_defaults": entry_of(postprocess_for(card)),
             "scale_estimate": res.info.get("scale_estimate"),
