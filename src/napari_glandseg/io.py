@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -88,7 +89,8 @@ class ImageData:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple((self.data[0] if self.multiscale else self.data).shape)
+        full = self.data[0] if isinstance(self.data, list) else self.data
+        return tuple(full.shape)
 
     @property
     def name(self) -> str:
@@ -245,7 +247,8 @@ def read_image(path: str | os.PathLike, as_labels: bool | None = None) -> ImageD
                                  "or any image format)") from None
         raise ImageReadError(f"{p}: cannot read image ({type(exc).__name__}: {exc})") from exc
 
-    if not img.multiscale:
+    arr = None  # the pixels of a single-level image, in memory
+    if not isinstance(img.data, list):
         arr = np.asarray(img.data)
         if arr.ndim >= 3 and arr.shape[-1] == 4:
             arr = _composite_rgba(arr)
@@ -253,17 +256,15 @@ def read_image(path: str | os.PathLike, as_labels: bool | None = None) -> ImageD
             arr = arr.astype(np.uint8)
         img.data = arr
     if as_labels is None:
-        as_labels = not img.multiscale and (is_mask_path(p) or looks_like_mask(img.data)
-                                            or img.metadata.get("glandseg_kind") == "labels")
+        as_labels = arr is not None and (is_mask_path(p) or looks_like_mask(arr)
+                                         or img.metadata.get("glandseg_kind") == "labels")
     if as_labels:
-        if img.multiscale:
+        if arr is None:
             raise ImageReadError(f"{p}: a multiscale slide cannot be opened as a mask")
-        if not np.issubdtype(np.asarray(img.data).dtype, np.integer):
-            raise ImageReadError(
-                f"{p}: a mask must hold integers, found {np.asarray(img.data).dtype}"
-            )
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise ImageReadError(f"{p}: a mask must hold integers, found {arr.dtype}")
         try:
-            img.data = mask_to_labels(img.data)
+            img.data = mask_to_labels(arr)
         except GlandsegError as exc:
             raise ImageReadError(f"{p}: {exc}") from exc
         img.kind, img.rgb = "labels", False
@@ -314,14 +315,14 @@ def _read_tiff(p: Path) -> ImageData:
         pixel_size = _tiff_pixel_size(tif)
         nbytes = int(np.prod(series.shape)) * series.dtype.itemsize
         lazy = tif.is_svs or len(series.levels) > 1 or nbytes > LAZY_BYTES
-        meta = {"tiff_series": series.name or "0"}
+        meta: dict[str, Any] = {"tiff_series": series.name or "0"}
         shaped = tif.shaped_metadata
         if shaped and shaped[0].get("glandseg") == "labels":  # written by write_labels
             meta["glandseg_kind"] = "labels"
             if isinstance(shaped[0].get("translate"), list | tuple):
                 meta["translate"] = [float(t) for t in shaped[0]["translate"]][-2:]
         if tif.is_svs:
-            meta["aperio"] = _aperio_fields(tif.pages[0].description)
+            meta["aperio"] = _aperio_fields(getattr(tif.pages[0], "description", ""))
         _check_tiff_page(p, tif.pages[0])
         if not lazy:
             data = series.asarray()
@@ -382,7 +383,7 @@ def open_tiff_levels(path: str | os.PathLike) -> list:
     node = zarr.open(store, mode="r")
     if isinstance(node, zarr.Array):
         return lazy_pyramid([node])
-    return lazy_pyramid([node[k] for k in sorted(node.array_keys(), key=int)])
+    return lazy_pyramid([a for _, a in sorted(node.arrays(), key=lambda kv: int(kv[0]))])
 
 
 def lazy_pyramid(levels: Sequence[Array]) -> list:
@@ -425,12 +426,12 @@ def _tiff_pixel_size(tif) -> float | None:
     tags = page.tags
     if "XResolution" in tags and "ResolutionUnit" in tags:
         num, den = tags["XResolution"].value
-        unit = int(tags["ResolutionUnit"].value)
+        res_unit = int(tags["ResolutionUnit"].value)
         if num and den:
             per_unit = num / den
-            if unit == 3:  # centimetre
+            if res_unit == 3:  # centimetre
                 return 1e4 / per_unit
-            if unit == 2 and per_unit > 1000:  # inch; 72/96/300 dpi are screen/print defaults
+            if res_unit == 2 and per_unit > 1000:  # inch; 72/96/300 dpi are screen/print defaults
                 return 25400.0 / per_unit
     return None
 
@@ -794,7 +795,7 @@ def write_labels(
         Where the labels lie in world units (a region of a slide, in um): kept in a TIFF's
         metadata, so the file reopens where it was.
     """
-    mark = {"glandseg": "labels"}
+    mark: dict[str, Any] = {"glandseg": "labels"}
     if translate is not None and np.any(np.asarray(translate, float)[-2:] != 0):
         mark["translate"] = [float(t) for t in np.asarray(translate, float)[-2:]]
     p = Path(path)
@@ -829,7 +830,7 @@ def write_labels(
         else:
             import tifffile
 
-            kwargs = {}
+            kwargs: dict[str, Any] = {}
             if pixel_size_um:
                 kwargs = {"resolution": (1e4 / pixel_size_um, 1e4 / pixel_size_um),
                           "resolutionunit": "CENTIMETER"}
