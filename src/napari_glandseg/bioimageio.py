@@ -44,6 +44,7 @@ import tempfile
 import time
 from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -592,6 +593,7 @@ def import_bioimageio(package: PathType, name: str | None = None,
     """
     _spec()
     from bioimageio.spec import InvalidDescr, load_description
+    from bioimageio.spec.model.v0_5 import ModelDescr
 
     p = Path(package)
     if not p.exists():
@@ -601,7 +603,7 @@ def import_bioimageio(package: PathType, name: str | None = None,
     except Exception as exc:
         raise GlandsegError(f"{p}: not a bioimage.io package ({str(exc).splitlines()[0]})") \
             from None
-    if isinstance(descr, InvalidDescr) or getattr(descr, "type", None) != "model":
+    if not isinstance(descr, ModelDescr):  # invalid, another kind, or not the latest format
         detail = ""
         if isinstance(descr, InvalidDescr):
             errors = descr.validation_summary.details[-1].errors if \
@@ -671,8 +673,8 @@ def _check_arch_matches(card: ModelCard, arch, p: Path) -> None:
 
     a = Architecture(card.architecture)
     if isinstance(arch, ArchitectureFromLibraryDescr):
-        expected = _LIBRARY.get(a)
-        got = (arch.import_from, arch.callable)
+        expected: tuple[str, str] | str | None = _LIBRARY.get(a)
+        got: tuple[str, str] | str = (arch.import_from, arch.callable)
         kwargs_ok = expected is not None and dict(arch.kwargs) == _library_kwargs(a, card)
     else:
         from .models import NETWORKS
@@ -806,7 +808,8 @@ def _normalization_of(tensor, p: Path) -> Normalization:
     ops = [op for op in tensor.preprocessing if op.id != "ensure_dtype"]
     what = ", ".join(op.id for op in ops) or "none"
     if len(ops) == 1:
-        op, k = ops[0], ops[0].kwargs if hasattr(ops[0], "kwargs") else None
+        op = ops[0]
+        k: Any = getattr(op, "kwargs", None)
         if op.id == "scale_linear" and np.allclose(np.atleast_1d(k.gain), 1 / 255) and \
                 np.allclose(np.atleast_1d(k.offset), 0):
             return Normalization.UNIT
