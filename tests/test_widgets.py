@@ -763,3 +763,47 @@ def test_finetune_ticks_the_correction_not_also_the_truth(make_napari_viewer):
     s = state()
     assert s[f"glas_testA_5 ⇐ {fixed.name}"] == Qt.CheckState.Checked
     assert s["glas_testA_5 ⇐ glas_testA_5 [truth]"] == Qt.CheckState.Unchecked
+
+
+def test_a_levels_model_gives_objects_and_post_process_splits_by_its_levels(
+        make_napari_viewer, qtbot, notes):
+    from napari_glandseg.models import Model
+    from napari_glandseg.training.targets import distance_levels
+    from napari_glandseg.widgets._state import selection_for
+
+    class Levels(torch.nn.Module):  # the image's red channel is the level: logits by hand
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            level = x[:, :1] * 255 / 50 * self.w
+            return -10 * (level - torch.arange(5.0).view(1, 5, 1, 1)) ** 2
+
+    inst = np.zeros((48, 72), np.int32)
+    inst[8:40, 4:36], inst[8:40, 36:68] = 1, 2  # touching along a whole side
+    image = np.zeros((*inst.shape, 3), np.uint8)
+    image[..., 0] = distance_levels(inst, 4) * 50
+    card = ModelCard(name="levels-by-hand", architecture="base_cnn", in_channels=3,
+                     num_classes=5, levels=4, normalization="unit",
+                     arch_kwargs={"widths": [4, 8]},
+                     postprocess={"split": "levels", "marker_level": 3, "min_size": 20})
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="img", rgb=True)
+    seg = _dock(viewer, "Segment")
+    selection_for(viewer).set(Model(Levels(), card))
+    assert seg.model_label.text() == "levels-by-hand: objects, as 4 distance levels"
+    seg.keep_classes.setChecked(True)
+    with qtbot.waitSignal(seg.run().finished, timeout=60000):
+        pass
+    objects, levels = seg.last_layers
+    assert objects.data.max() == 2 and "2 objects" in seg.status.text()  # split, not merged
+    assert int(levels.data.max()) == 4
+    w = _dock(viewer, "Post-process")
+    w.labels_box.setCurrentText(levels.name)  # the levels map, with the card's settings
+    assert w.split_box.currentText() == "levels" and w.marker_level.value() == 3
+    w.marker_level.setValue(1)  # seeds at level 1: the foreground, nothing split
+    with qtbot.waitSignal(w.apply().finished, timeout=30000):
+        pass
+    assert w.last_layer.data.max() == 1
+    assert [n for n in notes if n[0] == "error"] == []

@@ -491,5 +491,10 @@ class SegmentWidget(QWidget):
 
     def _show_model(self, *_) -> None:
         m = self.selection.model
-        self.model_label.setText(f"{m.name}: {' / '.join(m.card.class_names)}" if m else
-                                 "none: choose one in the Model widget")
+        if m is None:
+            text = "none: choose one in the Model widget"
+        elif m.card.levels:  # its classes are the levels of one object, not kinds of thing
+            text = f"{m.name}: objects, as {m.card.levels} distance levels"
+        else:
+            text = f"{m.name}: {' / '.join(m.card.class_names)}"
+        self.model_label.setText(text)
