@@ -42,12 +42,14 @@ def evaluate_split(model, data: Path, split: str, truth_folder: str, tta: bool,
     from napari_glandseg.inference import segment
     from napari_glandseg.io import find_pairs, read_image
     from napari_glandseg.metrics import evaluate_dataset
-    from napari_glandseg.postprocessing import PostprocessParams, postprocess
+    from napari_glandseg.pipeline import connected_components, postprocess_for
+    from napari_glandseg.postprocessing import postprocess
 
     splits = _split_names(data, truth_folder, val_every, val_fraction)
     card = model.card
-    classes = card.num_classes if card.num_classes > 2 and not card.boundary_class else None
-    post = PostprocessParams(**card.postprocess)
+    # a class map of more than one foreground class is also scored class by class
+    classes = card.num_classes if card.class_map and card.num_classes > 2 else None
+    post = postprocess_for(card) or connected_components()  # the objects every route makes
     items, seconds = [], 0.0
     for pair in find_pairs(data, mask_folder=truth_folder):
         if pair.mask is None or splits.get(pair.name) != split:
