@@ -173,6 +173,40 @@ def test_augmented_and_plain_patches_are_normalised_alike(glas, dtype, mode):
     assert abs(plain.mean() - aug.mean()) < 0.5
 
 
+def test_elastic_deformation_bends_image_and_target_alike():
+    from napari_glandseg.training.augment import _augment
+
+    tgt = np.zeros((144, 144), np.uint8)
+    tgt[:, 72:] = 1  # a half plane: after a rotation alone its edge is straight
+    img = np.repeat(tgt[..., None] * 255, 3, -1).astype(np.uint8)
+    plain = dict(zoom=1.0, stain_jitter=0.0, blur=0.0)
+
+    def edge_bend(t):
+        """How far the edge strays from the straight line that fits it best (px)."""
+        ys, xs = np.nonzero(t != np.roll(t, 1, axis=1))
+        ys, xs = ys[xs > 0], xs[xs > 0]
+        if np.ptp(xs) > np.ptp(ys):  # fit the line along its longer extent
+            ys, xs = xs, ys
+        fit = np.polyval(np.polyfit(ys, xs, 1), ys)
+        return np.abs(xs - fit).max()
+
+    for seed in range(3):
+        x, y = _augment(img, tgt, 96, TrainParams(elastic=0.0, **plain),
+                        np.random.default_rng(seed))
+        assert edge_bend(y) <= 1.0
+        x, y = _augment(img, tgt, 96, TrainParams(elastic=1.0, **plain),
+                        np.random.default_rng(seed))
+        # the same warp for both: the image's bright half is the target's object
+        assert ((x[..., 0] > 127) == (y > 0)).mean() > 0.97
+    bends = [edge_bend(_augment(img, tgt, 96, TrainParams(elastic=1.0, **plain),
+                                np.random.default_rng(s))[1]) for s in range(10)]
+    assert max(bends) > 1.5  # bent, not only turned
+    again = _augment(img, tgt, 96, TrainParams(elastic=1.0, **plain),
+                     np.random.default_rng(5))
+    assert np.array_equal(again[1], _augment(img, tgt, 96, TrainParams(elastic=1.0, **plain),
+                                             np.random.default_rng(5))[1])  # seeded
+
+
 def test_bundled_names_are_refused(glas):
     with pytest.raises(GlandsegError, match="'glands-he' is a bundled model"):
         train(glas, glas, TrainParams(name="glands-he", epochs=1, steps_per_epoch=1, **SMALL))

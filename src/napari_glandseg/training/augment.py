@@ -78,14 +78,23 @@ def _augment(img, tgt, size, p: TrainParams, rng):
     centre_in = np.array(tgt.shape[:2]) / 2
     offset = centre_in - matrix @ np.array([size / 2, size / 2])
     out_shape = (size, size)
+    # an elastic deformation only when asked for: a run without it draws what it always drew
+    if p.elastic > 0 and rng.random() < p.elastic:
+        from scipy.ndimage import map_coordinates
+
+        coords = _elastic_coordinates(size, matrix, offset, rng)
+
+        def warp(a, order):
+            return map_coordinates(a, coords, order=order, mode="reflect")
+    else:
+        def warp(a, order):
+            return affine_transform(a, matrix, offset, out_shape, order=order, mode="reflect")
     if img.ndim == 3:
-        img = np.stack([affine_transform(img[..., k].astype(np.float32), matrix, offset,
-                                         out_shape, order=1, mode="reflect")
+        img = np.stack([warp(img[..., k].astype(np.float32), 1)
                         for k in range(img.shape[-1])], -1)
     else:
-        img = affine_transform(img.astype(np.float32), matrix, offset, out_shape, order=1,
-                               mode="reflect")
-    tgt = affine_transform(tgt, matrix, offset, out_shape, order=0, mode="reflect")
+        img = warp(img.astype(np.float32), 1)
+    tgt = warp(tgt, 0)
     if rng.random() < 0.5:
         img, tgt = img[:, ::-1], tgt[:, ::-1]
     k = int(rng.integers(0, 4))
@@ -106,6 +115,29 @@ def _augment(img, tgt, size, p: TrainParams, rng):
     if np.issubdtype(dtype, np.integer):
         x = np.round(x)
     return np.ascontiguousarray(x.astype(dtype)), np.ascontiguousarray(tgt)
+
+
+def _elastic_coordinates(size: int, matrix: np.ndarray, offset: np.ndarray,
+                         rng: np.random.Generator) -> np.ndarray:
+    """Where each pixel of a ``size`` x ``size`` output patch samples its input: the patch's
+    rotation and zoom (``matrix``, ``offset``, as ``affine_transform`` takes them) after a
+    smooth random displacement (Simard et al., ICDAR 2003): uniform noise smoothed with a
+    Gaussian of ``size / 16`` px, scaled to a peak of up to ``size / 24`` px (about 10 px on
+    a 256 px patch). Written with SciPy rather than MONAI's ``Rand2DElastic`` so that it
+    shares one interpolation with the rotation and draws from the run's own generator (a
+    resumed run stays exact)."""
+    from scipy.ndimage import gaussian_filter
+
+    peak = rng.uniform(0, size / 24)
+    disp = []
+    for _ in range(2):
+        field = gaussian_filter(rng.uniform(-1, 1, (size, size)), size / 16)
+        disp.append(field * (peak / max(float(np.abs(field).max()), 1e-6)))
+    yy, xx = np.mgrid[:size, :size].astype(np.float64)
+    yy, xx = yy + disp[0], xx + disp[1]
+    iy = matrix[0, 0] * yy + matrix[0, 1] * xx + offset[0]
+    ix = matrix[1, 0] * yy + matrix[1, 1] * xx + offset[1]
+    return np.stack([iy, ix])
 
 
 def _hue_saturation(x, strength, rng):

@@ -86,6 +86,10 @@ class TrainParams:
         Hue and saturation jitter strength for RGB images (0 turns it off).
     blur : float
         Probability of a Gaussian blur (sigma 0.5-1.5 px) of a patch.
+    elastic : float
+        Probability of an elastic deformation of a patch (a smooth random displacement of
+        up to 1/24 of the patch size; Simard et al. 2003), for data sets of a few images
+        (0 turns it off).
     precision : Precision
         ``auto``: bf16 (or fp16) autocast on a GPU, and on a CPU only where bf16 is
         measurably faster than fp32 (:func:`napari_glandseg.precision.resolve`, the owner of
@@ -135,6 +139,7 @@ class TrainParams:
     zoom: float = 1.25
     colour_jitter: float = 0.0
     blur: float = 0.0
+    elastic: float = 0.0
     stain_normalization: StainNorm = StainNorm.NONE
     stain_reference: str | None = None
     val_patches: int = 16
@@ -182,7 +187,7 @@ class TrainParams:
                                 f"{self.num_classes}")
         if not (isinstance(self.zoom, int | float) and 1 <= self.zoom <= 4):
             raise GlandsegError(f"zoom must be in [1, 4], got {self.zoom!r}")
-        for k in ("colour_jitter", "blur", "stain_jitter"):
+        for k in ("colour_jitter", "blur", "stain_jitter", "elastic"):
             v = getattr(self, k)
             if not (isinstance(v, int | float) and 0 <= v <= 1):
                 raise GlandsegError(f"{k} must be in [0, 1], got {v!r}")
