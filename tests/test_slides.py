@@ -116,6 +116,27 @@ def test_dense_touching_objects_do_not_over_merge(tmp_path):
     assert f1 >= 0.99 and matched >= 0.99 and merged == 0
 
 
+def test_a_levels_map_splits_across_blocks_as_in_a_whole_image(tmp_path):
+    from napari_glandseg.training.targets import distance_levels
+
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[:512, :512]
+    inst = np.zeros((512, 512), np.int32)
+    for i in range(1, 80, 2):  # pairs of disks pressed together, many across block faces
+        r = rng.uniform(9, 16)
+        cy, cx = rng.uniform(r, 512 - r), rng.uniform(r, 512 - 3 * r)
+        inst[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = i
+        inst[(yy - cy) ** 2 + (xx - cx - 1.6 * r) ** 2 < r * r] = i + 1
+    levels = distance_levels(inst, 4)
+    post = {"split": "levels", "marker_level": 3, "min_size": 30, "fill_holes": False}
+    reference = postprocess(levels, **post)
+    assert len(np.unique(reference)) - 1 > 1.5 * len(np.unique(postprocess(
+        levels > 0, split="none", min_size=30))) - 1  # the pairs are split
+    _, stitched = _stitch(tmp_path, levels, post)
+    f1, matched, merged = _compare(stitched, reference)
+    assert f1 >= 0.99 and matched >= 0.99 and merged == 0
+
+
 def test_large_objects_need_an_overlap_as_large_as_they_are(tmp_path):
     # the known trap: objects ~100 px across, blocks of 256; an overlap of 128 joins them
     mask = _disks((768, 768), 20, 35, 55, seed=4)
