@@ -2,11 +2,14 @@
 
     python benchmarks/learning_curve.py --run ~/glandseg-runs/glands-mine --png curve.png
     python benchmarks/learning_curve.py --name my-model        # a run without --run-dir
+    python benchmarks/learning_curve.py --run ~/glandseg-runs/b --against ~/glandseg-runs/a
 
 Reads the run folder's ``history.jsonl`` (``glandseg train --run-dir``), or the saved
 state of a run without one (``<store>/training/<name>.state.pt``), and prints a Markdown
 table of the validation epochs; with ``--png`` also draws them (matplotlib, no display
 needed). Per-group scores (``objects[benign]``, ``objects[malignant]``) are drawn dashed.
+``--against RUN`` compares two runs step by step on the score each selects on (two heads or
+settings at an equal budget: the same schedule, the same validation steps).
 """
 
 from __future__ import annotations
@@ -39,7 +42,10 @@ def main(argv=None):
     src.add_argument("--name", help="the model name of a run without a run folder")
     ap.add_argument("--png", help="write a plot here")
     ap.add_argument("--title", help="the plot's title (default: the run's name)")
+    ap.add_argument("--against", help="another run folder: both selection scores by step")
     args = ap.parse_args(argv)
+    if args.against:
+        return compare(args.run, args.against, args.png)
 
     hist = [h for h in read_history(args.run, args.name) if h.get("score") is not None]
     if not hist:
@@ -76,6 +82,45 @@ def main(argv=None):
         fig.tight_layout()
         fig.savefig(args.png)
         print(f"wrote {args.png}")
+
+
+def compare(run: str | None, other: str, png: str | None = None) -> None:
+    """Both runs' selection scores at the steps both validated, their means over those
+    steps and each one's best so far; with ``png`` both curves."""
+    if not run:
+        raise SystemExit("--against compares two run folders: give --run too")
+    runs = {Path(r).expanduser().name: {h["step"]: h["score"] for h in read_history(r, None)
+                                         if h.get("score") is not None}
+            for r in (other, run)}
+    (a, ha), (b, hb) = runs.items()
+    steps = sorted(set(ha) & set(hb))
+    if not steps:
+        raise SystemExit("the two runs have no validation step in common")
+    print(f"| step | {a} | {b} | {a} best so far | {b} best so far |")
+    print("|---:|---:|---:|---:|---:|")
+    for s in steps:
+        print(f"| {s} | {ha[s]:.3f} | {hb[s]:.3f} | "
+              f"{max(v for k, v in ha.items() if k <= s):.3f} | "
+              f"{max(v for k, v in hb.items() if k <= s):.3f} |")
+    mean_a = sum(ha[s] for s in steps) / len(steps)
+    mean_b = sum(hb[s] for s in steps) / len(steps)
+    print(f"mean over the {len(steps)} common validations (steps {steps[0]}-{steps[-1]}): "
+          f"{a} {mean_a:.4f}, {b} {mean_b:.4f}")
+    if png:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+        for name, h in runs.items():
+            ax.plot(steps, [h[s] for s in steps], label=name, lw=1.2)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("selection score (whole val images)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(png)
+        print(f"wrote {png}")
 
 
 if __name__ == "__main__":
