@@ -314,8 +314,8 @@ def _setup(train_pairs, val_pairs, params: TrainParams) -> _Run:
         f" (+{len(names) - 5} more)" if len(names) > 5 else "")
     if mixed:
         n_bin = sum(not is_instance_mask(p.mask) for p in train_pairs)
-        data_desc += (f"; {n_bin} of {len(train_pairs)} training masks binary (foreground "
-                      "only, no boundary term)")
+        data_desc += (f"; {n_bin} of {len(train_pairs)} training masks binary (they teach "
+                      "foreground and outer edges, not where touching objects meet)")
     data_names = {"train": sorted(p.name for p in train_pairs),
                   "val": sorted(p.name for p in val_pairs)}
     return _Run(params, card, net, opt, device, sampler, val_set, val_pairs, loss_fn, select,
