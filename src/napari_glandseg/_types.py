@@ -46,7 +46,6 @@ PathType: TypeAlias = "str | PathLike[str]"
 Box: TypeAlias = "tuple[int, int, int, int]"
 
 
-
 def as_levels(image: Levels) -> list[Array]:
     """An image or its pyramid as the list of levels, full resolution first: the one place
     that tells a multiscale list from one array.

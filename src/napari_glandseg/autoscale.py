@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._types import Array
+from ._types import Array, Levels, as_levels
 from .errors import GlandsegError
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ def model_scale(card: ModelCard, pixel_size_um: float | None) -> float:
     return 1.0
 
 
-def estimate_scale(image: Array, card: ModelCard, snap: float = SNAP) -> ScaleEstimate:
+def estimate_scale(image: Levels, card: ModelCard, snap: float = SNAP) -> ScaleEstimate:
     """Estimate the scale of ``image`` (Y, X[, C]; a pyramid list: its full resolution) for
     the model of ``card`` (a :class:`~napari_glandseg.models.ModelCard` or a model).
 
@@ -190,7 +190,7 @@ def estimate_scale(image: Array, card: ModelCard, snap: float = SNAP) -> ScaleEs
         raise GlandsegError(f"model {card.name!r} has no scale reference for automatic scale; "
                             "give the image's pixel size instead")
     t0 = time.perf_counter()
-    data = image[0] if isinstance(image, list | tuple) else image
+    data = as_levels(image)[0]
     peak = card.scale_reference.get("peak", "nearest")
     sigma = blob_sigma(_crop(data), near=ref if peak == "nearest" else None,
                        q=card.scale_reference.get("q", 99.0))

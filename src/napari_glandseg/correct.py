@@ -37,12 +37,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage as ndi
 
+from ._types import Box  # y0, x0, y1, x1 (exclusive)
 from .errors import GlandsegError
 
 if TYPE_CHECKING:
     import pandas as pd
-
-Box = tuple[int, int, int, int]  # y0, x0, y1, x1 (exclusive)
 
 
 # --------------------------------------------------------------------------------------------
