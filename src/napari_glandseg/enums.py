@@ -60,6 +60,11 @@ class Target(str, Enum):
     LEVELS = "levels"
 
 
+#: The most distance levels a ``levels`` model may have (its card's ``levels``, training's
+#: ``levels``, post-processing's ``marker_level``).
+MAX_LEVELS = 64
+
+
 class Selection(str, Enum):
     """The validation score that picks the best checkpoint (and early stopping).
 

@@ -31,7 +31,7 @@ from scipy import ndimage as ndi
 
 from ._files import atomic_path
 from ._types import Array, MutableArray, PathType
-from .enums import Split  # noqa: F401  (defined with the other modes)
+from .enums import MAX_LEVELS, Split  # noqa: F401  (defined with the other modes)
 from .errors import GlandsegError, OutputExistsError, as_enum
 
 if TYPE_CHECKING:
@@ -81,10 +81,6 @@ class PostprocessParams:
         if not 1 <= self.marker_level <= MAX_LEVELS:
             raise GlandsegError(f"marker_level must be in 1..{MAX_LEVELS}, got "
                                 f"{self.marker_level!r}")
-
-
-#: The most distance levels a ``levels`` map may have (a card's ``levels`` is at most this).
-MAX_LEVELS = 64
 
 
 def _remove_small_objects(mask: np.ndarray, min_size: int) -> np.ndarray:

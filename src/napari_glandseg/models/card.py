@@ -20,6 +20,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 
+from ..enums import MAX_LEVELS
 from ..errors import GlandsegError, as_enum
 
 CARD_FORMAT = "napari-glandseg/1"
@@ -299,19 +300,21 @@ def _check_field_types(card: ModelCard) -> None:
         raise GlandsegError(f"card field boundary_class must be true or false, got "
                             f"{_short(card.boundary_class)}")
     if isinstance(card.levels, bool) or not isinstance(card.levels, int) or \
-            card.levels not in (0, *range(2, 65)):
-        raise GlandsegError(f"card field levels must be 0 or an integer in 2..64, got "
-                            f"{_short(card.levels)}")
+            card.levels not in (0, *range(2, MAX_LEVELS + 1)):
+        raise GlandsegError(f"card field levels must be 0 or an integer in 2..{MAX_LEVELS}, "
+                            f"got {_short(card.levels)}")
     if card.levels and (card.boundary_class or card.num_classes != card.levels + 1):
         raise GlandsegError(f"card says {card.levels} distance levels, so num_classes must be "
                             f"{card.levels + 1} and boundary_class false (got "
                             f"{card.num_classes}, {card.boundary_class})")
     for key, value in card.arch_kwargs.items():
         _check_arch_value(key, value)
+    from ..autoscale import PEAKS
+
     peak = card.scale_reference.get("peak", "nearest")
-    if peak not in ("nearest", "strongest"):
-        raise GlandsegError(f"card field scale_reference: peak must be 'nearest' or "
-                            f"'strongest', got {_short(peak)}")
+    if peak not in PEAKS:
+        raise GlandsegError(f"card field scale_reference: peak must be "
+                            f"{' or '.join(map(repr, PEAKS))}, got {_short(peak)}")
     size = card.scale_reference.get("sigma_px")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int | float)
                              or not math.isfinite(size) or not 0 < size <= 1e5):

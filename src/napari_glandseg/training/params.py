@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from ..enums import MAX_LEVELS
 from ..errors import GlandsegError, as_enum
 from ..models import Architecture, Normalization
 from ..precision import Precision
@@ -179,8 +180,9 @@ class TrainParams:
             raise GlandsegError("gap_weight needs target='boundary' or 'levels' (objects to "
                                 "keep apart)")
         if isinstance(self.levels, bool) or not isinstance(self.levels, int) or \
-                not 2 <= self.levels <= 64:
-            raise GlandsegError(f"levels must be an integer in 2..64, got {self.levels!r}")
+                not 2 <= self.levels <= MAX_LEVELS:
+            raise GlandsegError(f"levels must be an integer in 2..{MAX_LEVELS}, got "
+                                f"{self.levels!r}")
         if self.target is Target.LEVELS and self.num_classes not in (None, self.levels + 1):
             raise GlandsegError(f"a levels target with {self.levels} levels has "
                                 f"{self.levels + 1} classes, not num_classes="
