@@ -13,7 +13,7 @@ from napari_glandseg.models import ModelCard
 from napari_glandseg.postprocessing import PostprocessParams, Split, postprocess
 from napari_glandseg.training import TrainParams, make_target, train
 from napari_glandseg.training.targets import distance_levels
-from napari_glandseg.tune import _entry, candidate_grid
+from napari_glandseg.tune import _entry, candidate_grid, tune
 
 SMALL = {"architecture": "unet", "arch_kwargs": {"features": [8, 8, 16, 16, 32, 8]},
          "patch_size": 96, "batch_size": 4, "val_patches": 4}
@@ -125,6 +125,11 @@ def test_a_levels_model_trains_segments_and_splits(glas, data_dir):
     out = segment(read_image(data_dir / "glas/testA_5_crop.png").data, res.model,
                   tile_size=128)
     assert set(np.unique(out.labels)) <= {0, 1, 2, 3}
+    # tuning keeps the winning seed level (it once fell back to the default)
+    result = tune(res.model, glas, "objects", grid=[
+        PostprocessParams(split="levels", marker_level=3, min_size=20)], tile_size=128)
+    assert result.best["marker_level"] == 3 and result.best["split"] == "levels"
+    assert "h" not in result.best
 
 
 def test_a_run_from_before_the_levels_setting_resumes(glas, tmp_path):

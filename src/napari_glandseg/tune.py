@@ -101,16 +101,17 @@ def candidate_grid(current: dict | PostprocessParams | None,
     return out
 
 
+#: A card entry's keys: those every setting has, and each split's own parameter (the split's
+#: parameter is written only for that split). :func:`_entry` and :func:`setting_keys` read
+#: both, so a new split's parameter is added here once.
+COMMON_KEYS = ("split", "min_size", "fill_holes", "max_hole_size")
+SPLIT_KEYS = {Split.DISTANCE: "h", Split.PEAKS: "min_distance", Split.LEVELS: "marker_level"}
+
+
 def _entry(p: PostprocessParams) -> dict:
     d = asdict(p)
     d["split"] = p.split.value
-    keep = {"split", "min_size", "fill_holes", "max_hole_size"}
-    if p.split is Split.DISTANCE:
-        keep.add("h")
-    if p.split is Split.PEAKS:
-        keep.add("min_distance")
-    if p.split is Split.LEVELS:
-        keep.add("marker_level")
+    keep = {*COMMON_KEYS, *([SPLIT_KEYS[p.split]] if p.split in SPLIT_KEYS else [])}
     return {k: v for k, v in d.items() if k in keep}
 
 
@@ -212,8 +213,7 @@ def iter_tune(model: Model, pairs: list[TrainingPair],
 
 def setting_keys(row: dict) -> set:
     """The keys of a row that are post-processing settings (not scores)."""
-    return {"split", "min_size", "fill_holes", "max_hole_size", "h", "min_distance"} & \
-        set(row)
+    return {*COMMON_KEYS, *SPLIT_KEYS.values()} & set(row)
 
 
 def _same(row: dict, entry: dict) -> bool:
