@@ -36,20 +36,20 @@ def _split_names(data: Path, truth_folder, val_every, val_fraction) -> dict:
 
 def evaluate_split(model, data: Path, split: str, truth_folder: str, tta: bool,
                    val_every=None, val_fraction=0.2):
-    """Segment and score one split. Binary and boundary models are scored on the
-    post-processed instances; class-map models on the class map with what post-processing
-    removed taken away (objects are its connected components) and per-class Dice."""
+    """Segment and score one split, on the objects the plugin shows
+    (:func:`~napari_glandseg.pipeline.objects_of`): binary, boundary and levels models on
+    the post-processed instances; class-map models on the cleaned class map (objects are
+    its connected regions) with per-class Dice."""
     from napari_glandseg.inference import segment
     from napari_glandseg.io import find_pairs, read_image
     from napari_glandseg.metrics import evaluate_dataset
-    from napari_glandseg.pipeline import connected_components, postprocess_for
-    from napari_glandseg.postprocessing import postprocess
+    from napari_glandseg.pipeline import objects_of, postprocess_for
 
     splits = _split_names(data, truth_folder, val_every, val_fraction)
     card = model.card
     # a class map of more than one foreground class is also scored class by class
     classes = card.num_classes if card.class_map and card.num_classes > 2 else None
-    post = postprocess_for(card) or connected_components()  # the objects every route makes
+    post = postprocess_for(card)  # the objects every route makes (objects_of below)
     items, seconds = [], 0.0
     for pair in find_pairs(data, mask_folder=truth_folder):
         if pair.mask is None or splits.get(pair.name) != split:
@@ -57,9 +57,8 @@ def evaluate_split(model, data: Path, split: str, truth_folder: str, tta: bool,
         image = read_image(pair.image, as_labels=False).data
         t0 = time.perf_counter()
         res = segment(image, model, tile_size=512, tta=tta, return_probabilities=False)
-        pred = postprocess(res.labels, post)
-        if classes:
-            pred = np.where(pred > 0, np.maximum(np.asarray(res.labels), 1), 0)
+        obj = objects_of(res.labels, post, class_map=card.class_map)
+        pred = obj.classes if classes else obj.labels
         seconds += time.perf_counter() - t0
         items.append((pair.name, pred, read_image(pair.mask, as_labels=True).data))
     rows, summary = evaluate_dataset(items, classes=classes)
