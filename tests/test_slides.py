@@ -116,7 +116,9 @@ def test_dense_touching_objects_do_not_over_merge(tmp_path):
     assert f1 >= 0.99 and matched >= 0.99 and merged == 0
 
 
-def test_a_levels_map_splits_across_blocks_as_in_a_whole_image(tmp_path):
+@pytest.mark.parametrize("split", [{"split": "levels", "marker_level": 3},
+                                   {"split": "level_peaks", "level_h": 0.8, "smooth": 2.0}])
+def test_a_levels_map_splits_across_blocks_as_in_a_whole_image(tmp_path, split):
     from napari_glandseg.training.targets import distance_levels
 
     rng = np.random.default_rng(4)
@@ -128,7 +130,7 @@ def test_a_levels_map_splits_across_blocks_as_in_a_whole_image(tmp_path):
         inst[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = i
         inst[(yy - cy) ** 2 + (xx - cx - 1.6 * r) ** 2 < r * r] = i + 1
     levels = distance_levels(inst, 4)
-    post = {"split": "levels", "marker_level": 3, "min_size": 30, "fill_holes": False}
+    post = {**split, "min_size": 30, "fill_holes": False}
     reference = postprocess(levels, **post)
     assert len(np.unique(reference)) - 1 > 1.5 * len(np.unique(postprocess(
         levels > 0, split="none", min_size=30))) - 1  # the pairs are split

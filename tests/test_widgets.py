@@ -806,4 +806,12 @@ def test_a_levels_model_gives_objects_and_post_process_splits_by_its_levels(
     with qtbot.waitSignal(w.apply().finished, timeout=30000):
         pass
     assert w.last_layer.data.max() == 1
+    w.labels_box.setCurrentText(levels.name)
+    w.split_box.setCurrentText("level_peaks")  # the tops of the smoothed map: two again
+    w.level_h.setValue(1.5)
+    w.smooth.setValue(1.0)
+    assert (w.params().level_h, w.params().smooth) == (1.5, 1.0)
+    with qtbot.waitSignal(w.apply().finished, timeout=30000):
+        pass
+    assert w.last_layer.data.max() == 2
     assert [n for n in notes if n[0] == "error"] == []

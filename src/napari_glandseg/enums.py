@@ -20,7 +20,10 @@ class Split(str, Enum):
       boundary pixels is thus split into its connected interiors);
     - ``levels``: markers are connected regions at or above distance level ``marker_level``
       of a distance-levels model (labels 0..L, :attr:`Target.LEVELS`), grown downhill over
-      the lower levels (the deep watershed transform).
+      the lower levels (the deep watershed transform);
+    - ``level_peaks``: the same map smoothed over ``smooth`` pixels; markers are its
+      maxima at least ``level_h`` levels high, so each hill seeds one object whatever the
+      height its top reaches (on MoNuSeg val it found more nuclei than seeding at a level).
     """
 
     NONE = "none"
@@ -28,6 +31,7 @@ class Split(str, Enum):
     PEAKS = "peaks"
     BOUNDARY = "boundary"
     LEVELS = "levels"
+    LEVEL_PEAKS = "level_peaks"
 
 
 class Loss(str, Enum):

@@ -60,6 +60,12 @@ class PostprocessParams:
         The lowest distance level that seeds objects (``levels``): each connected region at
         or above it is one object's seed. Higher splits touching objects more readily and
         can lose small ones (whose top level is lower, where the network is unsure).
+    level_h : float
+        Height, in levels, of the maxima of the smoothed levels map that seed objects
+        (``level_peaks``): lower splits more.
+    smooth : float
+        Gaussian sigma in pixels of the smoothing of the levels map (``level_peaks``; 0:
+        none). Smoothing turns the map's flat steps into hills with one top each.
     """
 
     fill_holes: bool = True
@@ -69,6 +75,8 @@ class PostprocessParams:
     h: float = 2.0
     min_distance: int = 7
     marker_level: int = 2
+    level_h: float = 0.8
+    smooth: float = 2.0
 
     def __post_init__(self):
         self.split = as_enum(Split, self.split, "split")
@@ -76,8 +84,11 @@ class PostprocessParams:
             v = getattr(self, name)
             if not isinstance(v, int | np.integer) or v < 0:
                 raise GlandsegError(f"{name} must be a non-negative integer, got {v!r}")
-        if not self.h > 0:
-            raise GlandsegError(f"h must be positive, got {self.h!r}")
+        for name in ("h", "level_h"):
+            if not getattr(self, name) > 0:
+                raise GlandsegError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not self.smooth >= 0:
+            raise GlandsegError(f"smooth must be 0 or more pixels, got {self.smooth!r}")
         if not 1 <= self.marker_level <= MAX_LEVELS:
             raise GlandsegError(f"marker_level must be in 1..{MAX_LEVELS}, got "
                                 f"{self.marker_level!r}")
@@ -114,7 +125,8 @@ def postprocess(labels: np.ndarray, params: PostprocessParams | None = None, *,
     labels : array-like, (Y, X)
         A binary mask, instance labels, a background / interior / boundary class map
         (0/1/2) for ``split="boundary"``, or a distance-levels map (0 background, 1..L
-        levels rising towards each object's centre) for ``split="levels"``.
+        levels rising towards each object's centre) for ``split="levels"`` or
+        ``"level_peaks"``.
     params : PostprocessParams, optional
         Or its fields as keywords.
     objects : bool
@@ -151,11 +163,19 @@ def postprocess(labels: np.ndarray, params: PostprocessParams | None = None, *,
         out = label(fg, connectivity=2)
     else:
         dist = ndi.distance_transform_edt(fg)
-        if params.split is Split.LEVELS:
-            if arr.max() > MAX_LEVELS:
-                raise GlandsegError(f"split 'levels' needs a distance-levels map (labels "
-                                    f"0..L, L <= {MAX_LEVELS}), got labels up to "
-                                    f"{int(arr.max())}")
+        if params.split in (Split.LEVELS, Split.LEVEL_PEAKS) and arr.max() > MAX_LEVELS:
+            raise GlandsegError(f"split '{params.split.value}' needs a distance-levels map "
+                                f"(labels 0..L, L <= {MAX_LEVELS}), got labels up to "
+                                f"{int(arr.max())}")
+        if params.split is Split.LEVEL_PEAKS:
+            from skimage.morphology import h_maxima
+
+            # one seed per hill of the smoothed map, flooded downhill
+            dist = arr.astype(np.float64)
+            if params.smooth > 0:
+                dist = ndi.gaussian_filter(dist, params.smooth)
+            markers = label(h_maxima(dist, params.level_h) & fg, connectivity=2)
+        elif params.split is Split.LEVELS:
             # flood downhill from each seed region; the distance transform orders the pixels
             # of one level (between 0 and 1, so it never outweighs a level step)
             seeds = _remove_small_objects((arr >= params.marker_level) & fg,

@@ -72,7 +72,8 @@ def candidate_grid(current: dict | PostprocessParams | None,
     components, the distance watershed over a range of ``h``, distance peaks over a range of
     minimum distances, for background / interior / boundary models the boundary-class
     split, and for models of ``levels`` distance levels the levels split seeded at each
-    level from 2 to the top, each with minimum sizes from a quarter to four times the
+    level from 2 to the top and the level-peaks split over a range of smoothing and
+    heights, each with minimum sizes from a quarter to four times the
     current one and hole filling on or off."""
     from .pipeline import from_entry
 
@@ -96,22 +97,28 @@ def candidate_grid(current: dict | PostprocessParams | None,
                 out.append(PostprocessParams(split=Split.BOUNDARY, **common))
             for level in range(2, levels + 1):
                 out.append(PostprocessParams(split=Split.LEVELS, marker_level=level, **common))
+            if levels:
+                for smooth in (1.0, 2.0, 3.0):
+                    for level_h in (0.5, 0.8, 1.2):
+                        out.append(PostprocessParams(split=Split.LEVEL_PEAKS, smooth=smooth,
+                                                     level_h=level_h, **common))
     if cur not in out:
         out.append(cur)
     return out
 
 
-#: A card entry's keys: those every setting has, and each split's own parameter (the split's
-#: parameter is written only for that split). :func:`_entry` and :func:`setting_keys` read
-#: both, so a new split's parameter is added here once.
+#: A card entry's keys: those every setting has, and each split's own parameters (written
+#: only for that split). :func:`_entry` and :func:`setting_keys` read both, so a new
+#: split's parameters are added here once.
 COMMON_KEYS = ("split", "min_size", "fill_holes", "max_hole_size")
-SPLIT_KEYS = {Split.DISTANCE: "h", Split.PEAKS: "min_distance", Split.LEVELS: "marker_level"}
+SPLIT_KEYS = {Split.DISTANCE: ("h",), Split.PEAKS: ("min_distance",),
+              Split.LEVELS: ("marker_level",), Split.LEVEL_PEAKS: ("level_h", "smooth")}
 
 
 def _entry(p: PostprocessParams) -> dict:
     d = asdict(p)
     d["split"] = p.split.value
-    keep = {*COMMON_KEYS, *([SPLIT_KEYS[p.split]] if p.split in SPLIT_KEYS else [])}
+    keep = {*COMMON_KEYS, *SPLIT_KEYS.get(p.split, ())}
     return {k: v for k, v in d.items() if k in keep}
 
 
@@ -213,7 +220,7 @@ def iter_tune(model: Model, pairs: list[TrainingPair],
 
 def setting_keys(row: dict) -> set:
     """The keys of a row that are post-processing settings (not scores)."""
-    return {*COMMON_KEYS, *SPLIT_KEYS.values()} & set(row)
+    return {*COMMON_KEYS, *(k for keys in SPLIT_KEYS.values() for k in keys)} & set(row)
 
 
 def _same(row: dict, entry: dict) -> bool:

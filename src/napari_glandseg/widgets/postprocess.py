@@ -144,6 +144,19 @@ class PostprocessWidget(QWidget):
         self.marker_level.setToolTip(
             "distance-levels models: each connected region at or above this level seeds one "
             "object (higher splits touching objects more readily)")
+        self.level_h = QDoubleSpinBox()
+        self.level_h.setRange(0.05, float(MAX_LEVELS))
+        self.level_h.setSingleStep(0.1)
+        self.level_h.setValue(0.8)
+        self.level_h.setToolTip(
+            "distance-levels models, level peaks: each top of the smoothed map at least this "
+            "many levels high seeds one object (lower splits more)")
+        self.smooth = QDoubleSpinBox()
+        self.smooth.setRange(0.0, 20.0)
+        self.smooth.setSingleStep(0.5)
+        self.smooth.setValue(2.0)
+        self.smooth.setToolTip("distance-levels models, level peaks: Gaussian smoothing of the "
+                               "levels map in pixels before its tops are found (0: none)")
         self.preview = QCheckBox("Live preview")
         self.apply_btn = QPushButton("Apply")
         self.cancel_btn = QPushButton("Cancel")
@@ -190,6 +203,8 @@ class PostprocessWidget(QWidget):
         form.addRow("h (distance)", self.h)
         form.addRow("Min distance (peaks)", self.min_distance)
         form.addRow("Marker level (levels)", self.marker_level)
+        form.addRow("Peak height (level peaks)", self.level_h)
+        form.addRow("Smoothing px (level peaks)", self.smooth)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.preview)
@@ -216,7 +231,8 @@ class PostprocessWidget(QWidget):
         self._measure_timer.timeout.connect(self.refresh_features)
         for w in (self.min_size, self.max_hole, self.min_distance, self.marker_level):
             w.valueChanged.connect(self._schedule)
-        self.h.valueChanged.connect(self._schedule)
+        for w in (self.h, self.level_h, self.smooth):
+            w.valueChanged.connect(self._schedule)
         self.split_box.currentTextChanged.connect(self._schedule)
         self.fill_holes.toggled.connect(self._schedule)
         self.labels_box.currentTextChanged.connect(self._adopt_defaults)
@@ -229,7 +245,8 @@ class PostprocessWidget(QWidget):
             fill_holes=self.fill_holes.isChecked(), max_hole_size=self.max_hole.value(),
             min_size=self.min_size.value(), split=self.split_box.currentText(),
             h=self.h.value(), min_distance=self.min_distance.value(),
-            marker_level=self.marker_level.value())
+            marker_level=self.marker_level.value(), level_h=self.level_h.value(),
+            smooth=self.smooth.value())
 
     # ---------------------------------------------------------------- actions a script can call
     def apply(self):
@@ -453,6 +470,8 @@ class PostprocessWidget(QWidget):
         self.h.setValue(p.h)
         self.min_distance.setValue(p.min_distance)
         self.marker_level.setValue(p.marker_level)
+        self.level_h.setValue(p.level_h)
+        self.smooth.setValue(p.smooth)
 
     # ---------------------------------------------------------------- tuning on validation images
     def tune_folder(self, folder):
