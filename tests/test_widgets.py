@@ -806,7 +806,9 @@ def test_a_levels_model_gives_objects_and_post_process_splits_by_its_levels(
     with qtbot.waitSignal(w.apply().finished, timeout=30000):
         pass
     assert w.last_layer.data.max() == 1
-    w.labels_box.setCurrentText(levels.name)
+    # the box stays on the levels map, the settings as the user left them (it once moved to
+    # the output and put the card's settings back, so the next Apply split the objects)
+    assert w.labels_box.currentText() == levels.name and w.marker_level.value() == 1
     w.split_box.setCurrentText("level_peaks")  # the tops of the smoothed map: two again
     w.level_h.setValue(1.5)
     w.smooth.setValue(1.0)

@@ -38,7 +38,7 @@ from ._common import (
     track_edits,
     unique_name,
 )
-from ._focus import RESULT_ROLES, follow, newest_of
+from ._focus import RESULT_ROLES, follow, layers_of
 from ._stores import StoreKeeper
 
 PREVIEW = "postprocess preview"
@@ -186,6 +186,7 @@ class PostprocessWidget(QWidget):
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._forget)
         self.stores = StoreKeeper(self, napari_viewer)
+        self._followed: tuple = ()  # (image, result) the labels box last moved to
         self.focus = follow(self, napari_viewer, self._follow)
         self._refresh_layers()
         if self.focus.name:
@@ -579,9 +580,19 @@ class PostprocessWidget(QWidget):
             self.viewer.layers.remove(PREVIEW)
 
     def _follow(self, name) -> None:
-        """The labels box follows the newest result of the image on show."""
+        """The labels box moves to a new Segment result of the image on show (or to the
+        newest one of another image), never to this widget's own output and never away
+        from the user's choice while no new result comes: after Apply the box stays on what
+        was split, with the settings used, so the next Apply splits it afresh (from the
+        output, a larger ``h`` could never merge what a smaller one cut, and the card's
+        settings would replace the user's)."""
         self._refresh_layers()
-        pick = newest_of(self.viewer, name, RESULT_ROLES)
+        made = [la for la in layers_of(self.viewer, name, RESULT_ROLES)
+                if "source_labels" not in la.metadata]
+        pick = made[-1] if made else None
+        if (name, getattr(pick, "name", None)) == self._followed:
+            return
+        self._followed = (name, getattr(pick, "name", None))
         if pick is not None and self.labels_box.findText(pick.name) >= 0 and \
                 pick.name != self.labels_box.currentText():
             self.labels_box.setCurrentText(pick.name)
