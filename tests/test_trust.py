@@ -81,6 +81,19 @@ def test_after_next_segment_and_compare_take_the_image_on_show(session, qtbot):
     assert first.visible and not viewer.layers[f"{STEMS[0]} [truth]"].visible
 
 
+def test_compare_keeps_the_result_a_user_chose_beside_its_scores(session, qtbot):
+    viewer, load, seg, cmp = session
+    _wait(qtbot, seg.run())
+    first = seg.last_layers[0]
+    _wait(qtbot, seg.run())
+    assert cmp.pred_box.currentText() == seg.last_layers[0].name != first.name
+    cmp.pred_box.setCurrentText(first.name)  # the older result, on purpose
+    _wait(qtbot, cmp.compute())
+    # its overlay came in as a layer of this image: the box stays where the scores are from
+    assert any(la.name.startswith(f"compare {first.name}") for la in viewer.layers)
+    assert cmp.pred_box.currentText() == first.name
+
+
 def test_compare_refuses_a_pair_of_two_images_in_one_line(session, notes):
     viewer, load, seg, cmp = session
     viewer.add_labels(np.ones((64, 64), np.uint8), name="small",

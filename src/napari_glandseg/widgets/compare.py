@@ -121,6 +121,7 @@ class CompareWidget(QWidget):
         self._class_names = None
         self._restore = None  # (overlay name, {layer name: visible before})
         self._restoring: set = set()  # overlays whose visibility is watched
+        self._followed: tuple = ()  # (image, result, truth) the boxes last moved to
         self.focus = follow(self, napari_viewer, self._follow)
         self._refresh_layers()
         if self.focus.name:
@@ -555,6 +556,12 @@ class CompareWidget(QWidget):
                                 f"for {name!r}")
         pred = newest_of(self.viewer, name, RESULT_ROLES)
         truth = newest_of(self.viewer, name, ("truth",))
+        # a box moves when a new result or truth comes, or another image: never away from
+        # the user's choice (and the scores shown for it) because an overlay came in
+        key = (name, getattr(pred, "name", None), getattr(truth, "name", None))
+        if key == self._followed:
+            return
+        self._followed = key
         for box, layer in ((self.pred_box, pred), (self.truth_box, truth)):
             if layer is not None and box.findText(layer.name) >= 0:
                 box.setCurrentText(layer.name)
