@@ -94,6 +94,19 @@ def test_compare_keeps_the_result_a_user_chose_beside_its_scores(session, qtbot)
     assert cmp.pred_box.currentText() == first.name
 
 
+def test_correct_stays_on_the_layer_a_user_chose(session, qtbot):
+    viewer, load, seg, cmp = session
+    corr = _dock(viewer, "Correct")
+    _wait(qtbot, seg.run())
+    first = seg.last_layers[0]
+    _wait(qtbot, seg.run())
+    assert corr.labels_box.currentText() == seg.last_layers[0].name != first.name
+    corr.labels_box.setCurrentText(first.name)  # correcting the older result
+    cmp.pred_box.setCurrentText(first.name)
+    _wait(qtbot, cmp.compute())  # an overlay of the image comes in
+    assert corr.labels_box.currentText() == first.name
+
+
 def test_compare_refuses_a_pair_of_two_images_in_one_line(session, notes):
     viewer, load, seg, cmp = session
     viewer.add_labels(np.ones((64, 64), np.uint8), name="small",

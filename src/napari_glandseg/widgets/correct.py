@@ -129,6 +129,7 @@ class CorrectWidget(QWidget):
         self.labels_box.currentTextChanged.connect(self._labels_changed)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self._followed: tuple = ()  # (image, layer) the labels box last moved to
         self.focus = follow(self, napari_viewer, self._follow)
         self._refresh_layers()
         if self.focus.name:
@@ -196,10 +197,15 @@ class CorrectWidget(QWidget):
 
     def _follow(self, name) -> None:
         """The layer to correct follows the image on show: its newest objects (else its
-        class map)."""
+        class map). It moves when a new one comes or another image is shown, never away
+        from the layer a user chose because some other layer of the image came in (a
+        Compare overlay, a map): the next stroke would land on another layer."""
         self._refresh_layers()
         pick = newest_of(self.viewer, name, ("objects",)) or \
             newest_of(self.viewer, name, ("prediction",))
+        if (name, getattr(pick, "name", None)) == self._followed:
+            return
+        self._followed = (name, getattr(pick, "name", None))
         if pick is not None and self.labels_box.findText(pick.name) >= 0:
             self.labels_box.setCurrentText(pick.name)
             self._labels_changed(pick.name)
