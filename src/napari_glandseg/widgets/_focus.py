@@ -127,6 +127,17 @@ def focus_for(viewer) -> ImageFocus:
     return _focus[viewer]
 
 
+def is_news(widget, key: tuple) -> bool:
+    """Whether ``key`` (the image on show and the newest layers a widget's boxes follow)
+    differs from the last one ``widget`` followed; remembers it. A box moves on news only,
+    never away from a user's choice because some other layer of the image came in (an
+    overlay, a widget's own output)."""
+    if getattr(widget, "_followed", None) == key:
+        return False
+    widget._followed = key
+    return True
+
+
 def follow(widget, viewer, callback) -> ImageFocus:
     """Call ``callback(image_name)`` whenever the image on show changes or gains a layer,
     for as long as ``widget`` (a QWidget) lives; returns the focus."""

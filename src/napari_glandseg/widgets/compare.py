@@ -26,7 +26,7 @@ from ..errors import GlandsegError
 from ..metrics import KEYS, as_instances, iter_evaluate_dataset
 from . import _worker
 from ._common import fill_layer_box, notify, unique_name
-from ._focus import RESULT_ROLES, follow, newest_of
+from ._focus import RESULT_ROLES, follow, is_news, newest_of
 
 OVERLAY_COLOURS = {None: "transparent", 0: "transparent", 1: "#34c759", 2: "#ff3b30",
                    3: "#007aff", 4: "#ff9500"}
@@ -121,7 +121,6 @@ class CompareWidget(QWidget):
         self._class_names = None
         self._restore = None  # (overlay name, {layer name: visible before})
         self._restoring: set = set()  # overlays whose visibility is watched
-        self._followed: tuple = ()  # (image, result, truth) the boxes last moved to
         self.focus = follow(self, napari_viewer, self._follow)
         self._refresh_layers()
         if self.focus.name:
@@ -558,10 +557,8 @@ class CompareWidget(QWidget):
         truth = newest_of(self.viewer, name, ("truth",))
         # a box moves when a new result or truth comes, or another image: never away from
         # the user's choice (and the scores shown for it) because an overlay came in
-        key = (name, getattr(pred, "name", None), getattr(truth, "name", None))
-        if key == self._followed:
+        if not is_news(self, (name, getattr(pred, "name", None), getattr(truth, "name", None))):
             return
-        self._followed = key
         for box, layer in ((self.pred_box, pred), (self.truth_box, truth)):
             if layer is not None and box.findText(layer.name) >= 0:
                 box.setCurrentText(layer.name)

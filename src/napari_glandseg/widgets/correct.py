@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
 from .. import correct as core
 from ..errors import GlandsegError
 from ._common import fill_layer_box, notify, track_edits, unique_name
-from ._focus import follow, newest_of
+from ._focus import follow, is_news, newest_of
 
 #: Tools that act on clicks, with their button text and keyboard shortcut (on the layer).
 #: pixels of background the merge tool closes between pieces (core.merge's close_gap)
@@ -129,7 +129,6 @@ class CorrectWidget(QWidget):
         self.labels_box.currentTextChanged.connect(self._labels_changed)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
-        self._followed: tuple = ()  # (image, layer) the labels box last moved to
         self.focus = follow(self, napari_viewer, self._follow)
         self._refresh_layers()
         if self.focus.name:
@@ -203,9 +202,8 @@ class CorrectWidget(QWidget):
         self._refresh_layers()
         pick = newest_of(self.viewer, name, ("objects",)) or \
             newest_of(self.viewer, name, ("prediction",))
-        if (name, getattr(pick, "name", None)) == self._followed:
+        if not is_news(self, (name, getattr(pick, "name", None))):
             return
-        self._followed = (name, getattr(pick, "name", None))
         if pick is not None and self.labels_box.findText(pick.name) >= 0:
             self.labels_box.setCurrentText(pick.name)
             self._labels_changed(pick.name)

@@ -38,7 +38,7 @@ from ._common import (
     track_edits,
     unique_name,
 )
-from ._focus import RESULT_ROLES, follow, layers_of
+from ._focus import RESULT_ROLES, follow, is_news, layers_of
 from ._stores import StoreKeeper
 
 PREVIEW = "postprocess preview"
@@ -186,7 +186,6 @@ class PostprocessWidget(QWidget):
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._forget)
         self.stores = StoreKeeper(self, napari_viewer)
-        self._followed: tuple = ()  # (image, result) the labels box last moved to
         self.focus = follow(self, napari_viewer, self._follow)
         self._refresh_layers()
         if self.focus.name:
@@ -590,9 +589,8 @@ class PostprocessWidget(QWidget):
         made = [la for la in layers_of(self.viewer, name, RESULT_ROLES)
                 if "source_labels" not in la.metadata]
         pick = made[-1] if made else None
-        if (name, getattr(pick, "name", None)) == self._followed:
+        if not is_news(self, (name, getattr(pick, "name", None))):
             return
-        self._followed = (name, getattr(pick, "name", None))
         if pick is not None and self.labels_box.findText(pick.name) >= 0 and \
                 pick.name != self.labels_box.currentText():
             self.labels_box.setCurrentText(pick.name)
