@@ -66,12 +66,17 @@ def test_after_next_segment_and_compare_take_the_image_on_show(session, qtbot):
     truth = np.asarray(viewer.layers[f"{STEMS[1]} [truth]"].data)
     # all-foreground: one object covering every true object, scored against this image
     assert cmp.metrics["n_true"] == len(np.unique(truth)) - 1
-    # a prediction of one image against the truth of another is refused, in one line
+    # the first image's result chosen beside this image's truth: the scores shown leave
+    # with the choice (they were of the second result), and Compare is refused in one line
+    assert cmp.metric_table.rowCount() > 0
     cmp.pred_box.setCurrentText(first.name)
+    assert cmp.metrics is None and cmp.metric_table.rowCount() == 0
+    assert f"were of {second.name!r}" in cmp.status.text()
     assert cmp.compute() is None
+    cmp.pred_box.setCurrentText(second.name)
+    _wait(qtbot, cmp.compute())
     # back to the first image: its kept correction is offered again, and the scores of
     # the second image are no longer shown beside it
-    assert cmp.metric_table.rowCount() > 0
     load.previous()
     assert seg.image_box.currentText() == STEMS[0]
     assert cmp.pred_box.currentText() == first.name
@@ -92,6 +97,11 @@ def test_compare_keeps_the_result_a_user_chose_beside_its_scores(session, qtbot)
     # its overlay came in as a layer of this image: the box stays where the scores are from
     assert any(la.name.startswith(f"compare {first.name}") for la in viewer.layers)
     assert cmp.pred_box.currentText() == first.name
+    assert cmp.metrics is not None and cmp.metric_table.rowCount() > 0
+    # another result chosen: the first one's scores are not left beside its name
+    cmp.pred_box.setCurrentText(seg.last_layers[0].name)
+    assert cmp.metrics is None and cmp.metric_table.rowCount() == 0
+    assert f"were of {first.name!r}" in cmp.status.text()
 
 
 def test_correct_stays_on_the_layer_a_user_chose(session, qtbot):

@@ -113,6 +113,8 @@ class CompareWidget(QWidget):
         self.csv_btn.clicked.connect(self._choose_csv)
         self.object_table.cellClicked.connect(lambda r, _c: self.go_to_object(r))
         self.dataset_btn.clicked.connect(self.evaluate_folders)
+        for box in (self.pred_box, self.truth_box):
+            box.currentTextChanged.connect(self._check_pair)
         self.dataset_table.cellClicked.connect(lambda r, _c: self.show_dataset_row(r))
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
@@ -268,6 +270,8 @@ class CompareWidget(QWidget):
         self._compared = (pred_layer, truth_layer)
         self.stale.setText(self._stale_during)
         self._stale_during = ""
+        if not self._check_pair():  # a box changed while it ran
+            return
         if classes:
             per = metrics["per_class"]
             found = [classes[c] for c in sorted(per) if c < len(classes)
@@ -282,6 +286,21 @@ class CompareWidget(QWidget):
                 f"{metrics['n_pred']} predicted and {metrics['n_true']} true objects: object "
                 f"F1 {metrics['object_f1']:.3f}; {metrics['merged']} merged, "
                 f"{metrics['split']} split")
+
+    def _check_pair(self, *_) -> bool:
+        """Scores stay on show only beside the pair they are of: when the boxes name other
+        layers (chosen by the user, or a new result), the tables are emptied and the
+        status says whose they were. Returns whether the scores shown (if any) are of the
+        chosen pair."""
+        if not self._compared:
+            return True
+        pred, truth = self._compared
+        if (self.pred_box.currentText(), self.truth_box.currentText()) == \
+                (pred.name, truth.name):
+            return True
+        self._clear_results(f"The scores shown were of {pred.name!r} against "
+                            f"{truth.name!r}: press Compare for the layers chosen")
+        return False
 
     def _clear_results(self, why: str) -> None:
         """Empty the tables (their numbers belong to layers no longer on show) and say so."""
