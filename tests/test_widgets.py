@@ -813,7 +813,11 @@ def test_a_levels_model_gives_objects_and_post_process_splits_by_its_levels(
     w.level_h.setValue(1.5)
     w.smooth.setValue(1.0)
     assert (w.params().level_h, w.params().smooth) == (1.5, 1.0)
+    first = w.last_layer
     with qtbot.waitSignal(w.apply().finished, timeout=30000):
         pass
     assert w.last_layer.data.max() == 2
+    # the second setting's objects are seen alone: the first Apply's are hidden, not removed
+    assert w.last_layer.visible and first in viewer.layers and not first.visible
+    assert f"{first.name!r}" in w.status.text() and "hidden" in w.status.text()
     assert [n for n in notes if n[0] == "error"] == []

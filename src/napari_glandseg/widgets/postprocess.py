@@ -332,10 +332,13 @@ class PostprocessWidget(QWidget):
         self.last_layer = new
         # the input under the result would show through it: a deleted object would stay
         # visible and the colours mix (hidden, never removed: Compare still reads it)
-        hidden = ""
-        if layer.visible and layer in self.viewer.layers:
-            layer.visible = False
-            hidden = f"; {layer.name!r} hidden"
+        # so would an earlier Apply's objects of the same input (a setting compared with
+        # another is seen alone, each layer kept)
+        under = [la for la in self.viewer.layers if la.name != new.name and la.visible and (
+            la.name == layer.name or la.metadata.get("source_labels") == layer.name)]
+        for la in under:
+            la.visible = False
+        hidden = "; " + ", ".join(repr(la.name) for la in under) + " hidden" if under else ""
         self.status.setText(f"{len(table)} objects in {name!r}{hidden}")
 
     def _forget(self, event) -> None:
