@@ -162,18 +162,21 @@ def postprocess(labels: np.ndarray, params: PostprocessParams | None = None, *,
     if params.split is Split.NONE:
         out = label(fg, connectivity=2)
     else:
-        dist = ndi.distance_transform_edt(fg)
         if params.split in (Split.LEVELS, Split.LEVEL_PEAKS) and arr.max() > MAX_LEVELS:
             raise GlandsegError(f"split '{params.split.value}' needs a distance-levels map "
                                 f"(labels 0..L, L <= {MAX_LEVELS}), got labels up to "
                                 f"{int(arr.max())}")
+        # what is flooded downhill: the smoothed levels map (level peaks), else the distance
+        # to the background
+        if params.split is Split.LEVEL_PEAKS:
+            dist = ndi.gaussian_filter(arr.astype(np.float64), params.smooth) \
+                if params.smooth > 0 else arr.astype(np.float64)
+        else:
+            dist = ndi.distance_transform_edt(fg)
         if params.split is Split.LEVEL_PEAKS:
             from skimage.morphology import h_maxima
 
-            # one seed per hill of the smoothed map, flooded downhill
-            dist = arr.astype(np.float64)
-            if params.smooth > 0:
-                dist = ndi.gaussian_filter(dist, params.smooth)
+            # one seed per hill of the smoothed map
             markers = label(h_maxima(dist, params.level_h) & fg, connectivity=2)
         elif params.split is Split.LEVELS:
             # flood downhill from each seed region; the distance transform orders the pixels
