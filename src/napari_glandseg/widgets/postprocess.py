@@ -44,6 +44,12 @@ from ._stores import StoreKeeper
 PREVIEW = "postprocess preview"
 #: Above this many pixels the preview covers only the part of the layer on screen.
 PREVIEW_MAX_PIXELS = 2048 * 2048
+
+
+def _applied_here(meta: dict) -> bool:
+    """Whether a layer's metadata is that of Apply's objects (they name the labels they were
+    split from), as opposed to a Segment result the labels box follows."""
+    return "source_labels" in meta
 #: Above this many pixels (or for a lazy, zarr/dask-backed layer) Apply post-processes
 #: window by window: the whole-layer route needs ~100 bytes per pixel at once.
 WINDOWED_PIXELS = 4096 * 4096
@@ -590,7 +596,7 @@ class PostprocessWidget(QWidget):
         settings would replace the user's)."""
         self._refresh_layers()
         made = [la for la in layers_of(self.viewer, name, RESULT_ROLES)
-                if "source_labels" not in la.metadata]
+                if not _applied_here(la.metadata)]
         pick = made[-1] if made else None
         if not is_news(self, (name, getattr(pick, "name", None))):
             return
@@ -614,7 +620,7 @@ class PostprocessWidget(QWidget):
                  and la.metadata.get("glandseg_role") in ("prediction", "objects")]
         inserted = getattr(event, "value", None)
         meta = getattr(inserted, "metadata", {})
-        if inserted is not None and inserted.name in preds and "source_labels" not in meta:
+        if inserted is not None and inserted.name in preds and not _applied_here(meta):
             self.labels_box.setCurrentText(inserted.name)  # a new Segment result
         elif preds and (not current or self._role(current) == "truth"):
             self.labels_box.setCurrentText(preds[-1])
