@@ -311,6 +311,19 @@ def test_segment_errors_are_notifications(make_napari_viewer, notes, all_foregro
     assert w.run() is None and "needs a Shapes layer" in notes[-1][1]
 
 
+def test_segment_threshold_is_offered_only_to_a_binary_model(make_napari_viewer,
+                                                             all_foreground_model):
+    """A multi-class model takes the argmax: its threshold box would change nothing."""
+    viewer = make_napari_viewer()
+    model, w = _dock(viewer, "Model"), _dock(viewer, "Segment")
+    model.select("glands-he")
+    assert not w.threshold.isEnabled() and "argmax" in w.threshold.toolTip()
+    model.select(all_foreground_model)
+    assert w.threshold.isEnabled()
+    model.select("nuclei-he")
+    assert not w.threshold.isEnabled()
+
+
 def _touching_disks():
     yy, xx = np.mgrid[:64, :80]
     return (((yy - 32) ** 2 + (xx - 26) ** 2 <= 100)
