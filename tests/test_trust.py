@@ -117,6 +117,30 @@ def test_correct_stays_on_the_layer_a_user_chose(session, qtbot):
     assert corr.labels_box.currentText() == first.name
 
 
+def test_after_next_no_stroke_edits_the_truth_unasked(session, qtbot):
+    """Next shows an image with no result yet: the only Labels of it is its truth, so the
+    layer boxes stand on it. A Correct stroke asks before it edits the truth, once."""
+    viewer, load, seg, cmp = session
+    corr = _dock(viewer, "Correct")
+    _wait(qtbot, seg.run())
+    load.next()
+    truth = viewer.layers[f"{STEMS[1]} [truth]"]
+    before = np.asarray(truth.data).copy()
+    assert corr.labels_box.currentText() == truth.name
+    assert f"no result of {STEMS[1]!r} yet" in cmp.status.text().lower()
+    asked = []
+    corr.confirm = lambda q: (asked.append(q), False)[1]
+    corr.set_tool("delete")
+    obj = tuple(np.argwhere(before > 0)[0])
+    assert corr.click(obj) is None and len(asked) == 1 and "ground truth" in asked[0]
+    np.testing.assert_array_equal(truth.data, before)  # refused: untouched
+    assert corr.relabel() is None and len(asked) == 2
+    corr.confirm = lambda q: (asked.append(q), True)[1]
+    assert corr.click(obj) is not None and len(asked) == 3  # the user said yes
+    assert not (np.asarray(truth.data) == before[obj]).any()
+    assert corr.relabel() is not None and len(asked) == 3  # asked once per layer
+
+
 def test_compare_refuses_a_pair_of_two_images_in_one_line(session, notes):
     viewer, load, seg, cmp = session
     viewer.add_labels(np.ones((64, 64), np.uint8), name="small",

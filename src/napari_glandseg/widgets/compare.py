@@ -553,8 +553,8 @@ class CompareWidget(QWidget):
         pred, truth = (self.viewer.layers[n] for n in names)
         src = [la.metadata.get("source_image") for la in (pred, truth)]
         if all(src) and src[0] != src[1]:
-            raise GlandsegError(f"{names[0]!r} is a result of {src[0]!r} but {names[1]!r} is "
-                                f"the truth of {src[1]!r}: choose the pair of one image")
+            raise GlandsegError(f"{names[0]!r} belongs to image {src[0]!r} but {names[1]!r} to "
+                                f"{src[1]!r}: choose the pair of one image")
         shapes = [tuple((la.data[0] if la.multiscale else la.data).shape[-2:])
                   for la in (pred, truth)]
         if shapes[0] != shapes[1]:
@@ -578,6 +578,9 @@ class CompareWidget(QWidget):
         # the user's choice (and the scores shown for it) because an overlay came in
         if not is_news(self, (name, getattr(pred, "name", None), getattr(truth, "name", None))):
             return
+        if pred is None and name:  # the box stands on what is left: say so
+            self.status.setText(f"No result of {name!r} yet: segment it (Segment tab), then "
+                                "press Compare")
         for box, layer in ((self.pred_box, pred), (self.truth_box, truth)):
             if layer is not None and box.findText(layer.name) >= 0:
                 box.setCurrentText(layer.name)

@@ -315,6 +315,8 @@ class CorrectWidget(QWidget):
         if layer is None or self.tool is None:
             return None
         pos = tuple(float(v) for v in np.asarray(position)[-2:])
+        if not self._may_edit(layer):
+            return None
         try:
             data = self._editable(layer)
             edit = self._use_tool(data, pos)
@@ -368,7 +370,7 @@ class CorrectWidget(QWidget):
 
     def relabel(self) -> core.Edit | None:
         layer = self.layer()
-        if layer is None:
+        if layer is None or not self._may_edit(layer):
             return None
         try:
             edit = core.relabel(self._editable(layer))
@@ -378,6 +380,25 @@ class CorrectWidget(QWidget):
         self.queue = None  # ids changed: rank again
         self._apply(layer, edit)
         return edit
+
+    def _may_edit(self, layer) -> bool:
+        """Whether the chosen layer may be edited: a result always; ground truth once a user
+        has said so (asked once per layer). The box can stand on a truth layer without the
+        user choosing it: an image shown before it has a result offers only its truth."""
+        meta = layer.metadata
+        if meta.get("glandseg_role") != "truth" or meta.get("truth_edits_confirmed"):
+            return True
+        src = meta.get("source_image")
+        of = f" of {src!r}" if src else ""
+        if self.confirm(f"{layer.name!r} is the ground truth{of}, not a result. Correct the "
+                        "truth itself? (Save corrections writes it to corrected/, never over "
+                        "the mask file unless you choose that.)"):
+            meta["truth_edits_confirmed"] = True
+            return True
+        self.clicks = []
+        self.status.setText(f"{layer.name!r} not edited: it is ground truth. Segment the "
+                            "image and correct its result, or say Yes to correct the truth")
+        return False
 
     def _apply(self, layer, edit: core.Edit) -> None:
         """Write the edit as one undo step and keep the review state in step with it."""
