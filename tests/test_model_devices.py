@@ -61,3 +61,16 @@ def test_choosing_a_device_in_the_gui_moves_no_model(tiny):
     sel = ModelSelection()
     sel.set(model=model, device=torch.device("meta"))
     assert sel.model is model and _device_of(model).type == "cpu"
+
+
+def test_the_cpu_is_described_with_its_thread_count_in_words():
+    from napari_glandseg.models.device import describe_device
+
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert describe_device("cpu") == "CPU, 1 thread"
+        torch.set_num_threads(2)
+        assert describe_device("cpu") == "CPU, 2 threads"
+    finally:
+        torch.set_num_threads(n)
