@@ -108,6 +108,55 @@ def test_cli_tune_prints_the_table_and_saves_a_copy(tmp_path, fg_model_factory, 
     assert main(["tune", "--model", name, "--data", str(tmp_path / "nope")]) == 2
 
 
+def test_worker_processes_give_the_same_table_and_cancel_stops_them(merged_model,
+                                                                   monkeypatch):
+    """Settings scored in spawned processes (forced here: the grid is small) give the table
+    scored in this process, row for row; closing the generator (Cancel) shuts the pool and
+    drops the settings not started."""
+    import concurrent.futures
+
+    import napari_glandseg.tune as T
+
+    pools = []
+
+    class Pool(concurrent.futures.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            pools.append(self)
+            self.closed_with = None
+
+        def shutdown(self, wait=True, *, cancel_futures=False):
+            self.closed_with = cancel_futures
+            super().shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Pool)
+    image, truth = _two_touching_disks()
+    pairs = [TrainingPair(image, truth, "a"),
+             TrainingPair(image[:, ::-1].copy(), truth[:, ::-1].copy(), "b")]
+    grid = candidate_grid({"split": "distance", "h": 2.0, "min_size": 50}, boundary=True)[:12]
+    here = tune(merged_model, pairs, "object_f1", grid=grid, workers=2)
+    assert pools == []  # a small grid is scored here: starting workers would cost more
+    monkeypatch.setattr(T, "SPAWN_AFTER_S", 0.0)
+    pooled = tune(merged_model, pairs, "object_f1", grid=grid, workers=2)
+    assert len(pools) == 1 and pools[0]._max_workers == 2
+    assert pooled.table == here.table and pooled.best == here.best
+    predictions = [((truth > 0).astype(np.uint8), truth)]
+    gen = T._scored(grid, predictions, 2)
+    assert next(gen)[0] == 0 and next(gen)[0] > 0  # the second comes from the pool
+    gen.close()
+    assert len(pools) == 2 and pools[1].closed_with is True
+    with pytest.raises(GlandsegError, match="at least one setting"):
+        tune(merged_model, pairs, "object_f1", grid=[])
+
+
+def test_cli_tune_refuses_zero_workers_in_one_line(tmp_path, capsys):
+    from napari_glandseg.cli import main
+
+    assert main(["tune", "--model", "glands-he", "--data", str(tmp_path),
+                 "--workers", "0"]) == 2
+    assert "--workers must be 1 or more" in capsys.readouterr().err
+
+
 def test_near_ties_go_to_the_setting_with_the_better_objects():
     from napari_glandseg.tune import choose
 

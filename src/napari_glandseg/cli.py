@@ -493,6 +493,8 @@ def _tune(args) -> int:
     data = Path(args.data)
     if not data.is_dir():
         raise GlandsegError(f"--data must be a dataset folder, got {str(data)!r}")
+    if args.workers is not None and args.workers < 1:
+        raise GlandsegError(f"--workers must be 1 or more, got {args.workers}")
     split_csv = args.split_csv or (data / "split.csv" if (data / "split.csv").exists()
                                    else None)
     mask_folder = args.mask_folder.split(",") if args.mask_folder else None
@@ -504,7 +506,8 @@ def _tune(args) -> int:
     name = args.name or f"{model.name}-tuned"
     print(f"tuning {model.name!r} on {len(val)} validation images from {data}",
           file=sys.stderr)
-    result = run_to_end(iter_tune(model, val, args.metric), _Bar("tuning", args.quiet))
+    result = run_to_end(iter_tune(model, val, args.metric, workers=args.workers),
+                        _Bar("tuning", args.quiet))
     from .tune import setting_keys
 
     keys = ("object_f1", "object_dice", "aji", "pq",
@@ -779,6 +782,8 @@ def _add_tune(sub) -> None:
     u.add_argument("--name", help="store name of the tuned copy (default: MODEL-tuned)")
     u.add_argument("--no-save", action="store_true", help="only print the table")
     u.add_argument("--top", type=int, default=10, help="rows of the table to print")
+    u.add_argument("--workers", type=int, metavar="N",
+                   help="processes scoring the settings (default: one per CPU core)")
     u.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     u.add_argument("--quiet", action="store_true", help="no progress bar")
     u.set_defaults(func=_tune)

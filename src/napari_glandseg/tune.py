@@ -19,6 +19,7 @@ Examples
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
@@ -143,10 +144,73 @@ def choose(rows: list[dict], key: str, tie: float = TIE) -> list[dict]:
     return [best, *[r for r in rows if r is not best]]
 
 
+#: the validation images a scoring worker process holds (set once, by :func:`_hold`)
+_HELD: list = []
+
+
+def _hold(predictions: list) -> None:
+    _HELD[:] = predictions
+
+
+def _score(params: PostprocessParams, predictions: list | None = None) -> list[dict]:
+    """One setting's object scores on each validation image (``predictions``: class map
+    and truth pairs; in a worker process, those it holds)."""
+    from .metrics import Overlap, object_scores
+    from .pipeline import objects_of
+
+    return [object_scores(Overlap.of(objects_of(labels, params).labels, truth))
+            for labels, truth in (_HELD if predictions is None else predictions)]
+
+
+def default_workers(n_settings: int) -> int:
+    """One scoring process per CPU core this process may use, at most one per setting."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, n_settings))
+
+
+#: Settings are scored in worker processes only when the first one, scored here, says the
+#: rest would take longer than this (seconds): starting a worker costs about 2-3 s
+SPAWN_AFTER_S = 20.0
+
+
+def _scored(grid: list[PostprocessParams], predictions: list,
+            workers: int) -> Generator[tuple[int, list[dict]], None, None]:
+    """Each setting's index and scores as it is done. Post-processing and scoring are
+    single-threaded numpy / scipy / scikit-image work, so on a long grid a setting per core
+    is what makes tuning use the machine: the first setting is scored in this process and,
+    when the rest would take more than :data:`SPAWN_AFTER_S`, up to ``workers`` processes
+    score the others. They are spawned (not forked from a process with torch and Qt
+    threads) and get the images once; closing the generator (Cancel) drops the settings
+    not started."""
+    t0 = time.perf_counter()
+    yield 0, _score(grid[0], predictions)
+    rest = range(1, len(grid))
+    if workers <= 1 or (time.perf_counter() - t0) * len(rest) < SPAWN_AFTER_S:
+        for j in rest:
+            yield j, _score(grid[j], predictions)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    pool = ProcessPoolExecutor(min(workers, len(rest)),
+                               mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_hold, initargs=(predictions,))
+    try:
+        futures = {pool.submit(_score, grid[j]): j for j in rest}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def iter_tune(model: Model, pairs: list[TrainingPair],
               metric: TuneMetric | str = TuneMetric.AUTO,
               grid: list[PostprocessParams] | None = None, tile_size: int = 512,
-              tie: float = TIE) -> Generator[Progress, None, TuneResult]:
+              tie: float = TIE, workers: int | None = None
+              ) -> Generator[Progress, None, TuneResult]:
     """Search post-processing on validation ``pairs``, yielding Progress; returns a
     :class:`TuneResult`.
 
@@ -163,10 +227,13 @@ def iter_tune(model: Model, pairs: list[TrainingPair],
         Default :func:`candidate_grid` around the card's settings.
     tie : float
         Scores within ``tie`` of the best are a tie, broken by :func:`choose`.
+    workers : int, optional
+        Processes that score the settings; default :func:`default_workers` (one per core),
+        1: in this process. The table does not depend on it.
     """
     from .inference import SegmentParams
-    from .metrics import Overlap, as_instances, object_scores, summarise_objects
-    from .pipeline import FileParams, objects_from_image, objects_of, postprocess_for
+    from .metrics import as_instances, summarise_objects
+    from .pipeline import FileParams, objects_from_image, postprocess_for
 
     metric = as_enum(TuneMetric, metric, "metric")
     if metric is Selection.PIXEL_DICE:
@@ -183,6 +250,8 @@ def iter_tune(model: Model, pairs: list[TrainingPair],
     card_post = postprocess_for(card)
     grid = list(grid) if grid is not None else \
         candidate_grid(card_post, card.boundary_class, card.levels)
+    if not grid:
+        raise GlandsegError("tuning needs at least one setting to try")
     t0 = time.perf_counter()
     total = len(pairs) + len(grid)
     predictions, groups = [], []
@@ -196,20 +265,23 @@ def iter_tune(model: Model, pairs: list[TrainingPair],
         groups.append(getattr(p, "group", None))
         yield Progress(i + 1, total, f"segmented {i + 1}/{len(pairs)}",
                        time.perf_counter() - t0)
+    # ... then its post-processing step per candidate, as many at once as there are workers
+    n_workers = default_workers(len(grid)) if workers is None else max(1, int(workers))
+    done: dict[int, list[dict]] = {}
+    for j, scores in _scored(grid, predictions, n_workers):
+        done[j] = scores
+        yield Progress(len(pairs) + len(done), total, f"setting {len(done)}/{len(grid)}",
+                       time.perf_counter() - t0)
     rows = []
     named = sorted({g for g in groups if g})
-    for j, params in enumerate(grid):  # ... then its post-processing step per candidate
-        scores = [object_scores(Overlap.of(objects_of(labels, params).labels, truth))
-                  for labels, truth in predictions]
-        s = summarise_objects(scores)
+    for j, params in enumerate(grid):  # in the grid's order, however the workers finished
+        s = summarise_objects(done[j])
         # groups of images (GlaS benign / malignant) apart, and the worse of them
         for g in named:
             s[f"objects[{g}]"] = summarise_objects(
-                [r for r, gr in zip(scores, groups, strict=True) if gr == g])["objects"]
+                [r for r, gr in zip(done[j], groups, strict=True) if gr == g])["objects"]
         s["objects_worst"] = min((s[f"objects[{g}]"] for g in named), default=s["objects"])
         rows.append({**_entry(params), **s})
-        yield Progress(len(pairs) + j + 1, total, f"setting {j + 1}/{len(grid)}",
-                       time.perf_counter() - t0)
     key = metric.value
     current = _entry(card_post) if card_post is not None else None
     current_score = next((r[key] for r in rows if current and _same(r, current)), float("nan"))
@@ -229,9 +301,9 @@ def _same(row: dict, entry: dict) -> bool:
 
 def tune(model: Model, pairs: list[TrainingPair], metric: TuneMetric | str = TuneMetric.AUTO,
          grid: list[PostprocessParams] | None = None, tile_size: int = 512,
-         tie: float = TIE) -> TuneResult:
+         tie: float = TIE, workers: int | None = None) -> TuneResult:
     """Blocking twin of :func:`iter_tune`."""
-    return run_to_end(iter_tune(model, pairs, metric, grid, tile_size, tie))
+    return run_to_end(iter_tune(model, pairs, metric, grid, tile_size, tie, workers))
 
 
 def save_tuned(model: Model, result: TuneResult, name: str, data: str = "") -> Path:
