@@ -268,10 +268,14 @@ def iter_tune(model: Model, pairs: list[TrainingPair],
     # ... then its post-processing step per candidate, as many at once as there are workers
     n_workers = default_workers(len(grid)) if workers is None else max(1, int(workers))
     done: dict[int, list[dict]] = {}
-    for j, scores in _scored(grid, predictions, n_workers):
-        done[j] = scores
-        yield Progress(len(pairs) + len(done), total, f"setting {len(done)}/{len(grid)}",
-                       time.perf_counter() - t0)
+    scored = _scored(grid, predictions, n_workers)
+    try:
+        for j, scores in scored:
+            done[j] = scores
+            yield Progress(len(pairs) + len(done), total, f"setting {len(done)}/{len(grid)}",
+                           time.perf_counter() - t0)
+    finally:  # Cancel closes this generator: the workers go with it
+        scored.close()
     rows = []
     named = sorted({g for g in groups if g})
     for j, params in enumerate(grid):  # in the grid's order, however the workers finished
