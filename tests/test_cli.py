@@ -38,6 +38,30 @@ def test_segment_writes_labels_skips_existing_and_reports_failures(tmp_path, dat
                      "--quiet", "--overwrite"]) == 0
 
 
+def test_a_threshold_given_to_a_model_of_classes_is_said_to_do_nothing(
+        tmp_path, data_dir, fg_model, capsys):
+    image = tmp_path / "a.png"
+    shutil.copy(data_dir / "glas/train_1_crop.png", image)
+    from napari_glandseg.models import ModelCard, build_model, import_model, save_checkpoint
+
+    classes = "cli-3"
+    card = ModelCard(name=classes, architecture="base_cnn", in_channels=3, num_classes=3,
+                     arch_kwargs={"widths": [4, 8]}, boundary_class=True,
+                     class_names=["background", "interior", "boundary"])
+    import_model(save_checkpoint(tmp_path / "cli-3.safetensors",
+                                 build_model("base_cnn", 3, 3, widths=[4, 8]), card))
+    for model, said in ((classes, True), (fg_model, False)):
+        assert cli.main(["segment", str(image), "--model", model, "--out",
+                         str(tmp_path / model), "--tile", "128", "--threshold", "0.3",
+                         "--quiet"]) == 0
+        err = capsys.readouterr().err
+        assert ("--threshold is not used by cli-3: its 3 classes" in err) is said
+    # not given: nothing said
+    assert cli.main(["segment", str(image), "--model", classes, "--out",
+                     str(tmp_path / "again"), "--tile", "128", "--quiet"]) == 0
+    assert "--threshold" not in capsys.readouterr().err
+
+
 def test_segment_bad_arguments_exit_2(tmp_path, fg_model, capsys):
     assert cli.main(["segment", str(tmp_path / "none*.png"), "--model", fg_model, "--out",
                      str(tmp_path)]) == 2

@@ -135,14 +135,27 @@ class _Bar:
             print(line, file=sys.stderr, flush=True)
 
 
+def _threshold(args, card) -> float:
+    """``--threshold``, or the default; a model of more than one class takes the argmax,
+    so a threshold given for one is said to do nothing (not silently ignored)."""
+    if args.threshold is None:
+        return SegmentParams().threshold
+    if not card.binary:
+        print(f"warning: --threshold is not used by {card.name}: its {card.num_classes} "
+              "classes are taken by argmax", file=sys.stderr)
+    return args.threshold
+
+
 def _segment_blockwise(args) -> int:
     """``--ome-zarr`` / ``--workers`` / ``--scheduler``: slides block by block into OME-Zarr
     (napari_glandseg.slides), on dask.distributed when workers or a scheduler are given."""
     from .io import iter_image_files
+    from .models import load_model
     from .slides import SlideParams
 
+    threshold = _threshold(args, load_model(args.model).card)
     seg = SegmentParams(tile_size=args.tile, overlap=args.overlap, batch_size=args.batch,
-                        tta=args.tta, threshold=args.threshold, device=args.device,
+                        tta=args.tta, threshold=threshold, device=args.device,
                         precision=args.precision)
     params = SlideParams(block_size=args.block_size, overlap=args.block_overlap,
                          tissue=args.tissue)
@@ -207,7 +220,8 @@ def _segment(args) -> int:
     params = FileParams(
         out_dir=Path(args.out),
         segment=SegmentParams(tile_size=args.tile, overlap=args.overlap, batch_size=args.batch,
-                              tta=args.tta, threshold=args.threshold, device=args.device,
+                              tta=args.tta, threshold=_threshold(args, model.card),
+                              device=args.device,
                               precision=args.precision,
                               return_probabilities=args.probabilities),
         postprocess=postprocess_for(model.card, split=args.split, min_size=args.min_size),
@@ -623,8 +637,9 @@ def _add_segment(sub) -> None:
     s.add_argument("--batch", type=int, default=seg.batch_size,
                    help=f"tiles per batch (default {seg.batch_size})")
     s.add_argument("--tta", action="store_true", help="test-time augmentation (8x slower)")
-    s.add_argument("--threshold", type=float, default=seg.threshold,
-                   help=f"binary threshold (default {seg.threshold})")
+    s.add_argument("--threshold", type=float,
+                   help=f"a binary model's foreground threshold (default {seg.threshold}; "
+                        "models of more classes take the argmax)")
     s.add_argument("--split", choices=_values(Split),
                    help="separate touching objects (default: the model card's)")
     s.add_argument("--min-size", type=int, help="remove objects smaller than this (px); "
