@@ -149,6 +149,31 @@ def test_worker_processes_give_the_same_table_and_cancel_stops_them(merged_model
         tune(merged_model, pairs, "object_f1", grid=[])
 
 
+def test_workers_do_not_run_the_callers_script_again(tmp_path):
+    """Spawn runs the main script again in each worker unless it has a __main__ guard; a
+    napari script without one would open a window per worker. The workers need nothing
+    from it, and must not run it."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "print('SCRIPT RAN', flush=True)\n"
+        "import numpy as np\n"
+        "import napari_glandseg.tune as T\n"
+        "from napari_glandseg.postprocessing import PostprocessParams\n"
+        "truth = np.zeros((40, 40), np.uint16)\n"
+        "truth[5:15, 5:15], truth[20:30, 20:30] = 1, 2\n"
+        "T.SPAWN_AFTER_S = 0.0\n"
+        "grid = [PostprocessParams(min_size=m) for m in (0, 1, 2, 3)]\n"
+        "done = dict(T._scored(grid, [((truth > 0).astype(np.uint8), truth)], 2))\n"
+        "print('SCORED', len(done), flush=True)\n")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("SCRIPT RAN") == 1 and "SCORED 4" in run.stdout
+
+
 def test_cli_tune_refuses_zero_workers_in_one_line(tmp_path, capsys):
     from napari_glandseg.cli import main
 

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
 from collections.abc import Generator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -171,6 +173,26 @@ def default_workers(n_settings: int) -> int:
     return max(1, min(cores, n_settings))
 
 
+@contextmanager
+def _main_script_hidden():
+    """Spawned workers need nothing from the caller's script (what they run is in this
+    module), but spawn runs that script again in each worker unless it is guarded by
+    ``if __name__ == "__main__"``: a napari script without the guard would open a window
+    per worker. While the workers start, ``__main__`` does not say where it came from."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__")
+             if main is not None and k in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            main.__dict__["__spec__"] = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
+
+
 #: Settings are scored in worker processes only when the first one, scored here, says the
 #: rest would take longer than this (seconds): starting a worker costs about 2-3 s
 SPAWN_AFTER_S = 20.0
@@ -199,7 +221,8 @@ def _scored(grid: list[PostprocessParams], predictions: list,
                                mp_context=multiprocessing.get_context("spawn"),
                                initializer=_hold, initargs=(predictions,))
     try:
-        futures = {pool.submit(_score, grid[j]): j for j in rest}
+        with _main_script_hidden():  # the workers start as the settings are submitted
+            futures = {pool.submit(_score, grid[j]): j for j in rest}
         for future in as_completed(futures):
             yield futures[future], future.result()
     finally:
