@@ -173,6 +173,21 @@ def test_augmented_and_plain_patches_are_normalised_alike(glas, dtype, mode):
     assert abs(plain.mean() - aug.mean()) < 0.5
 
 
+@pytest.mark.parametrize("dtype, top", [(np.uint16, 4000), (np.float32, 3000.0)])
+def test_augmenting_a_12_bit_or_float_image_keeps_its_picture(glas, dtype, top):
+    """Augmentation draws brightness, contrast and gamma in the standard form the sampler
+    makes first (0..1 for such data): a 12-bit image in uint16 is not blacked out by shifts
+    of 8 % of 65535, a float slice in the thousands is not clipped at 1 to one grey."""
+    pairs = [TrainingPair((p.image.astype(np.float64) / 255 * top).astype(dtype), p.mask,
+                          p.name) for p in glas]
+    targets = [make_target(p.mask, tr.Target.MASK, 1) for p in pairs]
+    sampler = tr.PatchSampler(pairs, targets, TrainParams(patch_size=64), "unit",
+                              np.random.default_rng(0))
+    for _ in range(10):
+        x = sampler.sample(augment=True)[0]
+        assert (x <= 0).mean() < 0.05 and x.std() > 0.03 and x.max() > 0.3
+
+
 def test_elastic_deformation_bends_image_and_target_alike():
     from napari_glandseg.training.augment import _augment
 
