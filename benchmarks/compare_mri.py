@@ -100,7 +100,9 @@ def main(argv=None):
                     help="override a config setting (JSON value), e.g. patch_size=512")
     ap.add_argument("--steps-per-epoch", type=int, default=50)
     ap.add_argument("--only", help="comma-separated runs (default: all)")
-    ap.add_argument("--json", type=Path, help="write the rows here (after each run)")
+    ap.add_argument("--json", type=Path, help="write the rows here (after each run); rows "
+                    "of other runs already there with the same budget and settings are kept, "
+                    "so --only can finish a comparison in parts")
     ap.add_argument("--keep", type=Path, help="keep the trained models in this folder")
     args = ap.parse_args(argv)
     runs = [r.strip() for r in args.only.split(",")] if args.only else list(RUNS)
@@ -128,6 +130,10 @@ def main(argv=None):
     print(f"UW-Madison GI MRI: {len(train_pairs)} train, {len(val_pairs)} val slices; "
           f"{budget} per model; settings over the config: {args.set or 'none'}", flush=True)
     rows = []
+    if args.json and args.json.exists():  # runs of the same budget done before are kept
+        old = json.loads(args.json.read_text())
+        if old.get("budget") == budget and old.get("set") == args.set:
+            rows = [row for row in old["rows"] if row["run"] not in runs]
     try:
         for r in runs:
             label, settings = RUNS[r]
