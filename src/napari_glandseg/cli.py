@@ -140,9 +140,8 @@ def _threshold(args, card) -> float:
     so a threshold given for one is said to do nothing (not silently ignored)."""
     if args.threshold is None:
         return SegmentParams().threshold
-    if not card.binary:
-        print(f"warning: --threshold is not used by {card.name}: its {card.num_classes} "
-              "classes are taken by argmax", file=sys.stderr)
+    if why := card.threshold_unused():
+        print(f"warning: --threshold is {why}", file=sys.stderr)
     return args.threshold
 
 

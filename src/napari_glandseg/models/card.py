@@ -175,6 +175,12 @@ class ModelCard:
     def binary(self) -> bool:
         return self.num_classes == 1
 
+    def threshold_unused(self) -> str:
+        """Why a probability threshold does nothing for this model, in words ("" for a
+        binary model, whose one probability is thresholded; the others take the argmax)."""
+        return "" if self.binary else \
+            f"not used by {self.name}: its {self.num_classes} classes are taken by argmax"
+
     def legend(self) -> str:
         """The foreground classes and their colours in words, e.g. ``"large bowel red,
         small bowel green, stomach blue"`` (class 0, background, is not drawn)."""

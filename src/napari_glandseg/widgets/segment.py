@@ -498,9 +498,6 @@ class SegmentWidget(QWidget):
         else:
             text = f"{m.name}: {' / '.join(m.card.class_names)}"
         self.model_label.setText(text)
-        # only a one-output model's probability is thresholded; the others take the argmax
-        single = m is None or m.card.binary
-        self.threshold.setEnabled(single)
-        self.threshold.setToolTip(
-            "probability above which a pixel is foreground" if single else
-            f"not used by {m.name}: its {m.card.num_classes} classes are taken by argmax")
+        why = m.card.threshold_unused() if m is not None else ""
+        self.threshold.setEnabled(not why)
+        self.threshold.setToolTip(why or "probability above which a pixel is foreground")
