@@ -1,16 +1,20 @@
 """Tiled inference throughput and peak memory: this engine vs MONAI vs the bare network.
 
-    python benchmarks/bench_inference.py --data DATA [--size 4096] [--tile 512]
+    python benchmarks/bench_inference.py --data DATA [--size 4096] [--tile 512] [--arch A]
 
-One RGB mosaic of ``--size`` x ``--size`` built from GlaS training images, the same default
-U-Net (untrained weights: timing only), the same tile size, overlap 0.25 and batch 4:
+One RGB mosaic of ``--size`` x ``--size`` built from GlaS training images, the same network
+(the default U-Net, or ``--arch effnet_unet``: glands-he's Lite1 U-Net; untrained weights:
+timing only), the same tile size, overlap 0.25 and batch 4:
 
 - ``ours``: :func:`napari_glandseg.segment` (Gaussian blending, labels + probabilities);
 - ``monai``: ``monai.inferers.sliding_window_inference`` (mode="gaussian") + sigmoid/threshold;
 - ``bare``: the network alone over the same tiles (normalise, stack, forward; no blending);
 - ``ours-fp32``: ours forced to fp32 without channels-last, like ``bare`` and ``monai``, for
   the overhead ratios; ``ours`` is the default (``precision="auto"``, channels-last), which
-  on a CPU with native bf16 uses bf16 autocast.
+  on a CPU with native bf16 uses bf16 autocast;
+- ``ours-fp32-cl``: ours in fp32 with channels-last, the default on a CPU without bf16;
+- ``ours-unfolded``: ours without folding the batch norms into the convolutions
+  (:mod:`napari_glandseg.models.fold`), for that step's share.
 
 Each engine runs in its own process; peak memory is the rise of the process's peak RSS over
 its RSS just before the run (model and image already loaded). Ratios are against ``bare`` and
@@ -34,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import data_default, rss_mb  # noqa: E402
 
 warnings.filterwarnings("ignore")
-ENGINES = ["bare", "monai", "ours-fp32", "ours"]
+ENGINES = ["bare", "monai", "ours-fp32", "ours-fp32-cl", "ours-unfolded", "ours"]
+ARCH_KWARGS = {"unet": {}, "effnet_unet": {"variant": 1}}
 
 
 def mosaic(data: Path, size: int) -> np.ndarray:
@@ -59,7 +64,7 @@ def mosaic(data: Path, size: int) -> np.ndarray:
     return out
 
 
-def run_engine(engine: str, data: Path, size: int, tile: int) -> dict:
+def run_engine(engine: str, data: Path, size: int, tile: int, arch: str = "unet") -> dict:
     import torch
 
     from napari_glandseg.inference import SegmentParams, _grid, _normalise, segment
@@ -67,8 +72,12 @@ def run_engine(engine: str, data: Path, size: int, tile: int) -> dict:
 
     torch.manual_seed(0)
     image = mosaic(data, size)
-    card = ModelCard(name="bench", architecture="unet", in_channels=3, num_classes=1)
-    model = Model(build_model("unet", 3, 1).eval(), card)
+    kwargs = ARCH_KWARGS[arch]
+    card = ModelCard(name="bench", architecture=arch, in_channels=3, num_classes=1,
+                     arch_kwargs=kwargs)
+    model = Model(build_model(arch, 3, 1, **kwargs).eval(), card)
+    if engine == "ours-unfolded":
+        model._inference = model.net  # run the network as trained
     params = SegmentParams(tile_size=tile, overlap=0.25, batch_size=4)
     before = rss_mb()
     t0 = time.perf_counter()
@@ -88,7 +97,8 @@ def run_engine(engine: str, data: Path, size: int, tile: int) -> dict:
                 x, (tile, tile), 4, model.net, overlap=0.25, mode="gaussian"))
             (prob > 0.5).to(torch.uint8)
     else:
-        kw = {"precision": "fp32", "channels_last": False} if engine == "ours-fp32" else {}
+        kw = {"ours-fp32": {"precision": "fp32", "channels_last": False},
+              "ours-fp32-cl": {"precision": "fp32"}}.get(engine, {})
         segment(image, model, params=params, device="cpu", **kw)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -102,23 +112,25 @@ def main(argv=None):
                     required=data_default() is None)
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--tile", type=int, default=512)
+    ap.add_argument("--arch", choices=sorted(ARCH_KWARGS), default="unet")
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
-        print(json.dumps(run_engine(args.one, args.data, args.size, args.tile)))
+        print(json.dumps(run_engine(args.one, args.data, args.size, args.tile, args.arch)))
         return
     rows = {}
     for engine in args.engines.split(","):
         out = subprocess.run([sys.executable, __file__, "--one", engine, "--data",
                               str(args.data), "--size", str(args.size), "--tile",
-                              str(args.tile)], capture_output=True, text=True, check=True)
+                              str(args.tile), "--arch", args.arch],
+                             capture_output=True, text=True, check=True)
         rows[engine] = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"  {engine}: {rows[engine]['seconds']:.1f} s", file=sys.stderr)
     import torch
 
     print(f"{args.size}x{args.size} RGB mosaic, tile {args.tile}, overlap 0.25, batch 4, "
-          f"default U-Net, CPU {torch.get_num_threads()} threads")
+          f"{args.arch} {ARCH_KWARGS[args.arch] or ''}, CPU {torch.get_num_threads()} threads")
     print("| engine | s | MPix/s | peak MB over start | time vs bare | MPix/s vs MONAI |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows.values():

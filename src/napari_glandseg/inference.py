@@ -626,7 +626,7 @@ def _forward(model, batch, params, device, precision, channels_last):
     if params.tta:
         return run_to_end(_tta_passes(model, batch, precision, device))
     with torch.inference_mode():
-        return _probabilities(_run(model.net, batch, precision, device)).cpu(), None
+        return _probabilities(_run(model.inference_net, batch, precision, device)).cpu(), None
 
 
 def _tta_passes(model, batch, precision, device):
@@ -638,7 +638,7 @@ def _tta_passes(model, batch, precision, device):
         with torch.inference_mode():
             b = torch.flip(batch, (-1,)) if flip else batch
             b = torch.rot90(b, k, (-2, -1))
-            p = _probabilities(_run(model.net, b, precision, device))
+            p = _probabilities(_run(model.inference_net, b, precision, device))
             p = torch.rot90(p, -k, (-2, -1))
             outs.append(torch.flip(p, (-1,)) if flip else p)
         if len(outs) < len(_TTA):

@@ -41,6 +41,7 @@ class Model:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _family: dict = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _inference: nn.Module | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.device = torch.device(self.device)
@@ -61,6 +62,22 @@ class Model:
                 other._family, other._lock = self._family, self._lock
                 self._family[device] = other
         return other
+
+    @property
+    def inference_net(self) -> nn.Module:
+        """The network as inference runs it: a copy with its batch norms folded into the
+        convolutions (:func:`~napari_glandseg.models.fold.fold_batch_norms`; the same
+        outputs, faster), made on first use. ``net`` stays as trained: it is what is saved,
+        exported and fine-tuned; change it in place and this copy is stale (make a new
+        ``Model`` instead, as training does)."""
+        if self._inference is None:
+            from .fold import fold_batch_norms
+
+            with self._lock:
+                if self._inference is None:
+                    self._inference = fold_batch_norms(self.net, self.card.in_channels,
+                                                       self.device)[0]
+        return self._inference
 
     def to(self, device: str | torch.device) -> Model:
         """The model on ``device`` (:meth:`on`); use the instance returned, ``self`` stays
