@@ -68,3 +68,14 @@ def test_inference_and_training_read_the_same_rule(monkeypatch):
 def test_the_probe_runs_for_real():
     # the real timing: two positive durations, whatever this machine is
     assert pr._probe_seconds(False, repeats=1) > 0
+
+
+def test_the_probe_leaves_the_callers_random_stream():
+    # training seeds, builds its net, then resolves precision: the probe (run once per
+    # process) must not reseed, or a seed would not decide the run and two runs of one
+    # seed in one process would differ
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    pr._probe_seconds(True, repeats=1)
+    assert torch.equal(torch.rand(3), expected)

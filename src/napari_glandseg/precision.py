@@ -53,10 +53,18 @@ def cpu_flags() -> set[str] | None:
 
 def _probe_seconds(bf16: bool, repeats: int = 3) -> float:
     """Best-of time of one forward and backward pass of a small conv net (channels-last),
-    under bf16 autocast or in fp32."""
+    under bf16 autocast or in fp32. The caller's random stream is left where it was (the
+    probe runs at the first segmentation or training step, after a seed was set)."""
     import torch
 
-    torch.manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return _probe_run(bf16, repeats)
+
+
+def _probe_run(bf16: bool, repeats: int) -> float:
+    import torch
+
     net = torch.nn.Sequential(
         torch.nn.Conv2d(16, 32, 3, padding=1),
         torch.nn.BatchNorm2d(32),
