@@ -78,6 +78,16 @@ def test_cli_models_list_show_import(tmp_path, tiny_file, capsys):
     assert cli.main(["models", "delete", "cli-tiny", "--yes"]) == 0
 
 
+def test_cli_models_show_reads_a_checkpoint_file_outside_the_store(tmp_path, tiny_file, capsys):
+    path, _ = tiny_file  # e.g. a training run's best.safetensors, before importing it
+    assert cli.main(["models", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "a test model" in out and f"file: {path} (not in the store" in out
+    assert [m for m in list_models() if m.source == "user"] == []  # shown, not imported
+    assert cli.main(["models", "show", str(tmp_path / "gone.safetensors")]) == 2
+    assert "gone.safetensors: no such file" in capsys.readouterr().err
+
+
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert cli.main(["models", "show", "no-such-model"]) == 2
     err = capsys.readouterr().err

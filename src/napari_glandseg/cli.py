@@ -58,11 +58,19 @@ def _models(args) -> int:
                   f"{'/'.join(c.class_names)}  {c.description}")
         return 0
     if args.action == "show":
-        _need(args, "name", "glandseg models show NAME")
-        entry = models.find_model(args.name)
-        assert entry.card is not None  # find_model raises on a broken file
-        print(entry.card.summary())
-        print(f"file: {entry.path} ({entry.source})")
+        _need(args, "name", "glandseg models show NAME|FILE")
+        path = models.store.model_path(args.name)
+        entry = next((e for e in models.list_models() if e.path == path), None)
+        if entry is not None:
+            assert entry.card is not None  # list_models leaves broken files out
+            print(entry.card.summary())
+            print(f"file: {entry.path} ({entry.source})")
+            return 0
+        # a checkpoint file outside the store: its card (a .pt/.pth: its .card.json)
+        shown = models.read_card(path) if path.suffix.lower() == ".safetensors" \
+            else models.load_model(path).card
+        print(shown.summary())
+        print(f"file: {path} (not in the store: glandseg models import {path})")
         return 0
     if args.action == "import":
         _need(args, "name", "glandseg models import FILE [--as NAME]")
@@ -585,6 +593,7 @@ def _add_models(sub) -> None:
         "models", help="list, show, import, export or delete models",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  glandseg models\n  glandseg models show glands-he\n"
+               "  glandseg models show runs/my-run/best.safetensors\n"
                "  glandseg models import net.safetensors --as my-net\n"
                "  glandseg models import net.pt --card card.json\n"
                "  glandseg models export my-net --to ./exports/\n"
@@ -593,7 +602,7 @@ def _add_models(sub) -> None:
                "  glandseg models delete my-net --yes",
     )
     m.add_argument("action", nargs="?", choices=["list", "show", "import", "export", "delete"])
-    m.add_argument("name", nargs="?", help="model name (or file, for import)")
+    m.add_argument("name", nargs="?", help="model name (or file, for import and show)")
     m.add_argument("dest", nargs="?", help="export destination (same as --to)")
     m.add_argument("--as", dest="as_name", help="store name for an imported model")
     m.add_argument("--card", help="JSON model card for a .pt/.pth state dict")

@@ -95,6 +95,16 @@ def find_model(name: str) -> ModelEntry:
     raise GlandsegError(f"no model named {name!r} in the store (available: {names})")
 
 
+def model_path(name_or_path: PathType) -> Path:
+    """The checkpoint file ``name_or_path`` means: a checkpoint suffix or a folder in it makes
+    it a path; a bare name is always the store's (a file called "glands-he" in the working
+    folder must not hide the model)."""
+    p = Path(name_or_path)
+    if p.suffix.lower() in (".safetensors", ".pt", ".pth") or len(p.parts) > 1:
+        return p
+    return find_model(str(name_or_path)).path
+
+
 def load_model(name_or_path: PathType, device: str | None = None,
                card: ModelCard | dict | None = None) -> Model:
     """Load a model by store name or file path; loaded models are cached.
@@ -109,13 +119,7 @@ def load_model(name_or_path: PathType, device: str | None = None,
     card : ModelCard or dict, optional
         The card for a ``.pt``/``.pth`` state dict.
     """
-    p = Path(name_or_path)
-    # a checkpoint suffix or a folder in it makes it a path; a bare name is always the
-    # store's (a file called "glands-he" in the working folder must not hide the model)
-    if p.suffix.lower() in (".safetensors", ".pt", ".pth") or len(p.parts) > 1:
-        path = p
-    else:
-        path = find_model(str(name_or_path)).path
+    path = model_path(name_or_path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     stat = path.stat()
