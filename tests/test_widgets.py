@@ -324,6 +324,27 @@ def test_segment_threshold_is_offered_only_to_a_binary_model(make_napari_viewer,
     assert not w.threshold.isEnabled()
 
 
+def test_segment_scale_estimate_is_offered_only_to_a_model_with_a_reference(
+        make_napari_viewer):
+    """Without a scale reference the estimate is skipped (scale.can_estimate): the box is
+    shown off and greyed with the scale actually used; the user's choice comes back."""
+    viewer = make_napari_viewer()
+    model, w = _dock(viewer, "Model"), _dock(viewer, "Segment")
+    model.select("wbc")  # the bundled model with a reference
+    assert w.auto_scale.isEnabled() and w.auto_scale.isChecked()
+    model.select("glands-he")
+    assert not w.auto_scale.isEnabled() and not w.auto_scale.isChecked()
+    assert "taken to be at 0.62 um/px" in w.auto_scale.toolTip()
+    model.select("organs-mri")
+    assert not w.auto_scale.isChecked() and "their own scale" in w.auto_scale.toolTip()
+    model.select("wbc")
+    assert w.auto_scale.isEnabled() and w.auto_scale.isChecked()  # as the user left it
+    w.auto_scale.setChecked(False)  # the user turns it off ...
+    model.select("nuclei-he")
+    model.select("wbc")
+    assert w.auto_scale.isEnabled() and not w.auto_scale.isChecked()  # ... and it stays off
+
+
 def _touching_disks():
     yy, xx = np.mgrid[:64, :80]
     return (((yy - 32) ** 2 + (xx - 26) ** 2 <= 100)

@@ -128,6 +128,8 @@ def class_features(table, card):
 
 #: the controls start at the settings' own defaults (one place: SegmentParams)
 DEFAULTS = SegmentParams()
+AUTO_SCALE_TIP = ("From the size of the image's nuclei and cells, against the model's "
+                  "training images (off: take the training scale)")
 
 
 class Region(str, Enum):
@@ -190,8 +192,8 @@ class SegmentWidget(QWidget):
                                    "or for a PNG/JPEG the estimate below")
         self.auto_scale = QCheckBox("Estimate the scale of images without a pixel size")
         self.auto_scale.setChecked(True)
-        self.auto_scale.setToolTip("From the size of the image's nuclei and cells, against the "
-                                   "model's training images (off: take the training scale)")
+        self.auto_scale.setToolTip(AUTO_SCALE_TIP)
+        self._auto_scale_wanted = True  # the user's choice, kept while a model greys it out
         self.model_label = QLabel()
         self.model_label.setWordWrap(True)
         self.run_btn = QPushButton("Run")
@@ -501,3 +503,13 @@ class SegmentWidget(QWidget):
         why = m.card.threshold_unused() if m is not None else ""
         self.threshold.setEnabled(not why)
         self.threshold.setToolTip(why or "probability above which a pixel is foreground")
+        # a model without a scale reference cannot estimate: shown off and greyed, and the
+        # user's choice comes back with a model that can
+        why = m.card.scale_estimate_unused() if m is not None else ""
+        if why and self.auto_scale.isEnabled():
+            self._auto_scale_wanted = self.auto_scale.isChecked()
+            self.auto_scale.setChecked(False)
+        elif not why and not self.auto_scale.isEnabled():
+            self.auto_scale.setChecked(self._auto_scale_wanted)
+        self.auto_scale.setEnabled(not why)
+        self.auto_scale.setToolTip(why or AUTO_SCALE_TIP)
