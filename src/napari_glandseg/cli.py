@@ -60,7 +60,8 @@ def _models(args) -> int:
     if args.action == "show":
         _need(args, "name", "glandseg models show NAME|FILE")
         path = models.store.model_path(args.name)
-        entry = next((e for e in models.list_models() if e.path == path), None)
+        entry = next((e for e in models.list_models() if e.path.resolve() == path.resolve()),
+                     None)
         if entry is not None:
             assert entry.card is not None  # list_models leaves broken files out
             print(entry.card.summary())

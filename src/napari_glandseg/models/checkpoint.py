@@ -73,7 +73,8 @@ class Model:
         if self._inference is None:
             from .fold import fold_batch_norms
 
-            with self._lock:
+            # plain tensors even when first asked inside inference_mode (as segment does)
+            with self._lock, torch.inference_mode(False):
                 if self._inference is None:
                     self._inference = fold_batch_norms(self.net, self.card.in_channels,
                                                        self.device)[0]
