@@ -8,6 +8,7 @@ import pytest
 import torch
 from qtpy.QtCore import Qt
 
+from napari_glandseg.inference import SegmentParams
 from napari_glandseg.models import ModelCard, build_model, import_model, save_checkpoint
 from napari_glandseg.widgets.compare import OUTLINE_LEGEND, OVERLAY_LEGEND, SPLIT_COLOUR
 
@@ -700,6 +701,7 @@ def test_gui_opens_each_sample_with_its_bundled_model(sample, model, image, make
     assert _dock(viewer, "Model").selection.model.name == model
     w = _dock(viewer, "Segment")
     assert w.image_box.currentText() == image
+    assert w.tile.value() == SegmentParams().tile_size  # as the card's figures were measured
     with qtbot.waitSignal(w.run().finished, timeout=60000):
         pass
     layer = w.last_layers[0]  # objects straight away; a class model's cleaned class map

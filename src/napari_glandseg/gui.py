@@ -33,8 +33,8 @@ def open_viewer(sample: str | None = "glas", files=(), show: bool = True, viewer
     model = model_widget.selection.model
     if model is not None and sample and sample != "none":
         segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")[1]
-        segment.image_box.setCurrentIndex(0)
-        segment.tile.setValue(256)
+        segment.image_box.setCurrentIndex(0)  # the tile size stays SegmentParams', as the
+        # cards' figures were measured (256 gave organs-mri's sample less context)
     from qtpy.QtCore import QTimer
 
     _full_tab_titles(viewer)
