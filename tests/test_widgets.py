@@ -157,6 +157,11 @@ def test_model_card_says_what_the_model_is_for_and_groups_its_figures(make_napar
     lines = w.card_view.toPlainText().splitlines()
     rescaled = lines[lines.index("validation rescaled, no pixel size given") + 1]
     assert rescaled == "0.33x to 3x with automatic scale: cell Dice 0.957 or better"
+    # a class map's figure per class, the one organs are judged by
+    w.select("organs-mri")
+    lines = w.card_view.toPlainText().splitlines()
+    assert lines[lines.index("validation, Dice per class") + 1] == \
+        "large bowel 0.541, small bowel 0.660, stomach 0.011"
 
 
 def test_model_widget_lists_store_and_shares_selection(make_napari_viewer, tmp_path, notes):

@@ -321,6 +321,12 @@ def _metric_groups(metrics: dict) -> list[tuple[str, str]]:
                                 f"{name} {m[k]:.1f}" for k, name in KEY_METRICS
                                 if isinstance(m.get(k), int | float))
             out.append((f"{label}" + (f" ({n} images)" if n else ""), figures))
+            # a class map's classes one by one (organs: the figure it is judged by)
+            per_class = [(k.removeprefix("dice_"), v) for k, v in m.items()
+                         if k.startswith("dice_") and isinstance(v, int | float)]
+            if per_class:
+                out.append((f"{label}, Dice per class",
+                            ", ".join(f"{c} {v:.3f}" for c, v in per_class)))
     per_group = {k[len("val_objects["):-1]: v for k, v in metrics.items()
                  if k.startswith("val_objects[") and isinstance(v, int | float)}
     if per_group:
