@@ -202,7 +202,8 @@ def test_compare_runs_in_a_worker_on_copies_and_can_be_cancelled(make_napari_vie
         go.set()
     assert w.metrics["object_f1"] == 1.0 and w.metrics["n_pred"] == 4
     assert "press Compare again" in w.stale.text()  # but the edit is noticed
-    assert f"compare pred ({cmp.OVERLAY_LEGEND})" in viewer.layers
+    # drawn from the copy before the edit: kept, but off the canvas
+    assert not viewer.layers[f"compare pred ({cmp.OVERLAY_LEGEND})"].visible
     assert w.compute_btn.isEnabled() and not w.cancel_btn.isEnabled()
     # Cancel: stops after the step running; the tables stay as they were
     shown = dict(w.metrics)

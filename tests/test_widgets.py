@@ -447,9 +447,15 @@ def test_compare_widget_metrics_overlay_and_objects(make_napari_viewer, qtbot, n
         np.array([int(SPLIT_COLOUR[i:i + 2], 16) / 255 for i in (1, 3, 5)]), abs=0.01)
     assert {o["status"] for o in w.objects} >= {"merged", "split"}
     assert sum(o["side"] == "truth" for o in w.objects) == len(np.unique(truth)) - 1
-    # an edit after comparing makes the results stale, and says so
+    # an edit after comparing makes the results stale, and says so; the overlay leaves the
+    # canvas (it would show the edit undone) and the edited layer comes back into view
+    assert viewer.layers[f"compare merged ({OVERLAY_LEGEND})"].visible
+    assert not viewer.layers["merged"].visible
     viewer.layers["merged"].paint((0, 0), 5)
     assert "press Compare again" in w.stale.text()
+    assert not viewer.layers[f"compare merged ({OVERLAY_LEGEND})"].visible
+    assert not viewer.layers[f"compare merged ({OUTLINE_LEGEND})"].visible
+    assert viewer.layers["merged"].visible
 
 
 def test_compare_refuses_class_maps_as_objects_and_warns_on_empty_truth(make_napari_viewer,

@@ -122,6 +122,7 @@ class CompareWidget(QWidget):
         self.viewer.layers.events.removed.connect(self._forget)
         self._class_names = None
         self._restore = None  # (overlay name, {layer name: visible before})
+        self._overlays: list[str] = []  # the overlay layers of the pair compared last
         self._restoring: set = set()  # overlays whose visibility is watched
         self.focus = follow(self, napari_viewer, self._follow)
         self._refresh_layers()
@@ -269,6 +270,8 @@ class CompareWidget(QWidget):
             self._overlay(out, pred_layer, truth_layer)
         self._compared = (pred_layer, truth_layer)
         self.stale.setText(self._stale_during)
+        if self._stale_during:  # scored from a copy taken before the edit
+            self._hide_overlays()
         self._stale_during = ""
         if not self._check_pair():  # a box changed while it ran
             return
@@ -335,6 +338,15 @@ class CompareWidget(QWidget):
             self._stale_during = text  # edited while the job scored its copy
         elif layer in (self._compared or ()):
             self.stale.setText(text)
+            self._hide_overlays()
+
+    def _hide_overlays(self) -> None:
+        """Take an out-of-date overlay off the canvas: it would show an object deleted
+        since as found, and it hides the very layer being corrected (which comes back into
+        view). Compare again redraws it."""
+        for name in self._overlays:
+            if name in self.viewer.layers:
+                self.viewer.layers[name].visible = False
 
     def _overlay(self, out, like, truth_layer) -> None:
         """The TP / FP / missed overlay, and outlines of merging and split predictions,
@@ -368,6 +380,7 @@ class CompareWidget(QWidget):
             if name == line_name:
                 layer.contour = 3
             layer.visible = True
+        self._overlays = [name for name, _, _ in layers]
         fill = self.viewer.layers[fill_name]
         self._hide_under(fill, (like, truth_layer))
 
