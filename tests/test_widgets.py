@@ -551,6 +551,19 @@ def test_finetune_shows_the_base_models_own_architecture(make_napari_viewer):
 
     arch = find_model("nuclei-he").card.architecture
     assert w.arch_box.currentData() == getattr(arch, "value", arch)
+    # its target too (training takes the base card's): greyed, even with Advanced open
+    w.advanced.setChecked(True)
+    assert w.target_box.currentText() == "levels" and not w.target_box.isEnabled()
+    w.base_box.setCurrentText("glands-he")
+    assert w.target_box.currentText() == "boundary" and not w.classes.isEnabled()
+    w.base_box.setCurrentText("wbc")  # a class map: its classes
+    assert w.target_box.currentText() == "mask" and w.classes.value() == 3
+    w.advanced.setChecked(False)
+    w.advanced.setChecked(True)  # the group re-enables its children: still greyed
+    assert not w.target_box.isEnabled()
+    w.base_box.setCurrentIndex(0)  # a new model: the user's own choice, open again
+    assert w.target_box.currentText() == "mask" and w.classes.value() == 0
+    assert w.target_box.isEnabled() and w.classes.isEnabled()
 
 
 def test_job_failure_is_one_line_and_resets_the_status(make_napari_viewer, qtbot, notes,

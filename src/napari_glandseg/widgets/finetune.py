@@ -190,11 +190,15 @@ class FinetuneWidget(QWidget):
         self._trained_images: dict = {}  # image layer name -> its file, of the pairs trained
         self._val_images: dict = {}  # validation truth layer -> its image layer
 
+        self._base_card = None  # the base model's card (None: a new model)
+        self._own_target = (Target.MASK.value, 0)  # the user's target and classes
         self._lay_out()
 
         self.start_btn.clicked.connect(self.start)
         self.stop_btn.clicked.connect(self.stop)
         self.base_box.currentTextChanged.connect(self._base_changed)
+        # the group enables its children when checked: a base model's stay greyed
+        self.advanced.toggled.connect(self._lock_to_base)
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.connect(self._refresh_layers)
         self.viewer.layers.events.inserted.connect(self._watch_edits)
@@ -614,22 +618,44 @@ class FinetuneWidget(QWidget):
 
     def _base_changed(self, base: str) -> None:
         self.arch_box.setEnabled(base == NEW)
+        card = None
         if base != NEW:  # a base model's own architecture, shown (greyed) as it is
             from ..errors import GlandsegError
             from ..models import find_model
 
             try:
-                arch = find_model(base).card.architecture
+                card = find_model(base).card
+                arch = card.architecture
             except GlandsegError:  # a broken model is named when training starts
                 arch = None
             i = self.arch_box.findData(getattr(arch, "value", arch))
             if i >= 0:
                 self.arch_box.setCurrentIndex(i)
+        if card is not None and self._base_card is None:  # the user's own, for a new model
+            self._own_target = (self.target_box.currentText(), self.classes.value())
+        elif card is None and self._base_card is not None:
+            self.target_box.setCurrentText(self._own_target[0])
+            self.classes.setValue(self._own_target[1])
+        self._base_card = card
+        self._lock_to_base()
         name = self.name_edit.text().strip()
         if not name or getattr(self, "_auto_name", None) == name:  # not typed by the user
             root = "my-model" if base == NEW else re.sub(r"-tuned(-\d+)*$", "", base)
             self._auto_name = _free_name(f"{root}-tuned")
             self.name_edit.setText(self._auto_name)
+
+    def _lock_to_base(self, *_) -> None:
+        """A base model keeps its own target and classes (training reads them from its
+        card): shown as they are and greyed, as its architecture is."""
+        card = self._base_card
+        if card is not None:
+            target = Target.BOUNDARY if card.boundary_class else \
+                Target.LEVELS if card.levels else Target.MASK
+            self.target_box.setCurrentText(target.value)
+            self.classes.setValue(card.num_classes if target is Target.MASK
+                                  and card.num_classes > 1 else 0)
+        for box in (self.target_box, self.classes):
+            box.setEnabled(self.advanced.isChecked() and card is None)
 
     def _watch_edits(self, event=None, layer=None) -> None:
         """An edited Labels layer is offered (ticked) as a training pair at once."""
