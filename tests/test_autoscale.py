@@ -217,3 +217,21 @@ def test_training_records_the_reference_unless_told_not_to(data_dir):
     small.pop("architecture"), small.pop("arch_kwargs")
     tuned = train(glas, glas, TrainParams(name="tuned", base_model="noref", **small))
     assert tuned.model.card.scale_reference == {}
+
+
+@pytest.mark.parametrize("kw", [{"pixel_size_um": 1.24, "data_pixel_size_um": 0.62},
+                                {"data_pixel_size_um": 0.5}, {}])
+def test_the_words_for_a_card_that_cannot_estimate_name_the_scale_it_uses(kw):
+    """Segment's greyed "Estimate the scale" names the scale used instead: the um/px that
+    the working scale actually assumes for an image without a pixel size, or none."""
+    from napari_glandseg import scale
+
+    card = _card({}, **kw)
+    assert not scale.can_estimate(card, np.zeros((64, 64, 3), np.uint8))
+    words = scale.estimate_unused(card)
+    assumed = scale.working_scale(np.zeros((64, 64, 3)), card).assumed_pixel_size_um
+    if assumed and card.pixel_size_um:
+        assert f"{assumed:g} um/px" in words
+    else:
+        assert "their own scale" in words and "um/px" not in words
+    assert scale.estimate_unused(_card({"sigma_px": 3.0})) == ""

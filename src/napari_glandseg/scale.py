@@ -143,7 +143,7 @@ def working_scale(levels: Levels, card: ModelCard | None, pixel_size_um: float |
     """
     levels = as_levels(levels)
     known = pixel_size_um or default_pixel_size_um or None
-    assumed = known or (card.data_pixel_size_um if card is not None else None) or None
+    assumed = assumed_pixel_size(card, known)
     model_px = card.pixel_size_um if card is not None else None
     level, ds = 0, 1.0
     if len(levels) > 1 and assumed and model_px:
@@ -163,14 +163,41 @@ def working_scale(levels: Levels, card: ModelCard | None, pixel_size_um: float |
                         assumed_pixel_size_um=assumed)
 
 
+def assumed_pixel_size(card: ModelCard | None, known: float | None = None) -> float | None:
+    """The um/px an image is taken to be at: ``known`` (its file's or the user's), else the
+    scale of the card's training images (``data_pixel_size_um``), else None (unknown)."""
+    return known or (card.data_pixel_size_um if card is not None else None) or None
+
+
+def card_estimates(card: ModelCard | None) -> bool:
+    """Whether ``card``'s model can estimate an image's scale: its card has a scale
+    reference, :mod:`napari_glandseg.autoscale`'s yardstick."""
+    return card is not None and bool(card.scale_reference)
+
+
+def estimate_unused(card: ModelCard) -> str:
+    """Why estimating an image's scale does nothing for ``card``'s model, in words, and
+    which scale is used instead ("" when it can estimate; :func:`card_estimates`,
+    :func:`assumed_pixel_size` and :func:`working_scale` are the rules it words)."""
+    if card_estimates(card):
+        return ""
+    assumed = assumed_pixel_size(card)
+    if assumed and card.pixel_size_um:
+        return (f"not used by {card.name}: its card has no scale reference; an image "
+                f"without a pixel size is taken to be at {assumed:g} um/px, as its "
+                "training images (give Pixel size for another)")
+    return (f"not used by {card.name}: its card has no scale reference; images are "
+            "segmented at their own scale")
+
+
 def can_estimate(card: ModelCard | None, image: Array | None, file_px: float | None = None,
                  user_px: float | None = None, scale: float | None = None) -> bool:
     """Whether :func:`resolve` with ``auto`` estimates the scale: nobody gives it (no file
-    or user pixel size, no explicit rescale), the card has a scale reference, and the image
-    is in memory (a slide or a lazy array is taken at the card's scale, as its blocks are,
-    so both routes agree)."""
-    return (file_px is None and user_px is None and scale is None and card is not None
-            and bool(card.scale_reference) and isinstance(image, np.ndarray))
+    or user pixel size, no explicit rescale), the card can (:func:`card_estimates`), and the
+    image is in memory (a slide or a lazy array is taken at the card's scale, as its blocks
+    are, so both routes agree)."""
+    return (file_px is None and user_px is None and scale is None and card_estimates(card)
+            and isinstance(image, np.ndarray))
 
 
 def resolve(levels: Levels, card: ModelCard | None, file_px: float | None = None,

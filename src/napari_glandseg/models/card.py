@@ -181,18 +181,6 @@ class ModelCard:
         return "" if self.binary else \
             f"not used by {self.name}: its {self.num_classes} classes are taken by argmax"
 
-    def scale_estimate_unused(self) -> str:
-        """Why estimating an image's scale does nothing for this model, in words ("" when
-        its card has a scale reference, :mod:`napari_glandseg.autoscale`'s yardstick)."""
-        if self.scale_reference:
-            return ""
-        if self.data_pixel_size_um and self.pixel_size_um:  # as scale.working_scale assumes
-            return (f"not used by {self.name}: its card has no scale reference; an image "
-                    f"without a pixel size is taken to be at {self.data_pixel_size_um:g} "
-                    "um/px, as its training images (give Pixel size for another)")
-        return (f"not used by {self.name}: its card has no scale reference; images are "
-                "segmented at their own scale")
-
     def legend(self) -> str:
         """The foreground classes and their colours in words, e.g. ``"large bowel red,
         small bowel green, stomach blue"`` (class 0, background, is not drawn)."""

@@ -23,6 +23,7 @@ from ..errors import GlandsegError
 from ..inference import LARGE_PIXELS, Blend, SegmentParams
 from ..io import lazy_pyramid
 from ..pipeline import entry_of, mask_to_polygons, postprocess_for, read_into_memory
+from ..scale import estimate_unused
 from . import _worker
 from ._common import (
     fill_layer_box,
@@ -505,7 +506,7 @@ class SegmentWidget(QWidget):
         self.threshold.setToolTip(why or "probability above which a pixel is foreground")
         # a model without a scale reference cannot estimate: shown off and greyed, and the
         # user's choice comes back with a model that can
-        why = m.card.scale_estimate_unused() if m is not None else ""
+        why = estimate_unused(m.card) if m is not None else ""
         if why and self.auto_scale.isEnabled():
             self._auto_scale_wanted = self.auto_scale.isChecked()
             self.auto_scale.setChecked(False)
