@@ -67,7 +67,7 @@ def mosaic(data: Path, size: int) -> np.ndarray:
 def run_engine(engine: str, data: Path, size: int, tile: int, arch: str = "unet") -> dict:
     import torch
 
-    from napari_glandseg.inference import SegmentParams, _grid, _normalise, segment
+    from napari_glandseg.inference import SegmentParams, _normalise, _tile_grid, segment
     from napari_glandseg.models import Model, ModelCard, build_model
 
     torch.manual_seed(0)
@@ -83,7 +83,7 @@ def run_engine(engine: str, data: Path, size: int, tile: int, arch: str = "unet"
     t0 = time.perf_counter()
     if engine == "bare":
         x = torch.from_numpy(_normalise(image, card.normalization, None))
-        tiles = _grid(size, size, tile, 0.25)
+        tiles = _tile_grid(size, size, tile, 0.25)
         with torch.inference_mode():
             for i in range(0, len(tiles), 4):
                 batch = torch.stack([x[:, y:y + h, c:c + w] for y, c, h, w in tiles[i:i + 4]])

@@ -54,6 +54,34 @@ def test_tiles_leave_no_seams(smooth_image, blend):
     assert diff.max() < 2e-3 and diff.mean() < 1e-4
 
 
+@pytest.mark.parametrize("n,size,overlap", [(1000, 512, 0.25), (600, 512, 0.25),
+                                            (2048, 512, 0.25), (300, 96, 0.5),
+                                            (513, 512, 0.0), (4000, 256, 0.75)])
+def test_tiles_cover_the_image_evenly_with_no_more_pixels_than_needed(n, size, overlap):
+    """As many tiles as a grid of ``size`` needs, each only as large as that count needs
+    (a 1000 px side: three of 448, not three of 512), neighbours sharing at least the
+    overlap, every pixel covered."""
+    from napari_glandseg.inference import TILE_MULTIPLE, _grid, _tile_grid
+
+    old, new = _grid(n, n, size, overlap), _tile_grid(n, n, size, overlap)
+    assert len(new) == len(old)
+    t = new[0][2]
+    assert all(tile[2:] == (t, t) for tile in new) and t <= size
+    assert t == size or t % TILE_MULTIPLE == 0
+    ys = sorted({tile[0] for tile in new})
+    assert ys[0] == 0 and ys[-1] + t == n  # flush with both edges
+    shared = size - max(1, int(size * (1 - overlap)))
+    assert all(a + t - b >= shared for a, b in zip(ys, ys[1:], strict=False))
+    covered = np.zeros(n, bool)
+    for y in ys:
+        covered[y:y + t] = True
+    assert covered.all()
+    if (n, size) == (1000, 512):
+        assert t == 448 and len(ys) == 3
+    # no smaller multiple of 32 would still cover the image with as many tiles
+    assert t == size or len(ys) * (t - TILE_MULTIPLE) - (len(ys) - 1) * shared < n
+
+
 @pytest.mark.parametrize("blend", ["gaussian", "cosine", "constant"])
 def test_constant_network_gives_constant_map(blend):
     card = ModelCard(name="c", architecture="unet", in_channels=3, num_classes=1)

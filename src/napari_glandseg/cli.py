@@ -640,7 +640,8 @@ def _add_segment(sub) -> None:
     s.add_argument("--precision", default=seg.precision.value, choices=_values(Precision),
                    help=_PRECISION_HELP)
     s.add_argument("--tile", type=int, default=seg.tile_size,
-                   help=f"tile size (default {seg.tile_size})")
+                   help=f"largest tile side; tiles are shrunk to cover the image evenly "
+                        f"(default {seg.tile_size})")
     s.add_argument("--overlap", type=float, default=seg.overlap,
                    help=f"tile overlap (default {seg.overlap})")
     s.add_argument("--batch", type=int, default=seg.batch_size,

@@ -10,8 +10,10 @@ How an image of any size is handled:
 - The image (a NumPy, dask or zarr array, or a multiscale list of them) is read window by
   window (``window_size`` pixels plus a halo of half a tile on each side), so memory is
   bounded by the window, never the image.
-- Each window is cut into ``tile_size`` tiles overlapping by ``overlap``; tile predictions
-  (probabilities) are blended with a Gaussian or cosine window, so no seams show.
+- Each window is cut into tiles of at most ``tile_size`` overlapping by at least ``overlap``
+  (as few as ``tile_size`` needs, each only as large as their count needs); tile
+  predictions (probabilities) are blended with a Gaussian or cosine window, so no seams
+  show.
 - Only the window's centre is kept; labels (and, on request, probabilities) are written into
   an in-memory array or, for large images, a zarr store that napari shows lazily.
 - When the image's pixel size differs from the model card's, each window is resampled to the
@@ -339,7 +341,7 @@ def iter_segment(
         rx1 = min(data.shape[1] - lx0, wx + ww + halo)
         # at least one model pixel, however small the image and the scale
         mh, mw = max(1, round((ry1 - ry0) * scale)), max(1, round((rx1 - rx0) * scale))
-        tiles = _grid(mh, mw, params.tile_size, params.overlap)
+        tiles = _tile_grid(mh, mw, params.tile_size, params.overlap)
         aligned = None
         if region is not None and len(grid) == 1:
             aligned = _aligned_plan(data.shape[:2], (ly0, lx0, ly1, lx1), scale, params)
@@ -445,7 +447,7 @@ def _aligned_plan(hw, box, scale, params):
         return None
     y0, x0, y1, x1 = box
     mh_all, mw_all = max(1, round(h * scale)), max(1, round(w * scale))
-    tiles = [t for t in _grid(mh_all, mw_all, params.tile_size, params.overlap)
+    tiles = [t for t in _tile_grid(mh_all, mw_all, params.tile_size, params.overlap)
              if t[0] < y1 * scale and t[0] + t[2] > y0 * scale
              and t[1] < x1 * scale and t[1] + t[3] > x0 * scale]
     my0, mx0 = min(t[0] for t in tiles), min(t[1] for t in tiles)
@@ -465,8 +467,9 @@ def _aligned_plan(hw, box, scale, params):
 
 
 def _grid(h: int, w: int, size: int, overlap: float) -> list[tuple[int, int, int, int]]:
-    """Tiles ``(y, x, th, tw)`` covering ``h x w``; the last tile on each axis is flush with
-    the edge, and an image smaller than a tile is one tile of its own size."""
+    """Windows ``(y, x, th, tw)`` of ``size`` covering ``h x w``; the last one on each axis
+    is flush with the edge, and an image smaller than ``size`` is one window of its own
+    size."""
 
     def starts(n):
         if n <= size:
@@ -477,6 +480,34 @@ def _grid(h: int, w: int, size: int, overlap: float) -> list[tuple[int, int, int
 
     ys, th = starts(h)
     xs, tw = starts(w)
+    return [(y, x, th, tw) for y in ys for x in xs]
+
+
+#: Tiles are cut to a multiple of this (every network's input multiple divides it).
+TILE_MULTIPLE = 32
+
+
+def _tile_grid(h: int, w: int, size: int, overlap: float) -> list[tuple[int, int, int, int]]:
+    """Tiles ``(y, x, th, tw)`` covering ``h x w``: as many as :func:`_grid` cuts of ``size``
+    overlapping by ``overlap``, but each only as large as that count needs (a multiple of
+    :data:`TILE_MULTIPLE`, at most ``size``), evenly spaced, neighbours sharing at least
+    ``overlap`` of ``size``. A 1000 px side in tiles of 512 is three tiles of 448, not
+    three of 512 of which the last repeats three quarters of the second: 0.77x the pixels
+    through the network, the same seams blended. An image smaller than ``size`` is one
+    tile of its own size."""
+
+    def axis(n):
+        if n <= size:
+            return [0], n
+        step = max(1, int(size * (1 - overlap)))
+        k = -(-(n - size) // step) + 1  # the tiles _grid cuts
+        shared = size - step  # the overlap each pair of neighbours keeps at least
+        t = -(-(n + (k - 1) * shared) // k)
+        t = min(size, -(-t // TILE_MULTIPLE) * TILE_MULTIPLE)
+        return [round(i * (n - t) / (k - 1)) for i in range(k)], t
+
+    ys, th = axis(h)
+    xs, tw = axis(w)
     return [(y, x, th, tw) for y in ys for x in xs]
 
 

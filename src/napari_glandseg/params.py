@@ -16,9 +16,10 @@ class SegmentParams:
     Attributes
     ----------
     tile_size : int
-        Side of the square tiles the network sees (>= 16).
+        Largest side of the tiles the network sees (>= 16). Tiles are as many as this size
+        needs, each shrunk (to a multiple of 32) until they just cover the image evenly.
     overlap : float
-        Fraction of a tile shared with its neighbour, in [0, 0.9].
+        Fraction of ``tile_size`` shared with a neighbouring tile, at least, in [0, 0.9].
     batch_size : int
         Tiles per forward pass; halved automatically on GPU out-of-memory.
     blend : Blend

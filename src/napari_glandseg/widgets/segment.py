@@ -164,6 +164,8 @@ class SegmentWidget(QWidget):
         self.tile.setRange(64, 4096)
         self.tile.setSingleStep(64)
         self.tile.setValue(DEFAULTS.tile_size)
+        self.tile.setToolTip("largest tile side the network sees; tiles are shrunk to "
+                             "cover the image evenly (fewer pixels, same overlap)")
         self.overlap = QDoubleSpinBox()
         self.overlap.setRange(0.0, 0.75)
         self.overlap.setSingleStep(0.05)
