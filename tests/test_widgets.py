@@ -76,6 +76,41 @@ def test_edited_truth_is_kept_when_stepping(make_napari_viewer, dataset, notes):
     assert iio.imread(path)[5, 5] == 3 and not w.unsaved()
 
 
+def test_a_class_map_truth_is_drawn_in_its_models_class_colours(make_napari_viewer, data_dir):
+    """A truth of the chosen class-map model's classes (the MRI sample, a WBC mask opened
+    in Load) is drawn in that model's colours, as its prediction is: one organ, one colour.
+    Instance truths, and any truth under a model that does not take classes, keep napari's
+    cycling colours."""
+    from napari.utils.colormaps import DirectLabelColormap
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    from napari_glandseg.models import load_model
+
+    def colour(layer, value):
+        return layer.colormap.map(np.array([value]))[0][:3]
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "mri")
+    truth = viewer.layers[-1]
+    card = load_model("organs-mri").card
+    assert isinstance(truth.colormap, DirectLabelColormap)
+    for c in (1, 2, 3):
+        np.testing.assert_allclose(colour(truth, c), transform_color(card.class_colours[c])[0][:3])
+    model, load = _dock(viewer, "Model"), _dock(viewer, "Load")
+    model.select("glands-he")  # not a class model: a mask opens in cycling colours
+    files = [data_dir / "wbc/dataset1_001.png", data_dir / "wbc/dataset1_001_mask.png"]
+    plain = load.open_files(files)[-1]
+    assert not isinstance(plain.colormap, DirectLabelColormap)
+    model.select("wbc")
+    mask = load.open_files(files)[-1]
+    assert mask.metadata["glandseg_role"] == "truth"
+    wbc = load_model("wbc").card
+    np.testing.assert_allclose(colour(mask, 2), transform_color(wbc.class_colours[2])[0][:3])
+    instances = load.open_files([data_dir / "glas/testA_5_crop.png",
+                                 data_dir / "glas/testA_5_crop_instances.png"])[-1]
+    assert not isinstance(instances.colormap, DirectLabelColormap)  # 8 glands > 2 classes
+
+
 def test_load_reports_bad_input_and_keeps_going(make_napari_viewer, tmp_path, data_dir, notes):
     viewer = make_napari_viewer()
     w = _dock(viewer, "Load")

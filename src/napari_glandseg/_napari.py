@@ -116,14 +116,24 @@ def _one_file(pattern: str) -> bool:
     return os.path.isabs(path) and glob.escape(path) == pattern
 
 
-def _sample(stem: str, what: str, truth: str = "instances") -> list[tuple]:
+def _sample(stem: str, what: str, truth: str = "instances",
+            model: str | None = None) -> list[tuple]:
+    """The sample's image and truth layers; a class-map truth (``truth="classes"``) is drawn
+    in the colours of ``model``'s classes, as its predictions are."""
     path = next(SAMPLE_DIR / f"{stem}{ext}" for ext in (".png", ".jpg")
                 if (SAMPLE_DIR / f"{stem}{ext}").exists())
-    image, truth = read_pair(Pair(path, SAMPLE_DIR / f"{stem}_{truth}.png"))
+    image, truth_img = read_pair(Pair(path, SAMPLE_DIR / f"{stem}_{truth}.png"))
     credit = f"{what}; see napari_glandseg/sample_data/CREDITS.md (research use only)"
     img = image.to_layer_data()
     img[1]["metadata"]["credit"] = credit
-    lab = truth.to_layer_data(name=f"{stem} [truth]")
+    lab = truth_img.to_layer_data(name=f"{stem} [truth]")
+    if model is not None:
+        from .models import read_card
+        from .models.store import model_path
+
+        card = read_card(model_path(model))
+        if card.fits_classes(lab[0]):
+            lab[1]["colormap"] = card.label_colours()
     lab[1]["metadata"]["credit"] = credit
     lab[1]["metadata"]["glandseg_role"] = "truth"
     lab[1]["metadata"]["source_image"] = img[1].get("name", stem)  # for Save corrections
@@ -150,10 +160,11 @@ def sample_mri() -> list[tuple]:
     grey, a validation case of organs-mri) and its organ class map (1 large bowel, 2 small
     bowel, 3 stomach)."""
     return _sample("uwm_gi_mri_case119_day0_slice_0081", "UW-Madison GI tract MRI, "
-                   "Lee et al. 2024", truth="classes")
+                   "Lee et al. 2024", truth="classes", model="organs-mri")
 
 
 def sample_wbc() -> list[tuple]:
     """A 120x120 white blood cell image (dataset 1, id 005) and its class map
     (1 cytoplasm, 2 nucleus)."""
-    return _sample("wbc_005", "WBC dataset 1, Zheng et al. 2018", truth="classes")
+    return _sample("wbc_005", "WBC dataset 1, Zheng et al. 2018", truth="classes",
+                   model="wbc")

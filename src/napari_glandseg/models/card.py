@@ -188,6 +188,24 @@ class ModelCard:
                          for name, col in list(zip(self.class_names, self.class_colours,
                                                    strict=False))[1:])
 
+    def label_colours(self) -> dict:
+        """A class map's layer colours, ``{class: colour}`` with background clear: what a
+        Labels layer of this model's classes is drawn in (its prediction, and a truth of the
+        same classes, so that one organ has one colour on both)."""
+        colours: dict = {None: "transparent", 0: "transparent"}
+        colours.update({i: c for i, c in enumerate(self.class_colours) if i})
+        return colours
+
+    def fits_classes(self, labels) -> bool:
+        """Whether ``labels`` (an in-memory array) can be a class map of this model's
+        classes: a class-map model (more than one foreground class) and no value beyond its
+        last class."""
+        import numpy as np
+
+        return (self.class_map and self.num_classes > 2 and isinstance(labels, np.ndarray)
+                and labels.size > 0 and 0 <= int(labels.min())
+                and int(labels.max()) < self.num_classes)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 

@@ -34,7 +34,7 @@ from ..labels import paste_labels
 from ._common import notify, speak_micrometres, track_edits
 from ._focus import focus_for
 from ._placement import image_under, level_data, level_of, offset_in
-from ._state import set_dataset
+from ._state import selection_for, set_dataset
 
 TRUTH_SUFFIX = " [truth]"
 AUTO = "auto"
@@ -263,6 +263,10 @@ class LoadWidget(QWidget):
                 kwargs["scale"] = (px, px)
                 kwargs["metadata"]["pixel_size_um"] = px
         if kind == "labels":
+            model = selection_for(self.viewer).model
+            if truth and model is not None and model.card.fits_classes(data):
+                # a class map of the chosen model's classes: drawn as its predictions are
+                kwargs["colormap"] = model.card.label_colours()
             layer = self.viewer.add_labels(data, **kwargs)
             track_edits(layer)
         else:

@@ -366,8 +366,7 @@ class SegmentWidget(QWidget):
         units = tuple(image.units[-2:])  # the image's (um on a slide): napari warns on a mix
         translate = np.asarray(image.translate[-2:]) + np.asarray(res.offset) * image.scale[-2:]
         meta = _result_metadata(res, image, card, polygons)
-        colours = {None: "transparent", 0: "transparent"}
-        colours.update({i: c for i, c in enumerate(card.class_colours) if i})
+        colours = card.label_colours()
         class_model = features is not None and "class" in features
         earlier = self._hide_earlier_results(image)
         self.last_layers = []
