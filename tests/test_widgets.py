@@ -109,6 +109,9 @@ def test_a_class_map_truth_is_drawn_in_its_models_class_colours(make_napari_view
     instances = load.open_files([data_dir / "glas/testA_5_crop.png",
                                  data_dir / "glas/testA_5_crop_instances.png"])[-1]
     assert not isinstance(instances.colormap, DirectLabelColormap)  # 8 glands > 2 classes
+    # opened before the class model was chosen: it takes the colours when it is chosen
+    np.testing.assert_allclose(colour(plain, 1), transform_color(wbc.class_colours[1])[0][:3])
+    assert not isinstance(instances.colormap, DirectLabelColormap)
 
 
 def test_load_reports_bad_input_and_keeps_going(make_napari_viewer, tmp_path, data_dir, notes):

@@ -98,6 +98,7 @@ class LoadWidget(QWidget):
         self.prev_btn.clicked.connect(self.previous)
         self.next_btn.clicked.connect(self.next)
         self.save_btn.clicked.connect(self._save_clicked)
+        selection_for(self.viewer).changed.connect(self._model_changed)
         self._update_nav()
 
     # ---------------------------------------------------------------- actions a script can call
@@ -250,6 +251,20 @@ class LoadWidget(QWidget):
         self.show_pair(self.index - 1)
 
     # ---------------------------------------------------------------- internals
+    def _model_changed(self, selection) -> None:
+        """Truths in napari's cycling colours take the colours of a newly chosen class-map
+        model whose classes they fit, as they would have had if opened under it."""
+        from napari.utils.colormaps import DirectLabelColormap
+
+        card = selection.model.card if selection.model is not None else None
+        if card is None or not card.class_map:
+            return
+        for layer in self.viewer.layers:
+            if layer.metadata.get("glandseg_role") == "truth" and \
+                    not isinstance(layer.colormap, DirectLabelColormap) and \
+                    card.fits_classes(layer.data):
+                layer.colormap = DirectLabelColormap(color_dict=card.label_colours())
+
     def _add(self, img, truth: bool, name: str | None = None, image=None):
         data, kwargs, kind = img.to_layer_data(name=name)
         if truth and name is None:
