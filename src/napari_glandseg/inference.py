@@ -483,7 +483,8 @@ def _grid(h: int, w: int, size: int, overlap: float) -> list[tuple[int, int, int
     return [(y, x, th, tw) for y in ys for x in xs]
 
 
-#: Tiles are cut to a multiple of this (every network's input multiple divides it).
+#: Tiles are cut to a multiple of this: the built-in networks take multiples of 16 or 32
+#: (a network pads any other size to its own multiple).
 TILE_MULTIPLE = 32
 
 
