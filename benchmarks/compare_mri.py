@@ -13,7 +13,8 @@ measured first (a few steps after a warm-up) and its schedule sized to fill the 
 cheap network gets more steps and every cosine schedule runs to its end. ``--set`` changes a
 setting of the config for every run. The runs use the ``train`` cases of ``split.csv``; the
 checkpoint is selected on the
-``val`` cases (pixel Dice of the class map, the default for class models). Each selected
+``val`` cases (the class map's Dice class by class, averaged over the organs: ``class_dice``,
+the default for class maps of several classes; rows before it used the pooled Dice). Each selected
 model is then scored on the whole val slices: Dice per class pooled over the slices, and the
 mean of the three organs. ``--keep DIR`` keeps the trained models (to ship the best one).
 Only val is used: the further cases are kept aside for independent evaluation.

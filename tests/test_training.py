@@ -142,6 +142,11 @@ def test_boundary_target_and_multiclass(data_dir):
                                           arch_kwargs={"widths": [8, 16]}, patch_size=64,
                                           batch_size=2, val_patches=2))
     assert res.model.card.num_classes == 3 and res.model.card.class_names[2] == "nucleus"
+    # two foreground classes: the checkpoint is chosen on their Dice, class by class
+    metrics = res.model.card.metrics
+    assert metrics["selected_on"] == "val_class_dice"
+    assert metrics["val_class_dice"] == pytest.approx(
+        (metrics["val_dice[cytoplasm]"] + metrics["val_dice[nucleus]"]) / 2, abs=2e-4)
 
 
 def test_bad_settings_are_named(glas):
@@ -152,6 +157,9 @@ def test_bad_settings_are_named(glas):
     grey = [TrainingPair(np.zeros((64, 64), np.uint8), np.eye(64, dtype=np.uint8), "g")]
     with pytest.raises(GlandsegError, match="has 1 channel"):
         train(glas + grey, glas, TrainParams(name="x", epochs=1, steps_per_epoch=1, **SMALL))
+    with pytest.raises(GlandsegError, match="class_dice.*1 class"):  # a binary model
+        train(glas, glas, TrainParams(name="x", epochs=1, steps_per_epoch=1,
+                                      select="class_dice", **SMALL))
     with pytest.raises(GlandsegError, match="does not match image shape"):
         TrainingPair(np.zeros((4, 4, 3)), np.zeros((5, 5), np.uint8))
 

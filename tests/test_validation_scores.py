@@ -46,7 +46,13 @@ def test_whole_image_validation_of_a_class_map_counts_only_the_right_class(
     (row,) = iter_validation_rows(model, pairs, device="cpu")
     np.testing.assert_array_equal(row["labels"], pred)
     assert row["pixels"] == (100, 150, 150)
-    assert validate_images(model, pairs)["val_image_dice"] == pytest.approx(0.4)
+    val = validate_images(model, pairs)
+    assert val["val_image_dice"] == pytest.approx(0.4)
+    # class by class: class 1 found with 150 px too many (2*100 / 350), class 2 never
+    # found (0); their mean, where the pooled 0.4 hides the missing class
+    assert val["val_dice[class 1]"] == pytest.approx(200 / 350)
+    assert val["val_dice[class 2]"] == 0
+    assert val["val_class_dice"] == pytest.approx(100 / 350)
 
 
 def test_patch_validation_of_a_class_map_counts_only_the_right_class(truth_and_prediction):

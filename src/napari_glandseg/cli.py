@@ -450,7 +450,9 @@ def _train(args) -> int:
                     f"{m['val_object_dice']:.4f}  AJI {m['val_aji']:.4f}")
                 groups = "".join(f"  {k.removeprefix('val_')} {v:.4f}" for k, v in m.items()
                                  if k.startswith("val_objects["))
-                line += (f"  val Dice {m['val_image_dice']:.4f}{objects}{groups}  score "
+                classes = "".join(f"  {k.removeprefix('val_dice[').rstrip(']')} {v:.3f}"
+                                  for k, v in m.items() if k.startswith("val_dice["))
+                line += (f"  val Dice {m['val_image_dice']:.4f}{classes}{objects}{groups}  score "
                          f"{m['score']:.4f}{'  *saved' if m['best'] else ''}")
             print(line, file=sys.stderr)
         else:
@@ -797,7 +799,8 @@ def _add_tune(sub) -> None:
     u.add_argument("--val-fraction", type=float, default=0.2,
                    help="no split CSV: the last fraction in name order validates")
     u.add_argument("--metric", default="auto",
-                   choices=[v for v in _values(Selection) if v != "pixel_dice"])
+                   choices=[v for v in _values(Selection)
+                            if v not in ("pixel_dice", "class_dice")])
     u.add_argument("--group-column", metavar="COLUMN",
                    help="a column of the split CSV that groups validation images (GlaS: "
                         "grade_glas); the table scores each group, and objects_worst the "

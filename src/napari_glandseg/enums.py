@@ -75,15 +75,18 @@ class Selection(str, Enum):
     Object scores are computed on the whole validation images, segmented as inference
     does and post-processed with the card's settings:
 
-    - ``auto``: ``objects`` for a model with post-processing (binary or boundary), else
-      ``pixel_dice``;
+    - ``auto``: ``objects`` for a model with post-processing (binary or boundary);
+      ``class_dice`` for a class map of more than one foreground class; else ``pixel_dice``;
     - ``objects``: the mean of object F1 and object Dice (GlaS's gland scores);
     - ``objects_worst``: ``objects`` of each group of validation images
       (:attr:`TrainingPair.group`, e.g. GlaS's benign and malignant), the worse of them:
       an average over groups hides the hard cases;
     - ``object_f1``, ``object_dice``, ``aji``, ``pq``: one object score;
     - ``pixel_dice``: Dice of the foreground (pooled foreground classes for class maps)
-      on the whole validation images.
+      on the whole validation images;
+    - ``class_dice``: a class map's Dice class by class, each pooled over the whole
+      validation images, averaged over the foreground classes: every class counts alike
+      (pooled, a small organ that is never found barely moves the score).
     """
 
     AUTO = "auto"
@@ -94,6 +97,7 @@ class Selection(str, Enum):
     AJI = "aji"
     PQ = "pq"
     PIXEL_DICE = "pixel_dice"
+    CLASS_DICE = "class_dice"
 
 
 class StainNorm(str, Enum):

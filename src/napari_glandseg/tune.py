@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from .training import TrainingPair
 
 #: What tuning maximises: the scores training selects checkpoints on
-#: (:class:`~napari_glandseg.training.Selection`) but ``pixel_dice``, which has no objects;
+#: (:class:`~napari_glandseg.training.Selection`) but ``pixel_dice`` and ``class_dice``,
+#: which have no objects;
 #: ``auto`` takes the score the model's checkpoint was selected on, else ``objects``.
 TuneMetric = Selection
 
@@ -259,9 +260,9 @@ def iter_tune(model: Model, pairs: list[TrainingPair],
     from .pipeline import FileParams, objects_from_image, postprocess_for
 
     metric = as_enum(TuneMetric, metric, "metric")
-    if metric is Selection.PIXEL_DICE:
+    if metric in (Selection.PIXEL_DICE, Selection.CLASS_DICE):
         raise GlandsegError("tuning scores objects: choose objects, object_f1, object_dice, "
-                            "aji or pq, not pixel_dice")
+                            f"aji or pq, not {metric.value}")
     card = model.card
     if card.class_map:
         raise GlandsegError(f"{card.name}: a class-map model has no object split to tune")

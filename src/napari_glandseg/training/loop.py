@@ -305,10 +305,15 @@ def _setup(train_pairs, val_pairs, params: TrainParams) -> _Run:
     if params.postprocess:
         card.postprocess = dict(params.postprocess)
     select = params.select
+    several = card.class_map and card.num_classes > 2  # more than one foreground class
     if select is Selection.AUTO:
-        classes = card.class_map
-        select = Selection.PIXEL_DICE if classes or not card.postprocess else \
-            Selection.OBJECTS
+        select = Selection.CLASS_DICE if several else Selection.PIXEL_DICE \
+            if card.class_map or not card.postprocess else Selection.OBJECTS
+    if select is Selection.CLASS_DICE and not several:
+        raise GlandsegError("select='class_dice' scores a class map of more than one "
+                            "foreground class, class by class; this model has "
+                            f"{card.num_classes} class(es) (use pixel_dice or an object "
+                            "score)")
     names = [p.name for p in train_pairs]
     data_desc = params.training_data or ", ".join(names[:5]) + (
         f" (+{len(names) - 5} more)" if len(names) > 5 else "")
@@ -428,7 +433,7 @@ def _write_run_files(run: _Run, record: dict) -> None:
     if record["score"] is not None:
         parts += [f"{_SELECT_KEY[run.select]} {record['score']:.4f}"]
         parts += [f"{k.removeprefix('val_')} {v:.4f}" for k, v in record.items()
-                  if k.startswith("val_objects[")]
+                  if k.startswith(("val_objects[", "val_dice["))]
         parts += ["*best*" if record["best"] else f"best {run.best:.4f} at epoch "
                   f"{run.best_epoch + 1}"]
     parts.append(f"{record['seconds'] / 60:.1f} min")

@@ -29,7 +29,8 @@ def iter_validation_rows(model: Model, pairs: list[TrainingPair], tile_size: int
 
     A row holds ``name``, the network's ``labels`` (foreground for binary / boundary
     models), their pixel ``dice``, ``iou``, ``accuracy`` and pixel counts ``pixels``
-    (tp, fp, fn; foreground classes pooled for class maps), and for models with
+    (tp, fp, fn; foreground classes pooled for class maps; a class map's per class in
+    ``class_pixels``), and for models with
     post-processing (the card's, or ``postprocess_params``, as
     :func:`~napari_glandseg.pipeline.postprocess_for` makes them for every route: the
     objects users get) the objects' :func:`~napari_glandseg.metrics.object_scores`;
@@ -58,6 +59,12 @@ def iter_validation_rows(model: Model, pairs: list[TrainingPair], tile_size: int
         counts = (int(hit.sum()), int((pf & ~hit).sum()), int((tf & ~hit).sum()))
         row = {"name": p.name, "group": p.group, "dice": m["dice"], "iou": m["iou"],
                "accuracy": m["accuracy"], "pixels": counts, "labels": pred}
+        if classes:  # each foreground class's (tp, fp, fn)
+            row["class_pixels"] = []
+            for c in range(1, classes):
+                pc, tc = pred == c, p.mask == c
+                row["class_pixels"].append((int((pc & tc).sum()), int((pc & ~tc).sum()),
+                                            int((tc & ~pc).sum())))
         if post is not None:
             row.update(object_scores(Overlap.of(as_instances(np.asarray(res.labels)),
                                                 as_instances(p.mask))))
@@ -88,7 +95,8 @@ def selection_score(row: dict, card: ModelCard) -> float:
 _SELECT_KEY = {Selection.OBJECTS: "val_objects", Selection.OBJECTS_WORST: "val_objects_worst",
                Selection.OBJECT_F1: "val_object_f1",
                Selection.OBJECT_DICE: "val_object_dice", Selection.AJI: "val_aji",
-               Selection.PQ: "val_pq", Selection.PIXEL_DICE: "val_image_dice"}
+               Selection.PQ: "val_pq", Selection.PIXEL_DICE: "val_image_dice",
+               Selection.CLASS_DICE: "val_class_dice"}
 
 
 @torch.no_grad()
@@ -127,7 +135,9 @@ def validate_images(model: Model, pairs: list[TrainingPair], tile_size: int = 51
     stain-normalised by training), aggregated over the images.
 
     Returns ``val_image_dice`` (foreground Dice pooled over the images; foreground classes
-    pooled for class maps), and for models with post-processing ``val_object_f1``,
+    pooled for class maps); for class maps ``val_dice[CLASS]`` (each foreground class's
+    Dice pooled over the images) and ``val_class_dice``, their mean; and for models with
+    post-processing ``val_object_f1``,
     ``val_object_dice``, ``val_objects`` (their mean), ``val_aji`` and ``val_pq``
     (:func:`~napari_glandseg.metrics.summarise_objects`); per group of pairs (their
     ``group``) ``val_objects[GROUP]``, ``val_object_f1[GROUP]``, ``val_object_dice[GROUP]``,
@@ -143,6 +153,16 @@ def validate_images(model: Model, pairs: list[TrainingPair], tile_size: int = 51
         rows.append(row)
     tp, fp, fn = (sum(r["pixels"][i] for r in rows) for i in range(3))
     out = {"val_image_dice": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0}
+    if rows and "class_pixels" in rows[0]:
+        names = model.card.class_names
+        per = {}
+        for i in range(len(rows[0]["class_pixels"])):
+            ctp, cfp, cfn = (sum(r["class_pixels"][i][j] for r in rows) for j in range(3))
+            if ctp + cfp + cfn:  # a class in neither truth nor prediction is not scored
+                name = names[i + 1] if i + 1 < len(names) else str(i + 1)
+                per[name] = 2 * ctp / (2 * ctp + cfp + cfn)
+        out.update({f"val_dice[{k}]": v for k, v in per.items()})
+        out["val_class_dice"] = float(np.mean(list(per.values()))) if per else 1.0
     if rows and "object_f1" in rows[0]:
         s = summarise_objects(rows)
         out.update({f"val_{k}": float(s[k]) for k in
