@@ -138,7 +138,10 @@ def main(argv=None):
     try:
         for r in runs:
             label, settings = RUNS[r]
-            base = {**config, **settings, "name": f"organs-mri-{r}",
+            # the config's encoder (the bundled model's) is not the other networks'
+            own = {k: v for k, v in config.items()
+                   if "encoder" in settings or k not in ("encoder", "pretrained")}
+            base = {**own, **settings, "name": f"organs-mri-{r}",
                     "steps_per_epoch": args.steps_per_epoch}
             steps = args.steps
             if args.minutes:
