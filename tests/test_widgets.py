@@ -200,6 +200,7 @@ def test_model_card_says_what_the_model_is_for_and_groups_its_figures(make_napar
     lines = w.card_view.toPlainText().splitlines()
     assert lines[lines.index("validation, Dice per class") + 1] == \
         "large bowel 0.535, small bowel 0.630, stomach 0.553"
+    assert lines[lines.index("chosen on") + 1] == "val Dice per class, mean 0.573 at epoch 14"
 
 
 def test_model_widget_lists_store_and_shares_selection(make_napari_viewer, tmp_path, notes):

@@ -304,6 +304,11 @@ def _use_for(card) -> list[tuple[str, str]]:
     return out
 
 
+#: How the Model widget names a score a checkpoint was chosen on, where its key says too little.
+_SELECTED_ON = {"val_class_dice": "val Dice per class, mean",
+                "val_image_dice": "val Dice (foreground pooled)"}
+
+
 def _metric_groups(metrics: dict) -> list[tuple[str, str]]:
     """The card's figures grouped by the images they were measured on (validation, held-out
     test), key figures first; the training run's own validation in one line."""
@@ -341,8 +346,8 @@ def _metric_groups(metrics: dict) -> list[tuple[str, str]]:
     sel = metrics.get("selected_on")
     if sel and isinstance(metrics.get(sel), int | float):
         when = f" at epoch {metrics['epoch']}" if "epoch" in metrics else ""
-        out.append(("chosen on", f"{str(sel).removeprefix('val_').replace('_', ' ')} "
-                    f"{metrics[sel]:.3f}{when}"))
+        words = _SELECTED_ON.get(str(sel), str(sel).removeprefix("val_").replace("_", " "))
+        out.append(("chosen on", f"{words} {metrics[sel]:.3f}{when}"))
     if not out:  # a card without grouped figures: its flat metrics, as they are
         out = _flat_metrics(metrics)
     return out
