@@ -39,7 +39,7 @@ def iter_validation_rows(model: Model, pairs: list[TrainingPair], tile_size: int
     card's stains.
     """
     from ..inference import SegmentParams
-    from ..metrics import Overlap, as_instances, object_scores, pixel_metrics
+    from ..metrics import Overlap, _counts, as_instances, object_scores, pixel_metrics
     from ..pipeline import FileParams, objects_from_image, postprocess_for
 
     card = model.card
@@ -59,12 +59,9 @@ def iter_validation_rows(model: Model, pairs: list[TrainingPair], tile_size: int
         counts = (int(hit.sum()), int((pf & ~hit).sum()), int((tf & ~hit).sum()))
         row = {"name": p.name, "group": p.group, "dice": m["dice"], "iou": m["iou"],
                "accuracy": m["accuracy"], "pixels": counts, "labels": pred}
-        if classes:  # each foreground class's (tp, fp, fn)
-            row["class_pixels"] = []
-            for c in range(1, classes):
-                pc, tc = pred == c, p.mask == c
-                row["class_pixels"].append((int((pc & tc).sum()), int((pc & ~tc).sum()),
-                                            int((tc & ~pc).sum())))
+        if classes:  # each foreground class's (tp, fp, fn), counted as the metrics count
+            row["class_pixels"] = [_counts(pred == c, p.mask == c)[:3]
+                                   for c in range(1, classes)]
         if post is not None:
             row.update(object_scores(Overlap.of(as_instances(np.asarray(res.labels)),
                                                 as_instances(p.mask))))

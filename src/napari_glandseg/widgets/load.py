@@ -252,18 +252,10 @@ class LoadWidget(QWidget):
 
     # ---------------------------------------------------------------- internals
     def _model_changed(self, selection) -> None:
-        """Truths in napari's cycling colours take the colours of a newly chosen class-map
-        model whose classes they fit, as they would have had if opened under it."""
-        from napari.utils.colormaps import DirectLabelColormap
-
-        card = selection.model.card if selection.model is not None else None
-        if card is None or not card.class_map:
-            return
+        """Truths already open take a newly chosen class-map model's colours, as they would
+        have had if opened under it."""
         for layer in self.viewer.layers:
-            if layer.metadata.get("glandseg_role") == "truth" and \
-                    not isinstance(layer.colormap, DirectLabelColormap) and \
-                    card.fits_classes(layer.data):
-                layer.colormap = DirectLabelColormap(color_dict=card.label_colours())
+            _colour_as_classes(layer, selection.model)
 
     def _add(self, img, truth: bool, name: str | None = None, image=None):
         data, kwargs, kind = img.to_layer_data(name=name)
@@ -278,11 +270,8 @@ class LoadWidget(QWidget):
                 kwargs["scale"] = (px, px)
                 kwargs["metadata"]["pixel_size_um"] = px
         if kind == "labels":
-            model = selection_for(self.viewer).model
-            if truth and model is not None and model.card.fits_classes(data):
-                # a class map of the chosen model's classes: drawn as its predictions are
-                kwargs["colormap"] = model.card.label_colours()
             layer = self.viewer.add_labels(data, **kwargs)
+            _colour_as_classes(layer, selection_for(self.viewer).model)
             track_edits(layer)
         else:
             layer = self.viewer.add_image(data, **kwargs)
@@ -596,3 +585,15 @@ def _auto_mask_folder(folder) -> str | None:
         if subs and all((d / name).is_dir() for d in subs):
             return name
     return None
+
+
+def _colour_as_classes(layer, model) -> None:
+    """A truth in napari's cycling colours whose values fit ``model``'s classes (a class map)
+    is drawn in that model's colours, as its predictions are; any other layer, or one whose
+    colours are already set, stays as it is."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    if model is not None and layer.metadata.get("glandseg_role") == "truth" and \
+            not isinstance(layer.colormap, DirectLabelColormap) and \
+            model.card.fits_classes(layer.data):
+        layer.colormap = DirectLabelColormap(color_dict=model.card.label_colours())
